@@ -1,0 +1,312 @@
+"""Peer discovery over mDNS / DNS-SD (RFC 6762, RFC 6763), through python-zeroconf.
+
+The only module that imports zeroconf.  A node registers one DNS-SD service
+instance of type ``_p2pchat._tcp.local.`` whose SRV record carries its TCP port
+and whose TXT record (RFC 6763 section 6) carries ``v`` (protocol version),
+``id`` (node id), ``name`` and ``room``; it browses the same type and reports
+every other instance it resolves.  Closing unregisters the instance, which
+sends the goodbye (TTL 0, RFC 6762 section 10.1) so that peers learn at once.
+
+A crashed node sends no goodbye and its records linger in caches (zeroconf
+keeps PTR records for at least 1125 s), so liveness never comes from here:
+the node detects dead peers by TCP keepalive.
+
+The :class:`Discovery` protocol lets tests and embedders pass another
+discovery (or none) to :class:`~p2pchat.node.Node`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import ifaddr
+from zeroconf import (
+    BadTypeInNameException,
+    InterfaceChoice,
+    NonUniqueNameException,
+    ServiceBrowser,
+    ServiceInfo,
+    ServiceStateChange,
+    Zeroconf,
+)
+
+from p2pchat.errors import StartupError
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_p2pchat._tcp.local."
+"""The DNS-SD service type of p2pchat nodes (RFC 6763 section 7)."""
+
+RESOLVE_TIMEOUT_S = 3.0
+"""How long to wait for an instance's SRV/TXT/A records, in seconds."""
+
+
+@dataclass(frozen=True)
+class LocalService:
+    """What this node announces.
+
+    Attributes:
+        node_id: 16 hex digits.
+        name: display name.
+        room: room name.
+        port: TCP listening port.
+        version: protocol version.
+    """
+
+    node_id: str
+    name: str
+    room: str
+    port: int
+    version: int
+
+
+@dataclass(frozen=True)
+class FoundPeer:
+    """A resolved service instance of another node.
+
+    Attributes:
+        node_id: its node id (TXT ``id``).
+        name: its display name (TXT ``name``).
+        room: its room (TXT ``room``).
+        version: its protocol version (TXT ``v``), or -1 if missing/garbled.
+        addresses: its IPv4 addresses (A records), as dotted quads.
+        port: its TCP port (SRV record).
+    """
+
+    node_id: str
+    name: str
+    room: str
+    version: int
+    addresses: tuple[str, ...]
+    port: int
+
+
+class Discovery(Protocol):
+    """Finds peers.  :class:`MdnsDiscovery` is the real one; a node can run
+    without any (static peers only)."""
+
+    def start(
+        self,
+        local: LocalService,
+        on_found: Callable[[FoundPeer], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        """Announce ``local`` and start reporting peers.
+
+        ``on_found(peer)`` and ``on_lost(node_id)`` are called on the
+        discovery's own thread and must return quickly.
+
+        Raises:
+            StartupError: discovery could not start.
+        """
+
+    def close(self) -> None:
+        """Withdraw the announcement (goodbye) and stop; idempotent."""
+
+
+def local_ipv4_addresses() -> list[str]:
+    """IPv4 addresses of this machine's interfaces, loopback last.
+
+    Used for the A records when no ``--interface`` restricts them.
+    """
+    found: list[str] = []
+    loopback: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if not isinstance(ip.ip, str):
+                continue
+            (loopback if ip.ip.startswith("127.") else found).append(ip.ip)
+    return found or loopback or ["127.0.0.1"]
+
+
+def _txt(props: dict[bytes, bytes | None], key: str) -> str:
+    value = props.get(key.encode())
+    if value is None:
+        return ""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+class MdnsDiscovery:
+    """DNS-SD over multicast DNS with python-zeroconf.
+
+    Args:
+        interfaces: IPv4 addresses to run mDNS on, or None for every
+            interface (the right choice for users; tests pass
+            ``["127.0.0.1"]``).  The A records announce these addresses.
+        service_type: the DNS-SD service type; tests use a unique one so that
+            parallel runs never see each other.
+
+    Threads: zeroconf's own loop thread and browser thread, plus
+    ``p2pchat-mdns``, which registers our instance and resolves found ones
+    (a browser handler only queues the name, as zeroconf asks).
+    """
+
+    def __init__(
+        self, interfaces: list[str] | None = None, service_type: str = SERVICE_TYPE
+    ) -> None:
+        self.interfaces = list(interfaces) if interfaces else None
+        self.service_type = service_type
+        self._zc: Zeroconf | None = None
+        self._browser: ServiceBrowser | None = None
+        self._info: ServiceInfo | None = None
+        self._registered = False
+        self._queue: queue.Queue[tuple[str, ServiceStateChange] | None] = queue.Queue(maxsize=1024)
+        self._names: dict[str, str] = {}  # instance name -> node id
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._on_found: Callable[[FoundPeer], None] = lambda peer: None
+        self._on_lost: Callable[[str], None] = lambda node_id: None
+        self._local: LocalService | None = None
+
+    def start(
+        self,
+        local: LocalService,
+        on_found: Callable[[FoundPeer], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        """Start mDNS: see :meth:`Discovery.start`.
+
+        Raises:
+            StartupError: zeroconf could not bind its sockets, or the service
+                type is not valid.
+        """
+        self._on_found, self._on_lost, self._local = on_found, on_lost, local
+        try:
+            zc = Zeroconf(interfaces=self.interfaces or InterfaceChoice.All)
+        except OSError as exc:
+            raise StartupError(f"cannot start mDNS: {exc.strerror or exc}") from None
+        self._zc = zc
+        addresses = self.interfaces or local_ipv4_addresses()
+        addresses = [a for a in addresses if a != "0.0.0.0"] or ["127.0.0.1"]
+        short = local.node_id[:8]
+        # RFC 6763 section 4.1.1: the instance name is free UTF-8 text, up to
+        # 63 octets; the node id part keeps two nodes of one name apart.
+        label = f"{local.name} [{short}]"
+        while len(label.encode()) > 63:
+            label = label[:-10] + f" [{short}]"
+        try:
+            self._info = ServiceInfo(
+                self.service_type,
+                f"{label}.{self.service_type}",
+                port=local.port,
+                properties={
+                    "v": str(local.version),
+                    "id": local.node_id,
+                    "name": local.name,
+                    "room": local.room,
+                },
+                server=f"p2pchat-{local.node_id}.local.",
+                addresses=[socket.inet_aton(a) for a in addresses],
+            )
+            self._browser = ServiceBrowser(zc, self.service_type, handlers=[self._on_change])
+        except (BadTypeInNameException, ValueError, OSError) as exc:
+            self.close()
+            raise StartupError(f"cannot start mDNS discovery: {exc}") from None
+        self._thread = threading.Thread(target=self._loop, name="p2pchat-mdns", daemon=True)
+        self._thread.start()
+
+    def _on_change(
+        self,
+        zeroconf: Zeroconf,
+        service_type: str,
+        name: str,
+        state_change: ServiceStateChange,
+    ) -> None:
+        # Called by zeroconf on its browser thread, by keyword: note and return.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait((name, state_change))
+
+    def _loop(self) -> None:
+        zc, info = self._zc, self._info
+        assert zc is not None and info is not None
+        try:
+            zc.register_service(info, allow_name_change=True)
+            self._registered = True
+        except NonUniqueNameException:
+            log.warning("mDNS: instance name %r is taken; not announcing", info.name)
+        except Exception as exc:  # zeroconf closed under us, or an OS error
+            if not self._stop.is_set():
+                log.warning("mDNS: could not register our service: %s", exc)
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            name, change = item
+            try:
+                self._handle(zc, name, change)
+            except Exception:
+                if self._stop.is_set():
+                    return
+                log.exception("mDNS: failed to handle %s", name)
+
+    def _handle(self, zc: Zeroconf, name: str, change: ServiceStateChange) -> None:
+        if change is ServiceStateChange.Removed:
+            node_id = self._names.pop(name, None)
+            if node_id:
+                log.info("mDNS: %s said goodbye", name)
+                self._on_lost(node_id)
+            return
+        found = zc.get_service_info(self.service_type, name, timeout=int(RESOLVE_TIMEOUT_S * 1000))
+        if found is None or found.port is None:
+            log.debug("mDNS: could not resolve %s", name)
+            return
+        props = found.properties or {}
+        node_id = _txt(props, "id")
+        if not node_id or (self._local and node_id == self._local.node_id):
+            return
+        try:
+            version = int(_txt(props, "v"))
+        except ValueError:
+            version = -1
+        addresses = tuple(a for a in found.parsed_addresses() if ":" not in a)
+        if not addresses:
+            return
+        self._names[name] = node_id
+        self._on_found(
+            FoundPeer(
+                node_id=node_id,
+                name=_txt(props, "name"),
+                room=_txt(props, "room"),
+                version=version,
+                addresses=addresses,
+                port=found.port,
+            )
+        )
+
+    def close(self) -> None:
+        """Unregister (goodbye), stop browsing, close zeroconf; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        if self._thread is not None:
+            self._thread.join(RESOLVE_TIMEOUT_S + 2.0)
+        zc = self._zc
+        if zc is None:
+            return
+        if self._browser is not None:
+            with contextlib.suppress(Exception):
+                self._browser.cancel()
+        if self._registered and self._info is not None:
+            with contextlib.suppress(Exception):
+                zc.unregister_service(self._info)
+        with contextlib.suppress(Exception):
+            zc.close()

@@ -1,0 +1,52 @@
+"""The p2pchat exception tree.
+
+Every error that p2pchat raises on purpose derives from :class:`P2PChatError`.
+The split follows h11: a :class:`RemoteProtocolError` means a peer sent
+something bad (it ends that link and nothing else), a :class:`LocalError` means
+this program or its user asked for something that cannot be done.  The CLI maps
+these to messages and exit codes in one place (``p2pchat.cli.main``).
+"""
+
+from __future__ import annotations
+
+
+class P2PChatError(Exception):
+    """Base class of every error p2pchat raises on purpose."""
+
+
+class RemoteProtocolError(P2PChatError):
+    """A peer broke the wire protocol (``docs/protocol.md``).
+
+    The link that carried the bad frame is closed with this error's text as
+    the logged reason; the node and its other links keep running.
+    """
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame's length prefix is zero or above ``wire.MAX_FRAME_BYTES``."""
+
+
+class VersionMismatch(RemoteProtocolError):
+    """The peer speaks another protocol version; the link is refused."""
+
+
+class LinkRefused(RemoteProtocolError):
+    """The peer refused the link during the handshake (another room, another
+    protocol version, or a link to itself); the text is the peer's reason."""
+
+
+class LocalError(P2PChatError):
+    """This node or its user asked for something that cannot be done."""
+
+
+class UsageError(LocalError):
+    """A command line or a chat command was used wrongly (the CLI exits 2)."""
+
+
+class StartupError(LocalError):
+    """The node could not start: a port is taken, an address is not on this
+    machine, mDNS could not bind.  The CLI prints the sentence and exits 1."""
+
+
+class LineTooLong(LocalError):
+    """A chat line is longer than ``wire.MAX_TEXT_CHARS``; nothing was sent."""

@@ -1,0 +1,152 @@
+"""Events a node reports to its front end.
+
+A :class:`~p2pchat.node.Node` calls its ``on_event`` callback with one of these
+for everything a user should learn about.  Each event is a frozen dataclass
+whose :meth:`as_dict` gives the ``--json`` form (``{"event": <kind>, ...}``);
+see README.md, "Scripted use", for the keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every event.  ``kind`` is the ``"event"`` value in JSON."""
+
+    kind: ClassVar[str] = "event"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict, ``{"event": kind, ...fields}``."""
+        return {"event": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Ready(Event):
+    """The node listens and is linking up.  ``port`` is its TCP port."""
+
+    kind: ClassVar[str] = "ready"
+    node: str
+    name: str
+    room: str
+    port: int
+
+
+@dataclass(frozen=True)
+class MessageEvent(Event):
+    """A chat line, delivered once.  ``self`` is True for our own lines;
+    ``display`` is the sender as a person should see it (``alice#3f2a`` when
+    two members share a name); ``action`` is True for ``/me`` lines."""
+
+    kind: ClassVar[str] = "message"
+    id: str
+    origin: str
+    name: str
+    text: str
+    ts: float
+    self: bool
+    seq: int
+    action: bool = False
+    display: str = ""
+
+
+@dataclass(frozen=True)
+class JoinEvent(Event):
+    """A member appeared in the room.  ``via`` is ``"join"`` when it just
+    joined, ``"presence"`` when it was already there and we just learned of it."""
+
+    kind: ClassVar[str] = "join"
+    origin: str
+    name: str
+    via: str = "join"
+    display: str = ""
+
+
+@dataclass(frozen=True)
+class LeaveEvent(Event):
+    """A member left: ``reason`` is ``"quit"`` (it said goodbye) or
+    ``"timeout"`` (it went silent for longer than the member timeout)."""
+
+    kind: ClassVar[str] = "leave"
+    origin: str
+    name: str
+    reason: str
+    display: str = ""
+
+
+@dataclass(frozen=True)
+class NickEvent(Event):
+    """A member changed its display name from ``old`` to ``new``."""
+
+    kind: ClassVar[str] = "nick"
+    origin: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class PeerUp(Event):
+    """A direct TCP link to ``peer`` (a node id) came up; ``address`` is
+    ``host:port`` of the remote end; ``name`` its display name."""
+
+    kind: ClassVar[str] = "peer_up"
+    peer: str
+    address: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PeerDown(Event):
+    """The direct link to ``peer`` went down; ``reason`` says why."""
+
+    kind: ClassVar[str] = "peer_down"
+    peer: str
+    address: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """Something the user should read that is not chat: a peer that refused
+    us (another protocol version, say), or the default port being taken.
+    ``level`` is ``"info"``, ``"warning"`` or ``"error"``."""
+
+    kind: ClassVar[str] = "notice"
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One row of ``/who``: a member of the room.
+
+    ``linked`` is True when we have a direct link to it; ``self`` marks us."""
+
+    node: str
+    name: str
+    display: str
+    linked: bool
+    self: bool
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """One row of ``/peers``: a direct link that is up."""
+
+    peer: str
+    name: str
+    address: str
+    direction: str  # "in" (the peer dialed us) or "out" (we dialed it)
+    uptime_s: float
+    frames_in: int = 0
+    frames_out: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """State for ``/who`` and ``/peers`` at one moment."""
+
+    members: list[MemberInfo] = field(default_factory=list)
+    links: list[LinkInfo] = field(default_factory=list)

@@ -1,0 +1,806 @@
+"""A p2pchat node: composes transport, discovery, flooding and the roster.
+
+The node owns every thread it starts and joins them all in :meth:`Node.close`:
+
+* ``p2pchat-router``: the only thread that changes the node's state.  It takes
+  work from one bounded inbox (links up and down, received messages, lines to
+  send, peers found by discovery) and runs the timers (presence, member
+  timeouts).  Callbacks from sockets and zeroconf only put work in the inbox.
+* ``p2pchat-listener-<addr>`` and ``p2pchat-link-<n>-r/-w``: see
+  :mod:`p2pchat.transport`.
+* ``p2pchat-dial-<target>``: one per known peer, dialling with backoff while
+  there is no link to it.
+* the discovery's threads (see :mod:`p2pchat.discovery`).
+
+``on_event`` is called with :mod:`p2pchat.events` objects, on the router
+thread (and once, for :class:`~p2pchat.events.Ready`, on the thread that calls
+:meth:`Node.start`).  It must return quickly and must not call
+:meth:`Node.close`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pchat import flood, wire
+from p2pchat.discovery import Discovery, FoundPeer, LocalService
+from p2pchat.errors import LineTooLong, RemoteProtocolError, StartupError, UsageError
+from p2pchat.events import (
+    Event,
+    JoinEvent,
+    LeaveEvent,
+    LinkInfo,
+    MemberInfo,
+    MessageEvent,
+    NickEvent,
+    Notice,
+    PeerDown,
+    PeerUp,
+    Ready,
+    Snapshot,
+)
+from p2pchat.roster import Roster
+from p2pchat.transport import Link, LinkConfig, Listener, PortInUse, dial
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7420
+"""TCP port a node listens on unless told otherwise."""
+
+DEFAULT_ROOM = "lobby"
+
+
+@dataclass
+class NodeConfig:
+    """Settings of one node.  Times are in seconds.
+
+    Attributes:
+        name: display name (1..32 code points, no control characters).
+        room: room name (1..64 code points).
+        port: TCP port to listen on; 0 = any free port.
+        port_fallback: if ``port`` is taken, listen on a free port instead
+            (and say so) rather than fail.
+        interfaces: IPv4 addresses to listen on (and to run mDNS on, if the
+            caller builds its discovery from them); empty = all interfaces.
+        peers: static peers ``(host, port)``, dialled with backoff.
+        hop_limit: hop limit of the messages this node creates.
+        presence_interval_s: how often to flood a presence.
+        member_timeout_s: silence after which a member is timed out.
+        redial_min_s, redial_max_s: redial backoff bounds.
+        dial_timeout_s: TCP connect timeout per address.
+        mdns_dial_delay_s: how long the node with the higher id waits for the
+            lower one to dial before it dials itself.
+        max_links: most links at once; more inbound links are refused.
+        max_known_peers: most dial targets kept (static and discovered).
+        link: per-link timing and queue limits.
+        seen_max_entries, seen_max_age_s: seen-cache bounds.
+        leave_flush_s: on close, how long to wait for the leave to go out.
+    """
+
+    name: str
+    room: str = DEFAULT_ROOM
+    port: int = DEFAULT_PORT
+    port_fallback: bool = False
+    interfaces: list[str] = field(default_factory=list)
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    hop_limit: int = wire.DEFAULT_HOP_LIMIT
+    presence_interval_s: float = 3.0
+    member_timeout_s: float = 10.0
+    redial_min_s: float = 0.5
+    redial_max_s: float = 10.0
+    dial_timeout_s: float = 3.0
+    mdns_dial_delay_s: float = 1.5
+    max_links: int = 64
+    max_known_peers: int = 256
+    link: LinkConfig = field(default_factory=LinkConfig)
+    seen_max_entries: int = flood.DEFAULT_SEEN_MAX_ENTRIES
+    seen_max_age_s: float = flood.DEFAULT_SEEN_MAX_AGE_S
+    leave_flush_s: float = 1.0
+
+
+def check_label(value: str, what: str, max_chars: int) -> str:
+    """Validate a name or room the way the wire protocol does.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        UsageError: empty, too long, blanks at either end, or control characters.
+    """
+    if not value:
+        raise UsageError(f"{what} must not be empty")
+    if len(value) > max_chars:
+        raise UsageError(f"{what} is longer than {max_chars} characters")
+    try:
+        wire._check_label(value, what)
+    except RemoteProtocolError as exc:
+        raise UsageError(str(exc)) from None
+    return value
+
+
+class _Dialer:
+    """Dials one peer with backoff while there is no link to it.
+
+    ``addresses``/``port`` may be updated by discovery.  Runs on its own
+    thread ``p2pchat-dial-<key>`` until :meth:`stop` or until it gives up
+    (a peer that is this node, or a discovered peer unreachable for
+    ``give_up_s``).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        key: str,
+        addresses: list[str],
+        port: int,
+        node_id: str = "",
+        first_delay_s: float = 0.0,
+        give_up_s: float | None = None,
+    ) -> None:
+        self.node = node
+        self.key = key
+        self.addresses = addresses
+        self.port = port
+        self.node_id = node_id
+        self.first_delay_s = first_delay_s
+        self.give_up_s = give_up_s
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"p2pchat-dial-{key}", daemon=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        cfg = self.node.config
+        backoff = cfg.redial_min_s
+        last_ok = time.monotonic()
+        if self.first_delay_s and self.stopped.wait(self.first_delay_s):
+            return
+        while not self.stopped.is_set():
+            if self.node_id and self.node.has_link(self.node_id):
+                last_ok = time.monotonic()
+                self.stopped.wait(0.5)
+                continue
+            try:
+                sock, host = dial(list(self.addresses), self.port, cfg.dial_timeout_s)
+            except OSError as exc:
+                log.debug("dial %s:%s failed: %s", self.addresses, self.port, exc)
+                if self.give_up_s is not None and time.monotonic() - last_ok > self.give_up_s:
+                    log.info("giving up on %s after %.0f s", self.key, self.give_up_s)
+                    break
+            else:
+                if self.stopped.is_set():
+                    sock.close()
+                    break
+                link = self.node._adopt(sock, "out", (host, self.port))
+                if link is None:
+                    break
+                while not link.done.wait(0.5):
+                    if self.stopped.is_set():
+                        break
+                if link.peer is not None:
+                    self.node_id = link.peer.node
+                lived = time.monotonic() - (link.up_at or time.monotonic())
+                if lived > 10.0:
+                    backoff = cfg.redial_min_s
+                if link.up_at is not None:
+                    last_ok = time.monotonic()
+                if link.refused is not None or link.peer is None:
+                    code = link.refused.code if link.refused else ""
+                    if link.refusal is not None:
+                        code = code or link.refusal.code
+                    if code == "self":
+                        log.info("%s is this node; not dialling it again", self.key)
+                        break
+                    if code in ("room", "version"):
+                        backoff = cfg.redial_max_s
+            jitter = random.uniform(0.8, 1.2)
+            if self.stopped.wait(backoff * jitter):
+                break
+            backoff = min(backoff * 2, cfg.redial_max_s)
+        self.node._dialer_done(self)
+
+
+class Node:
+    """One p2pchat node.
+
+    Args:
+        config: the node's settings.
+        discovery: how to find peers (``MdnsDiscovery``), or None for static
+            peers only.
+        on_event: called with every :class:`~p2pchat.events.Event`, mostly on
+            the router thread; must return quickly.
+
+    Use: ``node.start()``, then ``node.send(text)`` from any thread, and
+    ``node.close()`` (idempotent) at the end.  The node is also a context
+    manager that closes on exit.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        discovery: Discovery | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        check_label(config.name, "name", wire.MAX_NAME_CHARS)
+        check_label(config.room, "room", wire.MAX_ROOM_CHARS)
+        self.config = config
+        self.node_id = wire.new_node_id()
+        self._name = config.name
+        self._discovery = discovery
+        self._on_event = on_event or (lambda ev: None)
+        self._lock = threading.Lock()
+        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=10000)
+        self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
+        self._roster = Roster(self.node_id, config.name, config.member_timeout_s)
+        self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
+        self._seq = 0
+        self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
+        self._all_links: set[Link] = set()
+        self._dialers: dict[str, _Dialer] = {}
+        self._listeners: list[Listener] = []
+        self._router: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._started = False
+        self._closed = False
+        self._joined = False
+        self._next_presence = 0.0
+        self._last_presence = 0.0
+        self.port = 0
+
+    # -- public API -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """This node's display name."""
+        return self._name
+
+    @property
+    def room(self) -> str:
+        """This node's room."""
+        return self.config.room
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Listen, start discovery and dial the static peers; emit Ready.
+
+        Raises:
+            StartupError: the port is taken (and ``port_fallback`` is off), an
+                interface address is not on this machine, or discovery failed.
+                Nothing is left running then.
+        """
+        if self._started:
+            raise UsageError("node already started")
+        self._started = True
+        try:
+            self._listen()
+            self._router = threading.Thread(target=self._route, name="p2pchat-router", daemon=True)
+            self._router.start()
+            for host, port in self.config.peers:
+                self.add_peer(host, port)
+            if self._discovery is not None:
+                self._discovery.start(
+                    LocalService(
+                        self.node_id, self._name, self.room, self.port, wire.PROTOCOL_VERSION
+                    ),
+                    self._found,
+                    self._lost,
+                )
+        except BaseException:
+            self.close()
+            raise
+        self._emit([Ready(node=self.node_id, name=self._name, room=self.room, port=self.port)])
+
+    def send(self, text: str, action: bool = False) -> MessageEvent:
+        """Send a chat line to the room (``action`` for ``/me``).  Any thread.
+
+        Returns:
+            The event of our own line, also passed to ``on_event``.
+
+        Raises:
+            LineTooLong: more than ``wire.MAX_TEXT_CHARS`` code points.
+            UsageError: empty, contains a line break or NUL, or the node is
+                not running.
+        """
+        if len(text) > wire.MAX_TEXT_CHARS:
+            raise LineTooLong(
+                f"line is {len(text)} characters; the limit is {wire.MAX_TEXT_CHARS}. "
+                "Nothing was sent."
+            )
+        if not text.strip():
+            raise UsageError("empty line")
+        if any(ch in text for ch in "\r\n\x00"):
+            raise UsageError("a line must not contain line breaks or NUL")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("the line is not valid Unicode text") from None
+        msg = wire.Chat(text=text, action=action, **self._envelope())
+        with self._lock:
+            ev = self._message_event(msg, self_=True)
+        self._post(("local", msg))
+        return ev
+
+    def set_name(self, name: str) -> None:
+        """Change our display name and tell the room.  Any thread.
+
+        Raises:
+            UsageError: the name is invalid.
+        """
+        check_label(name, "name", wire.MAX_NAME_CHARS)
+        if name == self._name:
+            return
+        self._post(("nick", name))
+
+    def add_peer(self, host: str, port: int) -> None:
+        """Add a static peer, dialled with backoff for as long as the node runs."""
+        key = f"{host}:{port}"
+        with self._lock:
+            if key in self._dialers or len(self._dialers) >= self.config.max_known_peers:
+                return
+            dialer = _Dialer(self, key, [host], port)
+            self._dialers[key] = dialer
+        dialer.thread.start()
+
+    def has_link(self, node_id: str) -> bool:
+        """True if a link to ``node_id`` is up."""
+        return node_id in self._links
+
+    def snapshot(self) -> Snapshot:
+        """Members of the room and the links that are up, for /who and /peers."""
+        now = time.monotonic()
+        with self._lock:
+            members = [
+                MemberInfo(
+                    node=m.node,
+                    name=m.name,
+                    display=self._roster.display(m.node),
+                    linked=m.node in self._links,
+                    self=m.node == self.node_id,
+                )
+                for m in self._roster.members()
+            ]
+            links = [
+                LinkInfo(
+                    peer=pid,
+                    name=self._roster.display(pid, link.peer.name if link.peer else None)
+                    if pid in self._roster
+                    else (link.peer.name if link.peer else ""),
+                    address=link.address,
+                    direction=link.direction,
+                    uptime_s=round(now - (link.up_at or now), 1),
+                    frames_in=link.frames_in,
+                    frames_out=link.frames_out,
+                )
+                for pid, link in sorted(self._links.items())
+            ]
+        return Snapshot(members=members, links=links)
+
+    def close(self) -> None:
+        """Leave the room gracefully and stop every thread.  Idempotent.
+
+        Floods a ``leave``, waits up to ``leave_flush_s`` for it to be sent,
+        unregisters from mDNS (peers see the goodbye), closes every link and
+        joins every thread the node started.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            links = list(self._links.values())
+            frame = b""
+            if self._joined and links:
+                leave = wire.Leave(reason="quit", **self._envelope_locked())
+                self._seen.add(leave.id, time.monotonic())
+                frame = wire.encode_frame(leave)
+        if frame:
+            for link in links:
+                link.send(frame)
+            deadline = time.monotonic() + self.config.leave_flush_s
+            while time.monotonic() < deadline and any(link.queued() for link in links):
+                time.sleep(0.02)
+            for link in links:
+                link.retire()  # half-close after the leave: peers read it, then EOF
+        self._stopping.set()
+        if self._discovery is not None:
+            self._discovery.close()
+        for listener in self._listeners:
+            listener.close()
+        with self._lock:
+            dialers = list(self._dialers.values())
+        for d in dialers:
+            d.stop()
+        # Give retired links a moment to reach EOF cleanly, then cut the rest.
+        deadline = time.monotonic() + 0.5
+        for link in links:
+            link.done.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            all_links = list(self._all_links)
+        for link in all_links:
+            link.close("node closing")
+        for listener in self._listeners:
+            listener.join(2.0)
+        for d in dialers:
+            if d.thread.is_alive() and d.thread is not threading.current_thread():
+                d.thread.join(self.config.dial_timeout_s + 2.0)
+        for link in all_links:
+            link.join(self.config.link.link_timeout_s + 2.0)
+        if self._router is not None and self._router is not threading.current_thread():
+            with contextlib.suppress(queue.Full):
+                self._inbox.put_nowait(("stop",))
+            self._router.join(5.0)
+
+    # -- listening and links ------------------------------------------------------
+
+    def _listen(self) -> None:
+        hosts = self.config.interfaces or ["0.0.0.0"]
+        port = self.config.port
+        try:
+            self._bind_all(hosts, port)
+        except PortInUse as exc:
+            if not self.config.port_fallback:
+                raise StartupError(
+                    f"{exc}; choose another with --port (0 = any free port)"
+                ) from None
+            self._emit([Notice(text=f"{exc}; listening on a free port instead", level="warning")])
+            self._bind_all(hosts, 0)
+
+    def _bind_all(self, hosts: list[str], port: int) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+        try:
+            for host in hosts:
+                listener = Listener(host, port, self._accept)
+                self._listeners.append(listener)
+                port = listener.port  # the others take the same port
+        except StartupError:
+            for listener in self._listeners:
+                listener.close()
+            self._listeners = []
+            raise
+        self.port = port
+        for listener in self._listeners:
+            listener.start()
+
+    def _hello(self) -> wire.Hello:
+        return wire.Hello(
+            version=wire.PROTOCOL_VERSION,
+            node=self.node_id,
+            name=self._name,
+            room=self.room,
+            port=self.port,
+        )
+
+    def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._adopt(sock, "in", remote) is None:
+            sock.close()
+
+    def _adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
+        """Start a link on a connected socket, or None if the node is closing."""
+        assert direction in ("in", "out")
+        link = Link(
+            sock,
+            "in" if direction == "in" else "out",
+            remote,
+            self,
+            self._hello(),
+            self.config.link,
+        )
+        with self._lock:
+            if self._closed:
+                sock.close()
+                return None
+            if len(self._all_links) >= self.config.max_links * 2:
+                log.warning("too many links; dropping connection from %s", remote[0])
+                sock.close()
+                return None
+            self._all_links.add(link)
+        link.start()
+        return link
+
+    # LinkOwner callbacks: on link reader threads.
+
+    def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
+        """Refuse a peer's hello when it is ourselves, another room, or too many."""
+        if hello.node == self.node_id:
+            return wire.Refuse(code="self", reason="this is a link to myself")
+        if hello.room != self.room:
+            return wire.Refuse(
+                code="room", reason=f"this node is in room {self.room!r}, not {hello.room!r}"
+            )
+        if len(self._links) >= self.config.max_links and hello.node not in self._links:
+            return wire.Refuse(code="busy", reason=f"too many links ({self.config.max_links})")
+        return None
+
+    def on_link_up(self, link: Link) -> None:
+        """Handshake done: hand the link to the router."""
+        self._post(("up", link))
+
+    def on_message(self, link: Link, msg: wire.FloodMessage) -> None:
+        """A flooded message arrived: hand it to the router (blocks while the
+        inbox is full, which pushes back on this peer through TCP)."""
+        while not self._stopping.is_set():
+            try:
+                self._inbox.put(("msg", link, msg), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
+        """The link ended: tell the router (and surface refusals to the user)."""
+        if link.refused is not None and link.refused.code in ("version", "room"):
+            text = f"{link.address} refused the link: {link.refused.reason}"
+            self._emit([Notice(text=text, level="error")])
+        elif link.refusal is not None and link.refusal.code == "version":
+            text = f"refused a link from {link.remote[0]}: {link.refusal.reason}"
+            self._emit([Notice(text=text, level="error")])
+        self._post(("down", link, reason))
+
+    # -- discovery callbacks: on the discovery thread ---------------------------------
+
+    def _found(self, peer: FoundPeer) -> None:
+        if peer.node_id == self.node_id or peer.room != self.room:
+            return
+        if peer.version != wire.PROTOCOL_VERSION:
+            log.info("ignoring %s: protocol version %s", peer.name, peer.version)
+            return
+        with self._lock:
+            if self._closed:
+                return
+            dialer = self._dialers.get(peer.node_id)
+            if dialer is not None and not dialer.stopped.is_set():
+                dialer.addresses = list(peer.addresses)
+                dialer.port = peer.port
+                return
+            if len(self._dialers) >= self.config.max_known_peers:
+                return
+            delay = 0.0 if self.node_id < peer.node_id else self.config.mdns_dial_delay_s
+            dialer = _Dialer(
+                self,
+                peer.node_id,
+                list(peer.addresses),
+                peer.port,
+                node_id=peer.node_id,
+                first_delay_s=delay,
+                give_up_s=120.0,
+            )
+            self._dialers[peer.node_id] = dialer
+        dialer.thread.start()
+
+    def _lost(self, node_id: str) -> None:
+        with self._lock:
+            dialer = self._dialers.get(node_id)
+        if dialer is not None:
+            dialer.stop()
+
+    def _dialer_done(self, dialer: _Dialer) -> None:
+        with self._lock:
+            if self._dialers.get(dialer.key) is dialer:
+                del self._dialers[dialer.key]
+
+    # -- the router thread ----------------------------------------------------------
+
+    def _post(self, item: tuple[Any, ...]) -> None:
+        if self._closed and item[0] in ("local", "nick"):
+            raise UsageError("the node is closed")
+        try:
+            self._inbox.put(item, timeout=5.0)
+        except queue.Full:
+            log.error("router inbox full; dropped %s", item[0])
+
+    def _emit(self, events: list[Event]) -> None:
+        for ev in events:
+            try:
+                self._on_event(ev)
+            except Exception:
+                log.exception("on_event callback failed")
+
+    def _envelope(self) -> dict[str, Any]:
+        with self._lock:
+            return self._envelope_locked()
+
+    def _route(self) -> None:
+        next_tick = 0.0
+        while True:
+            now = time.monotonic()
+            wake = min(next_tick, self._next_presence) if self._joined else next_tick
+            timeout = max(0.0, wake - now)
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is not None and item[0] == "stop":
+                return
+            events: list[Event] = []
+            try:
+                with self._lock:
+                    if item is not None:
+                        self._handle(item, events)
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        next_tick = now + 0.5
+                        self._tick(now, events)
+                    if now >= self._next_presence and self._joined and not self._closed:
+                        self._flood_own(wire.Presence(**self._envelope_locked()), events)
+                        self._last_presence = now
+                        self._next_presence = now + self.config.presence_interval_s
+            except Exception:
+                log.exception("router: internal error on %s", item[0] if item else "tick")
+            self._emit(events)
+
+    def _envelope_locked(self) -> dict[str, Any]:
+        self._seq += 1
+        return {
+            "id": wire.new_message_id(),
+            "origin": self.node_id,
+            "seq": self._seq,
+            "name": self._name,
+            "room": self.room,
+            "ts": wire.now_ts(),
+            "hops": self.config.hop_limit,
+        }
+
+    def _presence_soon(self, now: float) -> None:
+        """Schedule a presence at once, but not twice within 0.5 s."""
+        self._next_presence = min(self._next_presence, max(now, self._last_presence + 0.5))
+
+    def _handle(self, item: tuple[Any, ...], events: list[Event]) -> None:
+        kind = item[0]
+        now = time.monotonic()
+        if kind == "msg":
+            self._on_flooded(item[1], item[2], events)
+        elif kind == "local":
+            self._flood_own(item[1], events)
+        elif kind == "up":
+            self._link_up(item[1], events)
+        elif kind == "down":
+            link: Link = item[1]
+            self._all_links.discard(link)
+            if link.peer is not None and self._links.get(link.peer.node) is link:
+                del self._links[link.peer.node]
+                events.append(PeerDown(peer=link.peer.node, address=link.address, reason=item[2]))
+        elif kind == "nick":
+            old = self._name
+            self._name = item[1]
+            self._roster.rename_self(item[1])
+            nick = wire.Nick(old=old, **self._envelope_locked())
+            self._flood_own(nick, events)
+            events.append(NickEvent(origin=self.node_id, old=old, new=item[1]))
+            self._presence_soon(now)
+
+    def _link_up(self, link: Link, events: list[Event]) -> None:
+        if self._closed or link.peer is None:
+            link.close("node closing")
+            return
+        pid = link.peer.node
+        existing = self._links.get(pid)
+        if existing is not None and existing is not link:
+            # Exactly one link per pair: keep the one dialled by the lower
+            # node id; if both were dialled by the same node, keep the newer.
+            lower = min(self.node_id, pid)
+            if existing.dialer == lower and link.dialer != lower:
+                link.retire()
+                return
+            existing.retire()
+            self._links[pid] = link
+            return
+        self._links[pid] = link
+        events.append(PeerUp(peer=pid, address=link.address, name=link.peer.name))
+        if not self._joined:
+            self._joined = True
+            self._flood_own(wire.Join(**self._envelope_locked()), events)
+        self._presence_soon(time.monotonic())
+
+    def _flood_own(self, msg: wire.FloodMessage, events: list[Event]) -> None:
+        self._forward(msg, None, events)
+
+    def _on_flooded(self, link: Link, msg: wire.FloodMessage, events: list[Event]) -> None:
+        if msg.origin == self.node_id:
+            # Our own message came back: only possible for a forged or stale
+            # origin.  Drop it (the seen-cache already has ours).
+            self._seen.add(msg.id, time.monotonic())
+            return
+        self._forward(msg, link, events)
+
+    def _forward(self, msg: wire.FloodMessage, came_from: Link | None, events: list[Event]) -> None:
+        now = time.monotonic()
+        decision = flood.decide(
+            msg, came_from, list(self._links.values()), self._seen, self.room, now
+        )
+        if not decision.deliver:
+            if decision.drop_reason != "duplicate":
+                log.info("dropped %s %s: %s", wire.kind(msg), msg.id, decision.drop_reason)
+            return
+        if decision.forward is not None:
+            frame = wire.encode_frame(decision.forward)
+            for target in decision.to:
+                target.send(frame)
+        self._deliver(msg, came_from is None, events, now)
+
+    def _deliver(self, msg: wire.FloodMessage, own: bool, events: list[Event], now: float) -> None:
+        if own:
+            if isinstance(msg, wire.Chat):
+                events.append(self._message_event(msg, self_=True))
+            return
+        origin = msg.origin
+        left_seq = self._left.get(origin)
+        stale = left_seq is not None and msg.seq <= left_seq
+        if left_seq is not None and not stale:
+            del self._left[origin]  # it came back
+        if isinstance(msg, wire.Leave):
+            if stale:
+                return
+            member = self._roster.remove(origin)
+            self._left[origin] = msg.seq
+            while len(self._left) > 4096:
+                self._left.popitem(last=False)
+            if member is not None:
+                events.append(
+                    LeaveEvent(
+                        origin=origin,
+                        name=member.name,
+                        reason="quit",
+                        display=self._roster.display(origin, member.name),
+                    )
+                )
+            return
+        if not stale:
+            is_new, old = self._roster.heard(origin, msg.name, now, seq=msg.seq)
+            if is_new:
+                via = "join" if isinstance(msg, wire.Join) else "presence"
+                events.append(
+                    JoinEvent(
+                        origin=origin,
+                        name=msg.name,
+                        via=via,
+                        display=self._roster.display(origin),
+                    )
+                )
+            elif old is not None:
+                events.append(NickEvent(origin=origin, old=old, new=msg.name))
+            if isinstance(msg, wire.Join):
+                self._presence_soon(now)  # so the newcomer learns of us
+        if isinstance(msg, wire.Chat):
+            events.append(self._message_event(msg, self_=False))
+
+    def _message_event(self, msg: wire.Chat, self_: bool) -> MessageEvent:
+        return MessageEvent(
+            id=msg.id,
+            origin=msg.origin,
+            name=msg.name,
+            text=msg.text,
+            ts=msg.ts,
+            self=self_,
+            seq=msg.seq,
+            action=msg.action,
+            display=self._roster.display(msg.origin, msg.name),
+        )
+
+    def _tick(self, now: float, events: list[Event]) -> None:
+        self._seen.expire(now)
+        for member in self._roster.expire(now):
+            events.append(
+                LeaveEvent(
+                    origin=member.node,
+                    name=member.name,
+                    reason="timeout",
+                    display=self._roster.display(member.node, member.name),
+                )
+            )

@@ -1,0 +1,116 @@
+"""Who is in the room: members heard from, their names, and presence timeouts.
+
+No sockets; time is passed in.  One thread (the node's router) owns a roster.
+A member is any origin heard from in our room (a join, a presence, a chat
+line...).  A member that sends nothing for ``timeout_s`` seconds is timed out;
+members send a presence at least every ``PRESENCE_INTERVAL_S`` (see
+``docs/protocol.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Member:
+    """One node in the room.
+
+    Attributes:
+        node: node id (16 hex digits).
+        name: display name as last heard.
+        last_seen: monotonic time (s) of the last message from it.
+        name_seq: sequence number of the message that gave ``name``.
+    """
+
+    node: str
+    name: str
+    last_seen: float
+    name_seq: int = -1
+
+
+class Roster:
+    """Members of one room, as seen by one node.
+
+    Args:
+        self_id: this node's id; it is a member that never times out.
+        self_name: this node's display name.
+        timeout_s: seconds of silence after which a member is timed out.
+    """
+
+    def __init__(self, self_id: str, self_name: str, timeout_s: float) -> None:
+        self.self_id = self_id
+        self.timeout_s = timeout_s
+        self._members: dict[str, Member] = {self_id: Member(self_id, self_name, float("inf"))}
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._members
+
+    def get(self, node: str) -> Member | None:
+        """The member with this id, or None."""
+        return self._members.get(node)
+
+    def members(self) -> list[Member]:
+        """Every member, this node included, sorted by display name."""
+        return sorted(self._members.values(), key=lambda m: (m.name.casefold(), m.node))
+
+    def heard(
+        self, node: str, name: str, now: float, seq: int | None = None
+    ) -> tuple[bool, str | None]:
+        """Note a message from ``node`` carrying display name ``name``.
+
+        ``seq`` is the message's per-origin sequence number, if known: a name
+        carried by an older message than the one that set the current name is
+        ignored, so lines that arrive out of order never undo a nick change.
+
+        Returns:
+            ``(is_new, old_name)``: ``is_new`` if the node was not a member;
+            ``old_name`` if it was, under another name (a nick change missed
+            or just received), else None.
+        """
+        member = self._members.get(node)
+        if member is None:
+            self._members[node] = Member(node, name, now, -1 if seq is None else seq)
+            return True, None
+        if node != self.self_id:
+            member.last_seen = now
+        if seq is not None:
+            if seq < member.name_seq:
+                return False, None
+            member.name_seq = seq
+        if member.name != name:
+            old = member.name
+            member.name = name
+            return False, old
+        return False, None
+
+    def rename_self(self, name: str) -> None:
+        """Change this node's own display name."""
+        self._members[self.self_id].name = name
+
+    def remove(self, node: str) -> Member | None:
+        """Remove a member that left; returns it, or None if unknown."""
+        if node == self.self_id:
+            return None
+        return self._members.pop(node, None)
+
+    def expire(self, now: float) -> list[Member]:
+        """Remove and return members silent for more than ``timeout_s``."""
+        gone = [
+            m
+            for m in self._members.values()
+            if m.node != self.self_id and now - m.last_seen > self.timeout_s
+        ]
+        for m in gone:
+            del self._members[m.node]
+        return gone
+
+    def display(self, node: str, name: str | None = None) -> str:
+        """How to show ``node`` to a person: its name, or ``name#abcd`` (the
+        first four hex digits of its node id) when another member uses the
+        same name.  ``name`` overrides the roster's name (for a node that has
+        just left or is not known)."""
+        member = self._members.get(node)
+        shown = name if name is not None else (member.name if member else node[:8])
+        clash = any(m.node != node and m.name == shown for m in self._members.values())
+        return f"{shown}#{node[:4]}" if clash else shown

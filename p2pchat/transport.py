@@ -1,0 +1,471 @@
+"""TCP links to peers: listener, handshake, reader and writer threads, send queues.
+
+Threads (all named, all joined by :meth:`Link.join` / :meth:`Listener.join`):
+
+* ``p2pchat-listener-<addr>``: accepts links on one listening socket.
+* ``p2pchat-link-<n>-r``: a link's reader; runs the handshake, then decodes
+  frames and hands each message to the owner's ``on_message``.
+* ``p2pchat-link-<n>-w``: a link's writer; drains the link's bounded send
+  queue and sends a ``keepalive`` whenever the link was idle for
+  ``keepalive_interval_s``.
+
+A :class:`Link` knows nothing of flooding: its owner (the node) decides what
+to send.  One slow peer fills only its own queue; when that is full the link is
+closed ("send queue full") rather than slowing the others.  Every blocking call
+has a timeout: ``handshake_timeout_s`` for the first frame, ``link_timeout_s``
+for every later read and every send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from p2pchat import wire
+from p2pchat.errors import LinkRefused, RemoteProtocolError, StartupError, VersionMismatch
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["in", "out"]
+
+_RETIRE = object()  # writer sentinel: flush, then half-close
+_STOP = object()  # writer sentinel: stop now
+
+_link_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Timing and size limits of a link.
+
+    Attributes:
+        handshake_timeout_s: seconds to receive the peer's ``hello``.
+        keepalive_interval_s: send a keepalive after this many idle seconds.
+        link_timeout_s: a link with nothing received for this long is dead;
+            also the timeout of every socket send.
+        send_queue_frames: capacity of the send queue, in frames.
+    """
+
+    handshake_timeout_s: float = 5.0
+    keepalive_interval_s: float = 2.0
+    link_timeout_s: float = 6.0
+    send_queue_frames: int = 1024
+
+
+class LinkOwner(Protocol):
+    """What a :class:`Link` calls back into.  All three are called on the
+    link's reader thread; they must not block for long."""
+
+    def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
+        """Return a refusal for this peer's hello, or None to accept it."""
+
+    def on_link_up(self, link: Link) -> None:
+        """The handshake finished; ``link.peer`` is set."""
+
+    def on_message(self, link: Link, msg: wire.FloodMessage) -> None:
+        """A flooded message arrived on an established link."""
+
+    def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
+        """The link is closed (always called once, last)."""
+
+
+class Link:
+    """One TCP link to one peer.
+
+    Args:
+        sock: a connected TCP socket; the link owns it from now on.
+        direction: ``"out"`` if we dialled, ``"in"`` if the peer did.
+        remote: ``(ip, port)`` of the socket's remote end.
+        owner: receives the callbacks (see :class:`LinkOwner`).
+        hello: our own ``hello``, sent first.
+        config: timing and size limits.
+
+    After :meth:`start`, the reader and writer threads run until the link
+    closes; :meth:`join` waits for them.  :attr:`done` is set once closed.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        direction: Direction,
+        remote: tuple[str, int],
+        owner: LinkOwner,
+        hello: wire.Hello,
+        config: LinkConfig,
+    ) -> None:
+        self.number = next(_link_numbers)
+        self.sock = sock
+        self.direction: Direction = direction
+        self.remote = remote
+        self.config = config
+        self.peer: wire.Hello | None = None
+        self.refused: wire.Refuse | None = None  # the peer refused us
+        self.refusal: wire.Refuse | None = None  # we refused the peer
+        self.started_at = time.monotonic()
+        self.up_at: float | None = None
+        self.done = threading.Event()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._owner = owner
+        self._hello = hello
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=config.send_queue_frames)
+        self._close_lock = threading.Lock()
+        self._close_reason: str | None = None
+        self._retired = False
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"p2pchat-link-{self.number}-r", daemon=True
+        )
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"p2pchat-link-{self.number}-w", daemon=True
+        )
+
+    def __repr__(self) -> str:
+        peer = self.peer.node if self.peer else "?"
+        return f"<Link #{self.number} {self.direction} {self.address} peer={peer}>"
+
+    @property
+    def peer_id(self) -> str:
+        """The peer's node id (empty before the handshake)."""
+        return self.peer.node if self.peer else ""
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the peer: its listening port once known."""
+        port = self.peer.port if self.peer and self.peer.port else self.remote[1]
+        return f"{self.remote[0]}:{port}"
+
+    @property
+    def dialer(self) -> str:
+        """Node id of the node that dialled this link (needs the handshake)."""
+        return self._hello.node if self.direction == "out" else self.peer_id
+
+    @property
+    def retired(self) -> bool:
+        """True once :meth:`retire` was called."""
+        return self._retired
+
+    def start(self) -> None:
+        """Queue our hello and start the reader and writer threads."""
+        self._queue.put_nowait(wire.encode_frame(self._hello))
+        self.sock.settimeout(self.config.link_timeout_s)
+        self._writer.start()
+        self._reader.start()
+
+    def send(self, frame: bytes) -> bool:
+        """Queue one encoded frame; never blocks.
+
+        Returns:
+            False if the queue was full: the link is then closed ("send queue
+            full"), so one peer that stops reading cannot hold up the others.
+        """
+        if self._close_reason is not None or self._retired:
+            return False
+        try:
+            self._queue.put_nowait(frame)
+        except queue.Full:
+            self.close("send queue full")
+            return False
+        return True
+
+    def queued(self) -> int:
+        """Frames waiting in the send queue."""
+        return self._queue.qsize()
+
+    def retire(self) -> None:
+        """Stop sending on this link after what is queued, then half-close it.
+
+        Frames the peer still sends are read until it half-closes too (or the
+        link times out).  Used to drop the losing link of a duplicate pair
+        without losing a frame that was already on its way.
+        """
+        if self._retired:
+            return
+        self._retired = True
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_RETIRE)
+
+    def close(self, reason: str) -> None:
+        """Close the link now (idempotent; the first reason is kept).
+
+        Wakes both threads by shutting the socket down; the reader thread
+        then reports :meth:`LinkOwner.on_link_closed`.
+        """
+        with self._close_lock:
+            if self._close_reason is not None:
+                return
+            self._close_reason = reason
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_STOP)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds for both threads to end."""
+        deadline = time.monotonic() + timeout_s
+        for t in (self._reader, self._writer):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+
+    # -- reader ---------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        reason = "closed"
+        was_up = False
+        try:
+            decoder = wire.FrameDecoder()
+            early = self._handshake(decoder)
+            was_up = True
+            self.up_at = time.monotonic()
+            self._owner.on_link_up(self)
+            self.sock.settimeout(self.config.link_timeout_s)
+            while True:
+                for msg in early or self._recv(decoder):
+                    if isinstance(msg, wire.Keepalive):
+                        continue
+                    if isinstance(msg, (wire.Hello, wire.Refuse)):
+                        raise RemoteProtocolError(f"unexpected {wire.kind(msg)} after handshake")
+                    self._owner.on_message(self, msg)
+                early = []
+        except _Closed as exc:
+            reason = exc.reason
+        except RemoteProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            log.warning("link %s to %s closed: %s", self.number, self.address, reason)
+        except TimeoutError:
+            reason = "keepalive timeout" if was_up else "handshake timeout"
+            log.info("link %s to %s: %s", self.number, self.address, reason)
+        except OSError as exc:
+            reason = self._close_reason or f"connection error: {exc.strerror or exc}"
+        except Exception:  # a bug of ours: end this link, keep the node
+            log.exception("link %s to %s: internal error", self.number, self.address)
+            reason = "internal error"
+        finally:
+            self.close(reason)
+            self._writer.join(self.config.link_timeout_s + 1.0)
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.done.set()
+            self._owner.on_link_closed(self, self._close_reason or reason, was_up)
+
+    def _recv(self, decoder: wire.FrameDecoder) -> list[wire.Message]:
+        try:
+            data = self.sock.recv(65536)
+        except OSError:
+            if self._close_reason is not None:
+                raise _Closed(self._close_reason) from None
+            raise
+        if not data:
+            raise _Closed(
+                self._close_reason or ("retired" if self._retired else "peer closed the link")
+            )
+        self.bytes_in += len(data)
+        msgs = decoder.feed(data)
+        self.frames_in += len(msgs)
+        return msgs
+
+    def _handshake(self, decoder: wire.FrameDecoder) -> list[wire.Message]:
+        """Receive and check the peer's hello; return frames that came with it."""
+        self.sock.settimeout(self.config.handshake_timeout_s)
+        deadline = time.monotonic() + self.config.handshake_timeout_s
+        bodies: list[bytes] = []
+        while not bodies:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                if self._close_reason is not None:
+                    raise _Closed(self._close_reason) from None
+                raise
+            if not data:
+                raise _Closed("peer closed the link during the handshake")
+            self.bytes_in += len(data)
+            bodies = decoder.feed_bodies(data)
+        first, rest = bodies[0], bodies[1:]
+        version = wire.hello_version(first)
+        if version is not None and version != wire.PROTOCOL_VERSION:
+            reason = (
+                f"peer speaks protocol version {version}; this node speaks "
+                f"version {wire.PROTOCOL_VERSION}"
+            )
+            self._refuse(wire.Refuse(code="version", reason=reason))
+            raise VersionMismatch(reason)
+        msg = wire.decode_body(first)
+        self.frames_in += 1
+        if isinstance(msg, wire.Refuse):
+            self.refused = msg
+            raise LinkRefused(f"peer refused the link ({msg.code}): {msg.reason}")
+        if not isinstance(msg, wire.Hello):
+            raise RemoteProtocolError(f"{wire.kind(msg)} frame before the handshake")
+        refusal = self._owner.check_hello(self, msg)
+        if refusal is not None:
+            self._refuse(refusal)
+            raise _Closed(f"refused ({refusal.code}): {refusal.reason}")
+        self.peer = msg
+        # Frames that came in the same read as the hello are kept, in order.
+        early = [wire.decode_body(body) for body in rest]
+        self.frames_in += len(early)
+        return early
+
+    def _refuse(self, refusal: wire.Refuse) -> None:
+        """Send a refusal (best effort, bounded by the socket timeout)."""
+        self.refusal = refusal
+        with contextlib.suppress(OSError):
+            self.sock.sendall(wire.encode_frame(refusal))
+
+    # -- writer ---------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        interval = self.config.keepalive_interval_s
+        keepalive = wire.encode_frame(wire.Keepalive())
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=interval)
+                except queue.Empty:
+                    if self.up_at is None or self._retired:
+                        continue
+                    item = keepalive
+                if item is _STOP:
+                    return
+                if item is _RETIRE:
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_WR)
+                    return
+                assert isinstance(item, bytes)
+                self.sock.sendall(item)
+                self.frames_out += 1
+                self.bytes_out += len(item)
+        except OSError as exc:
+            if self._close_reason is None:
+                self.close(
+                    "send timeout"
+                    if isinstance(exc, TimeoutError)
+                    else f"send failed: {exc.strerror or exc}"
+                )
+
+
+class _Closed(Exception):
+    """Internal: the link ended in an expected way; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Listener:
+    """A listening TCP socket and its accept thread.
+
+    Args:
+        host: IPv4 address to bind (``"0.0.0.0"`` for all).
+        port: TCP port (0 = any free port).
+        on_accept: called on the listener thread with ``(sock, (ip, port))``
+            for each accepted connection; must not block.
+
+    Raises:
+        StartupError: the port is taken or the address is not on this machine.
+        OSError: other bind failures, with ``errno`` set.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_accept: Callable[[socket.socket, tuple[str, int]], None],
+        backlog: int = 64,
+    ) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is already in use") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise StartupError(f"address {host} is not on this machine") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.settimeout(0.5)
+        self.sock = sock
+        self.host = host
+        self.port: int = sock.getsockname()[1]
+        self._on_accept = on_accept
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"p2pchat-listener-{host}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the accept thread."""
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("accept failed on %s:%s: %s", self.host, self.port, exc)
+                time.sleep(0.1)  # e.g. EMFILE: don't spin
+                continue
+            try:
+                self._on_accept(conn, (addr[0], addr[1]))
+            except Exception:
+                log.exception("accept handler failed")
+                conn.close()
+
+    def close(self) -> None:
+        """Stop accepting and close the socket (idempotent)."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds for the accept thread to end."""
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+
+class PortInUse(StartupError):
+    """The listening port is taken (the node may fall back to a free port)."""
+
+
+def dial(addresses: list[str], port: int, timeout_s: float) -> tuple[socket.socket, str]:
+    """Connect to the first of ``addresses`` that answers on ``port``.
+
+    Args:
+        addresses: IPv4 addresses or host names, tried in order.
+        port: TCP port.
+        timeout_s: connect timeout per address, seconds.
+
+    Returns:
+        ``(socket, address)`` of the first successful connection.
+
+    Raises:
+        OSError: no address could be reached (the last error).
+    """
+    last: OSError = OSError("no address to dial")
+    for host in addresses:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout_s)
+        except OSError as exc:
+            last = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, host
+    raise last

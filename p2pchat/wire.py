@@ -1,0 +1,334 @@
+"""Wire protocol v1: frames and messages; encode, decode, validate.  No sockets.
+
+The contract is ``docs/protocol.md``; this module is its reference
+implementation.  In short:
+
+* A **frame** is a 4-byte big-endian unsigned length ``N`` followed by ``N``
+  bytes of UTF-8 JSON holding one object.  ``1 <= N <= MAX_FRAME_BYTES``.
+* The object's ``"type"`` names the message kind.  Link-local kinds are
+  ``hello``, ``refuse`` and ``keepalive``; flooded kinds (carried through the
+  mesh with a message id and a hop limit) are ``chat``, ``join``, ``leave``,
+  ``nick`` and ``presence``.
+* Unknown object keys are ignored (room for later minor additions); an unknown
+  ``type``, a wrong field type, a value out of range, invalid UTF-8 or a lone
+  surrogate is a :class:`~p2pchat.errors.RemoteProtocolError`.
+
+Typical use, on the reading side of a link::
+
+    decoder = FrameDecoder()
+    for message in decoder.feed(sock.recv(65536)):
+        ...
+
+and on the writing side ``sock.sendall(encode_frame(message))``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import unicodedata
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from p2pchat.errors import FrameTooLarge, LocalError, RemoteProtocolError
+
+PROTOCOL_VERSION: Final = 1
+"""The version this module speaks; sent in ``hello`` and in the mDNS TXT record."""
+
+MAX_FRAME_BYTES: Final = 65536
+"""Largest frame body in bytes (the 4-byte length prefix not counted)."""
+
+MAX_TEXT_CHARS: Final = 2000
+"""Longest chat line, in Unicode code points."""
+
+MAX_NAME_CHARS: Final = 32
+"""Longest display name, in code points."""
+
+MAX_ROOM_CHARS: Final = 64
+"""Longest room name, in code points."""
+
+DEFAULT_HOP_LIMIT: Final = 16
+"""Hop limit given to a new flooded message; each relay takes one off."""
+
+MAX_HOP_LIMIT: Final = 64
+"""A received hop limit above this is refused as malformed."""
+
+HEADER: Final = struct.Struct("!I")
+
+NodeId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{16}$")]
+MessageId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+Room = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ROOM_CHARS)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Hops = Annotated[int, msgspec.Meta(ge=0, le=MAX_HOP_LIMIT)]
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+Reason = Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
+    """First frame on a link, sent by both ends at once.
+
+    Attributes:
+        version: protocol version (:data:`PROTOCOL_VERSION`).
+        node: the sender's node id, 16 lowercase hex digits.
+        name: the sender's display name.
+        room: the room the sender is in; a link joins two nodes of one room.
+        port: the TCP port the sender listens on (0 if it does not listen).
+    """
+
+    version: int
+    node: NodeId
+    name: Name
+    room: Room
+    port: Port
+
+
+class Refuse(msgspec.Struct, tag_field="type", tag="refuse", frozen=True):
+    """Sent instead of (or after) ``hello`` to refuse a link; the sender then
+    closes it.  ``code`` is one of ``version``, ``room``, ``self``,
+    ``duplicate``, ``busy``; ``reason`` is a sentence for people."""
+
+    code: Annotated[str, msgspec.Meta(max_length=32)]
+    reason: Reason
+
+
+class Keepalive(msgspec.Struct, tag_field="type", tag="keepalive", frozen=True):
+    """Sent on an otherwise idle link so that the peer knows it is alive."""
+
+
+class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    """Fields common to every message that is flooded through the mesh.
+
+    Attributes:
+        id: message id, 32 lowercase hex digits (128 random bits), unique.
+        origin: node id of the node that created the message.
+        seq: per-origin sequence number, counting up from 1 over every
+            flooded message that origin creates.
+        name: the origin's display name when it created the message.
+        room: the room of the message; never delivered in another room.
+        ts: creation time, seconds since the Unix epoch (the origin's clock).
+        hops: hop limit left; a relay forwards only while it is above 0,
+            taking one off each time.
+    """
+
+    id: MessageId
+    origin: NodeId
+    seq: Seq
+    name: Name
+    room: Room
+    ts: Timestamp
+    hops: Hops
+
+
+class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
+    """A chat line.  ``action`` is true for ``/me`` lines."""
+
+    text: Text
+    action: bool = False
+
+
+class Join(Flooded, tag="join", frozen=True, kw_only=True):
+    """The origin entered the room."""
+
+
+class Leave(Flooded, tag="leave", frozen=True, kw_only=True):
+    """The origin left the room on purpose (``reason`` is ``quit``)."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=32)] = "quit"
+
+
+class Nick(Flooded, tag="nick", frozen=True, kw_only=True):
+    """The origin changed its display name from ``old`` to ``name``."""
+
+    old: Name
+
+
+class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
+    """Periodic "still here" from the origin (see ``docs/protocol.md``)."""
+
+
+LinkMessage = Hello | Refuse | Keepalive
+FloodMessage = Chat | Join | Leave | Nick | Presence
+Message = Hello | Refuse | Keepalive | Chat | Join | Leave | Nick | Presence
+
+_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+_encoder = msgspec.json.Encoder()
+
+
+def new_message_id() -> str:
+    """Return a fresh message id: 32 lowercase hex digits from the OS RNG."""
+    return os.urandom(16).hex()
+
+
+def new_node_id() -> str:
+    """Return a fresh node id: 16 lowercase hex digits from the OS RNG."""
+    return os.urandom(8).hex()
+
+
+def now_ts() -> float:
+    """Wall-clock time for a message's ``ts`` field, in seconds since the epoch."""
+    return time.time()
+
+
+def _check_text(value: str, what: str) -> None:
+    # msgspec accepts a JSON escape of a lone surrogate; such a string cannot be
+    # UTF-8 encoded again, so we refuse it as invalid UTF-8.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
+
+
+def _check_label(value: str, what: str) -> None:
+    _check_text(value, what)
+    if value != value.strip():
+        raise RemoteProtocolError(f"{what} has leading or trailing blanks")
+    if any(unicodedata.category(ch)[0] == "C" for ch in value):
+        raise RemoteProtocolError(f"{what} contains control characters")
+
+
+def _validate(msg: Message) -> None:
+    if isinstance(msg, Hello):
+        _check_label(msg.name, "name")
+        _check_label(msg.room, "room")
+    elif isinstance(msg, Flooded):
+        _check_label(msg.name, "name")
+        _check_label(msg.room, "room")
+        if isinstance(msg, Chat):
+            _check_text(msg.text, "text")
+            if any(ch in msg.text for ch in "\r\n\x00"):
+                raise RemoteProtocolError("text contains a line break or NUL")
+        elif isinstance(msg, Nick):
+            _check_label(msg.old, "old name")
+    elif isinstance(msg, Refuse):
+        _check_text(msg.reason, "reason")
+
+
+def decode_body(body: bytes) -> Message:
+    """Decode and validate one frame body (the bytes after the length prefix).
+
+    Args:
+        body: the frame body, 1 to :data:`MAX_FRAME_BYTES` bytes.
+
+    Returns:
+        The message, one of the types in :data:`Message`.
+
+    Raises:
+        FrameTooLarge: ``body`` is empty or longer than :data:`MAX_FRAME_BYTES`.
+        RemoteProtocolError: not UTF-8 JSON, an unknown ``type``, a missing or
+            wrongly typed field, or a value out of range.
+    """
+    if not 1 <= len(body) <= MAX_FRAME_BYTES:
+        raise FrameTooLarge(f"frame body of {len(body)} bytes (allowed 1..{MAX_FRAME_BYTES})")
+    try:
+        msg = _decoder.decode(body)
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("frame is not valid UTF-8") from None
+    except msgspec.ValidationError as exc:
+        raise RemoteProtocolError(f"invalid message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"malformed JSON: {exc}") from None
+    _validate(msg)
+    return msg
+
+
+def encode_body(msg: Message) -> bytes:
+    """Encode a message to a frame body (JSON, UTF-8), without the prefix."""
+    return _encoder.encode(msg)
+
+
+def encode_frame(msg: Message) -> bytes:
+    """Encode a message to a whole frame: length prefix and body.
+
+    Raises:
+        LocalError: the encoded body is larger than :data:`MAX_FRAME_BYTES`
+            (a bug of ours: fields are bounded well below that).
+    """
+    body = _encoder.encode(msg)
+    if len(body) > MAX_FRAME_BYTES:
+        raise LocalError(f"message encodes to {len(body)} bytes, over {MAX_FRAME_BYTES}")
+    return HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental frame decoder for one link's byte stream.
+
+    Feed it bytes as they arrive, in any split (one byte at a time works); it
+    returns every whole message and keeps the rest.  Its buffer never holds
+    more than one frame (``MAX_FRAME_BYTES + 4`` bytes) plus the last chunk fed.
+    After it raises, the link must be closed: the stream cannot be resynced.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._need: int | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add bytes from the link and return the messages now complete.
+
+        Raises:
+            FrameTooLarge: a length prefix is 0 or above ``MAX_FRAME_BYTES``
+                (raised as soon as the 4 prefix bytes are in, before the body).
+            RemoteProtocolError: a complete frame failed :func:`decode_body`.
+        """
+        return [decode_body(body) for body in self.feed_bodies(data)]
+
+    def feed_bodies(self, data: bytes) -> list[bytes]:
+        """Like :meth:`feed`, but return the complete frame bodies undecoded.
+
+        Raises:
+            FrameTooLarge: a length prefix is 0 or above ``MAX_FRAME_BYTES``.
+        """
+        self._buf += data
+        out: list[bytes] = []
+        while True:
+            if self._need is None:
+                if len(self._buf) < HEADER.size:
+                    return out
+                (need,) = HEADER.unpack_from(self._buf)
+                if not 1 <= need <= MAX_FRAME_BYTES:
+                    raise FrameTooLarge(
+                        f"frame length prefix {need} (allowed 1..{MAX_FRAME_BYTES})"
+                    )
+                del self._buf[: HEADER.size]
+                self._need = need
+            if len(self._buf) < self._need:
+                return out
+            out.append(bytes(self._buf[: self._need]))
+            del self._buf[: self._need]
+            self._need = None
+
+
+def hello_version(body: bytes) -> int | None:
+    """The ``version`` of a frame body that looks like a ``hello``, however
+    the rest of it parses; None if it is not a JSON object of type hello with
+    an integer version.  Used to refuse another protocol version with a clear
+    reason even when its ``hello`` has other fields than ours."""
+    try:
+        obj = msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict) or obj.get("type") != "hello":
+        return None
+    version = obj.get("version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        return version
+    return None
+
+
+MessageKind = Literal["hello", "refuse", "keepalive", "chat", "join", "leave", "nick", "presence"]
+
+
+def kind(msg: Message) -> MessageKind:
+    """The ``type`` tag of a message, e.g. ``"chat"``."""
+    tag: MessageKind = type(msg).__struct_config__.tag  # type: ignore[assignment]
+    return tag
