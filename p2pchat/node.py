@@ -324,8 +324,8 @@ class Node:
             )
         if not text.strip():
             raise UsageError("empty line")
-        if any(ch in text for ch in "\r\n\x00"):
-            raise UsageError("a line must not contain line breaks or NUL")
+        if wire.has_control_chars(text):
+            raise UsageError("a line must not contain line breaks or control characters")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

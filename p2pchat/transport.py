@@ -230,7 +230,11 @@ class Link:
             self._owner.on_link_up(self)
             self.sock.settimeout(self.config.link_timeout_s)
             while True:
-                for msg in early or self._recv(decoder):
+                # Decode one frame at a time, so that the frames before a bad
+                # one in the same read are still delivered.
+                for body in early or self._recv(decoder):
+                    msg = wire.decode_body(body)
+                    self.frames_in += 1
                     if isinstance(msg, wire.Keepalive):
                         continue
                     if isinstance(msg, (wire.Hello, wire.Refuse)):
@@ -258,7 +262,7 @@ class Link:
             self.done.set()
             self._owner.on_link_closed(self, self._close_reason or reason, was_up)
 
-    def _recv(self, decoder: wire.FrameDecoder) -> list[wire.Message]:
+    def _recv(self, decoder: wire.FrameDecoder) -> list[bytes]:
         try:
             data = self.sock.recv(65536)
         except OSError:
@@ -270,12 +274,11 @@ class Link:
                 self._close_reason or ("retired" if self._retired else "peer closed the link")
             )
         self.bytes_in += len(data)
-        msgs = decoder.feed(data)
-        self.frames_in += len(msgs)
-        return msgs
+        return decoder.feed_bodies(data)
 
-    def _handshake(self, decoder: wire.FrameDecoder) -> list[wire.Message]:
-        """Receive and check the peer's hello; return frames that came with it."""
+    def _handshake(self, decoder: wire.FrameDecoder) -> list[bytes]:
+        """Receive and check the peer's hello; return the frame bodies that
+        came in the same reads, still undecoded."""
         self.sock.settimeout(self.config.handshake_timeout_s)
         deadline = time.monotonic() + self.config.handshake_timeout_s
         bodies: list[bytes] = []
@@ -313,10 +316,7 @@ class Link:
             self._refuse(refusal)
             raise _Closed(f"refused ({refusal.code}): {refusal.reason}")
         self.peer = msg
-        # Frames that came in the same read as the hello are kept, in order.
-        early = [wire.decode_body(body) for body in rest]
-        self.frames_in += len(early)
-        return early
+        return rest
 
     def _refuse(self, refusal: wire.Refuse) -> None:
         """Send a refusal (best effort, bounded by the socket timeout)."""

@@ -89,8 +89,9 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
 
 class Refuse(msgspec.Struct, tag_field="type", tag="refuse", frozen=True):
     """Sent instead of (or after) ``hello`` to refuse a link; the sender then
-    closes it.  ``code`` is one of ``version``, ``room``, ``self``,
-    ``duplicate``, ``busy``; ``reason`` is a sentence for people."""
+    closes it.  ``code`` is one of ``version``, ``room``, ``self``, ``busy``
+    (a receiver accepts codes it does not know); ``reason`` is a sentence for
+    people."""
 
     code: Annotated[str, msgspec.Meta(max_length=32)]
     reason: Reason
@@ -111,8 +112,8 @@ class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
         name: the origin's display name when it created the message.
         room: the room of the message; never delivered in another room.
         ts: creation time, seconds since the Unix epoch (the origin's clock).
-        hops: hop limit left; a relay forwards only while it is above 0,
-            taking one off each time.
+        hops: hop limit left; a relay forwards a copy with ``hops - 1`` only
+            if ``hops > 1``, so a message crosses at most ``hops`` links.
     """
 
     id: MessageId
@@ -174,6 +175,19 @@ def now_ts() -> float:
     return time.time()
 
 
+# Control characters (C0, DEL, C1) and line/paragraph separators.  Only these:
+# a check on "unassigned" code points would depend on the Unicode version of
+# each implementation, and a newer emoji would split the room.
+_BAD_IN_LABELS: Final = frozenset({"Cc", "Zl", "Zp"})
+
+
+def has_control_chars(text: str) -> bool:
+    """True if ``text`` holds a character a chat line must not carry: any
+    control character (C0, DEL, C1; TAB excepted) or a line or paragraph
+    separator.  Such characters could move the cursor or rewrite a terminal."""
+    return any(ch != "\t" and unicodedata.category(ch) in _BAD_IN_LABELS for ch in text)
+
+
 def _check_text(value: str, what: str) -> None:
     # msgspec accepts a JSON escape of a lone surrogate; such a string cannot be
     # UTF-8 encoded again, so we refuse it as invalid UTF-8.
@@ -187,7 +201,7 @@ def _check_label(value: str, what: str) -> None:
     _check_text(value, what)
     if value != value.strip():
         raise RemoteProtocolError(f"{what} has leading or trailing blanks")
-    if any(unicodedata.category(ch)[0] == "C" for ch in value):
+    if any(unicodedata.category(ch) in _BAD_IN_LABELS for ch in value):
         raise RemoteProtocolError(f"{what} contains control characters")
 
 
@@ -200,12 +214,14 @@ def _validate(msg: Message) -> None:
         _check_label(msg.room, "room")
         if isinstance(msg, Chat):
             _check_text(msg.text, "text")
-            if any(ch in msg.text for ch in "\r\n\x00"):
-                raise RemoteProtocolError("text contains a line break or NUL")
+            if has_control_chars(msg.text):
+                raise RemoteProtocolError("text contains a control character or line break")
         elif isinstance(msg, Nick):
             _check_label(msg.old, "old name")
-    elif isinstance(msg, Refuse):
-        _check_text(msg.reason, "reason")
+        elif isinstance(msg, Leave) and has_control_chars(msg.reason):
+            raise RemoteProtocolError("leave reason contains control characters")
+    elif isinstance(msg, Refuse) and (has_control_chars(msg.reason) or has_control_chars(msg.code)):
+        raise RemoteProtocolError("refuse reason contains control characters")
 
 
 def decode_body(body: bytes) -> Message:

@@ -97,16 +97,16 @@ class Cluster:
         **overrides: object,
     ) -> Node:
         rec = Recorder()
-        config = NodeConfig(
-            name=name,
-            room=self.room,
-            port=0,
-            interfaces=[LOOPBACK],
-            peers=[(LOOPBACK, p.port) for p in (peers or [])],
-            redial_min_s=0.1,
-            redial_max_s=1.0,
-            **overrides,  # type: ignore[arg-type]
-        )
+        settings: dict[str, object] = {
+            "room": self.room,
+            "port": 0,
+            "interfaces": [LOOPBACK],
+            "peers": [(LOOPBACK, p.port) for p in (peers or [])],
+            "redial_min_s": 0.1,
+            "redial_max_s": 1.0,
+        }
+        settings.update(overrides)
+        config = NodeConfig(name=name, **settings)  # type: ignore[arg-type]
         disc = MdnsDiscovery(interfaces=[LOOPBACK], service_type=mdns_type) if mdns_type else None
         node = Node(config, discovery=disc, on_event=rec)
         self.nodes.append(node)

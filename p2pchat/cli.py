@@ -1,0 +1,1144 @@
+"""The terminal front end: the ``p2pchat`` command.
+
+Two modes, picked by where stdin and stdout go:
+
+* **Interactive** (stdin and stdout are terminals, no ``--json``): a
+  prompt_toolkit input line at the bottom of the screen; incoming lines are
+  printed above it (through ``patch_stdout``) and never garble what is being
+  typed.  Without ``--name`` it asks for one.
+* **Scripted** (anything else): each stdin line is a chat line or a command;
+  events go to stdout one per line, as text or, with ``--json``, as one JSON
+  object each (:meth:`p2pchat.events.Event.as_dict`).  Diagnostics go to
+  stderr only.
+
+Both modes leave gracefully (the room sees ``* alice left``) on ``/quit``,
+end of input (Ctrl+D), Ctrl+C and SIGTERM, and then exit with status 0.
+
+Exit statuses are decided in one place, :func:`main`: 2 for bad usage
+(:class:`~p2pchat.errors.UsageError`), 1 when the node cannot start
+(:class:`~p2pchat.errors.StartupError`: a port taken, an address not on this
+machine, mDNS failing) or on an unexpected error, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from types import FrameType
+from typing import Any, NoReturn
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.shortcuts import prompt as pt_prompt
+
+from p2pchat import __version__, wire
+from p2pchat.discovery import SERVICE_TYPE, MdnsDiscovery
+from p2pchat.errors import LineTooLong, P2PChatError, StartupError, UsageError
+from p2pchat.events import (
+    Event,
+    JoinEvent,
+    LeaveEvent,
+    LinkInfo,
+    MemberInfo,
+    MessageEvent,
+    NickEvent,
+    Notice,
+    PeerDown,
+    PeerUp,
+    Ready,
+)
+from p2pchat.node import DEFAULT_PORT, Node, NodeConfig, check_label
+
+log = logging.getLogger(__name__)
+
+PROG = "p2pchat"
+DEFAULT_ROOM = "lobby"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+COMMANDS = ("/who", "/peers", "/nick", "/me", "/help", "/quit")
+
+HELP_TEXT = """\
+commands:
+  /who         who is in the room (* = linked to you directly)
+  /peers       your direct links: name, address, in/out, uptime
+  /nick NEW    change your name
+  /me ACTION   an action line, shown as "* you ACTION"
+  /help        this text
+  /quit        leave the room (so do Ctrl+D, Ctrl+C and SIGTERM)
+  //text       send a line that starts with "/"
+anything else is sent to the room as a chat line."""
+
+_EPILOG = """\
+In a terminal p2pchat is interactive: type to chat, /help lists the commands.
+With stdin not a terminal (a pipe, a file) it is scripted: each stdin line is
+a chat line or a command, events go to stdout one per line (UTF-8), as text or
+with --json as one JSON object each; end of input leaves the room.
+
+exit status: 0 after leaving the room, 1 when the node cannot start (port
+taken, address not on this machine, mDNS failure) or on an unexpected error,
+2 for bad usage.
+
+examples:
+  p2pchat --name alice
+  p2pchat --name bob --room dev --peer 192.168.1.20
+  printf 'hello\\n/who\\n' | p2pchat --name bot --json --port 0
+"""
+
+_SERVICE_TYPE_RE = re.compile(r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$")
+
+# C0 and C1 control characters and DEL: a peer's chat text may hold any of
+# them (only CR, LF and NUL are refused on the wire), and printed raw they
+# would drive the terminal.  Shown as U+FFFD instead; a tab becomes a space.
+_CONTROL_CHARS = {c: "\ufffd" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL_CHARS[0x09] = " "
+
+# Lines queued for stdout at most; beyond that a stalled reader of our stdout
+# loses lines rather than stalling the node's router thread.
+_OUTPUT_QUEUE_MAX = 100_000
+_OUTPUT_DRAIN_S = 10.0
+
+
+class _Terminate(BaseException):
+    """SIGTERM (or SIGHUP, or Ctrl+C in scripted mode) asked us to leave.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
+    on the way swallows it.
+    """
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are UsageErrors, reported by main()."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise a UsageError instead of printing usage and exiting.
+
+        Args:
+            message: argparse's description of the problem.
+
+        Raises:
+            UsageError: always.
+        """
+        raise UsageError(f"{message} (see {PROG} --help)")
+
+
+# -- argument parsing -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """The validated command line.
+
+    Attributes:
+        name: display name, or None to ask for one (interactive mode only).
+        room: room to join.
+        port: TCP port to listen on (0 = any free port).
+        port_fallback: take a free port if ``port`` is taken (only when
+            ``--port`` was not given).
+        interfaces: IPv4 addresses to listen and run mDNS on; empty = all.
+        peers: static peers ``(host, port)``.
+        mdns: run mDNS discovery.
+        json: scripted mode with one JSON object per event.
+        service_type: DNS-SD service type.
+        log_level: logging level name for stderr diagnostics.
+    """
+
+    name: str | None
+    room: str
+    port: int
+    port_fallback: bool
+    interfaces: tuple[str, ...]
+    peers: tuple[tuple[str, int], ...]
+    mdns: bool
+    json: bool
+    service_type: str
+    log_level: str
+
+
+def validate_name(value: str) -> str:
+    """Check a display name the way the wire protocol does.
+
+    Args:
+        value: the name.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        UsageError: empty, longer than 32 code points, blanks at either end,
+            or control characters.
+    """
+    return check_label(value, "name", wire.MAX_NAME_CHARS)
+
+
+def validate_room(value: str) -> str:
+    """Check a room name the way the wire protocol does (1..64 code points).
+
+    Args:
+        value: the room name.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        UsageError: the room name is invalid.
+    """
+    return check_label(value, "room", wire.MAX_ROOM_CHARS)
+
+
+def parse_port(text: str, allow_zero: bool = True) -> int:
+    """Parse a TCP port number.
+
+    Args:
+        text: decimal digits.
+        allow_zero: accept 0 ("any free port").
+
+    Returns:
+        The port.
+
+    Raises:
+        UsageError: not a number, or out of range.
+    """
+    low = 0 if allow_zero else 1
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
+        raise UsageError(f"port {text!r} is not a number")
+    port = int(text)
+    if not low <= port <= 65535:
+        raise UsageError(f"port {port} is out of range ({low}..65535)")
+    return port
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """Parse a ``--peer`` value: ``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT``.
+
+    Args:
+        text: the value; the port defaults to :data:`p2pchat.node.DEFAULT_PORT`.
+
+    Returns:
+        ``(host, port)``.
+
+    Raises:
+        UsageError: empty host, blanks inside, or a bad port.
+    """
+    text = text.strip()
+    port = DEFAULT_PORT
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise UsageError(f"peer {text!r}: missing ']'")
+        if rest:
+            if not rest.startswith(":"):
+                raise UsageError(f"peer {text!r}: expected [ADDRESS]:PORT")
+            port = parse_port(rest[1:], allow_zero=False)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = parse_port(port_text, allow_zero=False)
+    else:
+        host = text  # a host name, an IPv4 address or a bare IPv6 address
+    if not host:
+        raise UsageError(f"peer {text!r}: the host is missing")
+    if any(ch.isspace() for ch in host):
+        raise UsageError(f"peer {text!r}: the host contains blanks")
+    return host, port
+
+
+def parse_interface(text: str) -> str:
+    """Parse an ``--interface`` value: one IPv4 address of this machine.
+
+    Args:
+        text: a dotted-quad IPv4 address.
+
+    Returns:
+        The address in canonical form.
+
+    Raises:
+        UsageError: not an IPv4 address, or the wildcard 0.0.0.0.
+    """
+    try:
+        addr = ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise UsageError(f"interface {text!r} is not an IPv4 address") from None
+    if addr.is_unspecified:
+        raise UsageError("interface 0.0.0.0 means every interface: leave out --interface")
+    return str(addr)
+
+
+def _arg_type(func: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap a parse function so that argparse names the option in its error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return func(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = func.__name__
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser (its errors raise UsageError).
+
+    Returns:
+        The parser; ``--help`` and ``--version`` still exit with SystemExit(0).
+    """
+    p = _ArgumentParser(
+        prog=PROG,
+        description="Peer-to-peer chat for a local network: no server, peers find each "
+        "other over mDNS and link up over TCP.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--name",
+        metavar="NAME",
+        type=_arg_type(validate_name),
+        help="your display name (1-32 characters); asked for when interactive and missing, "
+        "required when scripted",
+    )
+    p.add_argument(
+        "--room",
+        metavar="NAME",
+        type=_arg_type(validate_room),
+        default=DEFAULT_ROOM,
+        help="the room to join (1-64 characters; default: %(default)s)",
+    )
+    p.add_argument(
+        "--port",
+        metavar="N",
+        type=_arg_type(parse_port),
+        default=None,
+        help=f"TCP port to listen on (default: {DEFAULT_PORT}, or a free port if that one is "
+        "taken); 0 = any free port; an explicit port that is taken is an error",
+    )
+    p.add_argument(
+        "--interface",
+        metavar="ADDR",
+        type=_arg_type(parse_interface),
+        action="append",
+        default=[],
+        help="listen and run mDNS only on this IPv4 address of this machine "
+        "(repeatable; default: every interface)",
+    )
+    p.add_argument(
+        "--peer",
+        metavar="HOST[:PORT]",
+        type=_arg_type(parse_peer),
+        action="append",
+        default=[],
+        help=f"also link to this peer (repeatable; PORT defaults to {DEFAULT_PORT}); "
+        "for networks where multicast does not get through",
+    )
+    p.add_argument(
+        "--no-mdns",
+        action="store_true",
+        help="no mDNS discovery: link to the --peer peers only",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="scripted mode with one JSON object per event on stdout",
+    )
+    p.add_argument(
+        "--service-type",
+        metavar="TYPE",
+        default=SERVICE_TYPE,
+        help="the DNS-SD service type (default: %(default)s); for tests and demos that "
+        "must not see other nodes",
+    )
+    p.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default="warning",
+        help=f"diagnostics on stderr: {', '.join(LOG_LEVELS)} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__} (protocol {wire.PROTOCOL_VERSION})",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    """Parse and validate the command line.
+
+    Args:
+        argv: the arguments without the program name; None for ``sys.argv[1:]``.
+
+    Returns:
+        The options.
+
+    Raises:
+        UsageError: bad usage (one sentence, for stderr).
+        SystemExit: ``--help`` or ``--version`` was given (status 0).
+    """
+    ns = build_parser().parse_args(argv)
+    if not _SERVICE_TYPE_RE.match(ns.service_type):
+        raise UsageError(
+            f"service type {ns.service_type!r} is not of the form _name._tcp.local. "
+            "(name: 1-15 letters, digits or '-')"
+        )
+    interfaces = tuple(dict.fromkeys(ns.interface))  # the same address twice would clash
+    return Options(
+        name=ns.name,
+        room=ns.room,
+        port=DEFAULT_PORT if ns.port is None else ns.port,
+        port_fallback=ns.port is None,
+        interfaces=interfaces,
+        peers=tuple(ns.peer),
+        mdns=not ns.no_mdns,
+        json=ns.json,
+        service_type=ns.service_type,
+        log_level=ns.log_level,
+    )
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def clean(text: str) -> str:
+    """Make a peer's text safe to print on a terminal (no control characters).
+
+    Args:
+        text: text as received.
+
+    Returns:
+        ``text`` with C0/C1 control characters and DEL shown as U+FFFD.
+    """
+    return text.translate(_CONTROL_CHARS)
+
+
+def format_duration(seconds: float) -> str:
+    """Format an uptime compactly: ``42s``, ``3m05s``, ``2h07m``.
+
+    Args:
+        seconds: a duration, in seconds.
+
+    Returns:
+        The text.
+    """
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_who(room: str, members: Iterable[MemberInfo]) -> str:
+    """Format a ``/who`` reply as one line.
+
+    Args:
+        room: our room.
+        members: the members, us included.
+
+    Returns:
+        e.g. ``-- 3 in lobby: alice (you), bob*, carol   (* = linked directly)``.
+    """
+    rows = sorted(members, key=lambda m: (not m.self, m.display.casefold(), m.node))
+    parts = []
+    for m in rows:
+        label = clean(m.display or m.name)
+        if m.self:
+            label += " (you)"
+        elif m.linked:
+            label += "*"
+        parts.append(label)
+    line = f"-- {len(rows)} in {clean(room)}: {', '.join(parts)}"
+    if any(m.linked and not m.self for m in rows):
+        line += "   (* = linked directly)"
+    return line
+
+
+def format_peers(links: Iterable[LinkInfo]) -> list[str]:
+    """Format a ``/peers`` reply, one line per direct link.
+
+    Args:
+        links: the links that are up.
+
+    Returns:
+        The lines.
+    """
+    rows = list(links)
+    if not rows:
+        return ["-- no direct links"]
+    out = [f"-- {len(rows)} direct link{'s' if len(rows) != 1 else ''}:"]
+    for link in rows:
+        name = clean(link.name) or link.peer[:8]
+        out.append(
+            f"--   {name}  {link.address}  {link.direction}  up {format_duration(link.uptime_s)}"
+        )
+    return out
+
+
+class Renderer:
+    """Turns events into the text lines a person reads.
+
+    Remembers the names of node ids it has seen, because a
+    :class:`~p2pchat.events.PeerDown` carries only the node id.  Not
+    thread-safe: :class:`Output` calls it under its lock.
+
+    Args:
+        interactive: add hints meant for a person at a terminal.
+    """
+
+    def __init__(self, interactive: bool = False) -> None:
+        self.interactive = interactive
+        self._names: dict[str, str] = {}
+
+    def _who(self, node: str, display: str, name: str) -> str:
+        label = display or name or self._names.get(node) or node[:8]
+        self._names[node] = label
+        return clean(label)
+
+    def render(self, ev: Event) -> str | None:
+        """Format one event.
+
+        Args:
+            ev: the event.
+
+        Returns:
+            One line (without a newline), or None for an event not shown.
+        """
+        if isinstance(ev, MessageEvent):
+            who = self._who(ev.origin, ev.display, ev.name)
+            text = clean(ev.text)
+            return f"* {who} {text}" if ev.action else f"{who}: {text}"
+        if isinstance(ev, JoinEvent):
+            who = self._who(ev.origin, ev.display, ev.name)
+            return f"* {who} is here" if ev.via == "presence" else f"* {who} joined"
+        if isinstance(ev, LeaveEvent):
+            who = self._who(ev.origin, ev.display, ev.name)
+            if ev.reason == "timeout":
+                return f"* {who} timed out"
+            if ev.reason in ("quit", ""):
+                return f"* {who} left"
+            return f"* {who} left ({clean(ev.reason)})"
+        if isinstance(ev, NickEvent):
+            self._names[ev.origin] = ev.new
+            return f"* {clean(ev.old)} is now known as {clean(ev.new)}"
+        if isinstance(ev, PeerUp):
+            who = self._who(ev.peer, "", ev.name)
+            return f"-- linked to {who} ({ev.address})"
+        if isinstance(ev, PeerDown):
+            who = self._who(ev.peer, "", str(getattr(ev, "name", "") or ""))
+            reason = clean(ev.reason)
+            return f"-- link to {who} lost: {reason}" if reason else f"-- link to {who} lost"
+        if isinstance(ev, Notice):
+            return f"!! {clean(ev.text)}"
+        if isinstance(ev, Ready):
+            self._names[ev.node] = ev.name
+            line = (
+                f"-- you are {clean(ev.name)} in room {clean(ev.room)}, "
+                f"listening on port {ev.port}"
+            )
+            return line + " (/help for commands)" if self.interactive else line
+        log.debug("not shown: %r", ev)
+        return None
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+class Output:
+    """Everything we print to stdout goes through here, one whole line at a time.
+
+    ``on_event`` (called on the node's threads) only formats the event and
+    queues the line; one writer thread prints the lines in order and flushes
+    after each, so lines from different threads never interleave and a slow
+    reader of our stdout never stalls the node.  The writer resolves
+    ``sys.stdout`` at each write, so under ``patch_stdout`` lines are printed
+    above the input line.
+
+    Args:
+        json_mode: one JSON object per line instead of text.
+        interactive: text meant for a person at a terminal.
+        on_broken_pipe: called (once, on the writer thread) when stdout is
+            gone, e.g. to leave the room.
+    """
+
+    def __init__(
+        self,
+        json_mode: bool,
+        interactive: bool = False,
+        on_broken_pipe: Callable[[], None] | None = None,
+    ) -> None:
+        self.json_mode = json_mode
+        self.renderer = Renderer(interactive=interactive)
+        self._lock = threading.Lock()  # guards the renderer and the queue order
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=_OUTPUT_QUEUE_MAX)
+        self._on_broken_pipe = on_broken_pipe
+        self._dropped = 0
+        self._broken = False
+        self._thread = threading.Thread(target=self._write_loop, name="p2pchat-cli-out")
+        self._thread.daemon = True
+        self._thread.start()
+
+    # Producers: any thread.
+
+    def on_event(self, ev: Event) -> None:
+        """The node's ``on_event`` callback: format and queue, never block.
+
+        Args:
+            ev: the event.
+        """
+        try:
+            with self._lock:
+                if self.json_mode:
+                    line: str | None = _json_line(ev.as_dict())
+                else:
+                    line = self.renderer.render(ev)
+                if line is not None:
+                    self._put(line)
+        except Exception:
+            log.exception("could not print %r", ev)
+
+    def obj(self, kind: str, **fields: Any) -> None:
+        """Print a command reply in JSON mode: ``{"event": kind, **fields}``.
+
+        Args:
+            kind: the ``event`` value.
+            **fields: the other keys.
+        """
+        with self._lock:
+            self._put(_json_line({"event": kind, **fields}))
+
+    def text(self, *lines: str) -> None:
+        """Print text lines (kept together).
+
+        Args:
+            *lines: the lines, without newlines.
+        """
+        with self._lock:
+            for line in lines:
+                self._put(line)
+
+    def error(self, text: str) -> None:
+        """Report a problem with what the user typed (never fatal).
+
+        Args:
+            text: one sentence.
+        """
+        if self.json_mode:
+            self.obj("error", text=text)
+        else:
+            self.text(f"!! {text}")
+
+    def _put(self, line: str) -> None:
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped == 1:
+                log.warning("stdout is not being read; dropping output lines")
+
+    # The writer thread.
+
+    def _write_loop(self) -> None:
+        while True:
+            line = self._queue.get()
+            if line is None:
+                return
+            if self._broken:
+                continue
+            try:
+                out = sys.stdout
+                out.write(line + "\n")
+                out.flush()
+            except (OSError, ValueError) as exc:  # EPIPE; stdout closed
+                self._broken = True
+                log.info("stdout is gone (%s); no more output", exc)
+                _silence_stdout()
+                if self._on_broken_pipe is not None:
+                    self._on_broken_pipe()
+
+    def close(self) -> None:
+        """Print what is queued (waiting at most a few seconds) and stop the writer."""
+        with self._lock:
+            while True:
+                try:
+                    self._queue.put(None, timeout=1.0)
+                    break
+                except queue.Full:  # pragma: no cover - a reader that stalled for good
+                    self._broken = True
+        self._thread.join(_OUTPUT_DRAIN_S)
+
+
+def _json_line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so that the interpreter's final flush of a
+    broken stdout does not print 'Exception ignored ... BrokenPipeError'."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+        os.close(devnull)
+
+
+class _StderrHandler(logging.Handler):
+    """A logging handler that writes to whatever ``sys.stderr`` is at emit time.
+
+    Under ``patch_stdout`` that is prompt_toolkit's proxy, so log lines are
+    printed above the input line instead of through it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one record to the current ``sys.stderr``.
+
+        Args:
+            record: the record.
+        """
+        try:
+            msg = self.format(record)
+            stream = sys.stderr
+            stream.write(msg + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level_name: str) -> Iterator[None]:
+    """Send log records of ``level_name`` and above to stderr, for the duration."""
+    level = getattr(logging, level_name.upper())
+    handler = _StderrHandler(level)
+    fmt = "%(asctime)s %(threadName)s %(name)s %(levelname)s: %(message)s"
+    if level > logging.DEBUG:
+        fmt = f"{PROG}: %(levelname)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def handle_line(node: Node, out: Output, line: str) -> bool:
+    """Act on one input line: a chat line or a command.
+
+    Errors (an unknown command, a line too long, a bad name) are reported
+    through ``out`` and never raised.
+
+    Args:
+        node: the running node.
+        out: where replies go.
+        line: the line, without its newline.
+
+    Returns:
+        False when the user asked to quit, else True.
+    """
+    if not line.strip():
+        return True  # empty lines are ignored
+    if line.startswith("/") and not line.startswith("//"):
+        return _command(node, out, line)
+    text = line[1:] if line.startswith("//") else line
+    _send(node, out, text, action=False)
+    return True
+
+
+def _send(node: Node, out: Output, text: str, action: bool) -> None:
+    try:
+        node.send(text, action=action)
+    except LineTooLong as exc:
+        out.error(str(exc))
+    except UsageError as exc:
+        out.error(f"not sent: {exc}")
+
+
+def _command(node: Node, out: Output, line: str) -> bool:
+    parts = line[1:].split(maxsplit=1)
+    cmd = parts[0].lower() if parts else ""
+    arg = parts[1].strip() if len(parts) > 1 else ""
+    if cmd in ("quit", "exit", "q"):
+        return False
+    if cmd == "help":
+        if out.json_mode:
+            out.obj("help", text=HELP_TEXT)
+        else:
+            out.text(*HELP_TEXT.splitlines())
+    elif cmd == "who":
+        snap = node.snapshot()
+        if out.json_mode:
+            out.obj("who", members=[asdict(m) for m in snap.members])
+        else:
+            out.text(format_who(node.room, snap.members))
+    elif cmd == "peers":
+        snap = node.snapshot()
+        if out.json_mode:
+            out.obj("peers", links=[asdict(link) for link in snap.links])
+        else:
+            out.text(*format_peers(snap.links))
+    elif cmd == "nick":
+        if not arg:
+            out.error("usage: /nick NEW")
+        else:
+            try:
+                node.set_name(arg)
+            except UsageError as exc:
+                out.error(f"cannot change name: {exc}")
+    elif cmd == "me":
+        if not arg:
+            out.error("usage: /me ACTION")
+        else:
+            _send(node, out, arg, action=True)
+    else:
+        shown = clean(line.split(maxsplit=1)[0])
+        out.error(f"unknown command {shown} (/help lists the commands; // sends a '/' line)")
+    return True
+
+
+class _CommandCompleter(Completer):
+    """Completes command names when the line starts with '/'."""
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterator[Completion]:
+        """Yield the commands that start with the text typed so far.
+
+        Args:
+            document: the input line.
+            complete_event: how completion was triggered.
+
+        Yields:
+            Completions.
+        """
+        text = document.text_before_cursor
+        if not text.startswith("/") or text.startswith("//") or " " in text:
+            return
+        for cmd in COMMANDS:
+            if cmd.startswith(text.lower()):
+                yield Completion(cmd, start_position=-len(text))
+
+
+# -- signals ----------------------------------------------------------------------------
+
+
+class _Stopper:
+    """What SIGTERM and SIGHUP (and, when scripted, SIGINT) do: leave the room.
+
+    The handler runs on the main thread.  It never raises into arbitrary
+    code: it raises :class:`_Terminate` only while the main thread is blocked
+    reading stdin (scripted mode), makes a running prompt exit (interactive
+    mode), and otherwise just sets :attr:`requested`, which the main loop
+    checks before it waits for input again.  Once closing has begun, further
+    signals are ignored, except a second Ctrl+C, which aborts.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.closing = False
+        self.reading = False
+        self.app: Application[Any] | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler.
+
+        Args:
+            signum: the signal.
+            frame: unused.
+
+        Raises:
+            _Terminate: the main thread is blocked reading stdin.
+            KeyboardInterrupt: Ctrl+C while closing.
+        """
+        if self.closing:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.requested = True
+        app = self.app
+        if app is not None and app.is_running:
+            loop = app.loop
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop just closed
+                    loop.call_soon_threadsafe(self.exit_app)
+        if self.reading:
+            raise _Terminate
+
+    def exit_app(self) -> None:
+        """Make the running prompt return (as if Ctrl+D was pressed), if asked to."""
+        app = self.app
+        if (
+            self.requested
+            and app is not None
+            and app.is_running
+            and app.future is not None
+            and not app.future.done()
+        ):
+            app.exit(exception=EOFError())
+
+    @contextlib.contextmanager
+    def installed(self, sigint: bool) -> Iterator[None]:
+        """Install the handler for SIGTERM, SIGHUP (and SIGINT) for the duration.
+
+        Args:
+            sigint: also handle SIGINT (scripted mode; interactive mode leaves
+                Ctrl+C to prompt_toolkit, which reports it as KeyboardInterrupt).
+        """
+        signums = [signal.SIGTERM]
+        if hasattr(signal, "SIGHUP"):
+            signums.append(signal.SIGHUP)
+        if sigint:
+            signums.append(signal.SIGINT)
+        old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in signums:
+                old[s] = signal.signal(s, self.handle)
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+# -- the two modes ----------------------------------------------------------------------
+
+
+def make_node(opts: Options, name: str, on_event: Callable[[Event], None]) -> Node:
+    """Build (not start) the node the options describe.
+
+    Args:
+        opts: the command line.
+        name: the display name.
+        on_event: the event callback.
+
+    Returns:
+        The node.
+
+    Raises:
+        UsageError: an invalid name or room.
+    """
+    config = NodeConfig(
+        name=name,
+        room=opts.room,
+        port=opts.port,
+        interfaces=list(opts.interfaces),
+        peers=list(opts.peers),
+        port_fallback=opts.port_fallback,
+    )
+    discovery = (
+        MdnsDiscovery(interfaces=list(opts.interfaces) or None, service_type=opts.service_type)
+        if opts.mdns
+        else None
+    )
+    return Node(config, discovery=discovery, on_event=on_event)
+
+
+def _close(node: Node, stopper: _Stopper) -> None:
+    stopper.closing = True
+    node.close()
+
+
+def run_scripted(opts: Options) -> int:
+    """Scripted mode: stdin lines in, events out, one per line.
+
+    Args:
+        opts: the command line (``name`` is required).
+
+    Returns:
+        0 after leaving the room.
+
+    Raises:
+        UsageError: no ``--name``.
+        StartupError: the node could not start.
+    """
+    if opts.name is None:
+        raise UsageError("--name is required when stdin is not a terminal")
+    stdin = sys.stdin
+    if isinstance(stdin, _TextIO):
+        # JSON lines are UTF-8; undecodable bytes reach node.send(), which refuses them.
+        stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
+    if isinstance(sys.stdout, _TextIO):
+        sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
+    stopper = _Stopper()
+    out = Output(json_mode=opts.json, on_broken_pipe=_request_stop)
+    try:
+        node = make_node(opts, opts.name, out.on_event)
+        with stopper.installed(sigint=True):
+            try:
+                node.start()
+                while not stopper.requested:
+                    stopper.reading = True
+                    try:
+                        if stopper.requested:
+                            break
+                        raw = stdin.readline()
+                    finally:
+                        stopper.reading = False
+                    if not raw:
+                        break  # end of input
+                    line = raw[:-1] if raw.endswith("\n") else raw
+                    line = line.removesuffix("\r")
+                    if not handle_line(node, out, line):
+                        break
+            except _Terminate:
+                log.info("leaving: signal")
+            finally:
+                _close(node, stopper)
+    finally:
+        out.close()
+    return 0
+
+
+def _request_stop() -> None:
+    """Leave as on SIGTERM (used when our stdout is gone)."""
+    with contextlib.suppress(OSError, ValueError):
+        signal.raise_signal(signal.SIGTERM)
+
+
+def ask_name() -> str | None:
+    """Ask for a display name on the terminal until a valid one is typed.
+
+    Returns:
+        The name, or None if the user pressed Ctrl+C or Ctrl+D.
+    """
+    while True:
+        try:
+            answer = pt_prompt("Your name: ")
+        except (KeyboardInterrupt, EOFError):
+            return None
+        try:
+            return validate_name(answer.strip())
+        except UsageError as exc:
+            print(f"!! {exc}; try again (Ctrl+D to give up)")
+
+
+def run_interactive(opts: Options) -> int:
+    """Interactive mode: an input line at the bottom, the chat above it.
+
+    Args:
+        opts: the command line.
+
+    Returns:
+        0 after leaving the room (or when no name was given).
+
+    Raises:
+        StartupError: the node could not start.
+    """
+    name = opts.name or ask_name()
+    if name is None:
+        return 0
+    session: PromptSession[str] = PromptSession(
+        erase_when_done=True,  # our own line comes back as a message event
+        completer=_CommandCompleter(),
+        complete_while_typing=True,
+    )
+    stopper = _Stopper()
+    stopper.app = session.app
+    with patch_stdout(raw=True):
+        out = Output(json_mode=False, interactive=True)
+        try:
+            node = make_node(opts, name, out.on_event)
+            with stopper.installed(sigint=False):
+                try:
+                    node.start()
+                    while not stopper.requested:
+                        try:
+                            line = session.prompt(
+                                lambda: f"[{node.room}] {node.name}> ",
+                                pre_run=stopper.exit_app,
+                            )
+                        except (EOFError, KeyboardInterrupt):
+                            break
+                        if not handle_line(node, out, line):
+                            break
+                except KeyboardInterrupt:
+                    pass  # Ctrl+C outside the prompt (while starting, say): leave too
+                finally:
+                    _close(node, stopper)
+        finally:
+            out.close()
+    return 0
+
+
+# The concrete stdin/stdout class, for reconfigure(); a name for isinstance().
+from io import TextIOWrapper as _TextIO  # noqa: E402
+
+
+def _interactive_terminal() -> bool:
+    try:
+        return sys.stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run p2pchat: the console script ``p2pchat`` and ``python -m p2pchat``.
+
+    The only place where errors become exit statuses and messages.
+
+    Args:
+        argv: the arguments without the program name; None for ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 after a graceful leave (or ``--help``), 1 when the
+        node could not start or on an unexpected error, 2 for bad usage.
+    """
+    level = "warning"
+    try:
+        try:
+            opts = parse_args(argv)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
+        level = opts.log_level
+        with _logging_to_stderr(level):
+            if opts.json or not _interactive_terminal():
+                return run_scripted(opts)
+            return run_interactive(opts)
+    except UsageError as exc:
+        _say(str(exc))
+        return 2
+    except StartupError as exc:
+        _say(_sentence(str(exc)))
+        return 1
+    except P2PChatError as exc:
+        _say(_sentence(str(exc)))
+        return 1
+    except KeyboardInterrupt:
+        return 130  # a second Ctrl+C while leaving
+    except Exception as exc:
+        _say(f"unexpected error: {type(exc).__name__}: {exc}")
+        if level == "debug":
+            traceback.print_exc(file=sys.stderr)
+        else:
+            _say("(run with --log-level debug for the details)")
+        return 1
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _say(text: str) -> None:
+    """One line on stderr, prefixed with the program name."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{PROG}: {text}\n")
+        sys.stderr.flush()

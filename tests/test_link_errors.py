@@ -1,0 +1,228 @@
+"""A node facing bad peers: each bad link is refused or closed, nothing else breaks."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from conftest import FAST_LINK, Cluster, wait_for
+
+from p2pchat import wire
+from p2pchat.events import LeaveEvent, Notice, PeerDown
+
+
+class RawPeer:
+    """A hand-driven peer on a raw TCP socket to 127.0.0.1."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+        self.decoder = wire.FrameDecoder()
+        self.node_id = wire.new_node_id()
+        self.seq = 0
+
+    def hello(self, room: str, version: int = wire.PROTOCOL_VERSION) -> None:
+        msg = wire.Hello(version=version, node=self.node_id, name="raw", room=room, port=0)
+        self.sock.sendall(wire.encode_frame(msg))
+
+    def flooded(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
+        self.seq += 1
+        msg: wire.FloodMessage = cls(
+            id=wire.new_message_id(),
+            origin=self.node_id,
+            seq=self.seq,
+            name="raw",
+            room=room,
+            ts=wire.now_ts(),
+            hops=16,
+            **fields,
+        )
+        self.sock.sendall(wire.encode_frame(msg))
+        return msg
+
+    def read_until_closed(self, timeout_s: float = 10.0) -> list[wire.Message]:
+        """Read frames until the node closes the link; fail after timeout_s."""
+        out: list[wire.Message] = []
+        deadline = time.monotonic() + timeout_s
+        self.sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                return out
+            if not data:
+                return out
+            out += self.decoder.feed(data)
+        pytest.fail("the node did not close the link")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def pair(cluster: Cluster) -> Cluster:
+    """Two honest nodes, linked; the tests attack the first."""
+    a = cluster.add("alice", link=FAST_LINK)
+    cluster.add("bob", peers=[a], link=FAST_LINK)
+    cluster.wait_all_know_each_other()
+    return cluster
+
+
+def honest_chat_still_works(cluster: Cluster) -> None:
+    line = cluster.nodes[1].send("still here")
+    wait_for(
+        lambda: line.id in {m.id for m in cluster.recorders[0].messages()},
+        10.0,
+        "an honest line after the attack",
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"\x00\x00\x00\x05hello", id="not-json"),
+        pytest.param(b"\xff\xff\xff\xff", id="huge-length-prefix"),
+        pytest.param(b"\x00\x00\x00\x00", id="zero-length"),
+        pytest.param(b"\x00\x00\x00\x04\xff\xfe\xfd\xfc", id="invalid-utf8"),
+        pytest.param(wire.encode_frame(wire.Keepalive()), id="keepalive-before-hello"),
+        pytest.param(b'\x00\x00\x00\x10{"type":"bogus"}', id="unknown-type"),
+    ],
+)
+def test_bad_first_frame_ends_only_that_link(pair: Cluster, payload: bytes) -> None:
+    raw = RawPeer(pair.nodes[0].port)
+    try:
+        raw.sock.sendall(payload)
+        got = raw.read_until_closed()
+        assert all(isinstance(m, wire.Hello | wire.Refuse) for m in got)
+    finally:
+        raw.close()
+    honest_chat_still_works(pair)
+    assert len(pair.nodes[0].snapshot().links) == 1
+
+
+def test_other_protocol_version_is_refused_with_a_reason(pair: Cluster) -> None:
+    raw = RawPeer(pair.nodes[0].port)
+    try:
+        # A version-2 hello may carry other fields: the version is still read.
+        body = b'{"type":"hello","version":2,"node":"x","features":["y"]}'
+        raw.sock.sendall(len(body).to_bytes(4, "big") + body)
+        got = raw.read_until_closed()
+    finally:
+        raw.close()
+    refusals = [m for m in got if isinstance(m, wire.Refuse)]
+    assert refusals and refusals[0].code == "version"
+    assert "version 2" in refusals[0].reason
+    wait_for(
+        lambda: any(isinstance(e, Notice) for e in pair.recorders[0].events),
+        5.0,
+        "a notice for the user",
+    )
+    honest_chat_still_works(pair)
+
+
+def test_bad_frame_after_handshake_is_not_delivered(pair: Cluster) -> None:
+    raw = RawPeer(pair.nodes[0].port)
+    try:
+        raw.hello(pair.room)
+        raw.flooded(wire.Chat, pair.room, text="a fine line")
+        # A chat whose text carries a newline, then invalid UTF-8.
+        bad = wire.encode_body(
+            wire.Chat(
+                id=wire.new_message_id(),
+                origin=raw.node_id,
+                seq=9,
+                name="raw",
+                room=pair.room,
+                ts=1.0,
+                hops=3,
+                text="PLACEHOLDER",
+            )
+        ).replace(b"PLACEHOLDER", b"\xc3\x28")
+        raw.sock.sendall(len(bad).to_bytes(4, "big") + bad)
+        raw.read_until_closed()
+    finally:
+        raw.close()
+    honest_chat_still_works(pair)
+    for rec in pair.recorders:
+        assert "a fine line" in rec.texts()  # what came before the bad frame is kept
+        assert all("\ufffd" not in t and "(" not in t for t in rec.texts())
+    assert any(
+        isinstance(e, PeerDown) and "protocol error" in e.reason for e in pair.recorders[0].events
+    )
+
+
+def test_handshake_deadline(cluster: Cluster) -> None:
+    from p2pchat.transport import LinkConfig
+
+    a = cluster.add("alice", link=LinkConfig(handshake_timeout_s=0.5))
+    raw = RawPeer(a.port)
+    try:
+        start = time.monotonic()
+        raw.read_until_closed(timeout_s=5.0)  # we never send our hello
+        assert time.monotonic() - start < 3.0
+    finally:
+        raw.close()
+
+
+def test_silent_peer_times_out(cluster: Cluster) -> None:
+    a = cluster.add("alice", link=FAST_LINK, member_timeout_s=1.0)
+    raw = RawPeer(a.port)
+    try:
+        raw.hello(cluster.room)
+        raw.flooded(wire.Join, cluster.room)
+        wait_for(lambda: "raw" in cluster.recorders[0].joined_names(), 5.0, "raw to join")
+        # Now raw goes silent without a word: no keepalive, no leave.
+        wait_for(
+            lambda: any(
+                isinstance(e, LeaveEvent) and e.reason == "timeout"
+                for e in cluster.recorders[0].events
+            ),
+            5.0,
+            "the timeout",
+        )
+        wait_for(
+            lambda: any(isinstance(e, PeerDown) for e in cluster.recorders[0].events),
+            5.0,
+            "the dead link",
+        )
+    finally:
+        raw.close()
+
+
+def test_hop_limit_ends_stray_frames(pair: Cluster) -> None:
+    raw = RawPeer(pair.nodes[0].port)
+    try:
+        raw.hello(pair.room)
+        wait_for(lambda: len(pair.nodes[0].snapshot().links) == 2, 5.0, "the raw link")
+        # hops=1: alice delivers it but does not forward it to bob.
+        last = raw.flooded(wire.Chat, pair.room, text="last hop")
+        wait_for(lambda: "last hop" in pair.recorders[0].texts(), 5.0, "the line at alice")
+        honest_chat_still_works(pair)
+        line = pair.nodes[0].send("after")
+        wait_for(lambda: line.id in {m.id for m in pair.recorders[1].messages()}, 5.0, "after")
+        assert last.hops == 16
+    finally:
+        raw.close()
+
+
+def test_self_link_is_refused_and_not_redialled(cluster: Cluster) -> None:
+    a = cluster.add("alice")
+    a.add_peer("127.0.0.1", a.port)
+    wait_for(lambda: not a._dialers, 10.0, "the self-dialler to give up")
+    assert a.snapshot().links == []
+
+
+def test_port_taken_is_a_clear_startup_error(cluster: Cluster) -> None:
+    from p2pchat.errors import StartupError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(StartupError, match=f"port {port} on 127.0.0.1 is already in use"):
+            cluster.add("alice", port=port)
+        node = cluster.add("bob", port=port, port_fallback=True)
+        assert node.port != port
+        assert any(isinstance(e, Notice) for e in cluster.recorders[-1].events)
