@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import ipaddress
 import json
 import logging
@@ -33,6 +34,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -299,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     """
     p = _ArgumentParser(
         prog=PROG,
-        description="Peer-to-peer chat for a local network: no server, peers find each "
-        "other over mDNS and link up over TCP.",
+        description="Peer-to-peer chat for a local network: no server; peers find each\n"
+        "other over mDNS (or --peer) and link up over TCP.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -547,8 +549,7 @@ class Renderer:
         if isinstance(ev, Ready):
             self._names[ev.node] = ev.name
             line = (
-                f"-- you are {clean(ev.name)} in room {clean(ev.room)}, "
-                f"listening on port {ev.port}"
+                f"-- you are {clean(ev.name)} in room {clean(ev.room)}, listening on port {ev.port}"
             )
             return line + " (/help for commands)" if self.interactive else line
         log.debug("not shown: %r", ev)
@@ -672,14 +673,15 @@ class Output:
 
     def close(self) -> None:
         """Print what is queued (waiting at most a few seconds) and stop the writer."""
-        with self._lock:
-            while True:
-                try:
-                    self._queue.put(None, timeout=1.0)
-                    break
-                except queue.Full:  # pragma: no cover - a reader that stalled for good
-                    self._broken = True
-        self._thread.join(_OUTPUT_DRAIN_S)
+        deadline = time.monotonic() + _OUTPUT_DRAIN_S
+        while True:
+            try:
+                self._queue.put(None, timeout=0.2)
+                break
+            except queue.Full:  # pragma: no cover - a reader of stdout that stalled
+                if time.monotonic() > deadline:
+                    return  # the writer is a daemon thread: it dies with the process
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _json_line(obj: dict[str, Any]) -> str:
@@ -902,7 +904,7 @@ class _Stopper:
             sigint: also handle SIGINT (scripted mode; interactive mode leaves
                 Ctrl+C to prompt_toolkit, which reports it as KeyboardInterrupt).
         """
-        signums = [signal.SIGTERM]
+        signums: list[int] = [signal.SIGTERM]
         if hasattr(signal, "SIGHUP"):
             signums.append(signal.SIGHUP)
         if sigint:
@@ -972,10 +974,10 @@ def run_scripted(opts: Options) -> int:
     if opts.name is None:
         raise UsageError("--name is required when stdin is not a terminal")
     stdin = sys.stdin
-    if isinstance(stdin, _TextIO):
+    if isinstance(stdin, io.TextIOWrapper):
         # JSON lines are UTF-8; undecodable bytes reach node.send(), which refuses them.
         stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
-    if isinstance(sys.stdout, _TextIO):
+    if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     stopper = _Stopper()
     out = Output(json_mode=opts.json, on_broken_pipe=_request_stop)
@@ -1008,9 +1010,15 @@ def run_scripted(opts: Options) -> int:
 
 
 def _request_stop() -> None:
-    """Leave as on SIGTERM (used when our stdout is gone)."""
-    with contextlib.suppress(OSError, ValueError):
-        signal.raise_signal(signal.SIGTERM)
+    """Leave as on SIGTERM (used when our stdout is gone).
+
+    The signal goes to the main thread, so that its blocking read of stdin
+    is interrupted and the handler runs at once.
+    """
+    main_id = threading.main_thread().ident
+    if main_id is not None:
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_kill(main_id, signal.SIGTERM)
 
 
 def ask_name() -> str | None:
@@ -1076,10 +1084,6 @@ def run_interactive(opts: Options) -> int:
         finally:
             out.close()
     return 0
-
-
-# The concrete stdin/stdout class, for reconfigure(); a name for isinstance().
-from io import TextIOWrapper as _TextIO  # noqa: E402
 
 
 def _interactive_terminal() -> bool:

@@ -27,7 +27,7 @@ DEFAULT_SEEN_MAX_AGE_S = 600.0
 class SeenCache:
     """Message ids seen lately, bounded both in entries and in age.
 
-    An id is forgotten when it is older than ``max_age_s`` or when more than
+    An id is forgotten once it is ``max_age_s`` old or once
     ``max_entries`` newer ids have been added, whichever comes first.  Memory
     is therefore O(``max_entries``) under any load.  A duplicate that arrives
     after its id was forgotten would be delivered again; the hop limit and

@@ -248,6 +248,7 @@ class Node:
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
         self._all_links: set[Link] = set()
         self._dialers: dict[str, _Dialer] = {}
+        self._noticed: set[tuple[str, str]] = set()
         self._listeners: list[Listener] = []
         self._router: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -545,12 +546,20 @@ class Node:
 
     def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
         """The link ended: tell the router (and surface refusals to the user)."""
+        text = ""
         if link.refused is not None and link.refused.code in ("version", "room"):
             text = f"{link.address} refused the link: {link.refused.reason}"
-            self._emit([Notice(text=text, level="error")])
-        elif link.refusal is not None and link.refusal.code == "version":
-            text = f"refused a link from {link.remote[0]}: {link.refusal.reason}"
-            self._emit([Notice(text=text, level="error")])
+            key = (link.remote[0], link.refused.code)
+        elif link.refusal is not None and link.refusal.code in ("version", "room"):
+            text = f"refused a link with {link.remote[0]}: {link.refusal.reason}"
+            key = (link.remote[0], link.refusal.code)
+        if text:
+            with self._lock:
+                fresh = key not in self._noticed
+                if fresh and len(self._noticed) < 1024:
+                    self._noticed.add(key)
+            if fresh:  # once per address and cause, not at every redial
+                self._emit([Notice(text=text, level="error")])
         self._post(("down", link, reason))
 
     # -- discovery callbacks: on the discovery thread ---------------------------------

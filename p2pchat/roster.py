@@ -68,12 +68,13 @@ class Roster:
             ``old_name`` if it was, under another name (a nick change missed
             or just received), else None.
         """
+        if node == self.self_id:
+            return False, None  # only rename_self changes our own name
         member = self._members.get(node)
         if member is None:
             self._members[node] = Member(node, name, now, -1 if seq is None else seq)
             return True, None
-        if node != self.self_id:
-            member.last_seen = now
+        member.last_seen = now
         if seq is not None:
             if seq < member.name_seq:
                 return False, None

@@ -1,0 +1,178 @@
+"""The roster: who is in the room, under which name, and who went quiet."""
+
+from __future__ import annotations
+
+from p2pchat.roster import Member, Roster
+
+SELF = "5e1f000000000000"
+ALICE = "abcd0123456789ef"
+ALICE2 = "9f8e7d6c5b4a3210"
+BOB = "b0b0b0b0b0b0b0b0"
+TIMEOUT = 10.0
+
+
+def roster() -> Roster:
+    return Roster(SELF, "me", timeout_s=TIMEOUT)
+
+
+def names(r: Roster) -> list[str]:
+    return [m.name for m in r.members()]
+
+
+def test_a_new_roster_holds_only_this_node() -> None:
+    r = roster()
+    assert SELF in r
+    assert [(m.node, m.name) for m in r.members()] == [(SELF, "me")]
+    assert r.get(ALICE) is None
+    assert ALICE not in r
+
+
+def test_heard_from_a_new_node_adds_it() -> None:
+    r = roster()
+    assert r.heard(ALICE, "alice", now=1.0) == (True, None)
+    assert ALICE in r
+    member = r.get(ALICE)
+    assert member == Member(ALICE, "alice", 1.0)
+
+
+def test_heard_from_a_known_node_is_not_new() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=1.0)
+    assert r.heard(ALICE, "alice", now=2.0) == (False, None)
+    assert len(r.members()) == 2
+
+
+def test_heard_under_another_name_reports_the_old_name() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=1.0)
+    assert r.heard(ALICE, "alicia", now=2.0) == (False, "alice")
+    member = r.get(ALICE)
+    assert member is not None
+    assert member.name == "alicia"
+    assert r.heard(ALICE, "alicia", now=3.0) == (False, None)
+
+
+def test_silent_member_expires_after_the_timeout() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=100.0)
+    r.heard(BOB, "bob", now=105.0)
+    assert r.expire(now=100.0 + TIMEOUT - 0.5) == []
+    assert ALICE in r
+    gone = r.expire(now=100.0 + TIMEOUT + 0.5)
+    assert [m.node for m in gone] == [ALICE]
+    assert ALICE not in r
+    assert BOB in r
+    assert r.expire(now=100.0 + TIMEOUT + 0.6) == []  # reported once only
+    assert [m.node for m in r.expire(now=200.0)] == [BOB]
+
+
+def test_hearing_from_a_member_keeps_it_alive() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=0.0)
+    for t in range(1, 50):
+        r.heard(ALICE, "alice", now=float(t))
+        assert r.expire(now=t + TIMEOUT - 0.1) == []
+    assert ALICE in r
+
+
+def test_this_node_never_expires() -> None:
+    r = roster()
+    r.heard(SELF, "me", now=0.0)
+    assert r.expire(now=1e12) == []
+    assert SELF in r
+    assert names(r) == ["me"]
+
+
+def test_hearing_our_own_id_does_not_make_us_expire() -> None:
+    r = roster()
+    assert r.heard(SELF, "me", now=5.0) == (False, None)
+    assert r.expire(now=5.0 + 10 * TIMEOUT) == []
+    assert SELF in r
+
+
+def test_rename_self() -> None:
+    r = roster()
+    r.rename_self("zed")
+    assert names(r) == ["zed"]
+
+
+def test_remove_returns_the_member_and_forgets_it() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=1.0)
+    removed = r.remove(ALICE)
+    assert removed is not None
+    assert (removed.node, removed.name) == (ALICE, "alice")
+    assert ALICE not in r
+    assert r.remove(ALICE) is None
+    assert r.expire(now=1e9) == []
+
+
+def test_remove_of_an_unknown_node_or_self_does_nothing() -> None:
+    r = roster()
+    assert r.remove(BOB) is None
+    assert r.remove(SELF) is None
+    assert SELF in r
+
+
+def test_display_is_the_plain_name_when_unique() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=0.0)
+    r.heard(BOB, "bob", now=0.0)
+    assert r.display(ALICE) == "alice"
+    assert r.display(BOB) == "bob"
+    assert r.display(SELF) == "me"
+
+
+def test_display_adds_the_id_prefix_when_two_members_share_a_name() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=0.0)
+    r.heard(ALICE2, "alice", now=0.0)
+    r.heard(BOB, "bob", now=0.0)
+    assert r.display(ALICE) == "alice#abcd"
+    assert r.display(ALICE2) == "alice#9f8e"
+    assert r.display(BOB) == "bob"
+
+
+def test_display_drops_the_suffix_once_the_clash_is_gone() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=0.0)
+    r.heard(ALICE2, "alice", now=0.0)
+    r.remove(ALICE2)
+    assert r.display(ALICE) == "alice"
+    r.heard(ALICE2, "alice", now=1.0)
+    r.heard(ALICE2, "alice2", now=2.0)
+    assert r.display(ALICE) == "alice"
+
+
+def test_display_clashes_with_our_own_name_too() -> None:
+    r = roster()
+    r.heard(ALICE, "me", now=0.0)
+    assert r.display(ALICE) == "me#abcd"
+    assert r.display(SELF) == "me#5e1f"
+
+
+def test_display_with_an_explicit_name_for_a_node_that_left() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=0.0)
+    assert r.display(ALICE2, "alice") == "alice#9f8e"
+    assert r.display(BOB, "bob") == "bob"
+    assert r.display(BOB) == BOB[:8]
+
+
+def test_members_are_sorted_by_name_case_insensitively_self_included() -> None:
+    r = roster()
+    r.heard(BOB, "bob", now=0.0)
+    r.heard(ALICE, "Zoe", now=0.0)
+    r.heard(ALICE2, "alice", now=0.0)
+    assert names(r) == ["alice", "bob", "me", "Zoe"]
+    r.heard(BOB, "aaron", now=1.0)
+    assert names(r) == ["aaron", "alice", "me", "Zoe"]
+
+
+def test_members_with_the_same_name_are_in_a_stable_order() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=0.0)
+    r.heard(ALICE2, "alice", now=0.0)
+    first = [m.node for m in r.members()]
+    assert sorted(first[:2]) == sorted([ALICE, ALICE2])
+    assert [m.node for m in r.members()] == first

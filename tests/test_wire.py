@@ -1,0 +1,502 @@
+"""Wire protocol v1: frames and messages survive the trip, bad frames are refused."""
+
+from __future__ import annotations
+
+import json
+import struct
+import unicodedata
+from typing import Any, Literal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pchat.errors import FrameTooLarge, RemoteProtocolError
+from p2pchat.wire import (
+    MAX_FRAME_BYTES,
+    MAX_TEXT_CHARS,
+    Chat,
+    FrameDecoder,
+    Hello,
+    Join,
+    Keepalive,
+    Leave,
+    Message,
+    Nick,
+    Presence,
+    Refuse,
+    decode_body,
+    encode_frame,
+    kind,
+)
+
+FAST = settings(max_examples=150, deadline=None, database=None)
+
+NODE_A = "0123456789abcdef"
+NODE_B = "fedcba9876543210"
+MSG_ID = "00112233445566778899aabbccddeeff"
+
+COMMON: dict[str, Any] = {
+    "id": MSG_ID,
+    "origin": NODE_A,
+    "seq": 7,
+    "name": "alice",
+    "room": "lobby",
+    "ts": 1700000000.25,
+    "hops": 16,
+}
+
+EVERY_KIND: list[Message] = [
+    Hello(version=1, node=NODE_A, name="alice", room="lobby", port=7420),
+    Refuse(code="room", reason="this node is in room 'lobby'"),
+    Keepalive(),
+    Chat(**COMMON, text="hello, world"),
+    Chat(**COMMON, text="waves", action=True),
+    Join(**COMMON),
+    Leave(**COMMON),
+    Leave(**COMMON, reason="timeout"),
+    Nick(**COMMON, old="alicia"),
+    Presence(**COMMON),
+]
+
+
+def frame_of(body: bytes) -> bytes:
+    return struct.pack("!I", len(body)) + body
+
+
+def json_frame(obj: object) -> bytes:
+    return frame_of(json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+
+
+def chat_dict(**changes: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": "chat", **COMMON, "text": "hi"}
+    d.update(changes)
+    return d
+
+
+def decode_all(data: bytes) -> list[Message]:
+    return FrameDecoder().feed(data)
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("msg", EVERY_KIND, ids=lambda m: f"{kind(m)}")
+def test_every_kind_round_trips_through_a_frame(msg: Message) -> None:
+    frame = encode_frame(msg)
+    assert struct.unpack("!I", frame[:4])[0] == len(frame) - 4
+    assert decode_all(frame) == [msg]
+    assert decode_body(frame[4:]) == msg
+
+
+@pytest.mark.parametrize("msg", EVERY_KIND, ids=lambda m: f"{kind(m)}")
+def test_every_kind_round_trips_one_byte_at_a_time(msg: Message) -> None:
+    decoder = FrameDecoder()
+    frame = encode_frame(msg)
+    got: list[Message] = []
+    for i in range(len(frame)):
+        out = decoder.feed(frame[i : i + 1])
+        if i < len(frame) - 1:
+            assert out == []
+        got += out
+    assert got == [msg]
+    assert decoder.buffered == 0
+
+
+def test_kind_names_the_type_tag() -> None:
+    assert [kind(m) for m in EVERY_KIND] == [
+        "hello",
+        "refuse",
+        "keepalive",
+        "chat",
+        "chat",
+        "join",
+        "leave",
+        "leave",
+        "nick",
+        "presence",
+    ]
+
+
+def test_the_type_tag_is_on_the_wire() -> None:
+    body = encode_frame(Keepalive())[4:]
+    assert json.loads(body) == {"type": "keepalive"}
+    chat = json.loads(encode_frame(EVERY_KIND[3])[4:])
+    assert chat["type"] == "chat"
+    assert chat["text"] == "hello, world"
+
+
+def test_several_frames_in_one_feed_come_out_in_order() -> None:
+    data = b"".join(encode_frame(m) for m in EVERY_KIND)
+    decoder = FrameDecoder()
+    assert decoder.feed(data) == EVERY_KIND
+    assert decoder.buffered == 0
+
+
+def test_a_partial_frame_is_kept_until_the_rest_arrives() -> None:
+    first, second = encode_frame(EVERY_KIND[0]), encode_frame(EVERY_KIND[3])
+    decoder = FrameDecoder()
+    assert decoder.feed(first + second[:10]) == [EVERY_KIND[0]]
+    assert decoder.buffered > 0
+    assert decoder.feed(second[10:]) == [EVERY_KIND[3]]
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Привет, мир! Съешь же ещё этих мягких французских булок",
+        "你好，世界。日本語のテキスト、한국어",  # noqa: RUF001
+        "emoji 😀🎉👩‍💻🇺🇦 and ✓",
+        "mixed Ёж 中 🦔 tab\tand\u200bzero-width",
+    ],
+)
+def test_non_ascii_text_survives_intact(text: str) -> None:
+    msg = Chat(**COMMON, text=text)
+    (got,) = decode_all(encode_frame(msg))
+    assert isinstance(got, Chat)
+    assert got.text == text
+
+
+def test_non_ascii_names_and_rooms_survive_intact() -> None:
+    msg = Hello(version=1, node=NODE_B, name="Алиса 🐱", room="комната 中文", port=0)
+    assert decode_all(encode_frame(msg)) == [msg]
+
+
+def test_longest_line_is_accepted_in_code_points_not_bytes() -> None:
+    text = "😀" * MAX_TEXT_CHARS  # 8000 UTF-8 bytes, 2000 code points
+    (got,) = decode_all(encode_frame(Chat(**COMMON, text=text)))
+    assert isinstance(got, Chat)
+    assert got.text == text
+
+
+def test_largest_frame_body_is_accepted() -> None:
+    head, tail = b'{"type":"keepalive"', b"}"
+    body = head + b" " * (MAX_FRAME_BYTES - len(head) - len(tail)) + tail
+    assert len(body) == MAX_FRAME_BYTES
+    assert decode_all(frame_of(body)) == [Keepalive()]
+
+
+def test_unknown_extra_keys_are_ignored() -> None:
+    data = json_frame(chat_dict(color="red", extra={"nested": [1, 2, 3]}, future=None))
+    (got,) = decode_all(data)
+    assert got == Chat(**COMMON, text="hi")
+
+
+def test_defaults_apply_when_optional_fields_are_absent() -> None:
+    (chat,) = decode_all(json_frame(chat_dict()))
+    assert isinstance(chat, Chat)
+    assert chat.action is False
+    (leave,) = decode_all(json_frame({"type": "leave", **COMMON}))
+    assert isinstance(leave, Leave)
+    assert leave.reason == "quit"
+
+
+# ----------------------------------------------------------- hypothesis: chat
+
+# The brief allows anything but CR, LF, NUL and surrogates in a line; wire.py
+# refuses every control character but TAB, and U+2028/U+2029, too.  Generate
+# only lines that both rules accept.
+NOT_IN_TEXT: tuple[Literal["Cs", "Cc", "Zl", "Zp"], ...] = ("Cs", "Cc", "Zl", "Zp")
+NOT_IN_LABELS: tuple[Literal["C", "Zl", "Zp"], ...] = ("C", "Zl", "Zp")
+
+text_chars = st.one_of(
+    st.characters(exclude_categories=NOT_IN_TEXT, include_characters="\t"),
+    st.characters(min_codepoint=0x0400, max_codepoint=0x04FF),  # Cyrillic
+    st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF),  # CJK
+    st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF),  # emoji
+)
+texts = st.one_of(
+    st.text(text_chars, max_size=MAX_TEXT_CHARS),
+    # Long lines up to the limit, cheaply: a random piece repeated.
+    st.tuples(st.text(text_chars, min_size=1, max_size=40), st.integers(1, MAX_TEXT_CHARS)).map(
+        lambda t: (t[0] * t[1])[:MAX_TEXT_CHARS]
+    ),
+    st.just("я" * MAX_TEXT_CHARS),
+    st.just("🦔" * MAX_TEXT_CHARS),
+)
+
+
+def labels(max_size: int) -> st.SearchStrategy[str]:
+    # No control, format, private-use or unassigned code points (category C),
+    # judged by this Python's Unicode database, nor line/paragraph separators.
+    chars = st.one_of(
+        st.characters(exclude_categories=NOT_IN_LABELS),
+        st.characters(min_codepoint=0x0400, max_codepoint=0x04FF),
+        st.characters(min_codepoint=0x1F300, max_codepoint=0x1FAFF),
+    ).filter(lambda ch: unicodedata.category(ch)[0] != "C")
+    return st.text(chars, min_size=1, max_size=max_size).map(str.strip).filter(bool)
+
+
+hex_digits = "0123456789abcdef"
+node_ids = st.text(st.sampled_from(hex_digits), min_size=16, max_size=16)
+message_ids = st.text(st.sampled_from(hex_digits), min_size=32, max_size=32)
+
+chats = st.builds(
+    Chat,
+    id=message_ids,
+    origin=node_ids,
+    seq=st.integers(0, 2**53),
+    name=labels(32),
+    room=labels(64),
+    ts=st.floats(0, 1e11, allow_nan=False, allow_infinity=False),
+    hops=st.integers(0, 64),
+    text=texts,
+    action=st.booleans(),
+)
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, start = [], 0
+    for p in [*points, len(data)]:
+        pieces.append(data[start:p])
+        start = p
+    return pieces
+
+
+@FAST
+@given(msgs=st.lists(chats, min_size=1, max_size=4), cuts=st.lists(st.integers(0, 10**6)))
+def test_chats_round_trip_split_at_random_points(msgs: list[Chat], cuts: list[int]) -> None:
+    data = b"".join(encode_frame(m) for m in msgs)
+    decoder = FrameDecoder()
+    got: list[Message] = []
+    for piece in split_at(data, cuts):
+        got += decoder.feed(piece)
+    assert got == msgs
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(msg=chats)
+def test_chats_round_trip_one_byte_at_a_time(msg: Chat) -> None:
+    data = encode_frame(msg)
+    decoder = FrameDecoder()
+    got: list[Message] = []
+    for i in range(len(data)):
+        got += decoder.feed(data[i : i + 1])
+    assert got == [msg]
+    assert isinstance(got[0], Chat)
+    assert got[0].text == msg.text
+
+
+# ------------------------------------------------------------ bad frames
+
+
+def test_zero_length_prefix_is_refused_as_soon_as_the_header_is_in() -> None:
+    decoder = FrameDecoder()
+    header = struct.pack("!I", 0)
+    for b in header[:3]:
+        assert decoder.feed(bytes([b])) == []
+    with pytest.raises(FrameTooLarge):
+        decoder.feed(header[3:])
+
+
+def test_oversized_prefix_is_refused_before_the_body_arrives() -> None:
+    decoder = FrameDecoder()
+    header = struct.pack("!I", MAX_FRAME_BYTES + 1)
+    assert decoder.feed(header[:3]) == []
+    with pytest.raises(FrameTooLarge):
+        decoder.feed(header[3:])
+
+
+def test_frame_too_large_is_a_remote_protocol_error() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_all(struct.pack("!I", 2**32 - 1))
+
+
+@pytest.mark.parametrize("body", [b"", b"x" * (MAX_FRAME_BYTES + 1)], ids=["empty", "65537"])
+def test_decode_body_refuses_bad_sizes(body: bytes) -> None:
+    with pytest.raises(FrameTooLarge):
+        decode_body(body)
+
+
+def _bad(name: str, data: bytes) -> Any:
+    return pytest.param(data, id=name)
+
+
+BAD_FRAMES = [
+    _bad("invalid-utf8-in-string", frame_of(b'{"type":"chat","text":"\xff\xfe"}')),
+    _bad(
+        "invalid-utf8-in-text",
+        frame_of(json.dumps(chat_dict(text="XX")).encode().replace(b"XX", b"\xc3\x28")),
+    ),
+    _bad("invalid-utf8-raw", frame_of(b"\xff")),
+    _bad("malformed-json", frame_of(b'{"type": "keepalive"')),
+    _bad("malformed-json-garbage", frame_of(b"not json at all")),
+    _bad("trailing-garbage", frame_of(b'{"type":"keepalive"} x')),
+    _bad("json-array", frame_of(b'[{"type":"keepalive"}]')),
+    _bad("json-string", frame_of(b'"keepalive"')),
+    _bad("json-number", frame_of(b"42")),
+    _bad("json-null", frame_of(b"null")),
+    _bad("unknown-type", json_frame({"type": "shout", "text": "hi"})),
+    _bad("missing-type", json_frame({k: v for k, v in chat_dict().items() if k != "type"})),
+    _bad("missing-text", json_frame({k: v for k, v in chat_dict().items() if k != "text"})),
+    _bad("missing-id", json_frame({k: v for k, v in chat_dict().items() if k != "id"})),
+    _bad("missing-hello-port", json_frame({"type": "hello", "version": 1, "node": NODE_A})),
+    _bad("seq-as-string", json_frame(chat_dict(seq="7"))),
+    _bad("hops-as-bool", json_frame(chat_dict(hops=True))),
+    _bad("text-as-number", json_frame(chat_dict(text=5))),
+    _bad("action-as-string", json_frame(chat_dict(action="yes"))),
+    _bad("ts-as-string", json_frame(chat_dict(ts="now"))),
+    _bad("hops-65", json_frame(chat_dict(hops=65))),
+    _bad("hops-negative", json_frame(chat_dict(hops=-1))),
+    _bad("seq-negative", json_frame(chat_dict(seq=-1))),
+    _bad("seq-above-2**53", json_frame(chat_dict(seq=2**53 + 1))),
+    _bad("ts-negative", json_frame(chat_dict(ts=-1.0))),
+    _bad(
+        "port-70000",
+        json_frame(
+            {"type": "hello", "version": 1, "node": NODE_A, "name": "a", "room": "r", "port": 70000}
+        ),
+    ),
+    _bad(
+        "hello-version-as-string",
+        json_frame(
+            {"type": "hello", "version": "1", "node": NODE_A, "name": "a", "room": "r", "port": 1}
+        ),
+    ),
+    _bad("origin-uppercase", json_frame(chat_dict(origin=NODE_A.upper()))),
+    _bad("origin-15-digits", json_frame(chat_dict(origin=NODE_A[:15]))),
+    _bad("origin-17-digits", json_frame(chat_dict(origin=NODE_A + "0"))),
+    _bad("origin-not-hex", json_frame(chat_dict(origin="g" * 16))),
+    _bad(
+        "hello-node-not-hex",
+        json_frame(
+            {"type": "hello", "version": 1, "node": "xyz", "name": "a", "room": "r", "port": 1}
+        ),
+    ),
+    _bad("message-id-short", json_frame(chat_dict(id=MSG_ID[:31]))),
+    _bad("text-2001-chars", json_frame(chat_dict(text="x" * (MAX_TEXT_CHARS + 1)))),
+    _bad("text-2001-cyrillic", json_frame(chat_dict(text="ж" * (MAX_TEXT_CHARS + 1)))),
+    _bad("text-with-newline", json_frame(chat_dict(text="two\nlines"))),
+    _bad("text-with-cr", json_frame(chat_dict(text="carriage\rreturn"))),
+    _bad("text-with-nul", json_frame(chat_dict(text="nul\x00byte"))),
+    _bad("name-with-control-char", json_frame(chat_dict(name="al\x07ice"))),
+    _bad("name-with-escape", json_frame(chat_dict(name="al\x1bice"))),
+    _bad("name-empty", json_frame(chat_dict(name=""))),
+    _bad("name-33-chars", json_frame(chat_dict(name="a" * 33))),
+    _bad("name-leading-blank", json_frame(chat_dict(name=" alice"))),
+    _bad("name-trailing-blank", json_frame(chat_dict(name="alice "))),
+    _bad("room-65-chars", json_frame(chat_dict(room="r" * 65))),
+    _bad("room-with-tab", json_frame(chat_dict(room="lob\tby"))),
+    _bad("nick-old-with-control-char", json_frame({"type": "nick", **COMMON, "old": "a\x01"})),
+    _bad("text-lone-surrogate", frame_of(b'{"type":"chat","text":"\\ud800"}')),
+    _bad(
+        "text-lone-surrogate-full-chat",
+        frame_of(json.dumps(chat_dict(text="a\ud800b")).encode("ascii")),
+    ),
+    _bad("name-lone-low-surrogate", frame_of(json.dumps(chat_dict(name="\udc00")).encode())),
+    _bad(
+        "refuse-reason-lone-surrogate",
+        frame_of(b'{"type":"refuse","code":"busy","reason":"\\ud800"}'),
+    ),
+    _bad(
+        "leave-reason-lone-surrogate",
+        frame_of(json.dumps({"type": "leave", **COMMON, "reason": "\ud800"}).encode()),
+    ),
+]
+
+
+@pytest.mark.parametrize("data", BAD_FRAMES)
+def test_bad_frame_is_a_remote_protocol_error(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_all(data)
+
+
+@pytest.mark.parametrize("data", BAD_FRAMES)
+def test_bad_frame_is_refused_also_when_fed_one_byte_at_a_time(data: bytes) -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(RemoteProtocolError):
+        for i in range(len(data)):
+            decoder.feed(data[i : i + 1])
+
+
+def test_a_bad_frame_after_a_good_one_is_still_refused() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(encode_frame(Keepalive())) == [Keepalive()]
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(json_frame(chat_dict(hops=65)))
+
+
+# ----------------------------------------------------- hypothesis: garbage in
+
+
+def feed_all(chunks: list[bytes]) -> None:
+    """Feed chunks until the decoder refuses; anything but RemoteProtocolError fails."""
+    decoder = FrameDecoder()
+    for chunk in chunks:
+        try:
+            msgs = decoder.feed(chunk)
+        except RemoteProtocolError:
+            return
+        assert all(isinstance(m, Message) for m in msgs)
+        assert decoder.buffered <= MAX_FRAME_BYTES + 4 + len(chunk)
+
+
+@FAST
+@given(chunks=st.lists(st.binary(max_size=64), max_size=20))
+def test_arbitrary_bytes_yield_messages_or_a_protocol_error(chunks: list[bytes]) -> None:
+    feed_all(chunks)
+
+
+def _framed_garbage() -> st.SearchStrategy[bytes]:
+    """Bytes behind a plausible length prefix, so the JSON decoder gets exercised."""
+    body = st.one_of(
+        st.binary(min_size=1, max_size=200),
+        st.text(max_size=100).map(lambda s: s.encode("utf-8", "surrogatepass") or b" "),
+        st.sampled_from([encode_frame(m)[4:] for m in EVERY_KIND]),
+    )
+    return body.map(frame_of)
+
+
+@FAST
+@given(
+    frames=st.lists(_framed_garbage(), min_size=1, max_size=5),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+    cuts=st.lists(st.integers(0, 10**6), max_size=6),
+)
+def test_mutated_frames_yield_messages_or_a_protocol_error(
+    frames: list[bytes], flips: list[tuple[int, int]], cuts: list[int]
+) -> None:
+    data = bytearray(b"".join(frames))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    feed_all(split_at(bytes(data), cuts))
+
+
+@FAST
+@given(
+    msg=st.sampled_from(EVERY_KIND),
+    key=st.sampled_from(
+        ["type", "id", "origin", "seq", "name", "room", "ts", "hops", "text", "action", "node"]
+    ),
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False),
+        st.text(max_size=40),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    ),
+)
+def test_json_with_a_changed_field_yields_a_message_or_a_protocol_error(
+    msg: Message, key: str, value: object
+) -> None:
+    obj = json.loads(encode_frame(msg)[4:])
+    obj[key] = value
+    data = frame_of(json.dumps(obj).encode("utf-8", "surrogatepass"))
+    feed_all([data])
+
+
+def test_buffer_holds_at_most_one_frame_plus_the_last_chunk() -> None:
+    decoder = FrameDecoder()
+    big = encode_frame(Chat(**COMMON, text="😀" * MAX_TEXT_CHARS))
+    stream = big * 3
+    chunk = 4096
+    for i in range(0, len(stream), chunk):
+        piece = stream[i : i + chunk]
+        decoder.feed(piece)
+        assert decoder.buffered <= MAX_FRAME_BYTES + 4 + len(piece)
+    assert decoder.buffered == 0
