@@ -589,6 +589,7 @@ class Output:
         self._on_broken_pipe = on_broken_pipe
         self._dropped = 0
         self._broken = False
+        self.leaving = False  # set when we leave the room
         self._thread = threading.Thread(target=self._write_loop, name="p2pchat-cli-out")
         self._thread.daemon = True
         self._thread.start()
@@ -605,6 +606,8 @@ class Output:
             with self._lock:
                 if self.json_mode:
                     line: str | None = _json_line(ev.as_dict())
+                elif self.leaving and isinstance(ev, PeerDown):
+                    line = None  # our own leave takes every link down: not news
                 else:
                     line = self.renderer.render(ev)
                 if line is not None:
@@ -857,6 +860,7 @@ class _Stopper:
         self.requested = False
         self.closing = False
         self.reading = False
+        self.active = False  # our SIGTERM handler is installed
         self.app: Application[Any] | None = None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
@@ -896,6 +900,19 @@ class _Stopper:
         ):
             app.exit(exception=EOFError())
 
+    def request_stop(self) -> None:
+        """Leave as on SIGTERM; for other threads (the stdout writer, when
+        stdout is gone).
+
+        The signal goes to the main thread, so that a blocking read of stdin
+        is interrupted and the handler runs at once.
+        """
+        main_id = threading.main_thread().ident
+        if not self.active or self.closing or self.requested or main_id is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_kill(main_id, signal.SIGTERM)
+
     @contextlib.contextmanager
     def installed(self, sigint: bool) -> Iterator[None]:
         """Install the handler for SIGTERM, SIGHUP (and SIGINT) for the duration.
@@ -912,10 +929,14 @@ class _Stopper:
         old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for s in signums:
+                if s != signal.SIGTERM and signal.getsignal(s) == signal.SIG_IGN:
+                    continue  # nohup, or a background job of a script: keep ignoring
                 old[s] = signal.signal(s, self.handle)
+            self.active = True
         try:
             yield
         finally:
+            self.active = False
             for s, handler in old.items():
                 signal.signal(s, handler)
 
@@ -953,8 +974,9 @@ def make_node(opts: Options, name: str, on_event: Callable[[Event], None]) -> No
     return Node(config, discovery=discovery, on_event=on_event)
 
 
-def _close(node: Node, stopper: _Stopper) -> None:
+def _close(node: Node, stopper: _Stopper, out: Output) -> None:
     stopper.closing = True
+    out.leaving = True
     node.close()
 
 
@@ -974,16 +996,18 @@ def run_scripted(opts: Options) -> int:
     if opts.name is None:
         raise UsageError("--name is required when stdin is not a terminal")
     stdin = sys.stdin
-    if isinstance(stdin, io.TextIOWrapper):
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
         # JSON lines are UTF-8; undecodable bytes reach node.send(), which refuses them.
-        stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
+        if isinstance(stdin, io.TextIOWrapper):
+            stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     stopper = _Stopper()
-    out = Output(json_mode=opts.json, on_broken_pipe=_request_stop)
-    try:
-        node = make_node(opts, opts.name, out.on_event)
-        with stopper.installed(sigint=True):
+    with stopper.installed(sigint=True):
+        # Created and closed inside: the writer may signal the main thread.
+        out = Output(json_mode=opts.json, on_broken_pipe=stopper.request_stop)
+        try:
+            node = make_node(opts, opts.name, out.on_event)
             try:
                 node.start()
                 while not stopper.requested:
@@ -1003,22 +1027,10 @@ def run_scripted(opts: Options) -> int:
             except _Terminate:
                 log.info("leaving: signal")
             finally:
-                _close(node, stopper)
-    finally:
-        out.close()
+                _close(node, stopper, out)
+        finally:
+            out.close()
     return 0
-
-
-def _request_stop() -> None:
-    """Leave as on SIGTERM (used when our stdout is gone).
-
-    The signal goes to the main thread, so that its blocking read of stdin
-    is interrupted and the handler runs at once.
-    """
-    main_id = threading.main_thread().ident
-    if main_id is not None:
-        with contextlib.suppress(OSError, ValueError):
-            signal.pthread_kill(main_id, signal.SIGTERM)
 
 
 def ask_name() -> str | None:
@@ -1080,7 +1092,7 @@ def run_interactive(opts: Options) -> int:
                 except KeyboardInterrupt:
                     pass  # Ctrl+C outside the prompt (while starting, say): leave too
                 finally:
-                    _close(node, stopper)
+                    _close(node, stopper, out)
         finally:
             out.close()
     return 0

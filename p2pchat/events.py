@@ -105,6 +105,7 @@ class PeerDown(Event):
     peer: str
     address: str
     reason: str = ""
+    name: str = ""
 
 
 @dataclass(frozen=True)

@@ -344,9 +344,12 @@ class Node:
             UsageError: the name is invalid.
         """
         check_label(name, "name", wire.MAX_NAME_CHARS)
-        if name == self._name:
-            return
-        self._post(("nick", name))
+        with self._lock:
+            if name == self._name:
+                return
+            old = self._name
+            self._name = name  # lines sent from now on carry the new name
+        self._post(("nick", old, name))
 
     def add_peer(self, host: str, port: int) -> None:
         """Add a static peer, dialled with backoff for as long as the node runs."""
@@ -684,14 +687,21 @@ class Node:
             self._all_links.discard(link)
             if link.peer is not None and self._links.get(link.peer.node) is link:
                 del self._links[link.peer.node]
-                events.append(PeerDown(peer=link.peer.node, address=link.address, reason=item[2]))
+                reason = "this node left" if self._closed else item[2]
+                events.append(
+                    PeerDown(
+                        peer=link.peer.node,
+                        address=link.address,
+                        reason=reason,
+                        name=self._roster.display(link.peer.node, link.peer.name),
+                    )
+                )
         elif kind == "nick":
-            old = self._name
-            self._name = item[1]
-            self._roster.rename_self(item[1])
+            _, old, new = item
+            self._roster.rename_self(new)
             nick = wire.Nick(old=old, **self._envelope_locked())
             self._flood_own(nick, events)
-            events.append(NickEvent(origin=self.node_id, old=old, new=item[1]))
+            events.append(NickEvent(origin=self.node_id, old=old, new=new))
             self._presence_soon(now)
 
     def _link_up(self, link: Link, events: list[Event]) -> None:

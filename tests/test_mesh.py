@@ -81,8 +81,9 @@ def test_leave_is_seen_by_everyone(cluster: Cluster) -> None:
     build(cluster, 3, [(0, 1), (1, 2)])
     cluster.wait_all_know_each_other()
     cluster.nodes[2].close()
-    for rec in cluster.recorders[:2]:
-        wait_for(lambda rec=rec: bool(rec.leaves()), 10.0, "the leave")
+    recs = cluster.recorders[:2]
+    wait_for(lambda: all(rec.leaves() for rec in recs), 10.0, "the leave at both")
+    for rec in recs:
         (leave,) = rec.leaves()
         assert (leave.name, leave.reason) == ("node2", "quit")
 

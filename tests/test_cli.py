@@ -1,0 +1,986 @@
+"""Tests of the terminal front end, p2pchat/cli.py.
+
+* Argument parsing and validation, rendering, and command handling against a
+  fake node, all in-process.
+* ``python -m p2pchat`` subprocesses in scripted mode (``--json`` and plain
+  text), talking to each other over 127.0.0.1.
+* An interactive smoke test in a private tmux server (skipped without tmux).
+
+Network safety: every process binds 127.0.0.1 only (``--interface
+127.0.0.1``) and uses ``--no-mdns`` or mDNS on 127.0.0.1 with a service type
+unique to the test.  Waits are on conditions with deadlines, never bare sleeps;
+every process started is killed and reaped at the end of its test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import unique_room, unique_service_type
+
+from p2pchat import cli
+from p2pchat.discovery import MdnsDiscovery
+from p2pchat.errors import LineTooLong, UsageError
+from p2pchat.events import (
+    Event,
+    JoinEvent,
+    LeaveEvent,
+    LinkInfo,
+    MemberInfo,
+    MessageEvent,
+    NickEvent,
+    Notice,
+    PeerDown,
+    PeerUp,
+    Ready,
+    Snapshot,
+)
+from p2pchat.node import DEFAULT_PORT, NodeConfig, check_label
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+WAIT_S = 20.0
+PYTHON_M_P2PCHAT = [sys.executable, "-m", "p2pchat"]
+NO_MDNS = ["--no-mdns", "--interface", LOOPBACK, "--port", "0"]
+
+# Text that must survive the trip unchanged: Cyrillic, CJK, emoji with a skin
+# tone modifier and a ZWJ sequence, a combining accent.
+UNICODE_TEXT = "Привет, мир! 你好，世界 🎉👍🏽 👩‍💻 café"  # noqa: RUF001
+
+
+# -- argument parsing -------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    opts = cli.parse_args(["--name", "alice"])
+    assert opts.name == "alice"
+    assert opts.room == "lobby"
+    assert opts.port == DEFAULT_PORT
+    assert opts.port_fallback is True
+    assert opts.interfaces == ()
+    assert opts.peers == ()
+    assert opts.mdns is True
+    assert opts.json is False
+    assert opts.service_type == "_p2pchat._tcp.local."
+    assert opts.log_level == "warning"
+
+
+def test_explicit_port_means_no_fallback() -> None:
+    assert cli.parse_args(["--port", str(DEFAULT_PORT)]).port_fallback is False
+    opts = cli.parse_args(["--port", "0"])
+    assert (opts.port, opts.port_fallback) == (0, False)
+
+
+def test_options() -> None:
+    opts = cli.parse_args(
+        [
+            "--name=Борис",
+            "--room",
+            "dev 🚀",
+            "--interface",
+            "127.0.0.1",
+            "--interface",
+            "127.0.0.1",
+            "--peer",
+            "10.0.0.2",
+            "--peer",
+            "host.local:7421",
+            "--no-mdns",
+            "--json",
+            "--service-type",
+            "_p2pt0a1b2c3d._tcp.local.",
+            "--log-level",
+            "DEBUG",
+        ]
+    )
+    assert opts.name == "Борис"
+    assert opts.room == "dev 🚀"
+    assert opts.interfaces == ("127.0.0.1",)  # duplicates dropped
+    assert opts.peers == (("10.0.0.2", DEFAULT_PORT), ("host.local", 7421))
+    assert opts.mdns is False
+    assert opts.json is True
+    assert opts.service_type == "_p2pt0a1b2c3d._tcp.local."
+    assert opts.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.2", ("10.0.0.2", DEFAULT_PORT)),
+        ("10.0.0.2:7500", ("10.0.0.2", 7500)),
+        ("bob.local", ("bob.local", DEFAULT_PORT)),
+        ("bob.local:1", ("bob.local", 1)),
+        ("[::1]:7421", ("::1", 7421)),
+        ("[fe80::1]", ("fe80::1", DEFAULT_PORT)),
+        ("fe80::1", ("fe80::1", DEFAULT_PORT)),
+        (" 10.0.0.2:65535 ", ("10.0.0.2", 65535)),
+    ],
+)
+def test_parse_peer(text: str, expected: tuple[str, int]) -> None:
+    assert cli.parse_peer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", ":7420", "host:", "host:0", "host:65536", "host:x", "host:-1", "[::1", "[::1]x"]
+)
+def test_parse_peer_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        cli.parse_peer(text)
+
+
+@pytest.mark.parametrize("text", ["nope", "10.0.0", "::1", "0.0.0.0", "300.1.1.1"])
+def test_parse_interface_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        cli.parse_interface(text)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--name", ""],
+        ["--name", " alice"],
+        ["--name", "alice "],
+        ["--name", "a" * 33],
+        ["--name", "al\x07ice"],
+        ["--name", "al\u2028ice"],  # a line separator, refused like wire.py
+        ["--name", "alice", "--room", "r" * 65],
+        ["--name", "alice", "--room", "\tlobby"],
+        ["--name", "alice", "--port", "65536"],
+        ["--name", "alice", "--port", "seven"],
+        ["--name", "alice", "--peer", "h:0"],
+        ["--name", "alice", "--interface", "eth0"],
+        ["--name", "alice", "--log-level", "loud"],
+        ["--name", "alice", "--service-type", "p2pchat.local"],
+        ["--name", "alice", "--bogus"],
+        ["--name"],
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Safe settings first (the arguments under test override them): should the
+    # usage unexpectedly pass, the node binds 127.0.0.1 only and stdin is empty.
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert cli.main([*NO_MDNS, *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("p2pchat: ")
+
+
+def test_names_at_the_limits_are_fine() -> None:
+    assert cli.parse_args(["--name", "a" * 32, "--room", "r" * 64]).name == "a" * 32
+    assert cli.validate_name("x") == "x"
+    assert cli.validate_name("👩‍💻 dev") == "👩‍💻 dev"  # ZWJ sequences are fine (like wire.py)
+    # The CLI refuses exactly what the node (and the wire) refuse.
+    for bad in ["", " x", "x\n", "a" * 33, "a\x00b"]:
+        with pytest.raises(UsageError):
+            check_label(bad, "name", 32)
+        with pytest.raises(UsageError):
+            cli.validate_name(bad)
+
+
+def test_scripted_mode_needs_a_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    assert cli.main(["--no-mdns", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "p2pchat: --name is required when stdin is not a terminal\n"
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ["--name", "--room", "--port", "--interface", "--peer", "--no-mdns", "--json"]:
+        assert option in out
+    assert "--service-type" in out and "--log-level" in out and "exit status" in out
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("p2pchat 0.")
+
+
+# -- rendering --------------------------------------------------------------------------
+
+A_ID = "aaaaaaaaaaaaaaaa"
+B_ID = "bbbbbbbbbbbbbbbb"
+
+
+def _msg(text: str, action: bool = False, display: str = "", mine: bool = False) -> MessageEvent:
+    return MessageEvent(
+        id="0" * 32,
+        origin=A_ID,
+        name="alice",
+        text=text,
+        ts=1.0,
+        self=mine,
+        seq=1,
+        action=action,
+        display=display,
+    )
+
+
+def test_render_events() -> None:
+    r = cli.Renderer()
+    assert r.render(_msg("hello")) == "alice: hello"
+    assert r.render(_msg("hello", mine=True)) == "alice: hello"
+    assert r.render(_msg("waves", action=True)) == "* alice waves"
+    assert r.render(_msg("hi", display="alice#3f2a")) == "alice#3f2a: hi"
+    assert r.render(JoinEvent(origin=B_ID, name="bob", display="bob")) == "* bob joined"
+    assert r.render(JoinEvent(origin=B_ID, name="bob", via="presence")) == "* bob is here"
+    assert r.render(LeaveEvent(origin=B_ID, name="bob", reason="quit")) == "* bob left"
+    assert r.render(LeaveEvent(origin=B_ID, name="bob", reason="timeout")) == "* bob timed out"
+    up = PeerUp(peer=B_ID, address="10.0.0.2:7420", name="bob")
+    assert r.render(up) == "-- linked to bob (10.0.0.2:7420)"
+    assert r.render(NickEvent(origin=B_ID, old="bob", new="robert")) == (
+        "* bob is now known as robert"
+    )
+    # PeerDown carries no name: the renderer remembers it (here: the nick).
+    down = PeerDown(peer=B_ID, address="10.0.0.2:7420", reason="keepalive timeout")
+    assert r.render(down) == "-- link to robert lost: keepalive timeout"
+    unknown = PeerDown(peer="c" * 16, address="10.0.0.3:7420", reason="")
+    assert r.render(unknown) == "-- link to cccccccc lost"
+    assert r.render(Notice(text="port 7420 is taken", level="warning")) == "!! port 7420 is taken"
+    ready = r.render(Ready(node=A_ID, name="alice", room="lobby", port=7420))
+    assert ready is not None and "alice" in ready and "lobby" in ready and "7420" in ready
+
+
+def test_render_cleans_control_characters() -> None:
+    r = cli.Renderer()
+    line = r.render(_msg("evil \x1b[2J\x1b]0;title\x07 text\x9b1m\ttab"))
+    assert line is not None
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line)
+    assert line == "alice: evil \ufffd[2J\ufffd]0;title\ufffd text\ufffd1m tab"
+    assert r.render(_msg(UNICODE_TEXT)) == f"alice: {UNICODE_TEXT}"
+
+
+def test_format_who_and_peers() -> None:
+    members = [
+        MemberInfo(node=B_ID, name="bob", display="bob", linked=True, self=False),
+        MemberInfo(node="c" * 16, name="carol", display="carol", linked=False, self=False),
+        MemberInfo(node=A_ID, name="alice", display="alice", linked=False, self=True),
+    ]
+    line = cli.format_who("lobby", members)
+    assert line.startswith("-- 3 in lobby: alice (you), bob*, carol")
+    assert "linked directly" in line
+    assert cli.format_peers([]) == ["-- no direct links"]
+    links = [LinkInfo(peer=B_ID, name="bob", address="10.0.0.2:7420", direction="in", uptime_s=75)]
+    out = cli.format_peers(links)
+    assert len(out) == 2 and "bob" in out[1] and "10.0.0.2:7420" in out[1] and "in" in out[1]
+    assert "1m15s" in out[1]
+    assert [cli.format_duration(s) for s in (0, 59.9, 60, 3599, 3600, 7322)] == [
+        "0s",
+        "59s",
+        "1m00s",
+        "59m59s",
+        "1h00m",
+        "2h02m",
+    ]
+
+
+# -- command handling against a fake node ------------------------------------------------
+
+
+class FakeNode:
+    """Just enough of p2pchat.node.Node for the CLI, without sockets."""
+
+    instances: list[FakeNode] = []  # noqa: RUF012
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        discovery: object = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.discovery = discovery
+        self.on_event = on_event or (lambda ev: None)
+        self.node_id = A_ID
+        self._name = config.name
+        self.port = 0
+        self.sent: list[tuple[str, bool]] = []
+        self.closed = 0
+        FakeNode.instances.append(self)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def room(self) -> str:
+        return self.config.room
+
+    def start(self) -> None:
+        self.port = 45678
+        self.on_event(Ready(node=A_ID, name=self._name, room=self.room, port=self.port))
+
+    def send(self, text: str, action: bool = False) -> MessageEvent:
+        if len(text) > 2000:
+            raise LineTooLong(f"line is {len(text)} characters; the limit is 2000.")
+        if not text.strip() or "\n" in text:
+            raise UsageError("bad line")
+        self.sent.append((text, action))
+        ev = MessageEvent(
+            id="1" * 32,
+            origin=A_ID,
+            name=self._name,
+            text=text,
+            ts=1.0,
+            self=True,
+            seq=len(self.sent),
+            action=action,
+            display=self._name,
+        )
+        self.on_event(ev)
+        return ev
+
+    def set_name(self, name: str) -> None:
+        check_label(name, "name", 32)
+        old, self._name = self._name, name
+        self.on_event(NickEvent(origin=A_ID, old=old, new=name))
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            members=[
+                MemberInfo(node=A_ID, name=self._name, display=self._name, linked=False, self=True),
+                MemberInfo(node=B_ID, name="bob", display="bob", linked=True, self=False),
+            ],
+            links=[
+                LinkInfo(
+                    peer=B_ID, name="bob", address="127.0.0.1:7421", direction="out", uptime_s=3.2
+                )
+            ],
+        )
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _run_fake(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stdin: str,
+    *extra: str,
+) -> tuple[int, FakeNode, list[str], str]:
+    FakeNode.instances = []
+    monkeypatch.setattr(cli, "Node", FakeNode)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    status = cli.main(["--name", "alice", "--no-mdns", "--port", "0", *extra])
+    captured = capsys.readouterr()
+    assert len(FakeNode.instances) == 1
+    return status, FakeNode.instances[0], captured.out.splitlines(), captured.err
+
+
+SCRIPT = "\n".join(
+    [
+        "hello",
+        "",
+        "   ",
+        "/who",
+        "/peers",
+        "/help",
+        "/nick",
+        "/nick bad\x07name",
+        "/nick  robert ",
+        "/me",
+        "/me dances",
+        "/bogus",
+        "x" * 2001,
+        "x" * 2000,
+        "//not a command",
+        UNICODE_TEXT,
+        "with CRLF\r",
+        "/QUIT",
+        "after quit: never sent",
+    ]
+)
+
+
+def test_scripted_json_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, node, lines, err = _run_fake(monkeypatch, capsys, SCRIPT + "\n", "--json")
+    assert status == 0
+    assert err == ""
+    assert node.closed == 1
+    assert node.sent == [
+        ("hello", False),
+        ("dances", True),
+        ("x" * 2000, False),
+        ("/not a command", False),
+        (UNICODE_TEXT, False),
+        ("with CRLF", False),
+    ]
+    assert node.name == "robert"
+    objs = [json.loads(line) for line in lines]  # every line is one JSON object
+    kinds = [o["event"] for o in objs]
+    assert kinds[0] == "ready"
+    (who,) = [o for o in objs if o["event"] == "who"]
+    assert who["members"] == [
+        {"node": A_ID, "name": "alice", "display": "alice", "linked": False, "self": True},
+        {"node": B_ID, "name": "bob", "display": "bob", "linked": True, "self": False},
+    ]
+    (peers,) = [o for o in objs if o["event"] == "peers"]
+    assert peers["links"][0]["address"] == "127.0.0.1:7421"
+    assert peers["links"][0]["direction"] == "out"
+    (help_,) = [o for o in objs if o["event"] == "help"]
+    assert "/nick NEW" in help_["text"]
+    errors = [o["text"] for o in objs if o["event"] == "error"]
+    assert len(errors) == 5, errors  # /nick, bad name, /me, /bogus, too long
+    assert any("/bogus" in e for e in errors)
+    assert any("2001" in e and "2000" in e for e in errors)
+    (nick,) = [o for o in objs if o["event"] == "nick"]
+    assert (nick["old"], nick["new"]) == ("alice", "robert")
+    texts = [o["text"] for o in objs if o["event"] == "message"]
+    assert UNICODE_TEXT in texts
+    assert UNICODE_TEXT in "\n".join(lines)  # ensure_ascii=False: UTF-8, not \u escapes
+
+
+def test_scripted_text_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, node, lines, err = _run_fake(monkeypatch, capsys, SCRIPT)  # no final newline
+    assert status == 0 and err == "" and node.closed == 1
+    assert "alice: hello" in lines
+    assert "-- 2 in lobby: alice (you), bob*   (* = linked directly)" in lines
+    assert any(line.startswith("--   bob  127.0.0.1:7421  out") for line in lines)
+    assert "* alice is now known as robert" in lines
+    assert "* robert dances" in lines
+    assert "robert: /not a command" in lines
+    assert "!! usage: /nick NEW" in lines
+    assert "!! usage: /me ACTION" in lines
+    assert any(line.startswith("!! unknown command /bogus") for line in lines)
+    assert any(line.startswith("!! line is 2001 characters") for line in lines)
+    assert f"robert: {UNICODE_TEXT}" in lines
+    assert not any("never sent" in line for line in lines)
+
+
+def test_node_is_built_from_the_options(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeNode.instances = []
+    monkeypatch.setattr(cli, "Node", FakeNode)  # never binds anything
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    stype = unique_service_type()
+    argv = ["--name", "a", "--room", "r", "--interface", LOOPBACK, "--peer", "10.0.0.2"]
+    assert cli.main([*argv, "--service-type", stype]) == 0
+    assert cli.main([*argv, "--no-mdns", "--port", "7421"]) == 0
+    capsys.readouterr()
+    with_mdns, without = FakeNode.instances
+    cfg = with_mdns.config
+    assert (cfg.name, cfg.room, cfg.port, cfg.port_fallback) == ("a", "r", DEFAULT_PORT, True)
+    assert cfg.interfaces == [LOOPBACK]
+    assert cfg.peers == [("10.0.0.2", DEFAULT_PORT)]
+    assert isinstance(with_mdns.discovery, MdnsDiscovery)
+    assert with_mdns.discovery.interfaces == [LOOPBACK]
+    assert with_mdns.discovery.service_type == stype
+    assert (without.config.port, without.config.port_fallback) == (7421, False)
+    assert without.discovery is None
+    assert with_mdns.closed == without.closed == 1
+
+
+class BrokenNode(FakeNode):
+    def start(self) -> None:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("level", ["warning", "debug"])
+def test_unexpected_error_exits_1(
+    level: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "Node", BrokenNode)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert cli.main(["--name", "x", *NO_MDNS, "--log-level", level]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("p2pchat: unexpected error: RuntimeError: boom\n")
+    assert ("Traceback" in err) == (level == "debug")
+
+
+def test_scripted_with_a_real_node_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{UNICODE_TEXT}\n/who\n"))
+    room = unique_room()
+    assert cli.main(["--name", "solo", "--room", room, "--json", *NO_MDNS]) == 0
+    objs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert objs[0]["event"] == "ready" and objs[0]["room"] == room and objs[0]["port"] > 0
+    (who,) = [o for o in objs if o["event"] == "who"]
+    assert [(m["name"], m["self"]) for m in who["members"]] == [("solo", True)]
+    (msg,) = [o for o in objs if o["event"] == "message"]
+    assert msg["text"] == UNICODE_TEXT and msg["self"] is True
+
+
+def test_startup_error_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        s.listen()
+        port = s.getsockname()[1]
+        argv = ["--name", "x", "--no-mdns", "--interface", LOOPBACK, "--port", str(port)]
+        assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("p2pchat: ") and str(port) in err and len(err.splitlines()) == 1
+
+
+# -- subprocesses -----------------------------------------------------------------------
+
+
+class Chat:
+    """One ``python -m p2pchat`` process in scripted mode; stdout and stderr are
+    read by threads, so every wait below has a deadline."""
+
+    def __init__(self, argv: list[str], json_mode: bool = True) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        env.pop("PYTHONWARNINGS", None)
+        self.argv = argv
+        self.json_mode = json_mode
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pchat", *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
+            cwd=REPO,
+            env=env,
+        )
+        self.lines: list[str] = []  # stdout lines read so far
+        self.events: list[dict[str, Any]] = []
+        self.junk: list[str] = []  # stdout lines that are not JSON objects (--json)
+        self.stderr: list[str] = []
+        self._q: queue.Queue[str | None] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            for line in self.proc.stdout:
+                self._q.put(line.rstrip("\n"))
+        self._q.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            for line in self.proc.stderr:
+                self.stderr.append(line.rstrip("\n"))
+
+    def _take(self, line: str) -> None:
+        self.lines.append(line)
+        if not self.json_mode:
+            return
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and "event" in obj:
+            self.events.append(obj)
+        else:
+            self.junk.append(line)
+
+    def _pump(self, until: float) -> bool:
+        """Take one stdout line, waiting until ``until``; False on timeout or EOF."""
+        try:
+            line = self._q.get(timeout=max(0.0, until - time.monotonic()))
+        except queue.Empty:
+            return False
+        if line is None:
+            self._q.put(None)  # stays at EOF
+            return False
+        self._take(line)
+        return True
+
+    def wait_event(
+        self, pred: Callable[[dict[str, Any]], bool], what: str, timeout: float = WAIT_S
+    ) -> dict[str, Any]:
+        """The first event (read so far or later) that matches ``pred``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for ev in self.events[seen:]:
+                if pred(ev):
+                    return ev
+            seen = len(self.events)
+            if time.monotonic() > deadline or (
+                not self._pump(deadline) and self.proc.poll() is not None and self._q.qsize() <= 1
+            ):
+                pytest.fail(f"{self.argv}: no {what} within {timeout} s; got {self.events}")
+
+    def wait_line(self, pred: Callable[[str], bool], what: str, timeout: float = WAIT_S) -> str:
+        """The first stdout line (read so far or later) that matches ``pred``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if pred(line):
+                    return line
+            seen = len(self.lines)
+            if time.monotonic() > deadline or (
+                not self._pump(deadline) and self.proc.poll() is not None and self._q.qsize() <= 1
+            ):
+                pytest.fail(f"{self.argv}: no {what} within {timeout} s; got {self.lines}")
+
+    def kind(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Wait for an event of ``kind`` whose fields include ``fields``."""
+
+        def match(ev: dict[str, Any]) -> bool:
+            return ev["event"] == kind and all(ev.get(k) == v for k, v in fields.items())
+
+        return self.wait_event(match, f"{kind} {fields}")
+
+    def ready(self) -> dict[str, Any]:
+        return self.kind("ready")
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def eof(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def exit_status(self, timeout: float = WAIT_S) -> int:
+        status = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(timeout)
+        while self._pump(time.monotonic()):
+            pass
+        return status
+
+    def stop(self) -> None:
+        """Kill (if still running) and reap; join the reader threads."""
+        self.eof()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        for t in self._threads:
+            t.join(10)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Chat]]:
+    """Start p2pchat processes; every one is killed and reaped at the end."""
+    started: list[Chat] = []
+
+    def start(*argv: str, json_mode: bool = True) -> Chat:
+        chat = Chat(list(argv), json_mode=json_mode)
+        started.append(chat)
+        return chat
+
+    try:
+        yield start
+    finally:
+        for chat in started:
+            chat.stop()
+
+
+def _clean_exit(chat: Chat) -> None:
+    assert chat.exit_status() == 0, chat.stderr
+    assert not any("Traceback" in line for line in chat.stderr), chat.stderr
+    assert not chat.junk, chat.junk
+
+
+def _pair(spawn: Callable[..., Chat], room: str) -> tuple[Chat, Chat, str, str]:
+    """alice, then bob dialling her; both linked and knowing each other."""
+    alice = spawn("--name", "alice", "--room", room, "--json", *NO_MDNS)
+    ra = alice.ready()
+    bob = spawn(
+        "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{ra['port']}"
+    )
+    rb = bob.ready()
+    a_id, b_id = ra["node"], rb["node"]
+    alice.kind("peer_up", peer=b_id)
+    bob.kind("peer_up", peer=a_id)
+    alice.kind("join", origin=b_id)
+    bob.kind("join", origin=a_id)
+    return alice, bob, a_id, b_id
+
+
+def test_two_processes_chat(spawn: Callable[..., Chat]) -> None:
+    alice, bob, a_id, b_id = _pair(spawn, unique_room())
+
+    alice.send(UNICODE_TEXT)
+    bob.send("hi alice ✓ — ok")
+    mine = alice.kind("message", text=UNICODE_TEXT)
+    assert mine["self"] is True and mine["origin"] == a_id and mine["name"] == "alice"
+    theirs = bob.kind("message", text=UNICODE_TEXT)
+    assert theirs["self"] is False and theirs["origin"] == a_id and theirs["id"] == mine["id"]
+    assert alice.kind("message", text="hi alice ✓ — ok")["self"] is False
+    assert bob.kind("message", text="hi alice ✓ — ok")["self"] is True
+
+    bob.send("/who")
+    who = bob.kind("who")
+    members = {m["node"]: m for m in who["members"]}
+    assert set(members) == {a_id, b_id}
+    assert members[b_id]["self"] is True and members[b_id]["name"] == "bob"
+    assert members[a_id] == {
+        "node": a_id,
+        "name": "alice",
+        "display": "alice",
+        "linked": True,
+        "self": False,
+    }
+    bob.send("/peers")
+    (link,) = bob.kind("peers")["links"]
+    assert link["peer"] == a_id and link["direction"] == "out"
+
+    bob.send("/nick robert")
+    alice.kind("nick", origin=b_id, old="bob", new="robert")
+    bob.kind("nick", origin=b_id, old="bob", new="robert")
+
+    bob.send("/me waves 👋")
+    action = alice.kind("message", text="waves 👋")
+    assert action["action"] is True
+
+    bob.send("y" * 2001)
+    assert "2000" in bob.kind("error")["text"]
+
+    bob.eof()  # end of input: leave gracefully
+    _clean_exit(bob)
+    leave = alice.kind("leave", origin=b_id)
+    assert leave["reason"] == "quit"
+    alice.kind("peer_down", peer=b_id)
+
+    alice.send("/quit")
+    _clean_exit(alice)
+    assert not any(ev["event"] == "error" for ev in alice.events)
+
+
+def test_sigterm_leaves_gracefully(spawn: Callable[..., Chat]) -> None:
+    alice, bob, _a_id, b_id = _pair(spawn, unique_room())
+    bob.proc.send_signal(signal.SIGTERM)
+    _clean_exit(bob)
+    assert alice.kind("leave", origin=b_id)["reason"] == "quit"
+    alice.proc.send_signal(signal.SIGINT)  # Ctrl+C in scripted mode: also graceful
+    _clean_exit(alice)
+
+
+def test_plain_text_mode(spawn: Callable[..., Chat]) -> None:
+    room = unique_room()
+    alice = spawn("--name", "alice", "--room", room, *NO_MDNS, json_mode=False)
+    ready = alice.wait_line(lambda line: "listening on port" in line, "the ready line")
+    port = int(re.findall(r"port (\d+)", ready)[0])
+    bob = spawn("--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}")
+    b_id = bob.ready()["node"]
+    alice.wait_line(lambda line: line == "* bob joined", "join line")
+    alice.wait_line(lambda line: line.startswith("-- linked to bob (127.0.0.1:"), "link line")
+    bob.kind("join")
+    bob.send(f"hello {UNICODE_TEXT}")
+    alice.wait_line(lambda line: line == f"bob: hello {UNICODE_TEXT}", "bob's line")
+    alice.send("/me waves")
+    assert bob.kind("message", text="waves")["action"] is True
+    alice.wait_line(lambda line: line == "* alice waves", "our own action line")
+    alice.send("/who")
+    alice.wait_line(lambda line: line.startswith("-- 2 in "), "the /who reply")
+    bob.send("/quit")
+    _clean_exit(bob)
+    alice.wait_line(lambda line: line == "* bob left", "leave line")
+    alice.wait_line(lambda line: line.startswith("-- link to bob lost"), "link down line")
+    alice.eof()
+    _clean_exit(alice)
+    assert b_id
+
+
+def test_mdns_discovery_on_loopback(spawn: Callable[..., Chat]) -> None:
+    room, stype = unique_room(), unique_service_type()
+    common = ["--room", room, "--json", "--interface", LOOPBACK, "--port", "0"]
+    alice = spawn("--name", "alice", *common, "--service-type", stype)
+    bob = spawn("--name", "bob", *common, "--service-type", stype)
+    a_id, b_id = alice.ready()["node"], bob.ready()["node"]
+    alice.kind("peer_up", peer=b_id)
+    bob.kind("peer_up", peer=a_id)
+    alice.kind("join", origin=b_id)
+    bob.send("found you")
+    alice.kind("message", text="found you")
+    bob.eof()
+    _clean_exit(bob)
+    assert alice.kind("leave", origin=b_id)["reason"] == "quit"
+    alice.eof()
+    _clean_exit(alice)
+
+
+def test_port_taken_exits_1(spawn: Callable[..., Chat]) -> None:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        s.listen()
+        port = s.getsockname()[1]
+        chat = spawn(
+            "--name", "x", "--json", "--no-mdns", "--interface", LOOPBACK, "--port", str(port)
+        )
+        assert chat.exit_status() == 1
+    assert len(chat.stderr) == 1, chat.stderr
+    assert chat.stderr[0].startswith("p2pchat: ") and str(port) in chat.stderr[0]
+    assert chat.stderr[0].endswith(".")
+    assert chat.lines == []
+
+
+def test_interface_not_on_this_machine_exits_1(spawn: Callable[..., Chat]) -> None:
+    chat = spawn("--name", "x", "--json", "--no-mdns", "--interface", "10.255.255.1", "--port", "0")
+    assert chat.exit_status() == 1
+    assert len(chat.stderr) == 1, chat.stderr
+    assert chat.stderr[0].startswith("p2pchat: ") and "10.255.255.1" in chat.stderr[0]
+    assert chat.lines == []
+
+
+def test_usage_errors_exit_2(spawn: Callable[..., Chat]) -> None:
+    no_name = spawn("--json", *NO_MDNS)
+    bad_name = spawn("--name", "x" * 40, *NO_MDNS)
+    for chat in (no_name, bad_name):
+        assert chat.exit_status() == 2
+        assert len(chat.stderr) == 1 and chat.stderr[0].startswith("p2pchat: "), chat.stderr
+    assert "--name" in no_name.stderr[0]
+    assert "32" in bad_name.stderr[0]
+
+
+def test_stdout_gone_leaves_gracefully(spawn: Callable[..., Chat], tmp_path: Path) -> None:
+    """Like ``p2pchat ... | head -1``: once stdout is gone, leave instead of running on."""
+    room = unique_room()
+    alice = spawn("--name", "alice", "--room", room, "--json", *NO_MDNS)
+    port = alice.ready()["port"]
+    peer = ["--peer", f"{LOOPBACK}:{port}"]
+    read_end, write_end = os.pipe()  # bob's stdout; nobody ever reads it
+    stderr_path = tmp_path / "stderr"
+    with stderr_path.open("w") as stderr:
+        bob = subprocess.Popen(
+            [*PYTHON_M_P2PCHAT, "--name", "bob", "--room", room, "--json", *NO_MDNS, *peer],
+            stdin=subprocess.PIPE,
+            stdout=write_end,
+            stderr=stderr,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    os.close(write_end)
+    try:
+        b_id = alice.kind("join", name="bob")["origin"]
+        os.close(read_end)  # now bob's next line to stdout fails with EPIPE
+        read_end = -1
+        assert bob.stdin is not None
+        bob.stdin.write(b"one more line\n")  # its own message event: cannot be printed
+        bob.stdin.flush()
+        assert alice.kind("message", text="one more line")["origin"] == b_id
+        assert alice.kind("leave", origin=b_id)["reason"] == "quit"
+        assert bob.wait(WAIT_S) == 0
+        assert "Traceback" not in stderr_path.read_text()
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        if bob.stdin is not None:
+            with contextlib.suppress(OSError):
+                bob.stdin.close()
+        if bob.poll() is None:
+            bob.kill()
+        bob.wait(10)
+
+
+# -- interactive ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_interactive_in_tmux(spawn: Callable[..., Chat], tmp_path: Path) -> None:
+    tmux = shutil.which("tmux")
+    assert tmux is not None
+    sock = f"p2pchat-test-{os.getpid()}-{os.urandom(3).hex()}"
+    room = unique_room()
+    status_file = tmp_path / "status"
+
+    def tm(*args: str) -> str:
+        done = subprocess.run(
+            [tmux, "-L", sock, *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout
+
+    def screen() -> list[str]:
+        return [line.rstrip() for line in tm("capture-pane", "-p", "-t", "t").splitlines()]
+
+    def wait_screen(pred: Callable[[list[str]], bool], what: str) -> list[str]:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            lines = screen()
+            if pred(lines):
+                return lines
+            if time.monotonic() > deadline:
+                pytest.fail(f"screen never showed {what}:\n" + "\n".join(lines))
+            time.sleep(0.05)  # polling the screen, with a deadline
+
+    argv = [sys.executable, "-m", "p2pchat", "--room", room, *NO_MDNS]
+    command = (
+        f"cd {shlex.quote(str(REPO))} && PYTHONPATH={shlex.quote(str(REPO))} "
+        f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status_file))}; sleep 60"
+    )
+    try:
+        tm("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", command)
+        wait_screen(lambda s: any(line.startswith("Your name:") for line in s), "the name prompt")
+        tm("send-keys", "-t", "t", "x" * 40, "Enter")
+        wait_screen(lambda s: any("longer than 32" in line for line in s), "the re-ask")
+        tm("send-keys", "-t", "t", "alice", "Enter")
+        lines = wait_screen(
+            lambda s: (
+                any("listening on port" in line for line in s)
+                and any(line.startswith(f"[{room}] alice>") for line in s)
+            ),
+            "the ready line and the prompt",
+        )
+        port = int(re.findall(r"listening on port (\d+)", "\n".join(lines))[0])
+
+        bob = spawn(
+            "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}"
+        )
+        bob.kind("join")
+        wait_screen(lambda s: "* bob joined" in s, "bob joining")
+
+        # A half-typed line stays intact while bob's lines are printed above it.
+        tm("send-keys", "-t", "t", "-l", "draft ✓ 你好")
+        bob.send("line from bob")
+        lines = wait_screen(lambda s: "bob: line from bob" in s, "bob's line")
+        assert [line for line in lines if line][-1] == f"[{room}] alice> draft ✓ 你好"
+        tm("send-keys", "-t", "t", "Enter")
+        assert bob.kind("message", text="draft ✓ 你好")["self"] is False
+        wait_screen(lambda s: "alice: draft ✓ 你好" in s, "our own line")
+
+        tm("send-keys", "-t", "t", "/who", "Enter")
+        wait_screen(lambda s: any(line.startswith("-- 2 in ") for line in s), "the /who reply")
+        tm("send-keys", "-t", "t", "/nosuch", "Enter")
+        wait_screen(lambda s: any(line.startswith("!! unknown command") for line in s), "error")
+
+        # SIGTERM to the interactive process: the prompt ends, the node leaves.
+        pane_pid = int(tm("display-message", "-p", "-t", "t", "#{pane_pid}").strip())
+        children = subprocess.run(
+            ["pgrep", "-P", str(pane_pid)], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        assert len(children) == 1, children
+        os.kill(int(children[0]), signal.SIGTERM)
+        assert bob.kind("leave")["reason"] == "quit"
+        deadline = time.monotonic() + WAIT_S
+        while not status_file.exists() or not status_file.read_text().strip():
+            assert time.monotonic() < deadline, "the interactive p2pchat did not exit"
+            time.sleep(0.05)
+        assert status_file.read_text().strip() == "0"
+        assert not any("Traceback" in line for line in screen())
+    finally:
+        subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True, timeout=10)
