@@ -1,0 +1,240 @@
+"""A throwaway LAN made of Linux network namespaces, for multi-host tests.
+
+Layout of ``lan(n)``::
+
+    namespace <prefix>-sw          namespace <prefix>-h0 ... <prefix>-h{n-1}
+    +---------------------+        +-----------------------------+
+    | br0 (bridge)        |        | lo    127.0.0.1             |
+    |  +- v0 ------ veth ---------->  eth0  10.X.Y.1/24          |
+    |  +- v1 ------ veth ---------->  ...   10.X.Y.2/24 (next ns) |
+    +---------------------+        +-----------------------------+
+
+* The bridge lives in its own "switch" namespace, never in the main one, and
+  each veth is created directly inside the namespaces (``ip -n``), so no
+  interface of the lab ever exists in the main namespace and nothing the hosts
+  send (mDNS included) can reach a real network.
+* ``10.X.Y.0/24`` is picked at random per run; multicast is on for every veth
+  and each host has a route for ``224.0.0.0/4`` on its ``eth0``.
+* Namespace names carry the creating PID (``p2plab-<pid>-<hex>-...``); stale
+  namespaces of dead runs are removed before a new lab is built, those of
+  live runs are left alone.
+* Processes started with :meth:`Lan.popen` are stopped on exit (terminate,
+  wait, kill), then the namespaces are deleted, also when the body raised.
+
+Needs root and iproute2; :func:`netns_available` says whether it can work.
+
+Example::
+
+    with lan(3) as net:
+        proc = net.popen(0, ["ping", "-c1", net.hosts[1].addr], stdout=subprocess.PIPE)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "p2plab-"
+"""Every namespace of the lab starts with this."""
+
+_NAME_RE = re.compile(r"^p2plab-(\d+)-[0-9a-f]+-(?:sw|h\d+)$")
+_CMD_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 5.0
+MAX_HOSTS = 200
+
+
+class LabError(RuntimeError):
+    """An ``ip`` command of the lab failed."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``ip <args>`` with a timeout; raise :class:`LabError` on failure."""
+    proc = subprocess.run(
+        ["ip", *args],
+        capture_output=True,
+        text=True,
+        timeout=_CMD_TIMEOUT_S,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def _list_namespaces() -> list[str]:
+    out = _ip("netns", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete lab namespaces whose creating process is gone; return their names."""
+    removed = []
+    for name in _list_namespaces():
+        m = _NAME_RE.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            _ip("netns", "del", name, check=False)
+            removed.append(name)
+    return removed
+
+
+def netns_available() -> tuple[bool, str]:
+    """Whether a lab can be built here: ``(True, "")`` or ``(False, reason)``.
+
+    Checks for root, the ``ip`` tool and that a namespace can really be made
+    (containers often forbid it)."""
+    if os.name != "posix" or not hasattr(os, "geteuid"):
+        return False, "network namespaces need Linux"
+    if os.geteuid() != 0:
+        return False, "network namespaces need root"
+    if shutil.which("ip") is None:
+        return False, "iproute2 (`ip`) is not installed"
+    probe = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}-h0"
+    try:
+        res = _ip("netns", "add", probe, check=False)
+        if res.returncode != 0:
+            return False, f"cannot create a network namespace: {res.stderr.strip()}"
+        res = _ip("-n", probe, "link", "set", "lo", "up", check=False)
+        if res.returncode != 0:
+            return False, f"cannot configure a network namespace: {res.stderr.strip()}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"cannot run ip: {exc}"
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _ip("netns", "del", probe, check=False)
+    return True, ""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of the lab: its namespace name and IPv4 address (no prefix length)."""
+
+    index: int
+    ns: str
+    addr: str
+    ifname: str = "eth0"
+
+
+@dataclass
+class Lan:
+    """A running lab; made by :func:`lan`.  ``hosts[i].ns`` / ``hosts[i].addr``."""
+
+    switch_ns: str
+    subnet: str
+    hosts: list[Host]
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def popen(self, i: int, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside host ``i``'s namespace (``ip netns exec``).
+
+        Keyword arguments go to :class:`subprocess.Popen`.  ``ip netns exec``
+        execs the command in place, so the Popen's PID is the command's own.
+        The process is stopped when the lab is torn down."""
+        proc: subprocess.Popen[Any] = subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[i].ns, *argv], **kw
+        )
+        self.procs.append(proc)
+        return proc
+
+    def run(self, i: int, argv: Sequence[str], timeout: float = 10.0) -> str:
+        """Run ``argv`` in host ``i`` to completion and return its stdout."""
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.hosts[i].ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+        return res.stdout
+
+    def stop_all(self) -> None:
+        """Terminate every started process still running; kill it after a timeout."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=_STOP_TIMEOUT_S)
+        for proc in self.procs:
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.close()
+
+
+def _build(tag: str, n_hosts: int, created: list[str]) -> Lan:
+    x, y = random.randint(0, 255), random.randint(0, 255)
+    subnet = f"10.{x}.{y}.0/24"
+    sw = f"{tag}-sw"
+    _ip("netns", "add", sw)
+    created.append(sw)
+    _ip("-n", sw, "link", "set", "lo", "up")
+    _ip("-n", sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0")
+    _ip("-n", sw, "link", "set", "br0", "up")
+    hosts = []
+    for i in range(n_hosts):
+        ns = f"{tag}-h{i}"
+        addr = f"10.{x}.{y}.{i + 1}"
+        _ip("netns", "add", ns)
+        created.append(ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+        # Created inside the switch namespace, peer end moved straight into
+        # the host namespace: the pair never appears in the main namespace.
+        port = f"v{i}"
+        _ip("-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("-n", sw, "link", "set", port, "master", "br0")
+        _ip("-n", sw, "link", "set", "dev", port, "multicast", "on")
+        _ip("-n", sw, "link", "set", port, "up")
+        _ip("-n", ns, "link", "set", "dev", "eth0", "multicast", "on")
+        _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+        hosts.append(Host(index=i, ns=ns, addr=addr))
+    return Lan(switch_ns=sw, subnet=subnet, hosts=hosts)
+
+
+@contextlib.contextmanager
+def lan(n_hosts: int) -> Iterator[Lan]:
+    """Build a LAN of ``n_hosts`` namespaces on one bridge; tear it down on exit.
+
+    Raises :class:`LabError` if an ``ip`` command fails (what was built so far
+    is removed)."""
+    if not 1 <= n_hosts <= MAX_HOSTS:
+        raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}")
+    remove_stale_namespaces()
+    tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    created: list[str] = []
+    net: Lan | None = None
+    try:
+        net = _build(tag, n_hosts, created)
+        yield net
+    finally:
+        if net is not None:
+            net.stop_all()
+        # Hosts first, then the switch: deleting a namespace destroys its veths.
+        for ns in reversed(created):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                _ip("netns", "del", ns, check=False)
