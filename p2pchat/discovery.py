@@ -126,6 +126,14 @@ def local_ipv4_addresses() -> list[str]:
     return found or loopback or ["127.0.0.1"]
 
 
+def instance_prefix(name: str, max_bytes: int = 52) -> str:
+    """``name`` cut to at most ``max_bytes`` UTF-8 bytes on a character
+    boundary, so that ``"<name> [<8 hex>]"`` fits a DNS label (63 bytes,
+    RFC 6763 section 4.1.1)."""
+    cut = name.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+    return cut.rstrip() or "p2pchat"
+
+
 def _txt(props: dict[bytes, bytes | None], key: str) -> str:
     value = props.get(key.encode())
     if value is None:
@@ -193,9 +201,7 @@ class MdnsDiscovery:
         short = local.node_id[:8]
         # RFC 6763 section 4.1.1: the instance name is free UTF-8 text, up to
         # 63 octets; the node id part keeps two nodes of one name apart.
-        label = f"{local.name} [{short}]"
-        while len(label.encode()) > 63:
-            label = label[:-10] + f" [{short}]"
+        label = f"{instance_prefix(local.name)} [{short}]"
         try:
             self._info = ServiceInfo(
                 self.service_type,

@@ -46,7 +46,7 @@ MAX_TEXT_CHARS: Final = 2000
 MAX_NAME_CHARS: Final = 32
 """Longest display name, in code points."""
 
-MAX_ROOM_CHARS: Final = 64
+MAX_ROOM_CHARS: Final = 48
 """Longest room name, in code points."""
 
 DEFAULT_HOP_LIMIT: Final = 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import FAST_LINK, Cluster, unique_service_type, wait_for
+from conftest import FAST_LINK, Cluster, unique_room, unique_service_type, wait_for
 
 from p2pchat.events import NickEvent, PeerUp
 
@@ -165,3 +165,18 @@ def test_mdns_discovery_on_loopback(cluster: Cluster) -> None:
         assert all(len(n.snapshot().links) <= 2 for n in cluster.nodes)
     finally:
         other.close()
+
+
+@pytest.mark.timeout(60)
+def test_mdns_with_longest_unicode_name_and_room() -> None:
+    # 32 four-byte characters of name and 48 of room: DNS-SD's 63-byte label
+    # and 255-byte TXT string limits still hold.
+    stype = unique_service_type()
+    long_room = Cluster("🙂" * 47 + unique_room()[-1])
+    try:
+        long_room.add("🦊" * 32, mdns_type=stype)
+        long_room.add("🐙" * 32, mdns_type=stype)
+        long_room.wait_all_know_each_other(timeout_s=20.0)
+        chat_round(long_room, texts_per_node=1)
+    finally:
+        long_room.close()

@@ -238,7 +238,7 @@ chats = st.builds(
     origin=node_ids,
     seq=st.integers(0, 2**53),
     name=labels(32),
-    room=labels(64),
+    room=labels(48),
     ts=st.floats(0, 1e11, allow_nan=False, allow_infinity=False),
     hops=st.integers(0, 64),
     text=texts,
