@@ -188,7 +188,7 @@ def validate_name(value: str) -> str:
 
 
 def validate_room(value: str) -> str:
-    """Check a room name the way the wire protocol does (1..64 code points).
+    """Check a room name the way the wire protocol does (1..48 code points).
 
     Args:
         value: the room name.
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         type=_arg_type(validate_room),
         default=DEFAULT_ROOM,
-        help="the room to join (1-64 characters; default: %(default)s)",
+        help="the room to join (1-48 characters; default: %(default)s)",
     )
     p.add_argument(
         "--port",

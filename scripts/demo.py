@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import queue
 import secrets
 import shlex
 import shutil
@@ -38,18 +36,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+
+from p2pchat.harness import NodeProcess, WaitFailed, pump_for, stop, wait_exit, wait_until
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
 MAX_NODES = 32
-MAX_LINES = 100_000
-POLL_S = 0.05
 STOP_TIMEOUT_S = 5.0
 
 SCRIPT = [
@@ -87,155 +83,22 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-class Node:
-    """One ``p2pchat --json`` process; stdout and stderr are read by threads."""
-
-    def __init__(self, index: int, argv: Sequence[str]) -> None:
-        self.index = index
-        self.name = node_name(index)
-        self.argv = list(argv)
-        self.events: list[dict[str, Any]] = []
-        self.junk: list[str] = []
-        self.stderr: list[str] = []
-        self._q: queue.Queue[str | None] = queue.Queue()
-        self.proc: subprocess.Popen[str] = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,  # Ctrl+C reaches only us; we stop the nodes
-        )
-        self._threads = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        with contextlib.suppress(OSError, ValueError):
-            for n, line in enumerate(self.proc.stdout):
-                if n >= MAX_LINES:
-                    break
-                self._q.put(line)
-        self._q.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        with contextlib.suppress(OSError, ValueError):
-            for n, line in enumerate(self.proc.stderr):
-                if n >= MAX_LINES:
-                    break
-                self.stderr.append(line.rstrip("\n"))
-
-    def pump(self, timeout: float = 0.0) -> None:
-        """Move the lines read so far into :attr:`events`; wait up to
-        ``timeout`` for the first one."""
-        block = timeout > 0
-        for _ in range(MAX_LINES):
-            try:
-                line = self._q.get(block, timeout) if block else self._q.get_nowait()
-            except queue.Empty:
-                return
-            block = False
-            if line is None:
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = None
-            if isinstance(obj, dict) and "event" in obj:
-                self.events.append(obj)
-            elif line.strip():
-                self.junk.append(line.rstrip("\n"))
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == kind]
-
-    @property
-    def ready(self) -> dict[str, Any] | None:
-        r = self.of("ready")
-        return r[0] if r else None
-
-    @property
-    def node_id(self) -> str | None:
-        r = self.ready
-        return str(r["node"]) if r else None
-
-    @property
-    def port(self) -> int | None:
-        r = self.ready
-        return int(r["port"]) if r else None
-
-    def joined(self) -> set[str]:
-        return {str(e.get("origin")) for e in self.of("join")}
-
-    def texts(self) -> list[str]:
-        return [str(m.get("text")) for m in self.of("message")]
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def eof(self) -> None:
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-
-    def stop(self) -> None:
-        """Terminate if still running; kill after a timeout."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=STOP_TIMEOUT_S)
-        for t in self._threads:
-            t.join(timeout=1.0)
-        self.pump()
-
-    def tail(self) -> str:
-        out = [f"  {self.name}: rc={self.proc.poll()} argv={shlex.join(self.argv)}"]
-        out += [f"    err: {line}" for line in self.stderr[-15:]]
-        out += [f"    junk: {line}" for line in self.junk[-5:]]
-        return "\n".join(out)
+def tail(node: NodeProcess) -> str:
+    """A failed node's exit status, command line and last stderr and junk lines."""
+    out = [f"  {node.label}: rc={node.proc.poll()} argv={shlex.join(node.argv)}"]
+    out += [f"    err: {line}" for line in node.stderr[-15:]]
+    out += [f"    junk: {line}" for line in node.junk[-5:]]
+    return "\n".join(out)
 
 
-def wait_until(nodes: Sequence[Node], pred: Callable[[], bool], deadline_s: float) -> bool:
+def reached(nodes: Sequence[NodeProcess], pred: Callable[[], bool], deadline_s: float) -> bool:
     """Read output until ``pred()`` holds (True) or the deadline passes, or a
-    node exits (False)."""
-    end = time.monotonic() + deadline_s
-    for _ in range(1_000_000):  # bounded; the deadline ends it far sooner
-        for n in nodes:
-            n.pump()
-        if pred():
-            return True
-        if time.monotonic() >= end or any(n.proc.poll() is not None for n in nodes):
-            for n in nodes:
-                n.pump()
-            return pred()
-        nodes[0].pump(POLL_S)
-    return pred()
-
-
-def pump_for(nodes: Sequence[Node], seconds: float) -> None:
-    end = time.monotonic() + seconds
-    for _ in range(1_000_000):
-        for n in nodes:
-            n.pump()
-        if time.monotonic() >= end:
-            return
-        nodes[-1].pump(POLL_S)
+    node exits (then: whether ``pred()`` holds after reading what is left)."""
+    try:
+        wait_until(pred, deadline_s, "a stage of the demo", nodes, settle_s=0.0)
+    except WaitFailed:
+        return pred()
+    return True
 
 
 @dataclass
@@ -251,22 +114,23 @@ class Run:
     verbose: bool
 
 
-def _is_ready(node: Node) -> Callable[[], bool]:
-    return lambda: node.ready is not None
+def _is_ready(node: NodeProcess) -> Callable[[], bool]:
+    return lambda: node.ready_event is not None
 
 
-def _delivered(nodes: Sequence[Node], text: str) -> Callable[[], bool]:
+def _delivered(nodes: Sequence[NodeProcess], text: str) -> Callable[[], bool]:
     return lambda: all(text in n.texts() for n in nodes)
 
 
-def start_nodes(run: Run, nodes: list[Node]) -> str | None:
+def start_nodes(run: Run, nodes: list[NodeProcess]) -> str | None:
     """Start the nodes (appending to ``nodes``); return an error text or None."""
     common = ["--room", run.room, "--interface", "127.0.0.1", "--port", "0", "--json"]
     if run.mdns:
         for i in range(run.n):
             argv = [*base_command(), "--name", node_name(i), *common]
-            nodes.append(Node(i, [*argv, "--service-type", run.service_type]))
-        if not wait_until(nodes, lambda: all(n.ready for n in nodes), run.deadline_s):
+            argv += ["--service-type", run.service_type]
+            nodes.append(NodeProcess.spawn(argv, node_name(i), new_session=True))
+        if not reached(nodes, lambda: all(n.ready_event for n in nodes), run.deadline_s):
             return "not every node became ready"
         return None
     for i in range(run.n):
@@ -278,22 +142,23 @@ def start_nodes(run: Run, nodes: list[Node]) -> str | None:
         argv = [*base_command(), "--name", node_name(i), *common, "--no-mdns"]
         for p in peers:
             argv += ["--peer", f"127.0.0.1:{nodes[p].port}"]
-        node = Node(i, argv)
+        # A session of its own: Ctrl+C reaches only us, and we stop the nodes.
+        node = NodeProcess.spawn(argv, node_name(i), new_session=True)
         nodes.append(node)
         # Read the ready event for its port before starting the next node.
-        if not wait_until([node], _is_ready(node), run.deadline_s):
-            return f"{node.name} did not become ready"
+        if not reached([node], _is_ready(node), run.deadline_s):
+            return f"{node.label} did not become ready"
     return None
 
 
-def mesh_connected(nodes: Sequence[Node]) -> bool:
+def mesh_connected(nodes: Sequence[NodeProcess]) -> bool:
     ids = [n.node_id for n in nodes]
     if None in ids:
         return False
     return all({i for i in ids if i and i != n.node_id} <= n.joined() for n in nodes)
 
 
-def check(nodes: Sequence[Node], sent: list[tuple[int, str]]) -> list[str]:
+def check(nodes: Sequence[NodeProcess], sent: list[tuple[int, str]]) -> list[str]:
     """Problems with delivery: missing, duplicated, unexpected, misattributed."""
     problems = []
     expected = Counter(text for _, text in sent)
@@ -304,29 +169,29 @@ def check(nodes: Sequence[Node], sent: list[tuple[int, str]]) -> list[str]:
         got = Counter(n.texts())
         for text in expected:
             if got[text] == 0:
-                problems.append(f"{n.name} missed {text!r} from {sender_of[text].name}")
+                problems.append(f"{n.label} missed {text!r} from {sender_of[text].label}")
             elif got[text] > 1:
-                problems.append(f"{n.name} got {text!r} {got[text]} times")
+                problems.append(f"{n.label} got {text!r} {got[text]} times")
         for text in got:
             if text not in expected:
-                problems.append(f"{n.name} got unexpected {text!r}")
+                problems.append(f"{n.label} got unexpected {text!r}")
         dup_ids = [i for i, c in ids.items() if c > 1]
         if dup_ids:
-            problems.append(f"{n.name} got message ids more than once: {dup_ids}")
+            problems.append(f"{n.label} got message ids more than once: {dup_ids}")
         for m in msgs:
             s = sender_of.get(str(m.get("text")))
             if s is None:
                 continue
-            if m.get("origin") != s.node_id or m.get("name") != s.name:
-                problems.append(f"{n.name} saw {m.get('text')!r} as from {m.get('name')}")
+            if m.get("origin") != s.node_id or m.get("name") != s.label:
+                problems.append(f"{n.label} saw {m.get('text')!r} as from {m.get('name')}")
             if bool(m.get("self")) != (s is n):
-                problems.append(f"{n.name} has self={m.get('self')} on {m.get('text')!r}")
+                problems.append(f"{n.label} has self={m.get('self')} on {m.get('text')!r}")
     return problems
 
 
-def print_transcripts(nodes: Sequence[Node]) -> None:
+def print_transcripts(nodes: Sequence[NodeProcess]) -> None:
     for n in nodes:
-        print(f"== {n.name} (node {n.node_id}, port {n.port}) ==")
+        print(f"== {n.label} (node {n.node_id}, port {n.port}) ==")
         for m in n.of("message"):
             who = m.get("display") or m.get("name")
             if m.get("action"):
@@ -340,7 +205,7 @@ def print_transcripts(nodes: Sequence[Node]) -> None:
 
 
 def scripted(run: Run) -> int:
-    nodes: list[Node] = []
+    nodes: list[NodeProcess] = []
     problems: list[str] = []
     sent: list[tuple[int, str]] = []
     try:
@@ -349,7 +214,7 @@ def scripted(run: Run) -> int:
         err = start_nodes(run, nodes)
         if err is None:
             t0 = time.monotonic()
-            if wait_until(nodes, lambda: mesh_connected(nodes), run.deadline_s):
+            if reached(nodes, lambda: mesh_connected(nodes), run.deadline_s):
                 print(f"mesh connected in {time.monotonic() - t0:.1f} s", flush=True)
             else:
                 err = "mesh not connected: not every node saw every other join"
@@ -358,40 +223,37 @@ def scripted(run: Run) -> int:
         else:
             for k, text in enumerate(SCRIPT):
                 sender = nodes[k % run.n]
-                sender.send(text)
-                sent.append((sender.index, text))
+                sender.send_line(text)
+                sent.append((k % run.n, text))
                 if run.verbose:
-                    print(f"  {sender.name} says {text!r}", flush=True)
+                    print(f"  {sender.label} says {text!r}", flush=True)
                 # One line at a time, so every transcript reads as a conversation.
-                wait_until(nodes, _delivered(nodes, text), run.deadline_s)
+                reached(nodes, _delivered(nodes, text), run.deadline_s)
             pump_for(nodes, 0.5)  # give a late duplicate the chance to show up
         for n in nodes:
-            n.eof()
-        end = time.monotonic() + max(run.deadline_s, 5.0)
+            n.close_stdin()
+        codes = wait_exit(nodes, max(run.deadline_s, 5.0))
         for n in nodes:
-            try:
-                n.proc.wait(timeout=max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                problems.append(f"{n.name} did not exit after EOF")
+            if codes[n.label] is None:
+                problems.append(f"{n.label} did not exit after EOF")
     finally:
         # A second Ctrl+C must not cut the clean-up short.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for n in nodes:
-                n.stop()
+            stop(nodes, STOP_TIMEOUT_S)
         finally:
             signal.signal(signal.SIGINT, previous)
     for n in nodes:
         rc = n.proc.returncode
-        if rc != 0 and f"{n.name} did not exit after EOF" not in problems:
-            problems.append(f"{n.name} exited with status {rc}")
+        if rc != 0 and f"{n.label} did not exit after EOF" not in problems:
+            problems.append(f"{n.label} exited with status {rc}")
     print_transcripts(nodes)
     if sent:
         problems[:0] = check(nodes, sent)
     if problems:
         for n in nodes:
             if n.proc.returncode != 0 or n.stderr or n.junk:
-                print(n.tail())
+                print(tail(n))
         print("FAIL: " + "; ".join(problems))
         return 1
     print(f"PASS: every node got every line exactly once ({run.n} nodes, {len(sent)} lines)")
