@@ -50,7 +50,7 @@ from prompt_toolkit.shortcuts import prompt as pt_prompt
 
 from p2pchat import __version__, wire
 from p2pchat.discovery import SERVICE_TYPE, MdnsDiscovery
-from p2pchat.errors import LineTooLong, P2PChatError, StartupError, UsageError
+from p2pchat.errors import LineTooLong, LocalError, P2PChatError, StartupError, UsageError
 from p2pchat.events import (
     Event,
     JoinEvent,
@@ -773,7 +773,7 @@ def _send(node: Node, out: Output, text: str, action: bool) -> None:
         node.send(text, action=action)
     except LineTooLong as exc:
         out.error(str(exc))
-    except UsageError as exc:
+    except LocalError as exc:  # empty line, control characters, overloaded
         out.error(f"not sent: {exc}")
 
 
@@ -806,7 +806,7 @@ def _command(node: Node, out: Output, line: str) -> bool:
         else:
             try:
                 node.set_name(arg)
-            except UsageError as exc:
+            except LocalError as exc:
                 out.error(f"cannot change name: {exc}")
     elif cmd == "me":
         if not arg:

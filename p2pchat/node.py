@@ -34,7 +34,13 @@ from typing import Any
 
 from p2pchat import flood, wire
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
-from p2pchat.errors import LineTooLong, RemoteProtocolError, StartupError, UsageError
+from p2pchat.errors import (
+    LineTooLong,
+    LocalError,
+    RemoteProtocolError,
+    StartupError,
+    UsageError,
+)
 from p2pchat.events import (
     Event,
     JoinEvent,
@@ -315,8 +321,9 @@ class Node:
 
         Raises:
             LineTooLong: more than ``wire.MAX_TEXT_CHARS`` code points.
-            UsageError: empty, contains a line break or NUL, or the node is
-                not running.
+            UsageError: empty, contains a line break or control character,
+                or the node is not running.
+            LocalError: the node is overloaded; the line was not sent.
         """
         if len(text) > wire.MAX_TEXT_CHARS:
             raise LineTooLong(
@@ -610,11 +617,21 @@ class Node:
     # -- the router thread ----------------------------------------------------------
 
     def _post(self, item: tuple[Any, ...]) -> None:
-        if self._closed and item[0] in ("local", "nick"):
+        """Hand work to the router thread.
+
+        Raises:
+            UsageError: a line or nick from the user while the node is closed.
+            LocalError: the router did not take the user's line within 5 s
+                (the node is overloaded); the line was not sent.
+        """
+        local = item[0] in ("local", "nick")
+        if self._closed and local:
             raise UsageError("the node is closed")
         try:
             self._inbox.put(item, timeout=5.0)
         except queue.Full:
+            if local:
+                raise LocalError("the node is overloaded; the line was not sent") from None
             log.error("router inbox full; dropped %s", item[0])
 
     def _emit(self, events: list[Event]) -> None:

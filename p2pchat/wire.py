@@ -25,9 +25,9 @@ and on the writing side ``sock.sendall(encode_frame(message))``.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import time
-import unicodedata
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -178,14 +178,18 @@ def now_ts() -> float:
 # Control characters (C0, DEL, C1) and line/paragraph separators.  Only these:
 # a check on "unassigned" code points would depend on the Unicode version of
 # each implementation, and a newer emoji would split the room.
-_BAD_IN_LABELS: Final = frozenset({"Cc", "Zl", "Zp"})
+# Category Cc is exactly U+0000-U+001F and U+007F-U+009F; Zl and Zp are
+# exactly U+2028 and U+2029.  A regular expression checks a 2000-character line
+# about 100 times faster than unicodedata.category per character.
+_BAD_IN_LABELS_RE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BAD_IN_TEXT_RE: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def has_control_chars(text: str) -> bool:
     """True if ``text`` holds a character a chat line must not carry: any
     control character (C0, DEL, C1; TAB excepted) or a line or paragraph
     separator.  Such characters could move the cursor or rewrite a terminal."""
-    return any(ch != "\t" and unicodedata.category(ch) in _BAD_IN_LABELS for ch in text)
+    return _BAD_IN_TEXT_RE.search(text) is not None
 
 
 def _check_text(value: str, what: str) -> None:
@@ -201,7 +205,7 @@ def _check_label(value: str, what: str) -> None:
     _check_text(value, what)
     if value != value.strip():
         raise RemoteProtocolError(f"{what} has leading or trailing blanks")
-    if any(unicodedata.category(ch) in _BAD_IN_LABELS for ch in value):
+    if _BAD_IN_LABELS_RE.search(value):
         raise RemoteProtocolError(f"{what} contains control characters")
 
 
