@@ -24,18 +24,10 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import ifaddr
-from zeroconf import (
-    BadTypeInNameException,
-    InterfaceChoice,
-    NonUniqueNameException,
-    ServiceBrowser,
-    ServiceInfo,
-    ServiceStateChange,
-    Zeroconf,
-)
+if TYPE_CHECKING:  # zeroconf is imported when mDNS starts: --no-mdns saves ~10 MB
+    from zeroconf import ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from p2pchat.errors import StartupError
 
@@ -118,6 +110,8 @@ def local_ipv4_addresses() -> list[str]:
     """
     found: list[str] = []
     loopback: list[str] = []
+    import ifaddr
+
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             if not isinstance(ip.ip, str):
@@ -190,9 +184,11 @@ class MdnsDiscovery:
             StartupError: zeroconf could not bind its sockets, or the service
                 type is not valid.
         """
+        import zeroconf
+
         self._on_found, self._on_lost, self._local = on_found, on_lost, local
         try:
-            zc = Zeroconf(interfaces=self.interfaces or InterfaceChoice.All)
+            zc = zeroconf.Zeroconf(interfaces=self.interfaces or zeroconf.InterfaceChoice.All)
         except OSError as exc:
             raise StartupError(f"cannot start mDNS: {exc.strerror or exc}") from None
         self._zc = zc
@@ -203,7 +199,7 @@ class MdnsDiscovery:
         # 63 octets; the node id part keeps two nodes of one name apart.
         label = f"{instance_prefix(local.name)} [{short}]"
         try:
-            self._info = ServiceInfo(
+            self._info = zeroconf.ServiceInfo(
                 self.service_type,
                 f"{label}.{self.service_type}",
                 port=local.port,
@@ -216,8 +212,10 @@ class MdnsDiscovery:
                 server=f"p2pchat-{local.node_id}.local.",
                 addresses=[socket.inet_aton(a) for a in addresses],
             )
-            self._browser = ServiceBrowser(zc, self.service_type, handlers=[self._on_change])
-        except (BadTypeInNameException, ValueError, OSError) as exc:
+            self._browser = zeroconf.ServiceBrowser(
+                zc, self.service_type, handlers=[self._on_change]
+            )
+        except (zeroconf.BadTypeInNameException, ValueError, OSError) as exc:
             self.close()
             raise StartupError(f"cannot start mDNS discovery: {exc}") from None
         self._thread = threading.Thread(target=self._loop, name="p2pchat-mdns", daemon=True)
@@ -235,6 +233,8 @@ class MdnsDiscovery:
             self._queue.put_nowait((name, state_change))
 
     def _loop(self) -> None:
+        from zeroconf import NonUniqueNameException
+
         zc, info = self._zc, self._info
         assert zc is not None and info is not None
         try:
@@ -261,6 +261,8 @@ class MdnsDiscovery:
                 log.exception("mDNS: failed to handle %s", name)
 
     def _handle(self, zc: Zeroconf, name: str, change: ServiceStateChange) -> None:
+        from zeroconf import ServiceStateChange
+
         if change is ServiceStateChange.Removed:
             node_id = self._names.pop(name, None)
             if node_id:
