@@ -63,6 +63,7 @@ from p2pchat.events import (
     PeerDown,
     PeerUp,
     Ready,
+    Stats,
 )
 from p2pchat.node import DEFAULT_PORT, Node, NodeConfig, check_label
 
@@ -72,12 +73,13 @@ PROG = "p2pchat"
 DEFAULT_ROOM = "lobby"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-COMMANDS = ("/who", "/peers", "/nick", "/me", "/help", "/quit")
+COMMANDS = ("/who", "/peers", "/stats", "/nick", "/me", "/help", "/quit")
 
 HELP_TEXT = """\
 commands:
   /who         who is in the room (* = linked to you directly)
   /peers       your direct links: name, address, in/out, uptime
+  /stats       counters: frames and bytes, duplicates, refusals, rate limits
   /nick NEW    change your name
   /me ACTION   an action line, shown as "* you ACTION"
   /help        this text
@@ -156,7 +158,8 @@ class Options:
         mdns: run mDNS discovery.
         json: scripted mode with one JSON object per event.
         service_type: DNS-SD service type.
-        log_level: logging level name for stderr diagnostics.
+        log_level: logging level name for diagnostics.
+        log_file: write diagnostics to this file instead of stderr.
     """
 
     name: str | None
@@ -169,6 +172,7 @@ class Options:
     json: bool
     service_type: str
     log_level: str
+    log_file: str | None = None
 
 
 def validate_name(value: str) -> str:
@@ -372,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"diagnostics on stderr: {', '.join(LOG_LEVELS)} (default: %(default)s)",
     )
     p.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append diagnostics to this file instead of stderr",
+    )
+    p.add_argument(
         "--version",
         action="version",
         version=f"%(prog)s {__version__} (protocol {wire.PROTOCOL_VERSION})",
@@ -410,6 +419,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         json=ns.json,
         service_type=ns.service_type,
         log_level=ns.log_level,
+        log_file=ns.log_file,
     )
 
 
@@ -468,6 +478,24 @@ def format_who(room: str, members: Iterable[MemberInfo]) -> str:
     if any(m.linked and not m.self for m in rows):
         line += "   (* = linked directly)"
     return line
+
+
+def format_stats(stats: Stats) -> list[str]:
+    """``/stats`` as text lines: one counter (or group of counters) a line."""
+
+    def group(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+    return [
+        f"-- up {format_duration(stats.uptime_s)}; {stats.links} links, "
+        f"{stats.members} in the room",
+        f"   in  {stats.frames_in} frames, {stats.bytes_in} bytes; "
+        f"out {stats.frames_out} frames, {stats.bytes_out} bytes",
+        f"   duplicates dropped {stats.duplicates_dropped}; seen-cache {stats.seen_cache} ids",
+        f"   bad frames: {group(stats.frames_refused)}",
+        f"   links refused or dropped: {group(stats.links_refused)}",
+        f"   rate-limited: {group(stats.rate_limited)}; queue drops {stats.queue_drops}",
+    ]
 
 
 def format_peers(links: Iterable[LinkInfo]) -> list[str]:
@@ -723,13 +751,26 @@ class _StderrHandler(logging.Handler):
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(level_name: str) -> Iterator[None]:
-    """Send log records of ``level_name`` and above to stderr, for the duration."""
+def _logging_to_stderr(level_name: str, log_file: str | None = None) -> Iterator[None]:
+    """Send log records of ``level_name`` and above to stderr (or to
+    ``log_file``, appended, with timestamps), for the duration.
+
+    Raises:
+        StartupError: the log file cannot be opened.
+    """
     level = getattr(logging, level_name.upper())
-    handler = _StderrHandler(level)
+    handler: logging.Handler
     fmt = "%(asctime)s %(threadName)s %(name)s %(levelname)s: %(message)s"
-    if level > logging.DEBUG:
-        fmt = f"{PROG}: %(levelname)s: %(message)s"
+    if log_file:
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise StartupError(f"cannot open log file {log_file}: {exc.strerror}") from None
+        handler.setLevel(level)
+    else:
+        handler = _StderrHandler(level)
+        if level > logging.DEBUG:
+            fmt = f"{PROG}: %(levelname)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
     root = logging.getLogger()
     old_level = root.level
@@ -740,6 +781,7 @@ def _logging_to_stderr(level_name: str) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+        handler.close()
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -794,6 +836,12 @@ def _command(node: Node, out: Output, line: str) -> bool:
             out.obj("who", members=[asdict(m) for m in snap.members])
         else:
             out.text(format_who(node.room, snap.members))
+    elif cmd == "stats":
+        stats = node.stats()
+        if out.json_mode:
+            out.obj("stats", **{k: v for k, v in stats.as_dict().items() if k != "event"})
+        else:
+            out.text(*format_stats(stats))
     elif cmd == "peers":
         snap = node.snapshot()
         if out.json_mode:
@@ -1124,7 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
         level = opts.log_level
-        with _logging_to_stderr(level):
+        with _logging_to_stderr(level, opts.log_file):
             if opts.json or not _interactive_terminal():
                 return run_scripted(opts)
             return run_interactive(opts)

@@ -19,20 +19,39 @@ class RemoteProtocolError(P2PChatError):
 
     The link that carried the bad frame is closed with this error's text as
     the logged reason; the node and its other links keep running.
+
+    Args:
+        message: what was wrong, for the log.
+        code: a short reason code for counters (``/stats``): ``oversized``,
+            ``invalid_utf8``, ``malformed``, ``invalid_fields``,
+            ``before_handshake``, ``unexpected_handshake``, ``version``,
+            ``refused``.
     """
+
+    default_code = "invalid_fields"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
 
 
 class FrameTooLarge(RemoteProtocolError):
     """A frame's length prefix is zero or above ``wire.MAX_FRAME_BYTES``."""
 
+    default_code = "oversized"
+
 
 class VersionMismatch(RemoteProtocolError):
     """The peer speaks another protocol version; the link is refused."""
+
+    default_code = "version"
 
 
 class LinkRefused(RemoteProtocolError):
     """The peer refused the link during the handshake (another room, another
     protocol version, or a link to itself); the text is the peer's reason."""
+
+    default_code = "refused"
 
 
 class LocalError(P2PChatError):

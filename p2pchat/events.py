@@ -151,3 +151,42 @@ class Snapshot:
 
     members: list[MemberInfo] = field(default_factory=list)
     links: list[LinkInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stats(Event):
+    """Counters of one node since it started (``/stats``).
+
+    Attributes:
+        uptime_s: seconds since start.
+        frames_in, frames_out, bytes_in, bytes_out: over all links, closed
+            ones included (keepalives and handshakes counted).
+        duplicates_dropped: flooded messages dropped as already seen.
+        frames_refused: bad frames by reason code (``oversized``,
+            ``invalid_utf8``, ``malformed``, ``invalid_fields``,
+            ``before_handshake``, ``unexpected_handshake``, ``too_slow``,
+            ``wrong_room``); each but ``wrong_room`` also ended its link.
+        links_refused: links refused or dropped by reason code (``version``,
+            ``room``, ``self``, ``busy``, ``handshake_timeout``,
+            ``keepalive_timeout``, ``protocol_error``, ``queue_full``).
+        rate_limited: flooded messages dropped by a token bucket: ``link``
+            (per link) or ``origin`` (per origin node).
+        queue_drops: links dropped because their send queue was full.
+        links: links up now; members: members in the room, us included;
+        seen_cache: ids in the seen-cache.
+    """
+
+    kind: ClassVar[str] = "stats"
+    uptime_s: float
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    duplicates_dropped: int
+    frames_refused: dict[str, int]
+    links_refused: dict[str, int]
+    rate_limited: dict[str, int]
+    queue_drops: int
+    links: int
+    members: int
+    seen_cache: int

@@ -138,3 +138,41 @@ def decide(
         out = None
     targets = tuple(link for link in links if link != came_from) if out is not None else ()
     return Decision(True, forward=out if targets else None, to=targets)
+
+
+class TokenBucket:
+    """A token bucket: ``rate_per_s`` tokens a second, at most ``burst`` saved.
+
+    Not thread-safe; time is passed in (monotonic seconds).  Starts full.
+
+    Args:
+        rate_per_s: tokens added per second (> 0).
+        burst: bucket size (>= 1): how many may pass at once after a pause.
+        now: the current monotonic time.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be positive and burst at least 1")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._tokens = burst
+        self._at = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._at:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate_per_s)
+            self._at = now
+
+    def take(self, now: float) -> bool:
+        """Take one token if there is one; False means over the rate."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until a token will be there (0 if one is there now)."""
+        self._refill(now)
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate_per_s

@@ -54,6 +54,7 @@ from p2pchat.events import (
     PeerUp,
     Ready,
     Snapshot,
+    Stats,
 )
 from p2pchat.roster import Roster
 from p2pchat.transport import Link, LinkConfig, Listener, PortInUse, dial
@@ -87,6 +88,14 @@ class NodeConfig:
         mdns_dial_delay_s: how long the node with the higher id waits for the
             lower one to dial before it dials itself.
         max_links: most links at once; more inbound links are refused.
+        max_links_per_address: most inbound links from one remote IP address.
+        link_rate_per_s, link_burst: token bucket on the flooded frames
+            received on one link (duplicates included); excess is dropped.
+        origin_rate_per_s, origin_burst: token bucket on the new messages
+            of one origin; excess is dropped.  Our own lines wait for a token
+            (``send`` blocks up to ``send_wait_s``), so an honest sender is
+            paced, not dropped; receivers allow twice the burst.
+        send_wait_s: how long ``send`` may wait for the rate limit.
         max_known_peers: most dial targets kept (static and discovered).
         link: per-link timing and queue limits.
         seen_max_entries, seen_max_age_s: seen-cache bounds.
@@ -107,6 +116,12 @@ class NodeConfig:
     dial_timeout_s: float = 3.0
     mdns_dial_delay_s: float = 1.5
     max_links: int = 64
+    max_links_per_address: int = 16
+    link_rate_per_s: float = 2000.0
+    link_burst: float = 4000.0
+    origin_rate_per_s: float = 100.0
+    origin_burst: float = 500.0
+    send_wait_s: float = 10.0
     max_known_peers: int = 256
     link: LinkConfig = field(default_factory=LinkConfig)
     seen_max_entries: int = flood.DEFAULT_SEEN_MAX_ENTRIES
@@ -255,6 +270,22 @@ class Node:
         self._all_links: set[Link] = set()
         self._dialers: dict[str, _Dialer] = {}
         self._noticed: set[tuple[str, str]] = set()
+        self._started_at = time.monotonic()
+        self._own_bucket = flood.TokenBucket(
+            config.origin_rate_per_s, config.origin_burst, time.monotonic()
+        )
+        self._send_lock = threading.Lock()
+        self._link_buckets: dict[Link, flood.TokenBucket] = {}
+        self._origin_buckets: OrderedDict[str, flood.TokenBucket] = OrderedDict()
+        self._member_addrs: OrderedDict[str, tuple[list[str], int]] = OrderedDict()
+        self._addrs: list[str] = []
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("frames_in", "frames_out", "bytes_in", "bytes_out", "duplicates_dropped"), 0
+        )
+        self._queue_drops = 0
+        self._frames_refused: dict[str, int] = {}
+        self._links_refused: dict[str, int] = {}
+        self._rate_limited: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self._router: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -296,6 +327,8 @@ class Node:
         self._started = True
         try:
             self._listen()
+            self._addrs = self._advertised_addresses()
+            self._started_at = time.monotonic()
             self._router = threading.Thread(target=self._route, name="p2pchat-router", daemon=True)
             self._router.start()
             for host, port in self.config.peers:
@@ -338,11 +371,56 @@ class Node:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise UsageError("the line is not valid Unicode text") from None
+        self._wait_own_token()
         msg = wire.Chat(text=text, action=action, **self._envelope())
         with self._lock:
             ev = self._message_event(msg, self_=True)
         self._post(("local", msg))
         return ev
+
+    def _wait_own_token(self) -> None:
+        """Pace our own lines to the origin rate limit that peers enforce."""
+        deadline = time.monotonic() + self.config.send_wait_s
+        while True:
+            with self._send_lock:
+                now = time.monotonic()
+                if self._own_bucket.take(now):
+                    return
+                wait = self._own_bucket.wait_s(now)
+            if now + wait > deadline:
+                with self._lock:
+                    self._rate_limited["own"] = self._rate_limited.get("own", 0) + 1
+                raise LocalError(
+                    f"sending faster than {self.config.origin_rate_per_s:g} lines/s "
+                    "for too long; the line was not sent"
+                )
+            if self._stopping.wait(wait):
+                raise UsageError("the node is closed")
+
+    def stats(self) -> Stats:
+        """The node's counters (see :class:`~p2pchat.events.Stats`).  Any thread."""
+        with self._lock:
+            counts = dict(self._counts)
+            for link in self._all_links:
+                counts["frames_in"] += link.frames_in
+                counts["frames_out"] += link.frames_out
+                counts["bytes_in"] += link.bytes_in
+                counts["bytes_out"] += link.bytes_out
+            return Stats(
+                uptime_s=round(time.monotonic() - self._started_at, 1),
+                frames_in=counts["frames_in"],
+                frames_out=counts["frames_out"],
+                bytes_in=counts["bytes_in"],
+                bytes_out=counts["bytes_out"],
+                duplicates_dropped=counts["duplicates_dropped"],
+                frames_refused=dict(self._frames_refused),
+                links_refused=dict(self._links_refused),
+                rate_limited=dict(self._rate_limited),
+                queue_drops=self._queue_drops,
+                links=len(self._links),
+                members=len(self._roster),
+                seen_cache=len(self._seen),
+            )
 
     def set_name(self, name: str) -> None:
         """Change our display name and tell the room.  Any thread.
@@ -538,6 +616,19 @@ class Node:
             )
         if len(self._links) >= self.config.max_links and hello.node not in self._links:
             return wire.Refuse(code="busy", reason=f"too many links ({self.config.max_links})")
+        if link.direction == "in":
+            with self._lock:
+                same = sum(
+                    1
+                    for other in self._all_links
+                    if other.direction == "in" and other.remote[0] == link.remote[0]
+                )
+            if same > self.config.max_links_per_address:
+                return wire.Refuse(
+                    code="busy",
+                    reason=f"too many links from {link.remote[0]} "
+                    f"({self.config.max_links_per_address})",
+                )
         return None
 
     def on_link_up(self, link: Link) -> None:
@@ -580,28 +671,47 @@ class Node:
         if peer.version != wire.PROTOCOL_VERSION:
             log.info("ignoring %s: protocol version %s", peer.name, peer.version)
             return
+        delay = 0.0 if self.node_id < peer.node_id else self.config.mdns_dial_delay_s
         with self._lock:
-            if self._closed:
-                return
-            dialer = self._dialers.get(peer.node_id)
-            if dialer is not None and not dialer.stopped.is_set():
-                dialer.addresses = list(peer.addresses)
-                dialer.port = peer.port
-                return
-            if len(self._dialers) >= self.config.max_known_peers:
-                return
-            delay = 0.0 if self.node_id < peer.node_id else self.config.mdns_dial_delay_s
-            dialer = _Dialer(
-                self,
-                peer.node_id,
-                list(peer.addresses),
-                peer.port,
-                node_id=peer.node_id,
-                first_delay_s=delay,
-                give_up_s=120.0,
-            )
-            self._dialers[peer.node_id] = dialer
+            self._dial_node_locked(peer.node_id, list(peer.addresses), peer.port, delay)
+
+    def _dial_node_locked(self, node_id: str, addrs: list[str], port: int, delay: float) -> None:
+        """Make sure a dialler for ``node_id`` runs (it gives up after 120 s
+        without a link).  The caller holds ``self._lock``."""
+        if self._closed:
+            return
+        dialer = self._dialers.get(node_id)
+        if dialer is not None and not dialer.stopped.is_set():
+            dialer.addresses = addrs
+            dialer.port = port
+            return
+        if len(self._dialers) >= self.config.max_known_peers:
+            return
+        dialer = _Dialer(
+            self, node_id, addrs, port, node_id=node_id, first_delay_s=delay, give_up_s=120.0
+        )
+        self._dialers[node_id] = dialer
         dialer.thread.start()
+
+    def _relink(self, node_id: str) -> None:
+        """A member went silent: if its presence told us where it listens,
+        dial it, so that two parts of the mesh whose only joining node died
+        find each other again.  Router thread, lock held."""
+        known = self._member_addrs.pop(node_id, None)
+        if known is None or node_id in self._links:
+            return
+        addrs, port = known
+        delay = 0.0 if self.node_id < node_id else self.config.mdns_dial_delay_s
+        self._dial_node_locked(node_id, addrs, port, delay)
+
+    def _advertised_addresses(self) -> list[str]:
+        """IPv4 addresses for our presence: the ``interfaces``, or all of them."""
+        addrs = [a for a in self.config.interfaces if a != "0.0.0.0"]
+        if not addrs:
+            from p2pchat.discovery import local_ipv4_addresses
+
+            addrs = local_ipv4_addresses()
+        return addrs[:8]
 
     def _lost(self, node_id: str) -> None:
         with self._lock:
@@ -667,7 +777,10 @@ class Node:
                         next_tick = now + 0.5
                         self._tick(now, events)
                     if now >= self._next_presence and self._joined and not self._closed:
-                        self._flood_own(wire.Presence(**self._envelope_locked()), events)
+                        presence = wire.Presence(
+                            addrs=self._addrs, port=self.port, **self._envelope_locked()
+                        )
+                        self._flood_own(presence, events)
                         self._last_presence = now
                         self._next_presence = now + self.config.presence_interval_s
             except Exception:
@@ -701,7 +814,9 @@ class Node:
             self._link_up(item[1], events)
         elif kind == "down":
             link: Link = item[1]
-            self._all_links.discard(link)
+            if link in self._all_links:
+                self._all_links.discard(link)
+                self._account_closed(link)
             if link.peer is not None and self._links.get(link.peer.node) is link:
                 del self._links[link.peer.node]
                 reason = "this node left" if self._closed else item[2]
@@ -720,6 +835,22 @@ class Node:
             self._flood_own(nick, events)
             events.append(NickEvent(origin=self.node_id, old=old, new=new))
             self._presence_soon(now)
+
+    def _account_closed(self, link: Link) -> None:
+        """Fold a closed link's counters into the node's totals."""
+        self._link_buckets.pop(link, None)
+        self._counts["frames_in"] += link.frames_in
+        self._counts["frames_out"] += link.frames_out
+        self._counts["bytes_in"] += link.bytes_in
+        self._counts["bytes_out"] += link.bytes_out
+        if link.frame_error:
+            self._frames_refused[link.frame_error] = (
+                self._frames_refused.get(link.frame_error, 0) + 1
+            )
+        if link.end_code and not (link.end_code == "keepalive_timeout" and self._closed):
+            self._links_refused[link.end_code] = self._links_refused.get(link.end_code, 0) + 1
+        if link.end_code == "queue_full":
+            self._queue_drops += 1
 
     def _link_up(self, link: Link, events: list[Event]) -> None:
         if self._closed or link.peer is None:
@@ -748,12 +879,51 @@ class Node:
         self._forward(msg, None, events)
 
     def _on_flooded(self, link: Link, msg: wire.FloodMessage, events: list[Event]) -> None:
-        if msg.origin == self.node_id:
-            # Our own message came back: only possible for a forged or stale
-            # origin.  Drop it (the seen-cache already has ours).
-            self._seen.add(msg.id, time.monotonic())
+        now = time.monotonic()
+        cfg = self.config
+        bucket = self._link_buckets.get(link)
+        if bucket is None:
+            bucket = flood.TokenBucket(cfg.link_rate_per_s, cfg.link_burst, now)
+            self._link_buckets[link] = bucket
+        if not bucket.take(now):
+            self._count_limited("link", link.address)
             return
+        if msg.room != self.room:
+            self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
+            return
+        if msg.id in self._seen:
+            self._counts["duplicates_dropped"] += 1
+            return
+        if msg.origin == self.node_id:
+            # Our own id from elsewhere: forged, or a stale copy.  Drop it.
+            self._seen.add(msg.id, now)
+            return
+        ob = self._origin_buckets.get(msg.origin)
+        if ob is None:
+            burst = 2 * cfg.origin_burst
+            ob = self._origin_buckets[msg.origin] = flood.TokenBucket(
+                cfg.origin_rate_per_s, burst, now
+            )
+            while len(self._origin_buckets) > 4096:
+                self._origin_buckets.popitem(last=False)
+        else:
+            self._origin_buckets.move_to_end(msg.origin)
+        if not ob.take(now):
+            self._seen.add(msg.id, now)  # so that its other copies are dropped too
+            self._count_limited("origin", msg.origin)
+            return
+        if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
+            self._member_addrs[msg.origin] = (list(msg.addrs), msg.port)
+            self._member_addrs.move_to_end(msg.origin)
+            while len(self._member_addrs) > 4096:
+                self._member_addrs.popitem(last=False)
         self._forward(msg, link, events)
+
+    def _count_limited(self, kind: str, who: str) -> None:
+        n = self._rate_limited.get(kind, 0) + 1
+        self._rate_limited[kind] = n
+        if n == 1 or n % 1000 == 0:  # log the first and then every 1000th
+            log.warning("rate limit (%s) hit by %s; %d dropped so far", kind, who, n)
 
     def _forward(self, msg: wire.FloodMessage, came_from: Link | None, events: list[Event]) -> None:
         now = time.monotonic()
@@ -832,6 +1002,7 @@ class Node:
     def _tick(self, now: float, events: list[Event]) -> None:
         self._seen.expire(now)
         for member in self._roster.expire(now):
+            self._relink(member.node)
             events.append(
                 LeaveEvent(
                     origin=member.node,

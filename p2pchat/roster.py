@@ -43,6 +43,9 @@ class Roster:
         self.timeout_s = timeout_s
         self._members: dict[str, Member] = {self_id: Member(self_id, self_name, float("inf"))}
 
+    def __len__(self) -> int:
+        return len(self._members)
+
     def __contains__(self, node: object) -> bool:
         return node in self._members
 

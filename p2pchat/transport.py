@@ -110,6 +110,9 @@ class Link:
         self.peer: wire.Hello | None = None
         self.refused: wire.Refuse | None = None  # the peer refused us
         self.refusal: wire.Refuse | None = None  # we refused the peer
+        self.end_code: str | None = None  # why it ended, for counters
+        self.frame_error: str | None = None  # code of the bad frame that ended it
+        self._partial_since: float | None = None
         self.started_at = time.monotonic()
         self.up_at: float | None = None
         self.done = threading.Event()
@@ -174,6 +177,7 @@ class Link:
         try:
             self._queue.put_nowait(frame)
         except queue.Full:
+            self.end_code = "queue_full"
             self.close("send queue full")
             return False
         return True
@@ -238,16 +242,26 @@ class Link:
                     if isinstance(msg, wire.Keepalive):
                         continue
                     if isinstance(msg, (wire.Hello, wire.Refuse)):
-                        raise RemoteProtocolError(f"unexpected {wire.kind(msg)} after handshake")
+                        raise RemoteProtocolError(
+                            f"unexpected {wire.kind(msg)} after handshake", "unexpected_handshake"
+                        )
                     self._owner.on_message(self, msg)
                 early = []
         except _Closed as exc:
             reason = exc.reason
+            if self.refusal is not None:
+                self.end_code = self.refusal.code
+        except LinkRefused as exc:
+            reason = str(exc)
+            log.info("link %s to %s: %s", self.number, self.address, reason)
         except RemoteProtocolError as exc:
             reason = f"protocol error: {exc}"
+            self.end_code = "version" if isinstance(exc, VersionMismatch) else "protocol_error"
+            self.frame_error = exc.code
             log.warning("link %s to %s closed: %s", self.number, self.address, reason)
         except TimeoutError:
             reason = "keepalive timeout" if was_up else "handshake timeout"
+            self.end_code = reason.replace(" ", "_")
             log.info("link %s to %s: %s", self.number, self.address, reason)
         except OSError as exc:
             reason = self._close_reason or f"connection error: {exc.strerror or exc}"
@@ -274,7 +288,17 @@ class Link:
                 self._close_reason or ("retired" if self._retired else "peer closed the link")
             )
         self.bytes_in += len(data)
-        return decoder.feed_bodies(data)
+        bodies = decoder.feed_bodies(data)
+        # A frame must arrive whole within two link timeouts: a peer that
+        # trickles bytes (slowloris) cannot hold a link and its buffer forever.
+        now = time.monotonic()
+        if decoder.buffered == 0:
+            self._partial_since = None
+        elif self._partial_since is None or bodies:
+            self._partial_since = now
+        elif now - self._partial_since > 2 * self.config.link_timeout_s:
+            raise RemoteProtocolError("a frame took too long to arrive", "too_slow")
+        return bodies
 
     def _handshake(self, decoder: wire.FrameDecoder) -> list[bytes]:
         """Receive and check the peer's hello; return the frame bodies that
@@ -310,7 +334,9 @@ class Link:
             self.refused = msg
             raise LinkRefused(f"peer refused the link ({msg.code}): {msg.reason}")
         if not isinstance(msg, wire.Hello):
-            raise RemoteProtocolError(f"{wire.kind(msg)} frame before the handshake")
+            raise RemoteProtocolError(
+                f"{wire.kind(msg)} frame before the handshake", "before_handshake"
+            )
         refusal = self._owner.check_hello(self, msg)
         if refusal is not None:
             self._refuse(refusal)

@@ -148,8 +148,21 @@ class Nick(Flooded, tag="nick", frozen=True, kw_only=True):
     old: Name
 
 
+IPv4 = Annotated[str, msgspec.Meta(pattern=r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")]
+
+
 class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
-    """Periodic "still here" from the origin (see ``docs/protocol.md``)."""
+    """Periodic "still here" from the origin (see ``docs/protocol.md``).
+
+    Attributes:
+        addrs: IPv4 addresses the origin listens on (optional, at most 8).
+        port: the origin's TCP listening port (optional; 0 = unknown).
+    A node that loses touch with a member dials these, so that the parts of
+    a mesh re-link when the node that joined them dies.
+    """
+
+    addrs: Annotated[list[IPv4], msgspec.Meta(max_length=8)] = msgspec.field(default_factory=list)
+    port: Port = 0
 
 
 LinkMessage = Hello | Refuse | Keepalive
@@ -198,7 +211,7 @@ def _check_text(value: str, what: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise RemoteProtocolError(f"{what} is not valid UTF-8") from None
+        raise RemoteProtocolError(f"{what} is not valid UTF-8", "invalid_utf8") from None
 
 
 def _check_label(value: str, what: str) -> None:
@@ -247,11 +260,11 @@ def decode_body(body: bytes) -> Message:
     try:
         msg = _decoder.decode(body)
     except UnicodeDecodeError:
-        raise RemoteProtocolError("frame is not valid UTF-8") from None
+        raise RemoteProtocolError("frame is not valid UTF-8", "invalid_utf8") from None
     except msgspec.ValidationError as exc:
         raise RemoteProtocolError(f"invalid message: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise RemoteProtocolError(f"malformed JSON: {exc}") from None
+        raise RemoteProtocolError(f"malformed JSON: {exc}", "malformed") from None
     _validate(msg)
     return msg
 
