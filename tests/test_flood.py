@@ -15,6 +15,7 @@ from p2pchat.flood import (
     DEFAULT_SEEN_MAX_ENTRIES,
     Decision,
     SeenCache,
+    TokenBucket,
     decide,
 )
 from p2pchat.wire import DEFAULT_HOP_LIMIT, Chat, Join, Presence
@@ -397,3 +398,41 @@ def test_a_full_mesh_sends_each_message_over_every_link_at_most_twice() -> None:
     # origin: n-1 sends; each other node: n-2 sends.
     assert sent[mid(0)] == (n - 1) + (n - 1) * (n - 2)
     assert sent[mid(0)] <= 2 * edge_count(graph)
+
+
+# ------------------------------------------------------------------- token bucket
+
+
+def test_bucket_lets_a_burst_through_then_the_rate() -> None:
+    bucket = TokenBucket(rate_per_s=10.0, burst=5, now=0.0)
+    assert [bucket.take(0.0) for _ in range(6)] == [True] * 5 + [False]
+    assert bucket.wait_s(0.0) == pytest.approx(0.1)
+    assert bucket.take(0.1)
+    assert not bucket.take(0.1)
+    # A long pause refills only up to the burst.
+    assert sum(bucket.take(100.0) for _ in range(10)) == 5
+
+
+def test_bucket_rejects_nonsense_settings() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(rate_per_s=0.0, burst=5, now=0.0)
+    with pytest.raises(ValueError):
+        TokenBucket(rate_per_s=1.0, burst=0.5, now=0.0)
+
+
+@FAST
+@given(
+    rate=st.floats(min_value=0.5, max_value=1000.0),
+    burst=st.integers(min_value=1, max_value=100),
+    steps=st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=200),
+)
+def test_bucket_never_passes_more_than_burst_plus_rate_times_time(
+    rate: float, burst: int, steps: list[float]
+) -> None:
+    bucket = TokenBucket(rate_per_s=rate, burst=burst, now=0.0)
+    now = 0.0
+    passed = 0
+    for step in steps:
+        now += step
+        passed += bucket.take(now)
+        assert passed <= burst + rate * now + 1e-9
