@@ -148,7 +148,8 @@ class Nick(Flooded, tag="nick", frozen=True, kw_only=True):
     old: Name
 
 
-IPv4 = Annotated[str, msgspec.Meta(pattern=r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")]
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPv4 = Annotated[str, msgspec.Meta(pattern=f"^{_OCTET}\\.{_OCTET}\\.{_OCTET}\\.{_OCTET}$")]
 
 
 class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
@@ -258,9 +259,14 @@ def decode_body(body: bytes) -> Message:
     if not 1 <= len(body) <= MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame body of {len(body)} bytes (allowed 1..{MAX_FRAME_BYTES})")
     try:
+        # msgspec checks the UTF-8 of the fields it decodes but skips unknown
+        # keys; the protocol wants the whole body to be UTF-8.
+        body.decode("utf-8")
         msg = _decoder.decode(body)
     except UnicodeDecodeError:
         raise RemoteProtocolError("frame is not valid UTF-8", "invalid_utf8") from None
+    except RecursionError:
+        raise RemoteProtocolError("JSON nested too deeply", "malformed") from None
     except msgspec.ValidationError as exc:
         raise RemoteProtocolError(f"invalid message: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -348,7 +354,7 @@ def hello_version(body: bytes) -> int | None:
     reason even when its ``hello`` has other fields than ours."""
     try:
         obj = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(obj, dict) or obj.get("type") != "hello":
         return None
