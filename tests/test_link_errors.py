@@ -226,3 +226,29 @@ def test_port_taken_is_a_clear_startup_error(cluster: Cluster) -> None:
         node = cluster.add("bob", port=port, port_fallback=True)
         assert node.port != port
         assert any(isinstance(e, Notice) for e in cluster.recorders[-1].events)
+
+
+def test_link_cap_refuses_with_busy(cluster: Cluster) -> None:
+    a = cluster.add("alice", max_links=1)
+    cluster.add("bob", peers=[a])
+    cluster.wait_all_know_each_other()
+    raw = RawPeer(a.port)
+    try:
+        raw.hello(cluster.room)
+        got = raw.read_until_closed()
+    finally:
+        raw.close()
+    refusals = [m for m in got if isinstance(m, wire.Refuse)]
+    assert [r.code for r in refusals] == ["busy"]
+    wait_for(lambda: a.stats().links_refused.get("busy") == 1, 5.0, "the refusal to be counted")
+    honest_chat_still_works(cluster)
+
+
+def test_too_long_line_is_refused_whole(cluster: Cluster) -> None:
+    from p2pchat.errors import LineTooLong
+
+    a = cluster.add("alice")
+    with pytest.raises(LineTooLong, match="2001 characters; the limit is 2000"):
+        a.send("x" * 2001)
+    assert a.send("y" * 2000).text == "y" * 2000
+    wait_for(lambda: cluster.recorders[0].texts() == ["y" * 2000], 5.0, "the 2000-char line")
