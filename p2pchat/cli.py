@@ -687,20 +687,36 @@ class Output:
     def _write_loop(self) -> None:
         while True:
             line = self._queue.get()
-            if line is None:
-                return
-            if self._broken:
-                continue
             try:
-                out = sys.stdout
-                out.write(line + "\n")
-                out.flush()
-            except (OSError, ValueError) as exc:  # EPIPE; stdout closed
-                self._broken = True
-                log.info("stdout is gone (%s); no more output", exc)
-                _silence_stdout()
-                if self._on_broken_pipe is not None:
-                    self._on_broken_pipe()
+                if line is None:
+                    return
+                if not self._broken:
+                    self._write(line)
+            finally:
+                self._queue.task_done()
+
+    def _write(self, line: str) -> None:
+        try:
+            out = sys.stdout
+            out.write(line + "\n")
+            out.flush()
+        except (OSError, ValueError) as exc:  # EPIPE; stdout closed
+            self._broken = True
+            log.info("stdout is gone (%s); no more output", exc)
+            _silence_stdout()
+            if self._on_broken_pipe is not None:
+                self._on_broken_pipe()
+
+    def drain(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` seconds until every queued line is printed.
+
+        The interactive loop calls this before it draws the next prompt, so
+        that a command's reply is not printed while the prompt is being set
+        up (which could leave a stray prompt on the reply's line).
+        """
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def close(self) -> None:
         """Print what is queued (waiting at most a few seconds) and stop the writer."""
@@ -1137,6 +1153,7 @@ def run_interactive(opts: Options) -> int:
                             break
                         if not handle_line(node, out, line):
                             break
+                        out.drain(0.5)
                 except KeyboardInterrupt:
                     pass  # Ctrl+C outside the prompt (while starting, say): leave too
                 finally:
