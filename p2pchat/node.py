@@ -2,20 +2,24 @@
 
 The node owns every thread it starts and joins them all in :meth:`Node.close`:
 
-* ``p2pchat-router``: the only thread that changes the node's state.  It takes
-  work from one bounded inbox (links up and down, received messages, lines to
-  send, peers found by discovery) and runs the timers (presence, member
-  timeouts).  Callbacks from sockets and zeroconf only put work in the inbox.
+* ``p2pchat-router``: runs the timers: presence, member timeouts, the
+  seen-cache's expiry.
 * ``p2pchat-listener-<addr>`` and ``p2pchat-link-<n>-r/-w``: see
-  :mod:`p2pchat.transport`.
+  :mod:`p2pchat.transport`.  A link's reader thread applies what it receives
+  (the flood rule, the roster) itself, under the node's state lock; nothing
+  done under that lock blocks (sending only queues a frame on each link), so
+  one lock and no extra thread hop per frame.
 * ``p2pchat-dial-<target>``: one per known peer, dialling with backoff while
   there is no link to it.
-* the discovery's threads (see :mod:`p2pchat.discovery`).
+* the discovery's threads (see :mod:`p2pchat.discovery`); its callbacks
+  take the lock, note the peer and return.
 
-``on_event`` is called with :mod:`p2pchat.events` objects, on the router
-thread (and once, for :class:`~p2pchat.events.Ready`, on the thread that calls
-:meth:`Node.start`).  It must return quickly and must not call
-:meth:`Node.close`.
+``on_event`` is called with :mod:`p2pchat.events` objects on whichever of
+these threads made the change (or on the caller's thread for :meth:`Node.send`
+and :meth:`Node.set_name`), with the state lock held, so events come in the
+order the changes were made.  The lock is re-entrant: a callback may call
+:meth:`Node.snapshot` or :meth:`Node.stats`.  It must return quickly and must
+not call :meth:`Node.send`, :meth:`Node.set_name` or :meth:`Node.close`.
 """
 
 from __future__ import annotations
@@ -260,8 +264,8 @@ class Node:
         self._name = config.name
         self._discovery = discovery
         self._on_event = on_event or (lambda ev: None)
-        self._lock = threading.Lock()
-        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=10000)
+        self._lock = threading.RLock()
+        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)  # wakes the router
         self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
         self._roster = Roster(self.node_id, config.name, config.member_timeout_s)
         self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
@@ -356,7 +360,8 @@ class Node:
             LineTooLong: more than ``wire.MAX_TEXT_CHARS`` code points.
             UsageError: empty, contains a line break or control character,
                 or the node is not running.
-            LocalError: the node is overloaded; the line was not sent.
+            LocalError: sending faster than the origin rate limit for longer
+                than ``send_wait_s``; the line was not sent.
         """
         if len(text) > wire.MAX_TEXT_CHARS:
             raise LineTooLong(
@@ -372,10 +377,12 @@ class Node:
         except UnicodeEncodeError:
             raise UsageError("the line is not valid Unicode text") from None
         self._wait_own_token()
-        msg = wire.Chat(text=text, action=action, **self._envelope())
+        if self._closed:
+            raise UsageError("the node is closed")
         with self._lock:
+            msg = wire.Chat(text=text, action=action, **self._envelope_locked())
             ev = self._message_event(msg, self_=True)
-        self._post(("local", msg))
+            self._handle_now(("local", msg))
         return ev
 
     def _wait_own_token(self) -> None:
@@ -429,12 +436,14 @@ class Node:
             UsageError: the name is invalid.
         """
         check_label(name, "name", wire.MAX_NAME_CHARS)
+        if self._closed:
+            raise UsageError("the node is closed")
         with self._lock:
             if name == self._name:
                 return
             old = self._name
             self._name = name  # lines sent from now on carry the new name
-        self._post(("nick", old, name))
+            self._handle_now(("nick", old, name))
 
     def add_peer(self, host: str, port: int) -> None:
         """Add a static peer, dialled with backoff for as long as the node runs."""
@@ -632,18 +641,15 @@ class Node:
         return None
 
     def on_link_up(self, link: Link) -> None:
-        """Handshake done: hand the link to the router."""
-        self._post(("up", link))
+        """Handshake done: register the link (tie-break, peer_up)."""
+        self._handle_now(("up", link))
 
     def on_message(self, link: Link, msg: wire.FloodMessage) -> None:
-        """A flooded message arrived: hand it to the router (blocks while the
-        inbox is full, which pushes back on this peer through TCP)."""
-        while not self._stopping.is_set():
-            try:
-                self._inbox.put(("msg", link, msg), timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        """A flooded message arrived: the flood rule runs here, on the link's
+        reader thread, under the state lock (nothing in it blocks: sends only
+        queue frames).  A reader busy here reads no more, which pushes back
+        on the peer through TCP."""
+        self._handle_now(("msg", link, msg))
 
     def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
         """The link ended: tell the router (and surface refusals to the user)."""
@@ -661,7 +667,7 @@ class Node:
                     self._noticed.add(key)
             if fresh:  # once per address and cause, not at every redial
                 self._emit([Notice(text=text, level="error")])
-        self._post(("down", link, reason))
+        self._handle_now(("down", link, reason))
 
     # -- discovery callbacks: on the discovery thread ---------------------------------
 
@@ -726,23 +732,18 @@ class Node:
 
     # -- the router thread ----------------------------------------------------------
 
-    def _post(self, item: tuple[Any, ...]) -> None:
-        """Hand work to the router thread.
-
-        Raises:
-            UsageError: a line or nick from the user while the node is closed.
-            LocalError: the router did not take the user's line within 5 s
-                (the node is overloaded); the line was not sent.
-        """
-        local = item[0] in ("local", "nick")
-        if self._closed and local:
-            raise UsageError("the node is closed")
-        try:
-            self._inbox.put(item, timeout=5.0)
-        except queue.Full:
-            if local:
-                raise LocalError("the node is overloaded; the line was not sent") from None
-            log.error("router inbox full; dropped %s", item[0])
+    def _handle_now(self, item: tuple[Any, ...]) -> None:
+        """Apply one change to the node's state on the calling thread, under
+        the state lock, and report its events in the order the changes were
+        made (they are emitted with the lock still held; it is re-entrant, so
+        a callback may call :meth:`snapshot` or :meth:`stats`)."""
+        events: list[Event] = []
+        with self._lock:
+            try:
+                self._handle(item, events)
+            except Exception:
+                log.exception("internal error handling %s", item[0])
+            self._emit(events)
 
     def _emit(self, events: list[Event]) -> None:
         for ev in events:
@@ -768,10 +769,8 @@ class Node:
             if item is not None and item[0] == "stop":
                 return
             events: list[Event] = []
-            try:
-                with self._lock:
-                    if item is not None:
-                        self._handle(item, events)
+            with self._lock:
+                try:
                     now = time.monotonic()
                     if now >= next_tick:
                         next_tick = now + 0.5
@@ -783,9 +782,9 @@ class Node:
                         self._flood_own(presence, events)
                         self._last_presence = now
                         self._next_presence = now + self.config.presence_interval_s
-            except Exception:
-                log.exception("router: internal error on %s", item[0] if item else "tick")
-            self._emit(events)
+                except Exception:
+                    log.exception("router: internal error in the timers")
+                self._emit(events)
 
     def _envelope_locked(self) -> dict[str, Any]:
         self._seq += 1
