@@ -160,6 +160,7 @@ class Options:
         service_type: DNS-SD service type.
         log_level: logging level name for diagnostics.
         log_file: write diagnostics to this file instead of stderr.
+        broadcast: ``"flood"`` or ``"tree"`` (see ``NodeConfig.broadcast``).
     """
 
     name: str | None
@@ -173,6 +174,7 @@ class Options:
     service_type: str
     log_level: str
     log_file: str | None = None
+    broadcast: str = "flood"
 
 
 def validate_name(value: str) -> str:
@@ -361,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scripted mode with one JSON object per event on stdout",
     )
     p.add_argument(
+        "--broadcast",
+        choices=("flood", "tree"),
+        default="flood",
+        help="how lines spread: flood (every link; default) or tree (a Plumtree "
+        "spanning tree with announcements elsewhere; used with peers that speak it)",
+    )
+    p.add_argument(
         "--service-type",
         metavar="TYPE",
         default=SERVICE_TYPE,
@@ -420,6 +429,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         service_type=ns.service_type,
         log_level=ns.log_level,
         log_file=ns.log_file,
+        broadcast=ns.broadcast,
     )
 
 
@@ -1029,6 +1039,7 @@ def make_node(opts: Options, name: str, on_event: Callable[[Event], None]) -> No
         interfaces=list(opts.interfaces),
         peers=list(opts.peers),
         port_fallback=opts.port_fallback,
+        broadcast=opts.broadcast,
     )
     discovery = (
         MdnsDiscovery(interfaces=list(opts.interfaces) or None, service_type=opts.service_type)

@@ -62,6 +62,7 @@ from p2pchat.events import (
 )
 from p2pchat.roster import Roster
 from p2pchat.transport import Link, LinkConfig, Listener, PortInUse, dial
+from p2pchat.tree import DEFAULT_IHAVE_DELAY_S, TreeState
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ class NodeConfig:
             (``send`` blocks up to ``send_wait_s``), so an honest sender is
             paced, not dropped; receivers allow twice the burst.
         send_wait_s: how long ``send`` may wait for the rate limit.
+        broadcast: ``"flood"`` (every link gets every message) or ``"tree"``
+            (Plumtree: pushed along a spanning tree, announced elsewhere; see
+            :mod:`p2pchat.tree`), used on links whose peer speaks it too.
         max_known_peers: most dial targets kept (static and discovered).
         link: per-link timing and queue limits.
         seen_max_entries, seen_max_age_s: seen-cache bounds.
@@ -126,6 +130,7 @@ class NodeConfig:
     origin_rate_per_s: float = 100.0
     origin_burst: float = 500.0
     send_wait_s: float = 10.0
+    broadcast: str = "flood"
     max_known_peers: int = 256
     link: LinkConfig = field(default_factory=LinkConfig)
     seen_max_entries: int = flood.DEFAULT_SEEN_MAX_ENTRIES
@@ -282,6 +287,10 @@ class Node:
         self._link_buckets: dict[Link, flood.TokenBucket] = {}
         self._origin_buckets: OrderedDict[str, flood.TokenBucket] = OrderedDict()
         self._member_addrs: OrderedDict[str, tuple[list[str], int]] = OrderedDict()
+        if config.broadcast not in ("flood", "tree"):
+            raise UsageError(f"broadcast must be 'flood' or 'tree', not {config.broadcast!r}")
+        self._tree: TreeState[Link] | None = TreeState() if config.broadcast == "tree" else None
+        self._router_woken = False
         self._addrs: list[str] = []
         self._counts: dict[str, int] = dict.fromkeys(
             ("frames_in", "frames_out", "bytes_in", "bytes_out", "duplicates_dropped"), 0
@@ -583,6 +592,7 @@ class Node:
             name=self._name,
             room=self.room,
             port=self.port,
+            features=["tree"] if self._tree is not None else [],
         )
 
     def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
@@ -644,7 +654,7 @@ class Node:
         """Handshake done: register the link (tie-break, peer_up)."""
         self._handle_now(("up", link))
 
-    def on_message(self, link: Link, msg: wire.FloodMessage) -> None:
+    def on_message(self, link: Link, msg: wire.FloodMessage | wire.TreeMessage) -> None:
         """A flooded message arrived: the flood rule runs here, on the link's
         reader thread, under the state lock (nothing in it blocks: sends only
         queue frames).  A reader busy here reads no more, which pushes back
@@ -758,9 +768,15 @@ class Node:
 
     def _route(self) -> None:
         next_tick = 0.0
+        announce_at: float | None = None  # when to send the batched ihaves
         while True:
             now = time.monotonic()
             wake = min(next_tick, self._next_presence) if self._joined else next_tick
+            if announce_at is not None:
+                wake = min(wake, announce_at)
+            graft_at = self._tree.next_deadline() if self._tree is not None else None
+            if graft_at is not None:
+                wake = min(wake, graft_at)
             timeout = max(0.0, wake - now)
             try:
                 item = self._inbox.get(timeout=timeout)
@@ -772,6 +788,15 @@ class Node:
             with self._lock:
                 try:
                     now = time.monotonic()
+                    if self._tree is not None:
+                        if item is not None and announce_at is None:
+                            announce_at = now + DEFAULT_IHAVE_DELAY_S
+                        if announce_at is not None and now >= announce_at:
+                            announce_at = None
+                            self._router_woken = False
+                            self._tree_timers(now)
+                        elif graft_at is not None and now >= graft_at:
+                            self._tree_timers(now)
                     if now >= next_tick:
                         next_tick = now + 0.5
                         self._tick(now, events)
@@ -806,7 +831,10 @@ class Node:
         kind = item[0]
         now = time.monotonic()
         if kind == "msg":
-            self._on_flooded(item[1], item[2], events)
+            if isinstance(item[2], wire.IHave | wire.Graft | wire.Prune):
+                self._on_tree(item[1], item[2])
+            else:
+                self._on_flooded(item[1], item[2], events)
         elif kind == "local":
             self._flood_own(item[1], events)
         elif kind == "up":
@@ -816,6 +844,8 @@ class Node:
             if link in self._all_links:
                 self._all_links.discard(link)
                 self._account_closed(link)
+            if self._tree is not None:
+                self._tree.link_down(link)
             if link.peer is not None and self._links.get(link.peer.node) is link:
                 del self._links[link.peer.node]
                 reason = "this node left" if self._closed else item[2]
@@ -866,13 +896,56 @@ class Node:
                 return
             existing.retire()
             self._links[pid] = link
+            self._tree_link_up(link, existing)
             return
         self._links[pid] = link
+        self._tree_link_up(link, None)
         events.append(PeerUp(peer=pid, address=link.address, name=link.peer.name))
         if not self._joined:
             self._joined = True
             self._flood_own(wire.Join(**self._envelope_locked()), events)
         self._presence_soon(time.monotonic())
+
+    def _tree_link_up(self, link: Link, replaced: Link | None) -> None:
+        if self._tree is None:
+            return
+        if replaced is not None:
+            self._tree.link_down(replaced)
+        if link.peer is not None and "tree" in link.peer.features:
+            self._tree.link_up(link)
+
+    def _on_tree(self, link: Link, msg: wire.TreeMessage) -> None:
+        """An ``ihave``, ``graft`` or ``prune`` from a tree-capable peer."""
+        tree = self._tree
+        if tree is None or link.peer is None or "tree" not in link.peer.features:
+            log.info("ignored %s from %s: tree broadcast not agreed", wire.kind(msg), link.address)
+            return
+        if isinstance(msg, wire.IHave):
+            tree.announced(msg.ids, link, self._seen, time.monotonic())
+            self._wake_router()
+        elif isinstance(msg, wire.Graft):
+            for cached in tree.grafted(msg.ids, link):
+                link.send(wire.encode_frame(cached))
+        else:
+            tree.pruned(link)
+
+    def _wake_router(self) -> None:
+        if not self._router_woken:
+            self._router_woken = True
+            with contextlib.suppress(queue.Full):
+                self._inbox.put_nowait(("wake",))
+
+    def _tree_timers(self, now: float) -> None:
+        """Send batched announcements and the grafts that are due."""
+        tree = self._tree
+        if tree is None:
+            return
+        for link, ids in tree.take_announcements().items():
+            for i in range(0, len(ids), 256):
+                link.send(wire.encode_frame(wire.IHave(ids=ids[i : i + 256])))
+        for link, ids in tree.due_grafts(now).items():
+            for i in range(0, len(ids), 256):
+                link.send(wire.encode_frame(wire.Graft(ids=ids[i : i + 256])))
 
     def _flood_own(self, msg: wire.FloodMessage, events: list[Event]) -> None:
         self._forward(msg, None, events)
@@ -892,6 +965,11 @@ class Node:
             return
         if msg.id in self._seen:
             self._counts["duplicates_dropped"] += 1
+            tree = self._tree
+            # Only chat lines shape the tree: presence comes from every node every
+            # few seconds, and pruning on its copies would keep reshaping it.
+            if tree is not None and isinstance(msg, wire.Chat) and tree.duplicate(link):
+                link.send(wire.encode_frame(wire.Prune()))
             return
         if msg.origin == self.node_id:
             # Our own id from elsewhere: forged, or a stale copy.  Drop it.
@@ -935,7 +1013,15 @@ class Node:
             return
         if decision.forward is not None:
             frame = wire.encode_frame(decision.forward)
-            for target in decision.to:
+            targets: list[Link] = list(decision.to)
+            tree = self._tree
+            if tree is not None and isinstance(msg, wire.Chat):
+                split = tree.new_message(decision.forward, came_from, now)
+                lazy = set(split.lazy)
+                targets = [t for t in targets if t not in lazy]
+                if lazy:
+                    self._wake_router()
+            for target in targets:
                 target.send(frame)
         self._deliver(msg, came_from is None, events, now)
 

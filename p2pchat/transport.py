@@ -71,8 +71,9 @@ class LinkOwner(Protocol):
     def on_link_up(self, link: Link) -> None:
         """The handshake finished; ``link.peer`` is set."""
 
-    def on_message(self, link: Link, msg: wire.FloodMessage) -> None:
-        """A flooded message arrived on an established link."""
+    def on_message(self, link: Link, msg: wire.FloodMessage | wire.TreeMessage) -> None:
+        """A flooded message (or a tree-broadcast frame) arrived on an
+        established link."""
 
     def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
         """The link is closed (always called once, last)."""

@@ -78,6 +78,9 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
         name: the sender's display name.
         room: the room the sender is in; a link joins two nodes of one room.
         port: the TCP port the sender listens on (0 if it does not listen).
+        features: optional protocol features the sender speaks; a feature is
+            used on a link only when both ends list it.  ``"tree"``: the
+            ``ihave``/``graft``/``prune`` frames of tree broadcast.
     """
 
     version: int
@@ -85,6 +88,9 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
     name: Name
     room: Room
     port: Port
+    features: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=16)
+    ] = msgspec.field(default_factory=list)
 
 
 class Refuse(msgspec.Struct, tag_field="type", tag="refuse", frozen=True):
@@ -99,6 +105,26 @@ class Refuse(msgspec.Struct, tag_field="type", tag="refuse", frozen=True):
 
 class Keepalive(msgspec.Struct, tag_field="type", tag="keepalive", frozen=True):
     """Sent on an otherwise idle link so that the peer knows it is alive."""
+
+
+MessageIds = Annotated[list[MessageId], msgspec.Meta(min_length=1, max_length=256)]
+
+
+class IHave(msgspec.Struct, tag_field="type", tag="ihave", frozen=True):
+    """Tree broadcast (feature ``tree``): "I have these messages" on a lazy
+    link, so that the receiver can graft the link if one never reaches it."""
+
+    ids: MessageIds
+
+
+class Graft(msgspec.Struct, tag_field="type", tag="graft", frozen=True):
+    """Tree broadcast: "send me these messages, and push to me from now on"."""
+
+    ids: MessageIds
+
+
+class Prune(msgspec.Struct, tag_field="type", tag="prune", frozen=True):
+    """Tree broadcast: "I got that message twice; announce, don't push, to me"."""
 
 
 class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
@@ -167,8 +193,9 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
 
 
 LinkMessage = Hello | Refuse | Keepalive
+TreeMessage = IHave | Graft | Prune
 FloodMessage = Chat | Join | Leave | Nick | Presence
-Message = Hello | Refuse | Keepalive | Chat | Join | Leave | Nick | Presence
+Message = Hello | Refuse | Keepalive | IHave | Graft | Prune | Chat | Join | Leave | Nick | Presence
 
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
 _encoder = msgspec.json.Encoder()
@@ -364,7 +391,19 @@ def hello_version(body: bytes) -> int | None:
     return None
 
 
-MessageKind = Literal["hello", "refuse", "keepalive", "chat", "join", "leave", "nick", "presence"]
+MessageKind = Literal[
+    "hello",
+    "refuse",
+    "keepalive",
+    "ihave",
+    "graft",
+    "prune",
+    "chat",
+    "join",
+    "leave",
+    "nick",
+    "presence",
+]
 
 
 def kind(msg: Message) -> MessageKind:

@@ -346,7 +346,7 @@ def _send_lines(
     return times, errors
 
 
-def node_worker(index: int, room: str, deadline_s: float) -> int:
+def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "flood") -> int:
     """``--worker``: one p2pchat node in this process, driven over stdin/stdout.
 
     Commands: ``peers`` (ports to dial, expected degree and node count),
@@ -377,7 +377,9 @@ def node_worker(index: int, room: str, deadline_s: float) -> int:
     class CountingNode(Node):
         """A node that counts the chat frames it receives (before the dedup)."""
 
-        def on_message(self, link: transport.Link, msg: wire.FloodMessage) -> None:
+        def on_message(
+            self, link: transport.Link, msg: wire.FloodMessage | wire.TreeMessage
+        ) -> None:
             if isinstance(msg, wire.Chat):
                 chat_in.add()
             super().on_message(link, msg)
@@ -418,7 +420,7 @@ def node_worker(index: int, room: str, deadline_s: float) -> int:
                     drops.append(ev.reason)
         check_mesh()
 
-    config = NodeConfig(name=f"n{index}", room=room, port=0, interfaces=[HOST])
+    config = NodeConfig(name=f"n{index}", room=room, port=0, interfaces=[HOST], broadcast=broadcast)
     node = CountingNode(config, discovery=None, on_event=on_event)
     cpu0 = [cpu_seconds()]
 
@@ -869,6 +871,7 @@ class Options:
     drain_timeout_s: float
     json: bool
     plot: str | None
+    broadcast: str = "flood"
 
 
 @dataclass
@@ -979,7 +982,17 @@ def run_p2pchat(opts: Options, run: int, tmpdir: Path) -> RunResult:
         idx = [
             group.spawn(
                 f"node{i}",
-                ["--worker", "--index", str(i), "--room", room, "--deadline", str(deadline_s)],
+                [
+                    "--worker",
+                    "--index",
+                    str(i),
+                    "--room",
+                    room,
+                    "--deadline",
+                    str(deadline_s),
+                    "--broadcast",
+                    opts.broadcast,
+                ],
             )
             for i in range(n)
         ]
@@ -1060,6 +1073,7 @@ def format_table(
     ecc = eccentricity(opts.nodes, edges, 0)
     rate = f"{opts.rate:g} lines/s" if opts.rate > 0 else "burst"
     topo = opts.topology + (f" k={opts.k} seed={opts.seed}" if opts.topology == "random" else "")
+    topo += f", broadcast {opts.broadcast}"
     head = [
         f"p2pchat bench: {opts.nodes} nodes, topology {topo} ({len(edges)} links, "
         f"sender at most {ecc} hops from any node); {opts.lines} lines x {opts.size} B, "
@@ -1136,6 +1150,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--drain-timeout", type=float, default=10.0, help="s to wait for lines after the last send"
     )
+    p.add_argument(
+        "--broadcast",
+        choices=("flood", "tree"),
+        default="flood",
+        help="p2pchat's broadcast: flood every link, or a Plumtree spanning tree",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line of medians")
     p.add_argument("--plot", metavar="FILE.png", help="latency CDF plot (needs matplotlib)")
     mode = p.add_mutually_exclusive_group()
@@ -1171,7 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or, with a hidden ``--worker*`` flag, one worker)."""
     args = parse_args(argv)
     if args.worker:
-        return node_worker(args.index, args.room, args.deadline)
+        return node_worker(args.index, args.room, args.deadline, args.broadcast)
     if args.worker_relay:
         return relay_worker(args.deadline)
     if args.worker_client:
@@ -1196,6 +1216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_timeout_s=args.drain_timeout,
         json=args.json,
         plot=args.plot,
+        broadcast=args.broadcast,
     )
     import tempfile
 

@@ -1,0 +1,178 @@
+"""Tree broadcast (Plumtree): the pure state, and in-process meshes that use it."""
+
+from __future__ import annotations
+
+import random
+
+from conftest import Cluster, wait_for
+
+from p2pchat import wire
+from p2pchat.tree import TreeState
+
+
+def chat(n: int) -> wire.Chat:
+    return wire.Chat(
+        id=f"{n:032x}",
+        origin="0123456789abcdef",
+        seq=n,
+        name="a",
+        room="lobby",
+        ts=1.0,
+        hops=16,
+        text=f"line {n}",
+    )
+
+
+# -- the pure state ------------------------------------------------------------------------
+
+
+def test_links_start_eager_and_a_duplicate_prunes_once() -> None:
+    t: TreeState[str] = TreeState()
+    for link in "abc":
+        t.link_up(link)
+    split = t.new_message(chat(1), "a", now=0.0)
+    assert sorted(split.eager) == ["b", "c"] and split.lazy == []
+    assert t.duplicate("b") is True  # prune b: it is lazy from now on
+    assert t.duplicate("b") is False  # already lazy: no second prune
+    split = t.new_message(chat(2), "a", now=0.1)
+    assert split.eager == ["c"] and split.lazy == ["b"]
+    assert t.take_announcements() == {"b": [chat(2).id]}
+    assert t.take_announcements() == {}
+
+
+def test_missing_announced_id_is_grafted_from_the_announcer() -> None:
+    t: TreeState[str] = TreeState(graft_timeout_s=1.0)
+    t.link_up("a")
+    t.link_up("b")
+    t.pruned("b")
+    t.announced([chat(5).id], "b", seen=set(), now=0.0)
+    assert t.next_deadline() == 1.0
+    assert t.due_grafts(0.5) == {}
+    assert t.due_grafts(1.0) == {"b": [chat(5).id]}
+    assert "b" in t.eager  # grafting makes the link part of the tree again
+    t.new_message(chat(5), "b", now=1.1)  # it arrived: nothing more to graft
+    assert t.due_grafts(10.0) == {}
+
+
+def test_ids_already_seen_are_not_waited_for() -> None:
+    t: TreeState[str] = TreeState()
+    t.link_up("a")
+    t.announced([chat(1).id], "a", seen={chat(1).id}, now=0.0)
+    assert t.next_deadline() is None
+
+
+def test_graft_returns_cached_messages_and_link_down_forgets() -> None:
+    t: TreeState[str] = TreeState(cache_entries=2)
+    t.link_up("a")
+    t.link_up("b")
+    t.pruned("b")
+    for n in (1, 2, 3):
+        t.new_message(chat(n), None, now=float(n))
+    assert [m.id for m in t.grafted([chat(1).id, chat(3).id], "b")] == [chat(3).id]
+    assert "b" in t.eager
+    t.announced([chat(9).id], "a", seen=set(), now=0.0)
+    t.link_down("a")
+    assert t.due_grafts(100.0) == {}
+    assert "a" not in t.eager and "a" not in t.lazy
+
+
+# -- in-process meshes ---------------------------------------------------------------------
+
+
+def random_mesh(
+    cluster: Cluster, n: int, seed: int, broadcast: str, presence_interval_s: float = 3.0
+) -> None:
+    rng = random.Random(seed)
+    for j in range(n):
+        peers = [cluster.nodes[i] for i in rng.sample(range(j), min(j, 2))] if j else []
+        cluster.add(
+            f"node{j}",
+            peers=peers,
+            broadcast=broadcast,
+            presence_interval_s=presence_interval_s,
+            member_timeout_s=max(10.0, 3 * presence_interval_s),
+        )
+
+
+def send_and_check(cluster: Cluster, senders: list[int], lines: int, skip: set[int]) -> None:
+    sent = {cluster.nodes[s].send(f"line {k} from {s}").id for k in range(lines) for s in senders}
+
+    def all_in() -> bool:
+        return all(
+            sent <= {m.id for m in rec.messages()}
+            for i, rec in enumerate(cluster.recorders)
+            if i not in skip
+        )
+
+    wait_for(all_in, 20.0, "every line at every live node")
+    for i, rec in enumerate(cluster.recorders):
+        ids = [m.id for m in rec.messages()]
+        assert len(ids) == len(set(ids)), f"node{i} got a line twice"
+
+
+def test_tree_mesh_delivers_exactly_once_with_few_duplicates(cluster: Cluster) -> None:
+    # Presence is flooded, not sent along the tree: space it out so that only
+    # chat lines are counted.
+    random_mesh(cluster, 10, seed=7, broadcast="tree", presence_interval_s=60.0)
+    cluster.wait_all_know_each_other(timeout_s=20.0)
+
+    def dups() -> int:
+        return sum(n.stats().duplicates_dropped for n in cluster.nodes)
+
+    # The tree forms from the first lines: a few rounds, until one costs no copy.
+    for _ in range(6):
+        start = dups()
+        send_and_check(cluster, senders=[0], lines=10, skip=set())
+        if dups() == start:
+            break
+    before = dups()
+    send_and_check(cluster, senders=[0], lines=40, skip=set())
+    after = dups()
+    # Flooding this mesh costs about 1.8 duplicates per node per line; once the
+    # tree has formed for a sender, its lines cost almost none.
+    per_node_per_line = (after - before) / 9 / 40
+    assert per_node_per_line < 0.1, per_node_per_line
+    # Several senders: the one tree serves them all, still exactly once.
+    send_and_check(cluster, senders=[0, 4, 9], lines=10, skip=set())
+
+
+def test_tree_repairs_when_a_node_leaves(cluster: Cluster) -> None:
+    random_mesh(cluster, 8, seed=3, broadcast="tree")
+    cluster.wait_all_know_each_other(timeout_s=20.0)
+    send_and_check(cluster, senders=[0], lines=10, skip=set())
+    cluster.nodes[2].close()
+    send_and_check(cluster, senders=[0, 7], lines=10, skip={2})
+
+
+def test_tree_and_flood_nodes_mix(cluster: Cluster) -> None:
+    a = cluster.add("alice", broadcast="tree")
+    b = cluster.add("bob", peers=[a], broadcast="flood")
+    cluster.add("carol", peers=[a, b], broadcast="tree")
+    cluster.wait_all_know_each_other()
+    send_and_check(cluster, senders=[0, 1, 2], lines=5, skip=set())
+
+
+def test_cli_processes_with_tree_broadcast() -> None:
+    import sys
+
+    from conftest import unique_room
+
+    from p2pchat.harness import NodeProcess, stop
+
+    room = unique_room()
+    base = [sys.executable, "-m", "p2pchat", "--room", room, "--json", "--no-mdns"]
+    base += ["--interface", "127.0.0.1", "--port", "0", "--broadcast", "tree"]
+    procs: list[NodeProcess] = []
+    try:
+        a = NodeProcess.spawn([*base, "--name", "ann"], "ann")
+        procs.append(a)
+        port = a.wait_event("ready")["port"]
+        b = NodeProcess.spawn([*base, "--name", "ben", "--peer", f"127.0.0.1:{port}"], "ben")
+        procs.append(b)
+        b.wait_event("join", name="ann")
+        a.send_line("через дерево 🌳")
+        assert b.wait_event("message", text="через дерево 🌳")["name"] == "ann"
+        b.close_stdin()
+        assert a.wait_event("leave", name="ben")["reason"] == "quit"
+    finally:
+        stop(procs)
