@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import random
 import secrets
 import signal
 import subprocess
@@ -39,13 +38,13 @@ from netns_lab import Lan, lan, netns_available
 from p2pchat.harness import NodeProcess, pump_for, stop, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+# The mesh whose only joint is node 5 is built the same way by scripts/chaos.py.
+from chaos import BRIDGE, N_MESH, PART_A, PART_B, bridged_mesh  # noqa: E402
+
 LOOPBACK = "127.0.0.1"
 
 SEED = 20261203
-PART_A = range(0, 5)
-BRIDGE = 5
-PART_B = range(6, 10)
-N_MESH = 10
 
 READY_DEADLINE_S = 15.0
 MESH_DEADLINE_S = 25.0
@@ -106,29 +105,6 @@ def assert_exactly_once(nodes: Sequence[NodeProcess], texts: Sequence[str]) -> N
 
 
 # -- (a) SIGKILL of the only joint of a mesh of ten, on 127.0.0.1 -------------------------
-
-
-def bridged_mesh(seed: int) -> list[list[int]]:
-    """``dials[i]``: the earlier nodes node ``i`` is given as ``--peer``.
-
-    Nodes 0-4 form one part (each dials two earlier ones), nodes 6-9 another
-    (each dials two earlier ones of its part, or node 5 when its part has only
-    one), and node 5 dials two nodes of the first part and is dialled by node 6
-    (and node 7): it is the only path between the parts."""
-    rng = random.Random(seed)
-    dials: list[list[int]] = []
-    for i in range(N_MESH):
-        if i in PART_A:
-            pool = list(range(PART_A.start, i))
-        elif i == BRIDGE:
-            pool = list(PART_A)
-        else:
-            pool = list(range(PART_B.start, i))
-        picks = sorted(rng.sample(pool, min(2, len(pool))))
-        if i in PART_B and len(picks) < 2:
-            picks.append(BRIDGE)
-        dials.append(picks)
-    return dials
 
 
 def _part_of(i: int) -> str:
