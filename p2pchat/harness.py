@@ -285,6 +285,17 @@ class NodeProcess:
         """The ids of the members this node has seen join."""
         return {str(e.get("origin")) for e in self.of("join")}
 
+    def members(self) -> set[str]:
+        """The ids of the members this node shows now: its ``join`` and
+        ``leave`` events replayed in order."""
+        current: set[str] = set()
+        for e in self.events:
+            if e.get("event") == "join":
+                current.add(str(e.get("origin")))
+            elif e.get("event") == "leave":
+                current.discard(str(e.get("origin")))
+        return current
+
     def linked(self) -> set[str]:
         """The ids of the peers this node has had a direct link with."""
         return {str(e.get("peer")) for e in self.of("peer_up")}

@@ -215,17 +215,6 @@ def loopback_nodes(
         stop(nodes, STOP_TIMEOUT_S)
 
 
-def members(node: NodeProcess) -> set[str]:
-    """The members ``node`` shows now: its join and leave events replayed."""
-    current: set[str] = set()
-    for e in node.events:
-        if e.get("event") == "join":
-            current.add(str(e.get("origin")))
-        elif e.get("event") == "leave":
-            current.discard(str(e.get("origin")))
-    return current
-
-
 def ids_of(nodes: Sequence[NodeProcess]) -> list[str]:
     return [str(n.node_id) for n in nodes]
 
@@ -444,7 +433,7 @@ def scenario_crash(opts: argparse.Namespace, sc: Scenario) -> None:
         ids = ids_of(nodes)
         took = sc.wait(
             "mesh of 10 up",
-            lambda: all(set(ids) - {ids[k]} <= members(n) for k, n in enumerate(nodes)),
+            lambda: all(set(ids) - {ids[k]} <= n.members() for k, n in enumerate(nodes)),
             MESH_DEADLINE_S,
             nodes,
         )
@@ -504,7 +493,7 @@ def scenario_crash(opts: argparse.Namespace, sc: Scenario) -> None:
         def whole() -> bool:
             watch()
             return bool(relinked) and all(
-                set(ids) - {vid, ids[k]} <= members(nodes[k]) for k in range(N_MESH) if k != BRIDGE
+                set(ids) - {vid, ids[k]} <= nodes[k].members() for k in range(N_MESH) if k != BRIDGE
             )
 
         remaining = RELINK_DEADLINE_S - (time.monotonic() - killed_at)
@@ -615,7 +604,7 @@ def _linkcut(opts: argparse.Namespace, sc: Scenario, net: Any, nodes: list[NodeP
         if None in [n.node_id for n in nodes]:
             return False
         ids = set(ids_of(nodes))
-        return all(ids - {str(n.node_id)} <= members(n) & n.linked() for n in nodes)
+        return all(ids - {str(n.node_id)} <= n.members() & n.linked() for n in nodes)
 
     took = sc.wait("3 hosts linked over mDNS", meshed, MESH_DEADLINE_S, nodes)
     if took is None:
@@ -701,7 +690,7 @@ def two_nodes(room: str) -> contextlib.AbstractContextManager[list[NodeProcess]]
 
 
 def _linked(a: NodeProcess, b: NodeProcess) -> Callable[[], bool]:
-    return lambda: str(b.node_id) in members(a) and str(a.node_id) in members(b)
+    return lambda: str(b.node_id) in a.members() and str(a.node_id) in b.members()
 
 
 def scenario_slow_reader(opts: argparse.Namespace, sc: Scenario) -> None:

@@ -7,6 +7,7 @@ on 127.0.0.1 only, with a service type unique to the test.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from p2pchat import wire
 from p2pchat.discovery import MdnsDiscovery
 from p2pchat.events import Event, JoinEvent, LeaveEvent, MessageEvent
 from p2pchat.node import Node, NodeConfig
@@ -134,3 +136,96 @@ def cluster() -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+class RawPeer:
+    """A hand-driven peer on a raw TCP socket to a node on 127.0.0.1, for
+    tests that send what an honest node never would.
+
+    Args:
+        port: the node's listening port.
+        rcvbuf: a small SO_RCVBUF, set before connecting (for a peer that
+            stops reading).
+    """
+
+    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5.0)
+        self.sock.connect((LOOPBACK, port))
+        self.decoder = wire.FrameDecoder()
+        self.node_id = wire.new_node_id()
+        self.seq = 0
+
+    @property
+    def address(self) -> str:
+        """How the node names this link in its logs: ``ip:port`` of our end (we send port 0)."""
+        host, port = self.sock.getsockname()[:2]
+        return f"{host}:{port}"
+
+    def hello_frame(self, room: str, version: int = wire.PROTOCOL_VERSION) -> bytes:
+        hello = wire.Hello(version=version, node=self.node_id, name="raw", room=room, port=0)
+        return wire.encode_frame(hello)
+
+    def hello(self, room: str, version: int = wire.PROTOCOL_VERSION) -> None:
+        self.sock.sendall(self.hello_frame(room, version))
+
+    def chat(self, room: str, text: str) -> wire.Chat:
+        """A new valid chat line of ours (not sent)."""
+        self.seq += 1
+        return wire.Chat(
+            id=wire.new_message_id(),
+            origin=self.node_id,
+            seq=self.seq,
+            name="raw",
+            room=room,
+            ts=wire.now_ts(),
+            hops=16,
+            text=text,
+        )
+
+    def flooded(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
+        """Send a new valid flooded message of type ``cls`` and return it."""
+        self.seq += 1
+        msg: wire.FloodMessage = cls(
+            id=wire.new_message_id(),
+            origin=self.node_id,
+            seq=self.seq,
+            name="raw",
+            room=room,
+            ts=wire.now_ts(),
+            hops=16,
+            **fields,
+        )
+        self.sock.sendall(wire.encode_frame(msg))
+        return msg
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_until_closed(self, timeout_s: float = 10.0) -> list[wire.Message]:
+        """Read the node's frames until it closes the link; fail after ``timeout_s``."""
+        out: list[wire.Message] = []
+        deadline = time.monotonic() + timeout_s
+        self.sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                return out
+            if not data:
+                return out
+            out += self.decoder.feed(data)
+        pytest.fail(f"the node did not close the link within {timeout_s} s")
+
+    def wait_closed(self, timeout_s: float = 10.0) -> float:
+        """Wait until the node closes the link; return the seconds it took."""
+        start = time.monotonic()
+        self.read_until_closed(timeout_s)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        self.sock.close()

@@ -73,17 +73,6 @@ def _ids(nodes: Sequence[NodeProcess]) -> list[str]:
     return [str(i) for i in ids]
 
 
-def members(node: NodeProcess) -> set[str]:
-    """The members ``node`` shows now: its join and leave events replayed."""
-    current: set[str] = set()
-    for e in node.events:
-        if e.get("event") == "join":
-            current.add(str(e.get("origin")))
-        elif e.get("event") == "leave":
-            current.discard(str(e.get("origin")))
-    return current
-
-
 def is_ready(node: NodeProcess) -> Callable[[], bool]:
     return lambda: node.ready_event is not None
 
@@ -155,7 +144,7 @@ def test_kill_bridge_in_mesh_of_ten() -> None:
         ids = _ids(nodes)
         t0 = time.monotonic()
         wait_until(
-            lambda: all(set(ids) - {ids[k]} <= members(n) for k, n in enumerate(nodes)),
+            lambda: all(set(ids) - {ids[k]} <= n.members() for k, n in enumerate(nodes)),
             MESH_DEADLINE_S,
             "every node to see the nine others",
             nodes,
@@ -219,7 +208,7 @@ def test_kill_bridge_in_mesh_of_ten() -> None:
         def whole() -> bool:
             watch()
             return bool(relinked) and all(
-                set(ids) - {vid, ids[k]} <= members(nodes[k]) for k in range(N_MESH) if k != BRIDGE
+                set(ids) - {vid, ids[k]} <= nodes[k].members() for k in range(N_MESH) if k != BRIDGE
             )
 
         wait_until(whole, RELINK_DEADLINE_S - (time.monotonic() - killed_at), "re-link", rest)
@@ -295,7 +284,7 @@ def test_link_cut_and_back() -> None:
             lambda: (
                 None not in [n.node_id for n in nodes]
                 and all(
-                    set(_ids(nodes)) - {str(n.node_id)} <= members(n) & n.linked() for n in nodes
+                    set(_ids(nodes)) - {str(n.node_id)} <= n.members() & n.linked() for n in nodes
                 )
             ),
             MESH_DEADLINE_S,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import FAST_LINK, LOOPBACK, Cluster, Recorder, wait_for
+from conftest import FAST_LINK, Cluster, RawPeer, Recorder, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,75 +45,6 @@ DELIVERY_S = 10.0
 
 
 # -- raw hostile peers --------------------------------------------------------------------------
-
-
-class RawPeer:
-    """A hand-driven peer on a raw TCP socket to 127.0.0.1.
-
-    Args:
-        port: the node's listening port.
-        rcvbuf: a small SO_RCVBUF, set before connecting (for a peer that stops reading).
-    """
-
-    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(5.0)
-        self.sock.connect((LOOPBACK, port))
-        self.node_id = wire.new_node_id()
-        self.seq = 0
-
-    @property
-    def address(self) -> str:
-        """How the node names this link in its logs: ``ip:port`` of our end (we send port 0)."""
-        host, port = self.sock.getsockname()[:2]
-        return f"{host}:{port}"
-
-    def hello_frame(self, room: str) -> bytes:
-        hello = wire.Hello(
-            version=wire.PROTOCOL_VERSION, node=self.node_id, name="raw", room=room, port=0
-        )
-        return wire.encode_frame(hello)
-
-    def hello(self, room: str) -> None:
-        self.sock.sendall(self.hello_frame(room))
-
-    def chat(self, room: str, text: str) -> wire.Chat:
-        """A new valid chat line of ours (not sent)."""
-        self.seq += 1
-        return wire.Chat(
-            id=wire.new_message_id(),
-            origin=self.node_id,
-            seq=self.seq,
-            name="raw",
-            room=room,
-            ts=wire.now_ts(),
-            hops=16,
-            text=text,
-        )
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def wait_closed(self, timeout_s: float = DELIVERY_S) -> float:
-        """Read (and drop) until the node closes the link; return the seconds it took."""
-        start = time.monotonic()
-        deadline = start + timeout_s
-        self.sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (ConnectionResetError, BrokenPipeError):
-                return time.monotonic() - start
-            if not data:
-                return time.monotonic() - start
-        pytest.fail(f"the node did not close the link within {timeout_s} s")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

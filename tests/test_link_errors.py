@@ -6,59 +6,10 @@ import socket
 import time
 
 import pytest
-from conftest import FAST_LINK, Cluster, wait_for
+from conftest import FAST_LINK, Cluster, RawPeer, wait_for
 
 from p2pchat import wire
 from p2pchat.events import LeaveEvent, Notice, PeerDown
-
-
-class RawPeer:
-    """A hand-driven peer on a raw TCP socket to 127.0.0.1."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
-        self.decoder = wire.FrameDecoder()
-        self.node_id = wire.new_node_id()
-        self.seq = 0
-
-    def hello(self, room: str, version: int = wire.PROTOCOL_VERSION) -> None:
-        msg = wire.Hello(version=version, node=self.node_id, name="raw", room=room, port=0)
-        self.sock.sendall(wire.encode_frame(msg))
-
-    def flooded(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
-        self.seq += 1
-        msg: wire.FloodMessage = cls(
-            id=wire.new_message_id(),
-            origin=self.node_id,
-            seq=self.seq,
-            name="raw",
-            room=room,
-            ts=wire.now_ts(),
-            hops=16,
-            **fields,
-        )
-        self.sock.sendall(wire.encode_frame(msg))
-        return msg
-
-    def read_until_closed(self, timeout_s: float = 10.0) -> list[wire.Message]:
-        """Read frames until the node closes the link; fail after timeout_s."""
-        out: list[wire.Message] = []
-        deadline = time.monotonic() + timeout_s
-        self.sock.settimeout(0.5)
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                return out
-            if not data:
-                return out
-            out += self.decoder.feed(data)
-        pytest.fail("the node did not close the link")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
