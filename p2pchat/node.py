@@ -762,10 +762,6 @@ class Node:
             except Exception:
                 log.exception("on_event callback failed")
 
-    def _envelope(self) -> dict[str, Any]:
-        with self._lock:
-            return self._envelope_locked()
-
     def _route(self) -> None:
         next_tick = 0.0
         announce_at: float | None = None  # when to send the batched ihaves

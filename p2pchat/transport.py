@@ -277,7 +277,13 @@ class Link:
             self.done.set()
             self._owner.on_link_closed(self, self._close_reason or reason, was_up)
 
-    def _recv(self, decoder: wire.FrameDecoder) -> list[bytes]:
+    def _recv_chunk(self, eof_reason: str) -> bytes:
+        """One ``recv`` (bounded by the socket timeout), counted in ``bytes_in``.
+
+        Raises:
+            _Closed: the peer closed the link (``eof_reason``), or we did.
+            TimeoutError: nothing arrived within the socket timeout.
+        """
         try:
             data = self.sock.recv(65536)
         except OSError:
@@ -285,10 +291,12 @@ class Link:
                 raise _Closed(self._close_reason) from None
             raise
         if not data:
-            raise _Closed(
-                self._close_reason or ("retired" if self._retired else "peer closed the link")
-            )
+            raise _Closed(self._close_reason or eof_reason)
         self.bytes_in += len(data)
+        return data
+
+    def _recv(self, decoder: wire.FrameDecoder) -> list[bytes]:
+        data = self._recv_chunk("retired" if self._retired else "peer closed the link")
         bodies = decoder.feed_bodies(data)
         # A frame must arrive whole within two link timeouts: a peer that
         # trickles bytes (slowloris) cannot hold a link and its buffer forever.
@@ -310,15 +318,7 @@ class Link:
         while not bodies:
             if time.monotonic() > deadline:
                 raise TimeoutError
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                if self._close_reason is not None:
-                    raise _Closed(self._close_reason) from None
-                raise
-            if not data:
-                raise _Closed("peer closed the link during the handshake")
-            self.bytes_in += len(data)
+            data = self._recv_chunk("peer closed the link during the handshake")
             bodies = decoder.feed_bodies(data)
         first, rest = bodies[0], bodies[1:]
         version = wire.hello_version(first)

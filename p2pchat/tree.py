@@ -175,10 +175,6 @@ class TreeState(Generic[L]):
         """The earliest graft deadline, or None."""
         return min((d for d, _ in self._missing.values()), default=None)
 
-    def has_announcements(self) -> bool:
-        """True if a batched ``ihave`` is waiting to be sent."""
-        return bool(self._announce)
-
     def _trim_cache(self, now: float) -> None:
         cache = self._cache
         while cache and (
