@@ -171,22 +171,8 @@ class RawPeer:
     def hello(self, room: str, version: int = wire.PROTOCOL_VERSION) -> None:
         self.sock.sendall(self.hello_frame(room, version))
 
-    def chat(self, room: str, text: str) -> wire.Chat:
-        """A new valid chat line of ours (not sent)."""
-        self.seq += 1
-        return wire.Chat(
-            id=wire.new_message_id(),
-            origin=self.node_id,
-            seq=self.seq,
-            name="raw",
-            room=room,
-            ts=wire.now_ts(),
-            hops=16,
-            text=text,
-        )
-
-    def flooded(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
-        """Send a new valid flooded message of type ``cls`` and return it."""
+    def message(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
+        """A new valid flooded message of type ``cls`` from us (not sent)."""
         self.seq += 1
         msg: wire.FloodMessage = cls(
             id=wire.new_message_id(),
@@ -198,6 +184,17 @@ class RawPeer:
             hops=16,
             **fields,
         )
+        return msg
+
+    def chat(self, room: str, text: str) -> wire.Chat:
+        """A new valid chat line of ours (not sent)."""
+        msg = self.message(wire.Chat, room, text=text)
+        assert isinstance(msg, wire.Chat)
+        return msg
+
+    def flooded(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
+        """Send a new valid flooded message of type ``cls`` and return it."""
+        msg = self.message(cls, room, **fields)
         self.sock.sendall(wire.encode_frame(msg))
         return msg
 
