@@ -676,7 +676,9 @@ class Node:
         """Handshake done: register the link (tie-break, peer_up)."""
         self._handle_now(("up", link))
 
-    def on_message(self, link: Link, msg: wire.FloodMessage | wire.TreeMessage) -> None:
+    def on_message(
+        self, link: Link, msg: wire.FloodMessage | wire.TreeMessage | wire.HistoryMessage
+    ) -> None:
         """A flooded message arrived: the flood rule runs here, on the link's
         reader thread, under the state lock (nothing in it blocks: sends only
         queue frames).  A reader busy here reads no more, which pushes back

@@ -71,7 +71,9 @@ class LinkOwner(Protocol):
     def on_link_up(self, link: Link) -> None:
         """The handshake finished; ``link.peer`` is set."""
 
-    def on_message(self, link: Link, msg: wire.FloodMessage | wire.TreeMessage) -> None:
+    def on_message(
+        self, link: Link, msg: wire.FloodMessage | wire.TreeMessage | wire.HistoryMessage
+    ) -> None:
         """A flooded message (or a tree-broadcast frame) arrived on an
         established link."""
 

@@ -67,6 +67,15 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Hops = Annotated[int, msgspec.Meta(ge=0, le=MAX_HOP_LIMIT)]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
 Reason = Annotated[str, msgspec.Meta(max_length=200)]
+LineNo = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Hlc = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+BatchNo = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+
+MAX_SYNC_ORIGINS: Final = 800
+"""Most origins one ``sync`` lists (keeps the frame well under the size limit)."""
+
+MAX_BATCH_LINES: Final = 256
+"""Most chat lines one ``lines`` frame carries."""
 
 
 class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
@@ -152,10 +161,25 @@ class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
 
 
 class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
-    """A chat line.  ``action`` is true for ``/me`` lines."""
+    """A chat line.
+
+    Attributes:
+        text: the line, at most :data:`MAX_TEXT_CHARS` code points.
+        action: true for ``/me`` lines.
+        line: the line's number among the lines its origin wrote in this
+            room, counting up from 1 (across restarts); 0 = not numbered.
+            Per origin these numbers form a version vector: a gap is a line
+            to fetch.
+        hlc: hybrid logical clock at the origin when it wrote the line, in
+            microseconds since the Unix epoch (never below any clock value
+            the origin had seen); 0 = none.  A room's lines are ordered by
+            ``(hlc, origin, line)``, the same on every node.
+    """
 
     text: Text
     action: bool = False
+    line: LineNo = 0
+    hlc: Hlc = 0
 
 
 class Join(Flooded, tag="join", frozen=True, kw_only=True):
@@ -192,10 +216,76 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     port: Port = 0
 
 
+class Have(msgspec.Struct, array_like=True, frozen=True):
+    """One origin's entry in a ``sync``, sent as ``[origin, lo, hi, hi_hlc]``:
+    the sender holds that origin's lines ``lo..hi`` (every one of them) in
+    the room, and line ``hi`` has clock ``hi_hlc``.  It may hold later ones
+    too, after a gap."""
+
+    origin: NodeId
+    lo: LineNo
+    hi: LineNo
+    hi_hlc: Hlc
+
+
+class Sync(msgspec.Struct, tag_field="type", tag="sync", frozen=True):
+    """Anti-entropy (feature ``history``): what the sender holds of the room.
+
+    The receiver answers with ``lines`` frames carrying the lines of the
+    room, within its window, with ``hlc >= since``, that the sender may lack:
+    of an origin not in ``have``, or numbered below ``lo`` or above ``hi``.
+
+    Attributes:
+        room: the room (must be the link's room).
+        since: the oldest clock value the sender wants (its window's floor).
+        have: at most :data:`MAX_SYNC_ORIGINS` entries, most recent first;
+            an origin left out is one the sender has nothing of.
+    """
+
+    room: Room
+    since: Hlc
+    have: Annotated[list[Have], msgspec.Meta(max_length=MAX_SYNC_ORIGINS)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class Lines(msgspec.Struct, tag_field="type", tag="lines", frozen=True):
+    """Catch-up (feature ``history``): a batch of chat lines, oldest first,
+    sent unchanged as their origins made them.  The receiver applies them
+    and answers ``ack`` with the same ``batch``; the sender keeps at most
+    two batches unacknowledged, so live frames on the link never wait
+    behind more than two batches."""
+
+    batch: BatchNo
+    lines: Annotated[list[Chat], msgspec.Meta(min_length=1, max_length=MAX_BATCH_LINES)]
+
+
+class Ack(msgspec.Struct, tag_field="type", tag="ack", frozen=True):
+    """Catch-up flow control: the ``lines`` frame ``batch`` was applied."""
+
+    batch: BatchNo
+
+
 LinkMessage = Hello | Refuse | Keepalive
 TreeMessage = IHave | Graft | Prune
+HistoryMessage = Sync | Lines | Ack
 FloodMessage = Chat | Join | Leave | Nick | Presence
-Message = Hello | Refuse | Keepalive | IHave | Graft | Prune | Chat | Join | Leave | Nick | Presence
+Message = (
+    Hello
+    | Refuse
+    | Keepalive
+    | IHave
+    | Graft
+    | Prune
+    | Sync
+    | Lines
+    | Ack
+    | Chat
+    | Join
+    | Leave
+    | Nick
+    | Presence
+)
 
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
 _encoder = msgspec.json.Encoder()
@@ -265,6 +355,11 @@ def _validate(msg: Message) -> None:
             _check_label(msg.old, "old name")
         elif isinstance(msg, Leave) and has_control_chars(msg.reason):
             raise RemoteProtocolError("leave reason contains control characters")
+    elif isinstance(msg, Sync):
+        _check_label(msg.room, "room")
+    elif isinstance(msg, Lines):
+        for line in msg.lines:
+            _validate(line)
     elif isinstance(msg, Refuse) and (has_control_chars(msg.reason) or has_control_chars(msg.code)):
         raise RemoteProtocolError("refuse reason contains control characters")
 
@@ -398,6 +493,9 @@ MessageKind = Literal[
     "ihave",
     "graft",
     "prune",
+    "sync",
+    "lines",
+    "ack",
     "chat",
     "join",
     "leave",
