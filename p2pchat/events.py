@@ -183,6 +183,9 @@ class Stats(Event):
         queue_drops: links dropped because their send queue was full.
         links: links up now; members: members in the room, us included;
         seen_cache: ids in the seen-cache.
+        stored_lines: lines of the room in the store (the history window).
+        catchup_in, catchup_out: lines received and sent by catch-up
+            (anti-entropy), new ones only for ``catchup_in``.
     """
 
     kind: ClassVar[str] = "stats"
@@ -199,3 +202,6 @@ class Stats(Event):
     links: int
     members: int
     seen_cache: int
+    stored_lines: int = 0
+    catchup_in: int = 0
+    catchup_out: int = 0
