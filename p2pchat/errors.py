@@ -69,3 +69,9 @@ class StartupError(LocalError):
 
 class LineTooLong(LocalError):
     """A chat line is longer than ``wire.MAX_TEXT_CHARS``; nothing was sent."""
+
+
+class StoreError(StartupError):
+    """The data directory cannot be used: another p2pchat is using it, its
+    database is not a p2pchat database, was made by a newer p2pchat, or is
+    damaged.  The message says which, and what to do; nothing was changed."""

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pchat import flood, wire
+from p2pchat import flood, history, wire
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
 from p2pchat.errors import (
     LineTooLong,
@@ -61,6 +61,7 @@ from p2pchat.events import (
     Stats,
 )
 from p2pchat.roster import Roster
+from p2pchat.store import Store
 from p2pchat.transport import Link, LinkConfig, Listener, PortInUse, dial
 from p2pchat.tree import DEFAULT_IHAVE_DELAY_S, TreeState
 
@@ -70,6 +71,24 @@ DEFAULT_PORT = 7420
 """TCP port a node listens on unless told otherwise."""
 
 DEFAULT_ROOM = "lobby"
+
+SYNC_INTERVAL_S = 30.0
+"""How often a link repeats its anti-entropy ``sync`` when nothing asks sooner."""
+
+SYNC_DEBOUNCE_S = 1.0
+"""Least time between two ``sync`` frames on one link."""
+
+PRUNE_INTERVAL_S = 10.0
+"""How often the store drops lines that fell out of the history window."""
+
+
+@dataclass
+class _LinkHistory:
+    """Anti-entropy state of one link (feature ``history`` on both ends)."""
+
+    push: history.Push = field(default_factory=history.Push)
+    sync_sent_at: float = float("-inf")  # monotonic
+    want_sync: bool = False
 
 
 @dataclass
@@ -275,7 +294,22 @@ class Node:
         check_label(config.name, "name", wire.MAX_NAME_CHARS)
         check_label(config.room, "room", wire.MAX_ROOM_CHARS)
         self.config = config
-        self.node_id = wire.new_node_id()
+        if config.broadcast not in ("flood", "tree"):
+            raise UsageError(f"broadcast must be 'flood' or 'tree', not {config.broadcast!r}")
+        if config.history_max_lines < 1 or config.history_max_age_s <= 0:
+            raise UsageError("the history window must hold at least one line and one second")
+        # Opened last among the checks: it takes the data directory's lock.
+        self._store = Store.open(
+            config.data_dir, config.history_max_age_s, config.history_max_lines
+        )
+        self.node_id = self._store.node_id
+        self._clock = history.HybridClock(self._store.last_hlc)
+        self._own_line_lock = threading.Lock()
+        self._hist: dict[Link, _LinkHistory] = {}
+        self._summary_cache: tuple[int, list[wire.Have]] | None = None
+        self._store_version = 0  # bumped on every line stored
+        self._inserts_since_prune = 0
+        self._next_prune = 0.0
         self._name = config.name
         self._discovery = discovery
         self._on_event = on_event or (lambda ev: None)
@@ -284,7 +318,6 @@ class Node:
         self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
         self._roster = Roster(self.node_id, config.name, config.member_timeout_s)
         self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
-        self._seq = 0
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
         self._all_links: set[Link] = set()
         self._dialers: dict[str, _Dialer] = {}
@@ -297,13 +330,20 @@ class Node:
         self._link_buckets: dict[Link, flood.TokenBucket] = {}
         self._origin_buckets: OrderedDict[str, flood.TokenBucket] = OrderedDict()
         self._member_addrs: OrderedDict[str, tuple[list[str], int]] = OrderedDict()
-        if config.broadcast not in ("flood", "tree"):
-            raise UsageError(f"broadcast must be 'flood' or 'tree', not {config.broadcast!r}")
         self._tree: TreeState[Link] | None = TreeState() if config.broadcast == "tree" else None
         self._router_woken = False
         self._addrs: list[str] = []
         self._counts: dict[str, int] = dict.fromkeys(
-            ("frames_in", "frames_out", "bytes_in", "bytes_out", "duplicates_dropped"), 0
+            (
+                "frames_in",
+                "frames_out",
+                "bytes_in",
+                "bytes_out",
+                "duplicates_dropped",
+                "catchup_in",
+                "catchup_out",
+            ),
+            0,
         )
         self._queue_drops = 0
         self._frames_refused: dict[str, int] = {}
@@ -396,12 +436,24 @@ class Node:
         except UnicodeEncodeError:
             raise UsageError("the line is not valid Unicode text") from None
         self._wait_own_token()
-        if self._closed:
-            raise UsageError("the node is closed")
-        with self._lock:
-            msg = wire.Chat(text=text, action=action, **self._envelope_locked())
-            ev = self._message_event(msg, self_=True)
-            self._handle_now(("local", msg))
+        with self._own_line_lock:  # own lines are numbered, stored and sent in order
+            with self._lock:
+                if self._closed:
+                    raise UsageError("the node is closed")
+                msg = wire.Chat(
+                    text=text,
+                    action=action,
+                    line=self._store.next_line(self.room),
+                    hlc=self._clock.now(),
+                    **self._envelope_locked(),
+                )
+            # Durable before it counts as sent (the store commits with fsync);
+            # outside the state lock so that links keep flowing meanwhile.
+            self._store.add_own(msg)
+            with self._lock:
+                self._store_version += 1
+                ev = self._message_event(msg, self_=True)
+                self._handle_now(("local", msg))
         return ev
 
     def _wait_own_token(self) -> None:
@@ -446,6 +498,9 @@ class Node:
                 links=len(self._links),
                 members=len(self._roster),
                 seen_cache=len(self._seen),
+                stored_lines=self._store.count(self.room),
+                catchup_in=counts["catchup_in"],
+                catchup_out=counts["catchup_out"],
             )
 
     def set_name(self, name: str) -> None:
@@ -484,7 +539,11 @@ class Node:
         """
         if n < 1:
             raise UsageError("the number of lines must be at least 1")
-        return []
+        with self._lock:
+            lines = self._store.recent(self.room, min(n, self.config.history_max_lines))
+            return [
+                self._message_event(m, self_=m.origin == self.node_id, history=True) for m in lines
+            ]
 
     def has_link(self, node_id: str) -> bool:
         """True if a link to ``node_id`` is up."""
@@ -573,6 +632,8 @@ class Node:
             with contextlib.suppress(queue.Full):
                 self._inbox.put_nowait(("stop",))
             self._router.join(5.0)
+        with self._lock:
+            self._store.close()
 
     # -- listening and links ------------------------------------------------------
 
@@ -614,7 +675,7 @@ class Node:
             name=self._name,
             room=self.room,
             port=self.port,
-            features=["tree"] if self._tree is not None else [],
+            features=["history", "tree"] if self._tree is not None else ["history"],
         )
 
     def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
@@ -832,11 +893,10 @@ class Node:
                 self._emit(events)
 
     def _envelope_locked(self) -> dict[str, Any]:
-        self._seq += 1
         return {
             "id": wire.new_message_id(),
             "origin": self.node_id,
-            "seq": self._seq,
+            "seq": self._store.next_seq(),
             "name": self._name,
             "room": self.room,
             "ts": wire.now_ts(),
@@ -853,6 +913,8 @@ class Node:
         if kind == "msg":
             if isinstance(item[2], wire.IHave | wire.Graft | wire.Prune):
                 self._on_tree(item[1], item[2])
+            elif isinstance(item[2], wire.Sync | wire.Lines | wire.Ack):
+                self._on_history(item[1], item[2], events)
             else:
                 self._on_flooded(item[1], item[2], events)
         elif kind == "local":
@@ -866,6 +928,7 @@ class Node:
                 self._account_closed(link)
             if self._tree is not None:
                 self._tree.link_down(link)
+            self._hist.pop(link, None)
             if link.peer is not None and self._links.get(link.peer.node) is link:
                 del self._links[link.peer.node]
                 reason = "this node left" if self._closed else item[2]
@@ -917,9 +980,11 @@ class Node:
             existing.retire()
             self._links[pid] = link
             self._tree_link_up(link, existing)
+            self._history_link_up(link, existing)
             return
         self._links[pid] = link
         self._tree_link_up(link, None)
+        self._history_link_up(link, None)
         events.append(PeerUp(peer=pid, address=link.address, name=link.peer.name))
         if not self._joined:
             self._joined = True
@@ -995,6 +1060,12 @@ class Node:
             # Our own id from elsewhere: forged, or a stale copy.  Drop it.
             self._seen.add(msg.id, now)
             return
+        if isinstance(msg, wire.Chat) and self._store.has(msg.id):
+            # Older than the seen-cache, but we hold it (catch-up, or before
+            # a restart): a line is shown once, ever.
+            self._seen.add(msg.id, now)
+            self._counts["duplicates_dropped"] += 1
+            return
         ob = self._origin_buckets.get(msg.origin)
         if ob is None:
             burst = 2 * cfg.origin_burst
@@ -1015,6 +1086,8 @@ class Node:
             while len(self._member_addrs) > 4096:
                 self._member_addrs.popitem(last=False)
         self._forward(msg, link, events)
+        if isinstance(msg, wire.Chat) and msg.line > 1:
+            self._check_gap(link, msg)
 
     def _count_limited(self, kind: str, who: str) -> None:
         n = self._rate_limited.get(kind, 0) + 1
@@ -1089,9 +1162,11 @@ class Node:
             if isinstance(msg, wire.Join):
                 self._presence_soon(now)  # so the newcomer learns of us
         if isinstance(msg, wire.Chat):
+            self._clock.observe(msg.hlc)
+            self._store_line(msg)
             events.append(self._message_event(msg, self_=False))
 
-    def _message_event(self, msg: wire.Chat, self_: bool) -> MessageEvent:
+    def _message_event(self, msg: wire.Chat, self_: bool, history: bool = False) -> MessageEvent:
         return MessageEvent(
             id=msg.id,
             origin=msg.origin,
@@ -1102,10 +1177,14 @@ class Node:
             seq=msg.seq,
             action=msg.action,
             display=self._roster.display(msg.origin, msg.name),
+            history=history,
+            hlc=msg.hlc,
+            line=msg.line,
         )
 
     def _tick(self, now: float, events: list[Event]) -> None:
         self._seen.expire(now)
+        self._history_timers(now)
         for member in self._roster.expire(now):
             self._relink(member.node)
             events.append(
@@ -1116,3 +1195,128 @@ class Node:
                     display=self._roster.display(member.node, member.name),
                 )
             )
+
+    # -- history: store and anti-entropy (lock held) ------------------------------------
+
+    def _store_line(self, msg: wire.Chat) -> bool:
+        """Keep a received line; True if it was new to the store."""
+        if not self._store.add(msg):
+            return False
+        self._store_version += 1
+        self._inserts_since_prune += 1
+        if self._inserts_since_prune > max(100, self.config.history_max_lines // 10):
+            self._next_prune = 0.0  # prune at the next tick: bounded under any load
+        return True
+
+    def _summary(self) -> list[wire.Have]:
+        """Our version vector of the room, cached until the store changes."""
+        cached = self._summary_cache
+        if cached is not None and cached[0] == self._store_version:
+            return cached[1]
+        have = self._store.summary(self.room)
+        self._summary_cache = (self._store_version, have)
+        return have
+
+    def _history_link_up(self, link: Link, replaced: Link | None) -> None:
+        if replaced is not None:
+            self._hist.pop(replaced, None)
+        if link.peer is None or "history" not in link.peer.features:
+            return
+        state = self._hist[link] = _LinkHistory()
+        self._send_sync(link, state, time.monotonic())
+
+    def _send_sync(self, link: Link, state: _LinkHistory, now: float) -> None:
+        state.sync_sent_at = now
+        state.want_sync = False
+        sync = wire.Sync(
+            room=self.room, since=self._store.floor(self.room, time.time()), have=self._summary()
+        )
+        link.send(wire.encode_frame(sync))
+
+    def _want_sync(self, link: Link) -> None:
+        """Ask ``link`` for what we lack: now, or at the first tick the
+        debounce allows."""
+        state = self._hist.get(link)
+        if state is None:
+            return
+        now = time.monotonic()
+        if now - state.sync_sent_at >= SYNC_DEBOUNCE_S:
+            self._send_sync(link, state, now)
+        else:
+            state.want_sync = True
+
+    def _history_timers(self, now: float) -> None:
+        """Router tick: commit received lines, prune, and the due syncs."""
+        self._store.flush()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL_S
+            self._inserts_since_prune = 0
+            if self._store.prune(time.time()):
+                self._store_version += 1
+        for link, state in list(self._hist.items()):
+            since = now - state.sync_sent_at
+            if (state.want_sync and since >= SYNC_DEBOUNCE_S) or since >= SYNC_INTERVAL_S:
+                self._send_sync(link, state, now)
+
+    def _check_gap(self, link: Link, msg: wire.Chat) -> None:
+        """A live line whose predecessor we lack: fetch it, don't wait."""
+        if not self._store.has_line(self.room, msg.origin, msg.line - 1):
+            self._want_sync(link)
+
+    def _on_history(self, link: Link, msg: wire.HistoryMessage, events: list[Event]) -> None:
+        """A ``sync``, ``lines`` or ``ack`` frame (feature ``history``)."""
+        state = self._hist.get(link)
+        if state is None:
+            log.info("ignored %s from %s: history not agreed", wire.kind(msg), link.address)
+            return
+        if isinstance(msg, wire.Sync):
+            if msg.room != self.room:
+                self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
+                return
+            floor = self._store.floor(self.room, time.time())
+            have = {h.origin: (h.lo, h.hi) for h in msg.have}
+            ids = self._store.missing(
+                self.room, have, max(msg.since, floor), self.config.history_max_lines
+            )
+            state.push.reset(ids)
+            self._pump(link, state)
+            if history.behind(self._summary(), msg.have, floor):
+                self._want_sync(link)
+        elif isinstance(msg, wire.Ack):
+            if state.push.acked(msg.batch):
+                self._pump(link, state)
+            else:
+                log.info("ignored ack of batch %d from %s: not in flight", msg.batch, link.address)
+        else:
+            if self._apply_lines(msg.lines, events):
+                for other in self._hist:
+                    if other is not link:
+                        self._want_sync(other)
+            link.send(wire.encode_frame(wire.Ack(batch=msg.batch)))
+
+    def _pump(self, link: Link, state: _LinkHistory) -> None:
+        for batch in state.push.batches(self._store.get):
+            self._counts["catchup_out"] += len(batch.lines)
+            link.send(wire.encode_frame(batch))
+
+    def _apply_lines(self, lines: list[wire.Chat], events: list[Event]) -> bool:
+        """Take catch-up lines; report the new ones as earlier lines.
+        Returns True if any was new."""
+        now = time.monotonic()
+        wall = time.time()
+        news = False
+        for msg in lines:
+            if msg.room != self.room:
+                self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
+                continue
+            if msg.origin == self.node_id or msg.line < 1 or msg.id in self._seen:
+                continue
+            if not self._store.in_window(self.room, msg.hlc, wall):
+                continue  # too old for our window: neither kept nor shown
+            self._clock.observe(msg.hlc)
+            if self._store_line(msg):
+                self._seen.add(msg.id, now)
+                self._counts["catchup_in"] += 1
+                news = True
+                events.append(self._message_event(msg, self_=False, history=True))
+        return news

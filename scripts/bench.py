@@ -378,7 +378,9 @@ def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "floo
         """A node that counts the chat frames it receives (before the dedup)."""
 
         def on_message(
-            self, link: transport.Link, msg: wire.FloodMessage | wire.TreeMessage
+            self,
+            link: transport.Link,
+            msg: wire.FloodMessage | wire.TreeMessage | wire.HistoryMessage,
         ) -> None:
             if isinstance(msg, wire.Chat):
                 chat_in.add()

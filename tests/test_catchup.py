@@ -1,0 +1,313 @@
+"""History and anti-entropy between in-process nodes: the late joiner, the
+healed partition, the restart, the gap, the window.  What a user would see:
+every line once, in one order, on every node."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FAST_LINK, LOOPBACK, Cluster, RawPeer, Recorder, wait_for
+
+from p2pchat import wire
+from p2pchat.errors import StoreError
+from p2pchat.node import Node
+
+
+class Cable:
+    """A TCP relay on 127.0.0.1 in front of a node's port, that a test can
+    cut (every connection through it closes, new ones are closed at once)
+    and mend: a network link between two parts of the mesh."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = (LOOPBACK, target_port)
+        self.server = socket.create_server((LOOPBACK, 0))
+        self.server.settimeout(0.1)
+        self.port: int = self.server.getsockname()[1]
+        self.cut_off = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._accept = threading.Thread(target=self._run, name="test-cable", daemon=True)
+        self._accept.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.cut_off:
+                conn.close()
+                continue
+            try:
+                out = socket.create_connection(self.target, timeout=2.0)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._socks += [conn, out]
+                for a, b in ((conn, out), (out, conn)):
+                    t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                    self._threads.append(t)
+                    t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.cut_off = True
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def mend(self) -> None:
+        self.cut_off = False
+
+    def close(self) -> None:
+        self.cut()
+        self._stop.set()
+        self.server.close()
+        self._accept.join(2.0)
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(2.0)
+
+
+@pytest.fixture
+def cable_factory() -> Iterator[list[Cable]]:
+    cables: list[Cable] = []
+    yield cables
+    for c in cables:
+        c.close()
+
+
+def history_texts(node: Node, n: int = 1000) -> list[str]:
+    return [m.text for m in node.history(n)]
+
+
+def shown(rec: Recorder) -> Counter[str]:
+    """How many times each line was shown to the user of a node."""
+    return Counter(m.text for m in rec.messages())
+
+
+def test_a_late_joiner_sees_the_last_lines_once_and_in_order(cluster: Cluster) -> None:
+    a = cluster.add("alice", link=FAST_LINK)
+    b = cluster.add("bob", peers=[a], link=FAST_LINK)
+    wait_for(lambda: a.has_link(b.node_id), 10, "alice and bob to link")
+    said = [f"line {i}" for i in range(60)]
+    for text in said:
+        a.send(text)
+    wait_for(lambda: len(cluster.recorders[1].messages()) == 60, 10, "bob to get 60 lines")
+
+    c = cluster.add("carol", peers=[b], link=FAST_LINK)
+    rec_c = cluster.recorders[2]
+    wait_for(lambda: len(rec_c.messages()) >= 60, 15, "carol to catch up")
+
+    got = rec_c.messages()
+    assert all(m.history for m in got), "lines from before carol came are marked as earlier"
+    assert [m.text for m in got] == said  # oldest first, once each
+    assert history_texts(c, 50) == said[-50:] == history_texts(a, 50) == history_texts(b, 50)
+    # Live lines after the catch-up are not marked as history.
+    a.send("welcome, carol")
+    wait_for(lambda: "welcome, carol" in rec_c.texts(), 10, "carol to get a live line")
+    assert not rec_c.messages()[-1].history
+    assert c.stats().catchup_in == 60
+
+
+def test_a_healed_partition_leaves_every_node_with_every_line_once(
+    cluster: Cluster, cable_factory: list[Cable]
+) -> None:
+    a = cluster.add("a", link=FAST_LINK)
+    b = cluster.add("b", peers=[a], link=FAST_LINK)
+    c = cluster.add("c", link=FAST_LINK)
+    d = cluster.add("d", peers=[c], link=FAST_LINK)
+    cable = Cable(c.port)
+    cable_factory.append(cable)
+    b.add_peer(LOOPBACK, cable.port)
+    cluster.wait_all_know_each_other()
+    a.send("before the split")
+    wait_for(
+        lambda: all("before the split" in r.texts() for r in cluster.recorders),
+        10,
+        "the first line everywhere",
+    )
+
+    cable.cut()
+    wait_for(lambda: not b.has_link(c.node_id), 10, "the split")
+    west = [f"west {i}" for i in range(5)]
+    east = [f"east {i}" for i in range(5)]
+    for w, e in zip(west, east, strict=True):
+        a.send(w)
+        d.send(e)
+    wait_for(
+        lambda: (
+            all(set(west) <= set(r.texts()) for r in cluster.recorders[:2])
+            and all(set(east) <= set(r.texts()) for r in cluster.recorders[2:])
+        ),
+        10,
+        "each side to chat",
+    )
+    assert not set(east) & set(cluster.recorders[0].texts())
+
+    cable.mend()
+    everything = {"before the split", *west, *east}
+    wait_for(
+        lambda: all(everything <= set(r.texts()) for r in cluster.recorders),
+        20,
+        "every line on every node after healing",
+    )
+    for rec in cluster.recorders:
+        assert max(shown(rec).values()) == 1, "no line is shown twice"
+    # a and d never linked to the other side: what they missed came hop by hop.
+    assert {m.text for m in cluster.recorders[0].messages() if m.history} == set(east)
+    assert {m.text for m in cluster.recorders[3].messages() if m.history} == set(west)
+    orders = [history_texts(n) for n in (a, b, c, d)]
+    assert all(o == orders[0] for o in orders)
+    assert sorted(orders[0]) == sorted(everything)
+
+
+def test_a_restarted_node_gets_what_it_missed_once(cluster: Cluster, tmp_path: Path) -> None:
+    data = str(tmp_path / "bob")
+    a = cluster.add("alice", link=FAST_LINK)
+    b = cluster.add("bob", peers=[a], link=FAST_LINK, data_dir=data)
+    wait_for(lambda: a.has_link(b.node_id), 10, "the link")
+    a.send("before")
+    b.send("mine, before")
+    wait_for(lambda: "before" in cluster.recorders[1].texts(), 10, "bob to get a line")
+    bob_id = b.node_id
+    b.close()
+
+    missed = [f"while bob was away {i}" for i in range(3)]
+    for text in missed:
+        a.send(text)
+
+    b2 = cluster.add("bob", peers=[a], link=FAST_LINK, data_dir=data)
+    rec = cluster.recorders[-1]
+    assert b2.node_id == bob_id, "the node id survives a restart"
+    wait_for(lambda: set(missed) <= set(rec.texts()), 15, "bob to catch up")
+    b2.send("mine, after")
+    wait_for(lambda: "mine, after" in cluster.recorders[0].texts(), 10, "alice to get bob's line")
+    assert [m.text for m in rec.messages() if m.history] == missed
+    assert "before" not in rec.texts(), "what bob saw before is not shown again"
+    assert history_texts(b2) == history_texts(a)
+    assert history_texts(a) == ["before", "mine, before", *missed, "mine, after"]
+    assert shown(cluster.recorders[0])["mine, after"] == 1
+
+
+def test_two_nodes_cannot_share_a_data_directory(cluster: Cluster, tmp_path: Path) -> None:
+    data = str(tmp_path / "shared")
+    cluster.add("one", data_dir=data)
+    with pytest.raises(StoreError, match="in use"):
+        cluster.add("two", data_dir=data)
+
+
+def test_the_window_bounds_what_is_kept_and_sent(cluster: Cluster) -> None:
+    a = cluster.add("alice", link=FAST_LINK, history_max_lines=20)
+    b = cluster.add("bob", peers=[a], link=FAST_LINK)
+    wait_for(lambda: a.has_link(b.node_id), 10, "the link")
+    said = [f"line {i}" for i in range(50)]
+    for text in said:
+        a.send(text)
+    wait_for(lambda: len(cluster.recorders[1].messages()) == 50, 10, "bob to get them live")
+    wait_for(lambda: a.stats().stored_lines <= 20, 15, "alice to drop what is beyond her window")
+    assert history_texts(a) == said[-20:]
+    cluster.add("carol", peers=[a], link=FAST_LINK)
+    wait_for(lambda: len(cluster.recorders[-1].messages()) >= 20, 10, "carol to catch up")
+    assert [m.text for m in cluster.recorders[-1].messages()] == said[-20:]
+
+
+def test_a_gap_in_an_origins_lines_is_fetched_at_once(cluster: Cluster) -> None:
+    node = cluster.add("alice", link=FAST_LINK)
+    peer = RawPeer(node.port)
+    try:
+        hello = wire.Hello(
+            version=wire.PROTOCOL_VERSION,
+            node=peer.node_id,
+            name="raw",
+            room=cluster.room,
+            port=0,
+            features=["history"],
+        )
+        peer.send(wire.encode_frame(hello))
+        assert read_frames(peer, 1, kind=wire.Sync), "a sync when the link comes up"
+        # Line 3 of ours arrives live; lines 1 and 2 never did.
+        line3 = peer.message(wire.Chat, cluster.room, text="third", line=3, hlc=wire_hlc())
+        assert isinstance(line3, wire.Chat)
+        peer.send(wire.encode_frame(line3))
+        (sync,) = read_frames(peer, 1, timeout_s=3.0, kind=wire.Sync)
+        assert isinstance(sync, wire.Sync), "the node asks for the missing lines within seconds"
+        have = {h.origin: (h.lo, h.hi) for h in sync.have}
+        assert have[peer.node_id] == (3, 3)
+        # Answer with lines 1 and 2: they are shown as earlier lines, in order.
+        lines = [
+            peer.message(wire.Chat, cluster.room, text=t, line=n, hlc=line3.hlc - 10 + n)
+            for n, t in ((1, "first"), (2, "second"))
+        ]
+        peer.send(wire.encode_frame(wire.Lines(batch=1, lines=lines)))  # type: ignore[arg-type]
+        assert read_frames(peer, 1, timeout_s=3.0, kind=wire.Ack) == [wire.Ack(batch=1)]
+        assert history_texts(node) == ["first", "second", "third"]
+        rec = cluster.recorders[0]
+        assert [(m.text, m.history) for m in rec.messages()] == [
+            ("third", False),
+            ("first", True),
+            ("second", True),
+        ]
+    finally:
+        peer.close()
+
+
+def wire_hlc() -> int:
+    return int(wire.now_ts() * 1e6)
+
+
+def read_frames(
+    peer: RawPeer, n: int, timeout_s: float = 5.0, kind: type | None = None
+) -> list[wire.Message]:
+    """Read until ``n`` frames (of ``kind``, if given; keepalives skipped) came."""
+    out: list[wire.Message] = []
+    deadline = time.monotonic() + timeout_s
+    peer.sock.settimeout(0.1)
+    while len(out) < n:
+        if time.monotonic() > deadline:
+            pytest.fail(f"got {out} within {timeout_s} s, wanted {n} frames")
+        try:
+            data = peer.sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not data:
+            pytest.fail(f"the node closed the link; got {out}")
+        for msg in peer.decoder.feed(data):
+            if isinstance(msg, wire.Keepalive):
+                continue
+            if kind is None or isinstance(msg, kind):
+                out.append(msg)
+    return out
