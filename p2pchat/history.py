@@ -30,6 +30,11 @@ MAX_IN_FLIGHT = 2
 MAX_BATCH_BYTES = 48_000
 """Most bytes of chat lines in one ``lines`` frame (its limit is 65,536)."""
 
+BATCH_LINES = 64
+"""Most lines the reference sends in one ``lines`` frame (the wire allows
+256).  A live line that arrives behind a batch waits for the receiver to
+apply it: smaller batches keep that wait short (see docs/performance.md)."""
+
 DEFAULT_MAX_DRIFT_S = 60.0
 """How far ahead of our wall clock a received clock value may pull ours."""
 
@@ -106,12 +111,18 @@ class Push:
 
     Not thread-safe: the node calls it under its state lock.
 
+    Args:
+        batch_lines: most lines per ``lines`` frame.
+
     Use: :meth:`reset` with the ids the store says the peer may lack, then
     :meth:`batches` to get the ``lines`` frames that may go out now, and
     :meth:`acked` when the peer acknowledges one (then :meth:`batches` again).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, batch_lines: int = BATCH_LINES) -> None:
+        if not 1 <= batch_lines <= wire.MAX_BATCH_LINES:
+            raise ValueError(f"batch_lines must be 1..{wire.MAX_BATCH_LINES}")
+        self.batch_lines = batch_lines
         self._pending: deque[str] = deque()
         self._in_flight: set[int] = set()
         self._next_batch = 1
@@ -143,7 +154,7 @@ class Push:
     def batches(self, fetch: Callable[[Sequence[str]], list[wire.Chat]]) -> list[wire.Lines]:
         """The batches that may be sent now (keeping at most
         :data:`MAX_IN_FLIGHT` in flight), each at most
-        :data:`wire.MAX_BATCH_LINES` lines and :data:`MAX_BATCH_BYTES` bytes.
+        ``batch_lines`` lines and :data:`MAX_BATCH_BYTES` bytes.
 
         Args:
             fetch: gets lines by id, in the order given, skipping ids no
@@ -151,7 +162,7 @@ class Push:
         """
         out: list[wire.Lines] = []
         while self._pending and len(self._in_flight) < MAX_IN_FLIGHT:
-            count = min(len(self._pending), wire.MAX_BATCH_LINES)
+            count = min(len(self._pending), self.batch_lines)
             fetched = fetch([self._pending.popleft() for _ in range(count)])
             lines: list[wire.Chat] = []
             size = 0

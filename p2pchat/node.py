@@ -1303,7 +1303,7 @@ class Node:
         """Take catch-up lines; report the new ones as earlier lines.
         Returns True if any was new."""
         now = time.monotonic()
-        wall = time.time()
+        floor = self._store.floor(self.room, time.time())  # once per batch: it scans
         news = False
         for msg in lines:
             if msg.room != self.room:
@@ -1311,7 +1311,7 @@ class Node:
                 continue
             if msg.origin == self.node_id or msg.line < 1 or msg.id in self._seen:
                 continue
-            if not self._store.in_window(self.room, msg.hlc, wall):
+            if msg.hlc < floor:
                 continue  # too old for our window: neither kept nor shown
             self._clock.observe(msg.hlc)
             if self._store_line(msg):
