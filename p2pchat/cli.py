@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Any, NoReturn
@@ -73,13 +73,17 @@ PROG = "p2pchat"
 DEFAULT_ROOM = "lobby"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-COMMANDS = ("/who", "/peers", "/stats", "/nick", "/me", "/help", "/quit")
+COMMANDS = ("/who", "/peers", "/stats", "/history", "/nick", "/me", "/help", "/quit")
+
+DEFAULT_HISTORY_SHOWN = 20
+"""Lines ``/history`` shows when no number is given."""
 
 HELP_TEXT = """\
 commands:
   /who         who is in the room (* = linked to you directly)
   /peers       your direct links: name, address, in/out, uptime
   /stats       counters: frames and bytes, duplicates, refusals, rate limits
+  /history [N] the room's last N lines (default 20), in the order every node shows
   /nick NEW    change your name
   /me ACTION   an action line, shown as "* you ACTION"
   /help        this text
@@ -93,14 +97,20 @@ With stdin not a terminal (a pipe, a file) it is scripted: each stdin line is
 a chat line or a command, events go to stdout one per line (UTF-8), as text or
 with --json as one JSON object each; end of input leaves the room.
 
+History: each node keeps its rooms' recent lines (--history-days,
+--history-lines) in --data-dir and, on every link that comes up, trades with
+its peer the lines the other lacks.  Lines you missed while away or split off
+arrive marked "(earlier HH:MM)"; /history shows them in their place.
+
 exit status: 0 after leaving the room, 1 when the node cannot start (port
-taken, address not on this machine, mDNS failure) or on an unexpected error,
-2 for bad usage.
+taken, address not on this machine, data directory in use or unreadable,
+mDNS failure) or on an unexpected error, 2 for bad usage.
 
 examples:
   p2pchat --name alice
   p2pchat --name bob --room dev --peer 192.168.1.20
-  printf 'hello\\n/who\\n' | p2pchat --name bot --json --port 0
+  p2pchat --name carol --data-dir ~/.p2pchat-carol   (a second node on one machine)
+  printf 'hello\\n/who\\n' | p2pchat --name bot --json --port 0 --ephemeral
 """
 
 _SERVICE_TYPE_RE = re.compile(r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$")
@@ -161,6 +171,9 @@ class Options:
         log_level: logging level name for diagnostics.
         log_file: write diagnostics to this file instead of stderr.
         broadcast: ``"flood"`` or ``"tree"`` (see ``NodeConfig.broadcast``).
+        data_dir: the node's data directory; None with ``--ephemeral``.
+        history_days: the history window's age, in days.
+        history_lines: the history window's size, lines per room.
     """
 
     name: str | None
@@ -175,6 +188,9 @@ class Options:
     log_level: str
     log_file: str | None = None
     broadcast: str = "flood"
+    data_dir: str | None = None
+    history_days: float = 7.0
+    history_lines: int = 10_000
 
 
 def validate_name(value: str) -> str:
@@ -286,6 +302,44 @@ def parse_interface(text: str) -> str:
     return str(addr)
 
 
+def default_data_dir() -> str:
+    """The per-user data directory (``platformdirs``), e.g.
+    ``~/.local/share/p2pchat`` on Linux."""
+    import platformdirs
+
+    return str(platformdirs.user_data_dir("p2pchat", appauthor=False))
+
+
+def parse_days(text: str) -> float:
+    """Parse ``--history-days``: a number of days above 0, at most 36500.
+
+    Raises:
+        UsageError: not a number, or out of range.
+    """
+    try:
+        days = float(text)
+    except ValueError:
+        raise UsageError(f"history days must be a number, not {text!r}") from None
+    if not 0 < days <= 36_500:
+        raise UsageError(f"history days must be above 0 and at most 36500, not {text}")
+    return days
+
+
+def parse_history_lines(text: str) -> int:
+    """Parse ``--history-lines``: a whole number from 1 to 1,000,000.
+
+    Raises:
+        UsageError: not a whole number, or out of range.
+    """
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"history lines must be a whole number, not {text!r}") from None
+    if not 1 <= n <= 1_000_000:
+        raise UsageError(f"history lines must be 1 to 1000000, not {n}")
+    return n
+
+
 def _arg_type(func: Callable[[str], Any]) -> Callable[[str], Any]:
     """Wrap a parse function so that argparse names the option in its error."""
 
@@ -369,6 +423,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="how lines spread: flood (every link; default) or tree (a Plumtree "
         "spanning tree with announcements elsewhere; used with peers that speak it)",
     )
+    store = p.add_mutually_exclusive_group()
+    store.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="where the node keeps its identity and the rooms' history (default: "
+        f"{default_data_dir()}); each node on one machine needs its own",
+    )
+    store.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="keep nothing on disk: a new identity each run, history in memory only",
+    )
+    p.add_argument(
+        "--history-days",
+        metavar="DAYS",
+        type=_arg_type(parse_days),
+        default=7.0,
+        help="keep and trade the lines of the last DAYS days (default: %(default)g)",
+    )
+    p.add_argument(
+        "--history-lines",
+        metavar="N",
+        type=_arg_type(parse_history_lines),
+        default=10_000,
+        help="keep and trade at most the newest N lines of a room (default: %(default)s)",
+    )
     p.add_argument(
         "--service-type",
         metavar="TYPE",
@@ -430,6 +511,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         log_level=ns.log_level,
         log_file=ns.log_file,
         broadcast=ns.broadcast,
+        data_dir=None if ns.ephemeral else (ns.data_dir or default_data_dir()),
+        history_days=ns.history_days,
+        history_lines=ns.history_lines,
     )
 
 
@@ -446,6 +530,33 @@ def clean(text: str) -> str:
         ``text`` with C0/C1 control characters and DEL shown as U+FFFD.
     """
     return text.translate(_CONTROL_CHARS)
+
+
+def format_clock(ts: float) -> str:
+    """A line's time as local ``HH:MM``, or ``HH:MM dd Mon`` if not today."""
+    when = time.localtime(ts)
+    if time.strftime("%Y%m%d", when) == time.strftime("%Y%m%d"):
+        return time.strftime("%H:%M", when)
+    return time.strftime("%H:%M %d %b", when)
+
+
+def format_line(ev: MessageEvent, who: str) -> str:
+    """A chat line as shown: ``who: text`` or ``* who action``; ``who`` is
+    already cleaned."""
+    text = clean(ev.text)
+    return f"* {who} {text}" if ev.action else f"{who}: {text}"
+
+
+def format_history(room: str, lines: Sequence[MessageEvent]) -> list[str]:
+    """``/history``: a header, then each line with its time."""
+    if not lines:
+        return [f"-- no lines yet in {clean(room)}"]
+    n = len(lines)
+    out = [f"-- the last {n} line{'s' if n != 1 else ''} of {clean(room)}:"]
+    for ev in lines:
+        who = clean(ev.display or ev.name)
+        out.append(f"   {format_clock(ev.ts)}  {format_line(ev, who)}")
+    return out
 
 
 def format_duration(seconds: float) -> str:
@@ -559,9 +670,8 @@ class Renderer:
             One line (without a newline), or None for an event not shown.
         """
         if isinstance(ev, MessageEvent):
-            who = self._who(ev.origin, ev.display, ev.name)
-            text = clean(ev.text)
-            return f"* {who} {text}" if ev.action else f"{who}: {text}"
+            line = format_line(ev, self._who(ev.origin, ev.display, ev.name))
+            return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else line
         if isinstance(ev, JoinEvent):
             who = self._who(ev.origin, ev.display, ev.name)
             return f"* {who} is here" if ev.via == "presence" else f"* {who} joined"
@@ -845,6 +955,22 @@ def _send(node: Node, out: Output, text: str, action: bool) -> None:
         out.error(f"not sent: {exc}")
 
 
+def _history(node: Node, out: Output, arg: str) -> None:
+    limit = node.config.history_max_lines
+    if not arg:
+        n = DEFAULT_HISTORY_SHOWN
+    elif arg.isdigit() and int(arg) >= 1:
+        n = min(int(arg), limit)
+    else:
+        out.error(f"usage: /history [N], N a whole number from 1 to {limit}")
+        return
+    lines = node.history(n)
+    if out.json_mode:
+        out.obj("history", room=node.room, lines=[asdict(m) for m in lines])
+    else:
+        out.text(*format_history(node.room, lines))
+
+
 def _command(node: Node, out: Output, line: str) -> bool:
     parts = line[1:].split(maxsplit=1)
     cmd = parts[0].lower() if parts else ""
@@ -868,6 +994,8 @@ def _command(node: Node, out: Output, line: str) -> bool:
             out.obj("stats", **{k: v for k, v in stats.as_dict().items() if k != "event"})
         else:
             out.text(*format_stats(stats))
+    elif cmd == "history":
+        _history(node, out, arg)
     elif cmd == "peers":
         snap = node.snapshot()
         if out.json_mode:
@@ -1040,6 +1168,9 @@ def make_node(opts: Options, name: str, on_event: Callable[[Event], None]) -> No
         peers=list(opts.peers),
         port_fallback=opts.port_fallback,
         broadcast=opts.broadcast,
+        data_dir=opts.data_dir,
+        history_max_age_s=opts.history_days * 86400.0,
+        history_max_lines=opts.history_lines,
     )
     discovery = (
         MdnsDiscovery(interfaces=list(opts.interfaces) or None, service_type=opts.service_type)

@@ -13,7 +13,7 @@ threads, so nothing outlives it.
 
 Example::
 
-    node = NodeProcess.spawn([sys.executable, "-m", "p2pchat", "--name", "a",
+    node = NodeProcess.spawn([sys.executable, "-m", "p2pchat", "--ephemeral", "--name", "a",
                               "--json", "--no-mdns", "--interface", "127.0.0.1",
                               "--port", "0"], "a")
     try:

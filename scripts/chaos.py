@@ -203,7 +203,16 @@ def loopback_nodes(
     nodes: list[NodeProcess] = []
     try:
         for i, peers in enumerate(dials):
-            argv = [sys.executable, "-m", "p2pchat", "--name", names[i], "--room", room]
+            argv = [
+                sys.executable,
+                "-m",
+                "p2pchat",
+                "--ephemeral",
+                "--name",
+                names[i],
+                "--room",
+                room,
+            ]
             argv += ["--json", "--no-mdns", "--interface", HOST, "--port", "0"]
             for p in peers:
                 argv += ["--peer", f"{HOST}:{nodes[p].port}"]
@@ -588,7 +597,8 @@ def scenario_linkcut(opts: argparse.Namespace, sc: Scenario) -> None:
         nodes: list[NodeProcess] = []
         try:
             for i in range(3):
-                argv = [sys.executable, "-m", "p2pchat", "--name", f"host{i}", "--room", room]
+                argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--name", f"host{i}"]
+                argv += ["--room", room]
                 argv += ["--json", "--service-type", service_type]
                 popen = functools.partial(net.popen, i)
                 nodes.append(

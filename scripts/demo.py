@@ -66,7 +66,7 @@ def node_name(i: int) -> str:
 
 def base_command() -> list[str]:
     """How to run p2pchat: this interpreter's ``-m p2pchat`` (same install)."""
-    return [sys.executable, "-m", "p2pchat"]
+    return [sys.executable, "-m", "p2pchat", "--ephemeral"]
 
 
 def free_ports(n: int) -> list[int]:

@@ -47,6 +47,17 @@ def no_thread_left_behind() -> Iterator[None]:
     assert not extra, f"threads left running: {[t.name for t in extra]}"
 
 
+@pytest.fixture(autouse=True)
+def private_data_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test touches the real per-user data directory: ``XDG_DATA_HOME``
+    (which platformdirs reads, and child processes inherit) points at a fresh
+    temporary directory.  Several nodes at once still need ``--ephemeral`` or
+    a ``--data-dir`` each."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
 def unique_service_type() -> str:
     """A DNS-SD service type no other test run uses (label <= 15 chars)."""
     return f"_p2pt{os.urandom(4).hex()}._tcp.local."

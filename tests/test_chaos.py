@@ -108,7 +108,16 @@ def loopback_mesh(dials: list[list[int]]) -> Iterator[list[NodeProcess]]:
     nodes: list[NodeProcess] = []
     try:
         for i, peers in enumerate(dials):
-            argv = [sys.executable, "-m", "p2pchat", "--name", f"n{i}", "--room", room]
+            argv = [
+                sys.executable,
+                "-m",
+                "p2pchat",
+                "--ephemeral",
+                "--name",
+                f"n{i}",
+                "--room",
+                room,
+            ]
             argv += ["--json", "--no-mdns", "--interface", LOOPBACK, "--port", "0"]
             for p in peers:
                 argv += ["--peer", f"{LOOPBACK}:{nodes[p].port}"]
@@ -252,7 +261,8 @@ def chat_lan(n_hosts: int) -> Iterator[tuple[Lan, list[NodeProcess]]]:
         nodes: list[NodeProcess] = []
         try:
             for i in range(n_hosts):
-                argv = [sys.executable, "-m", "p2pchat", "--name", f"host{i}", "--room", room]
+                argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--name", f"host{i}"]
+                argv += ["--room", room]
                 argv += ["--json", "--service-type", service_type]
                 popen = functools.partial(net.popen, i)
                 nodes.append(
@@ -312,6 +322,23 @@ def test_link_cut_and_back() -> None:
             assert [e.get("reason") for e in n.leaves(cid)] == ["timeout"], n.describe()
         assert took <= TIMEOUT_BOUND_S, f"timeout reported {took:.1f} s after link-down"
         print(f"the cut host timed out {took:.1f} s after link-down")
+        # Both sides of the split chat on; neither hears the other.
+        alone = [f"alone on host2 {k} {secrets.token_hex(3)}" for k in range(3)]
+        together = [f"host{k % 2} meanwhile {k} {secrets.token_hex(3)}" for k in range(4)]
+        for k, text in enumerate(together):
+            others[k % 2].send_line(text)
+        for text in alone:
+            cut.send_line(text)
+        wait_until(
+            lambda: (
+                set(alone) <= set(cut.texts())
+                and all(set(together) <= set(n.texts()) for n in others)
+            ),
+            DELIVERY_DEADLINE_S,
+            "each side of the split to chat",
+            nodes,
+        )
+        assert not set(together) & set(cut.texts())
         pump_for(nodes, max(0.0, CUT_S - (time.monotonic() - down_at)))
 
         set_link(net, 2, "up")
@@ -344,3 +371,25 @@ def test_link_cut_and_back() -> None:
         pump_for(nodes, 0.5)
         assert_exactly_once(nodes, [from_cut, to_cut])
         print(f"chat resumed {resumed:.1f} s after link-up")
+
+        # After healing, every host has every line of the split, once, and
+        # what it missed came marked as earlier lines.
+        split = [*alone, *together]
+        wait_until(
+            lambda: all(set(split) <= set(n.texts()) for n in nodes),
+            RESUME_DEADLINE_S,
+            "the lines of both sides of the split everywhere",
+            nodes,
+        )
+        pump_for(nodes, 0.5)
+        assert_exactly_once(nodes, split)
+        for n in others:
+            marked = {str(e["text"]) for e in n.of("message") if e.get("history")}
+            assert marked == set(alone), n.describe()
+        assert {str(e["text"]) for e in cut.of("message") if e.get("history")} == set(together)
+        listings = []
+        for n in nodes:
+            n.send_line("/history 100")
+            listings.append([m["text"] for m in n.wait_event("history")["lines"]])
+        assert all(listing == listings[0] for listing in listings), listings
+        assert set(split) | {from_cut, to_cut} <= set(listings[0])

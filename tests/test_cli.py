@@ -315,6 +315,7 @@ class FakeNode:
         self.port = 0
         self.sent: list[tuple[str, bool]] = []
         self.closed = 0
+        self.history_asked: list[int] = []
         FakeNode.instances.append(self)
 
     @property
@@ -366,6 +367,25 @@ class FakeNode:
                 )
             ],
         )
+
+    def history(self, n: int = 20) -> list[MessageEvent]:
+        self.history_asked.append(n)
+        return [
+            MessageEvent(
+                id=f"{i:032x}",
+                origin=B_ID,
+                name="bob",
+                text=f"old {i}",
+                ts=1.0,
+                self=False,
+                seq=i,
+                history=True,
+                line=i,
+                hlc=i,
+                display="bob",
+            )
+            for i in range(1, min(n, 2) + 1)
+        ]
 
     def close(self) -> None:
         self.closed += 1
@@ -549,9 +569,9 @@ def spawn() -> Iterator[Callable[..., NodeProcess]]:
     env.pop("PYTHONWARNINGS", None)
     started: list[NodeProcess] = []
 
-    def start(*argv: str, json_mode: bool = True) -> NodeProcess:
+    def start(*argv: str, json_mode: bool = True, ephemeral: bool = True) -> NodeProcess:
         chat = NodeProcess.spawn(
-            [*PYTHON_M_P2PCHAT, *argv],
+            [*PYTHON_M_P2PCHAT, *(["--ephemeral"] if ephemeral else []), *argv],
             shlex.join(argv),
             json_mode=json_mode,
             cwd=str(REPO),
@@ -800,7 +820,7 @@ def test_interactive_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) 
                 pytest.fail(f"screen never showed {what}:\n" + "\n".join(lines))
             time.sleep(0.05)  # polling the screen, with a deadline
 
-    argv = [sys.executable, "-m", "p2pchat", "--room", room, *NO_MDNS]
+    argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--room", room, *NO_MDNS]
     command = (
         f"cd {shlex.quote(str(REPO))} && PYTHONPATH={shlex.quote(str(REPO))} "
         f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status_file))}; sleep 60"
@@ -856,3 +876,113 @@ def test_interactive_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) 
         assert not any("Traceback" in line for line in screen())
     finally:
         subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True, timeout=10)
+
+
+# -- history (issue 4) ------------------------------------------------------------------
+
+
+def test_data_dir_options(tmp_path: Path) -> None:
+    opts = cli.parse_args(["--name", "a"])
+    assert opts.data_dir == cli.default_data_dir()
+    assert opts.data_dir.startswith(os.environ["XDG_DATA_HOME"])  # conftest keeps tests out
+    assert (opts.history_days, opts.history_lines) == (7.0, 10_000)
+    assert cli.parse_args(["--name", "a", "--ephemeral"]).data_dir is None
+    opts = cli.parse_args(
+        [
+            "--name",
+            "a",
+            "--data-dir",
+            str(tmp_path),
+            "--history-days",
+            "0.5",
+            "--history-lines",
+            "50",
+        ]
+    )
+    assert (opts.data_dir, opts.history_days, opts.history_lines) == (str(tmp_path), 0.5, 50)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--ephemeral", "--data-dir", "x"], "not allowed with"),
+        (["--history-days", "0"], "above 0"),
+        (["--history-days", "soon"], "a number"),
+        (["--history-lines", "0"], "1 to 1000000"),
+        (["--history-lines", "many"], "whole number"),
+    ],
+)
+def test_bad_history_options(argv: list[str], words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        cli.parse_args(["--name", "a", *argv])
+
+
+def test_history_command_with_a_fake_node(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = "/history\n/history 2\n/history 0\n/history x\n/history 99999999\n"
+    status, node, lines, _err = _run_fake(monkeypatch, capsys, script, "--json", "--ephemeral")
+    assert status == 0
+    events = [json.loads(line) for line in lines]
+    hist = [e for e in events if e["event"] == "history"]
+    assert [len(h["lines"]) for h in hist] == [2, 2, 2]
+    assert hist[0]["lines"][0]["text"] == "old 1" and hist[0]["lines"][0]["history"] is True
+    assert node.history_asked == [20, 2, 10_000]  # capped at the window
+    errors = [e for e in events if e["event"] == "error"]
+    assert len(errors) == 2 and all("/history [N]" in e["text"] for e in errors)
+
+
+def test_history_is_shown_with_times_and_earlier_lines_are_marked() -> None:
+    ts = time.mktime((2026, 11, 24, 14, 2, 0, 0, 0, -1))
+    old = MessageEvent(
+        id="0" * 32, origin=B_ID, name="bob", text="hi", ts=ts, self=False, seq=1, history=True
+    )
+    assert cli.Renderer().render(old) == f"(earlier {cli.format_clock(ts)}) bob: hi"
+    assert cli.format_clock(ts).startswith("14:02")
+    assert cli.format_history("lobby", []) == ["-- no lines yet in lobby"]
+    shown = cli.format_history("lobby", [old, _msg("waves", action=True)])
+    assert shown[0] == "-- the last 2 lines of lobby:"
+    assert shown[1].endswith("bob: hi") and shown[2].endswith("* alice waves")
+
+
+def test_a_node_that_comes_back_sees_what_it_missed_once_in_order(
+    spawn: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    room = unique_room()
+    bob_dir = str(tmp_path / "bob")
+    alice = spawn("--name", "alice", "--room", room, "--json", *NO_MDNS)
+    port = alice.wait_event("ready")["port"]
+    bob_argv = ["--name", "bob", "--room", room, "--json", *NO_MDNS, "--data-dir", bob_dir]
+    bob_argv += ["--peer", f"{LOOPBACK}:{port}"]
+    bob = spawn(*bob_argv, ephemeral=False)
+    bob_id = bob.wait_event("ready")["node"]
+    alice.wait_event("join", origin=bob_id)
+    alice.send_line("before you left")
+    bob.wait_event("message", text="before you left")
+
+    # A second node on bob's data directory is refused, clearly.
+    twin = spawn(*bob_argv, ephemeral=False)
+    assert twin.wait() == 1
+    assert any("in use by another p2pchat" in line for line in twin.stderr), twin.stderr
+
+    bob.close_stdin()
+    _clean_exit(bob)
+    alice.wait_event("leave", origin=bob_id)
+    missed = ["while you were away 1", "while you were away 2"]
+    for text in missed:
+        alice.send_line(text)
+        alice.wait_event("message", text=text)
+
+    back = spawn(*bob_argv, ephemeral=False)
+    assert back.wait_event("ready")["node"] == bob_id  # the same identity
+    for text in missed:
+        assert back.wait_event("message", text=text)["history"] is True
+    alice.send_line("welcome back")
+    assert back.wait_event("message", text="welcome back")["history"] is False
+    back.send_line("/history 10")
+    listed = [m["text"] for m in back.wait_event("history")["lines"]]
+    assert listed == ["before you left", *missed, "welcome back"]
+    alice.send_line("/history 10")
+    assert [m["text"] for m in alice.wait_event("history")["lines"]] == listed
+    assert "before you left" not in back.texts(), "lines seen before are not shown again"
+    assert all(back.texts().count(t) == 1 for t in [*missed, "welcome back"])

@@ -56,6 +56,7 @@ def chat_lan(n_hosts: int) -> Iterator[tuple[Lan, list[NodeProcess]]]:
                     sys.executable,
                     "-m",
                     "p2pchat",
+                    "--ephemeral",
                     "--name",
                     f"host{i}",
                     "--room",

@@ -160,7 +160,8 @@ def test_cli_processes_with_tree_broadcast() -> None:
     from p2pchat.harness import NodeProcess, stop
 
     room = unique_room()
-    base = [sys.executable, "-m", "p2pchat", "--room", room, "--json", "--no-mdns"]
+    base = [sys.executable, "-m", "p2pchat", "--ephemeral", "--room", room, "--json"]
+    base.append("--no-mdns")
     base += ["--interface", "127.0.0.1", "--port", "0", "--broadcast", "tree"]
     procs: list[NodeProcess] = []
     try:

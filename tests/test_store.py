@@ -1,0 +1,219 @@
+"""The SQLite store: identity and counters across restarts, one node per
+directory, refusing files that are not ours, version vectors, the window."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pchat import wire
+from p2pchat.errors import StoreError
+from p2pchat.store import DB_NAME, Store
+
+ROOM = "lobby"
+A = "a" * 16
+B = "b" * 16
+NOW_S = 2_000_000_000.0
+NOW_US = int(NOW_S * 1e6)
+
+
+def chat(origin: str, line: int, hlc: int, room: str = ROOM, text: str = "hi") -> wire.Chat:
+    return wire.Chat(
+        id=os.urandom(16).hex(),
+        origin=origin,
+        seq=line,
+        name="a",
+        room=room,
+        ts=hlc / 1e6,
+        hops=16,
+        text=text,
+        line=line,
+        hlc=hlc,
+    )
+
+
+def test_an_ephemeral_store_keeps_nothing_on_disk(tmp_path: Path) -> None:
+    with Store.open(None) as one, Store.open(None) as two:
+        assert one.ephemeral and one.path is None
+        assert one.node_id != two.node_id
+        assert one.add(chat(A, 1, NOW_US))
+        assert one.count(ROOM) == 1 and two.count(ROOM) == 0
+
+
+def test_identity_and_counters_survive_a_restart(tmp_path: Path) -> None:
+    data = str(tmp_path / "node")
+    with Store.open(data) as store:
+        node_id = store.node_id
+        seqs = [store.next_seq() for _ in range(3)]
+        assert seqs == [1, 2, 3]
+        own = chat(node_id, store.next_line(ROOM), NOW_US)
+        store.add_own(own)
+        assert store.next_line(ROOM) == 2
+    with Store.open(data) as store:
+        assert store.node_id == node_id
+        assert store.next_seq() > 3, "sequence numbers never repeat"
+        assert store.next_line(ROOM) == 2
+        assert store.last_hlc == NOW_US
+        assert store.has(own.id)
+        assert store.get([own.id]) == [own]
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    Store.open(str(data)).close()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / DB_NAME).stat().st_mode) == 0o600
+
+
+def test_a_second_node_on_one_directory_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    Store.open(str(data)).close()
+    code = (
+        "import sys; from p2pchat.store import Store; s = Store.open(sys.argv[1]); "
+        "print('open', flush=True); sys.stdin.read(); s.close()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(data)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match=rf"in use by another p2pchat \(pid {holder.pid}\)"):
+            Store.open(str(data))
+    finally:
+        holder.communicate("", timeout=10)
+    Store.open(str(data)).close()  # free again once the other has closed
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    data.mkdir()
+    junk = b"my notes, not a database\n" * 100
+    (data / DB_NAME).write_bytes(junk)
+    with pytest.raises(StoreError, match=r"not a p2pchat database.*nothing was changed"):
+        Store.open(str(data))
+    assert (data / DB_NAME).read_bytes() == junk
+    assert not (data / (DB_NAME + "-wal")).exists()
+
+
+def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    data.mkdir()
+    db = sqlite3.connect(data / DB_NAME)
+    db.execute("CREATE TABLE recipes (name TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a p2pchat database"):
+        Store.open(str(data))
+    db = sqlite3.connect(data / DB_NAME)
+    assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("recipes",)]
+    db.close()
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    data = str(tmp_path / "node")
+    Store.open(data).close()
+    db = sqlite3.connect(Path(data) / DB_NAME)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer p2pchat"):
+        Store.open(data)
+
+
+def test_a_line_is_stored_once() -> None:
+    with Store.open(None) as store:
+        line = chat(A, 1, NOW_US)
+        assert store.add(line)
+        assert not store.add(line)
+        assert store.count(ROOM) == 1
+        assert store.has_line(ROOM, A, 1) and not store.has_line(ROOM, A, 2)
+
+
+def test_summary_is_the_run_from_the_lowest_line() -> None:
+    with Store.open(None) as store:
+        for n in (1, 2, 3, 5):
+            store.add(chat(A, n, NOW_US + n))
+        store.add(chat(B, 7, NOW_US + 100))
+        have = store.summary(ROOM)
+        assert have == [wire.Have(B, 7, 7, NOW_US + 100), wire.Have(A, 1, 3, NOW_US + 3)]
+
+
+def test_missing_is_what_the_peer_lacks_oldest_first() -> None:
+    with Store.open(None) as store:
+        lines = [chat(A, n, NOW_US + n) for n in range(1, 6)] + [chat(B, 1, NOW_US + 10)]
+        for m in lines:
+            store.add(m)
+        ids = store.missing(ROOM, {A: (2, 3)}, since_hlc=0, limit=100)
+        assert ids == [lines[0].id, lines[3].id, lines[4].id, lines[5].id]
+        assert store.missing(ROOM, {A: (2, 3)}, since_hlc=NOW_US + 4, limit=100) == [
+            lines[3].id,
+            lines[4].id,
+            lines[5].id,
+        ]
+        assert store.missing(ROOM, {}, since_hlc=0, limit=2) == [lines[4].id, lines[5].id]
+
+
+def test_recent_is_in_one_order_with_ties_broken_by_origin_then_line() -> None:
+    with Store.open(None) as store:
+        lines = [chat(B, 1, NOW_US), chat(A, 2, NOW_US), chat(A, 1, NOW_US), chat(A, 3, NOW_US - 1)]
+        for m in lines:
+            store.add(m)
+        assert [(m.origin, m.line) for m in store.recent(ROOM, 10)] == [
+            (A, 3),
+            (A, 1),
+            (A, 2),
+            (B, 1),
+        ]
+        assert [(m.origin, m.line) for m in store.recent(ROOM, 2)] == [(A, 2), (B, 1)]
+
+
+def test_prune_keeps_the_window_by_age_and_by_count() -> None:
+    with Store.open(None, max_age_s=3600.0, max_lines=5) as store:
+        old = chat(A, 1, NOW_US - 7200 * 10**6)
+        store.add(old)
+        fresh = [chat(A, n, NOW_US + n) for n in range(2, 10)]
+        for m in fresh:
+            store.add(m)
+        assert store.prune(NOW_S) == 4
+        assert [m.line for m in store.recent(ROOM, 100)] == [5, 6, 7, 8, 9]
+        assert not store.in_window(ROOM, NOW_US + 4, NOW_S)
+        assert store.in_window(ROOM, NOW_US + 5, NOW_S)
+        assert store.floor(ROOM, NOW_S) == NOW_US + 5
+
+
+def test_other_rooms_are_pruned_on_their_own() -> None:
+    with Store.open(None, max_lines=2) as store:
+        for n in range(1, 4):
+            store.add(chat(A, n, NOW_US + n, room="one"))
+            store.add(chat(A, n, NOW_US + n, room="two"))
+        store.prune(NOW_S)
+        assert store.count("one") == 2 and store.count("two") == 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.sampled_from([A, B]), st.sets(st.integers(1, 40), min_size=1)))
+def test_summary_runs_are_exact(held: dict[str, set[int]]) -> None:
+    with Store.open(None) as store:
+        for origin, numbers in held.items():
+            for n in numbers:
+                store.add(chat(origin, n, NOW_US + n))
+        have = {h.origin: h for h in store.summary(ROOM)}
+        assert set(have) == set(held)
+        for origin, numbers in held.items():
+            h = have[origin]
+            assert h.lo == min(numbers)
+            assert set(range(h.lo, h.hi + 1)) <= numbers
+            assert h.hi + 1 not in numbers
+            assert h.hi_hlc == NOW_US + h.hi
