@@ -89,6 +89,8 @@ class _LinkHistory:
     push: history.Push = field(default_factory=history.Push)
     sync_sent_at: float = float("-inf")  # monotonic
     want_sync: bool = False
+    answered_at: float = float("-inf")  # when we last answered the peer's sync
+    deferred: wire.Sync | None = None  # the peer's latest sync, to answer at the next tick
 
 
 @dataclass
@@ -1254,6 +1256,8 @@ class Node:
             if self._store.prune(time.time()):
                 self._store_version += 1
         for link, state in list(self._hist.items()):
+            if state.deferred is not None and now - state.answered_at >= SYNC_DEBOUNCE_S / 2:
+                self._answer_sync(link, state, state.deferred)
             since = now - state.sync_sent_at
             if (state.want_sync and since >= SYNC_DEBOUNCE_S) or since >= SYNC_INTERVAL_S:
                 self._send_sync(link, state, now)
@@ -1273,15 +1277,12 @@ class Node:
             if msg.room != self.room:
                 self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
                 return
-            floor = self._store.floor(self.room, time.time())
-            have = {h.origin: (h.lo, h.hi) for h in msg.have}
-            ids = self._store.missing(
-                self.room, have, max(msg.since, floor), self.config.history_max_lines
-            )
-            state.push.reset(ids)
-            self._pump(link, state)
-            if history.behind(self._summary(), msg.have, floor):
-                self._want_sync(link)
+            if time.monotonic() - state.answered_at < SYNC_DEBOUNCE_S / 2:
+                # Answering scans the window: a peer asking faster than this
+                # is answered at the next tick, with its latest sync only.
+                state.deferred = msg
+                return
+            self._answer_sync(link, state, msg)
         elif isinstance(msg, wire.Ack):
             if state.push.acked(msg.batch):
                 self._pump(link, state)
@@ -1293,6 +1294,21 @@ class Node:
                     if other is not link:
                         self._want_sync(other)
             link.send(wire.encode_frame(wire.Ack(batch=msg.batch)))
+
+    def _answer_sync(self, link: Link, state: _LinkHistory, msg: wire.Sync) -> None:
+        """Queue for the peer what its ``sync`` says it lacks; ask for what
+        it has that we lack."""
+        state.answered_at = time.monotonic()
+        state.deferred = None
+        floor = self._store.floor(self.room, time.time())
+        have = {h.origin: (h.lo, h.hi) for h in msg.have}
+        ids = self._store.missing(
+            self.room, have, max(msg.since, floor), self.config.history_max_lines
+        )
+        state.push.reset(ids)
+        self._pump(link, state)
+        if history.behind(self._summary(), msg.have, floor):
+            self._want_sync(link)
 
     def _pump(self, link: Link, state: _LinkHistory) -> None:
         for batch in state.push.batches(self._store.get):

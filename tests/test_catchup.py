@@ -311,3 +311,75 @@ def read_frames(
             if kind is None or isinstance(msg, kind):
                 out.append(msg)
     return out
+
+
+def history_peer(node: Node, room: str, features: list[str]) -> RawPeer:
+    peer = RawPeer(node.port)
+    hello = wire.Hello(
+        version=wire.PROTOCOL_VERSION,
+        node=peer.node_id,
+        name="raw",
+        room=room,
+        port=0,
+        features=features,
+    )
+    peer.send(wire.encode_frame(hello))
+    return peer
+
+
+def test_bad_catch_up_is_ignored_and_the_link_keeps_working(cluster: Cluster) -> None:
+    node = cluster.add("alice", link=FAST_LINK)
+    rec = cluster.recorders[0]
+    node.send("a line of alice's")
+    peer = history_peer(node, cluster.room, ["history"])
+    try:
+        read_frames(peer, 1, kind=wire.Sync)
+        elsewhere = peer.message(wire.Chat, "another-room", text="elsewhere", line=1, hlc=1)
+        forged = wire.Chat(
+            id=wire.new_message_id(),
+            origin=node.node_id,
+            seq=99,
+            name="alice",
+            room=cluster.room,
+            ts=wire.now_ts(),
+            hops=16,
+            text="forged as alice",
+            line=99,
+            hlc=wire_hlc(),
+        )
+        ancient = peer.message(wire.Chat, cluster.room, text="ancient", line=1, hlc=1)
+        bad = wire.Lines(batch=1, lines=[elsewhere, forged, ancient])  # type: ignore[list-item]
+        peer.send(wire.encode_frame(bad))
+        assert read_frames(peer, 1, kind=wire.Ack) == [wire.Ack(batch=1)]
+        peer.send(wire.encode_frame(wire.Ack(batch=12345)))  # nothing of that number was sent
+        # A burst of syncs is answered, not amplified: the one line we hold
+        # comes at most a few times, however many syncs asked.
+        sync = wire.Sync(room=cluster.room, since=0, have=[])
+        peer.send(wire.encode_frame(sync) * 50)
+        batches = read_frames(peer, 1, kind=wire.Lines)
+        assert [m.text for m in batches[0].lines] == ["a line of alice's"]  # type: ignore[union-attr]
+        live = peer.message(wire.Chat, cluster.room, text="still here", line=2, hlc=wire_hlc())
+        peer.send(wire.encode_frame(live))
+        wait_for(lambda: "still here" in rec.texts(), 5, "an honest line after the bad ones")
+        assert not {"elsewhere", "forged as alice", "ancient"} & set(rec.texts())
+        assert peer.node_id in {m.node for m in node.snapshot().members}
+        stats = node.stats()
+        assert stats.frames_refused.get("wrong_room", 0) >= 1
+        assert stats.catchup_out <= 5
+    finally:
+        peer.close()
+
+
+def test_catch_up_frames_on_a_link_without_the_feature_are_ignored(cluster: Cluster) -> None:
+    node = cluster.add("alice", link=FAST_LINK)
+    peer = history_peer(node, cluster.room, [])
+    try:
+        line = peer.message(wire.Chat, cluster.room, text="pushed", line=1, hlc=wire_hlc())
+        peer.send(wire.encode_frame(wire.Lines(batch=1, lines=[line])))  # type: ignore[list-item]
+        peer.send(wire.encode_frame(wire.Sync(room=cluster.room, since=0, have=[])))
+        hello = peer.message(wire.Chat, cluster.room, text="live")
+        peer.send(wire.encode_frame(hello))
+        wait_for(lambda: "live" in cluster.recorders[0].texts(), 5, "the live line")
+        assert "pushed" not in cluster.recorders[0].texts()
+    finally:
+        peer.close()
