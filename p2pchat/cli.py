@@ -54,6 +54,7 @@ from p2pchat.errors import LineTooLong, LocalError, P2PChatError, StartupError, 
 from p2pchat.events import (
     Event,
     JoinEvent,
+    KeyInfo,
     LeaveEvent,
     LinkInfo,
     MemberInfo,
@@ -73,7 +74,7 @@ PROG = "p2pchat"
 DEFAULT_ROOM = "lobby"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-COMMANDS = ("/who", "/peers", "/stats", "/history", "/nick", "/me", "/help", "/quit")
+COMMANDS = ("/who", "/whois", "/peers", "/stats", "/history", "/nick", "/me", "/help", "/quit")
 
 DEFAULT_HISTORY_SHOWN = 20
 """Lines ``/history`` shows when no number is given."""
@@ -81,6 +82,7 @@ DEFAULT_HISTORY_SHOWN = 20
 HELP_TEXT = """\
 commands:
   /who         who is in the room (* = linked to you directly)
+  /whois NAME  the key fingerprints of everyone called NAME
   /peers       your direct links: name, address, in/out, uptime
   /stats       counters: frames and bytes, duplicates, refusals, rate limits
   /history [N] the room's last N lines (default 20), in the order every node shows
@@ -559,6 +561,25 @@ def format_history(room: str, lines: Sequence[MessageEvent]) -> list[str]:
     return out
 
 
+def format_whois(name: str, keys: Sequence[KeyInfo]) -> list[str]:
+    """``/whois``: one line per member called ``name``, with its fingerprint."""
+    if not keys:
+        return [f"-- nobody called {clean(name)} is in the room"]
+    out = []
+    for k in keys:
+        fp = " ".join(k.fingerprint[i : i + 4] for i in range(0, len(k.fingerprint), 4))
+        if k.self:
+            note = "(you)"
+        elif k.first:
+            note = "(the first key this node saw with this name)"
+        elif k.fingerprint:
+            note = "(NOT the first key this node saw with this name)"
+        else:
+            note = "(no signed message from it yet)"
+        out.append(f"-- {clean(k.display)}: {fp or '?'} {note}")
+    return out
+
+
 def format_duration(seconds: float) -> str:
     """Format an uptime compactly: ``42s``, ``3m05s``, ``2h07m``.
 
@@ -994,6 +1015,15 @@ def _command(node: Node, out: Output, line: str) -> bool:
             out.obj("stats", **{k: v for k, v in stats.as_dict().items() if k != "event"})
         else:
             out.text(*format_stats(stats))
+    elif cmd == "whois":
+        if not arg:
+            out.error("usage: /whois NAME")
+        else:
+            found = node.whois(arg)
+            if out.json_mode:
+                out.obj("whois", name=arg, keys=[asdict(k) for k in found])
+            else:
+                out.text(*format_whois(arg, found))
     elif cmd == "history":
         _history(node, out, arg)
     elif cmd == "peers":

@@ -62,6 +62,27 @@ class MessageEvent(Event):
 
 
 @dataclass(frozen=True)
+class KeyInfo:
+    """One answer of ``/whois``: a member called ``name`` and its key.
+
+    Attributes:
+        node: its node id (the first 16 hex digits of ``fingerprint``).
+        display: how it is shown (``name#abcd`` when the name is shared).
+        fingerprint: SHA-256 of its Ed25519 public key, 64 hex digits
+            ("" if no signed message of it has arrived yet).
+        first: its key is the first this node saw with this name.
+        self: it is this node.
+    """
+
+    node: str
+    name: str
+    display: str
+    fingerprint: str
+    first: bool
+    self: bool
+
+
+@dataclass(frozen=True)
 class JoinEvent(Event):
     """A member appeared in the room.  ``via`` is ``"join"`` when it just
     joined, ``"presence"`` when it was already there and we just learned of it."""

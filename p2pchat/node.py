@@ -36,7 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pchat import flood, history, wire
+import msgspec
+
+from p2pchat import flood, history, identity, wire
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
 from p2pchat.errors import (
     LineTooLong,
@@ -48,6 +50,7 @@ from p2pchat.errors import (
 from p2pchat.events import (
     Event,
     JoinEvent,
+    KeyInfo,
     LeaveEvent,
     LinkInfo,
     MemberInfo,
@@ -60,6 +63,7 @@ from p2pchat.events import (
     Snapshot,
     Stats,
 )
+from p2pchat.identity import Identity
 from p2pchat.roster import Roster
 from p2pchat.store import Store
 from p2pchat.transport import Link, LinkConfig, Listener, PortInUse, dial
@@ -80,6 +84,14 @@ SYNC_DEBOUNCE_S = 1.0
 
 PRUNE_INTERVAL_S = 10.0
 """How often the store drops lines that fell out of the history window."""
+
+REORDER_ALLOWANCE = 64
+"""A message (other than a chat line) whose ``seq`` is this far below the
+highest seen from its origin is an old one replayed: dropped."""
+
+BAD_SIGNATURES_PER_LINK = 10
+"""Messages failing their signature after which the link that brought them
+is closed (each one is dropped and counted anyway)."""
 
 
 @dataclass
@@ -304,7 +316,16 @@ class Node:
         self._store = Store.open(
             config.data_dir, config.history_max_age_s, config.history_max_lines
         )
-        self.node_id = self._store.node_id
+        try:
+            self._identity = Identity.load_or_create(config.data_dir)
+        except BaseException:
+            self._store.close()
+            raise
+        self.node_id = self._identity.node_id
+        self._max_seq: OrderedDict[str, int] = OrderedDict()  # origin -> highest seq seen
+        self._keys: OrderedDict[str, str] = OrderedDict()  # origin -> its public key
+        self._bad_sigs: dict[Link, int] = {}
+        self._floor_cache = (float("-inf"), 0)  # (monotonic time, floor hlc)
         self._clock = history.HybridClock(self._store.last_hlc)
         self._own_line_lock = threading.Lock()
         self._hist: dict[Link, _LinkHistory] = {}
@@ -319,11 +340,13 @@ class Node:
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)  # wakes the router
         self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
         self._roster = Roster(self.node_id, config.name, config.member_timeout_s)
+        self._remember_name(config.name, self._identity.key)
         self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
         self._all_links: set[Link] = set()
         self._dialers: dict[str, _Dialer] = {}
         self._noticed: set[tuple[str, str]] = set()
+        self._flagged: set[tuple[str, str]] = set()  # (origin, name) already flagged
         self._started_at = time.monotonic()
         self._own_bucket = flood.TokenBucket(
             config.origin_rate_per_s, config.origin_burst, time.monotonic()
@@ -442,12 +465,14 @@ class Node:
             with self._lock:
                 if self._closed:
                     raise UsageError("the node is closed")
-                msg = wire.Chat(
-                    text=text,
-                    action=action,
-                    line=self._store.next_line(self.room),
-                    hlc=self._clock.now(),
-                    **self._envelope_locked(),
+                msg = self._signed(
+                    wire.Chat(
+                        text=text,
+                        action=action,
+                        line=self._store.next_line(self.room),
+                        hlc=self._clock.now(),
+                        **self._envelope_locked(),
+                    )
                 )
             # Durable before it counts as sent (the store commits with fsync);
             # outside the state lock so that links keep flowing meanwhile.
@@ -595,7 +620,7 @@ class Node:
             links = list(self._links.values())
             frame = b""
             if self._joined and links:
-                leave = wire.Leave(reason="quit", **self._envelope_locked())
+                leave = self._signed(wire.Leave(reason="quit", **self._envelope_locked()))
                 self._seen.add(leave.id, time.monotonic())
                 frame = wire.encode_frame(leave)
         if frame:
@@ -884,8 +909,10 @@ class Node:
                         next_tick = now + 0.5
                         self._tick(now, events)
                     if now >= self._next_presence and self._joined and not self._closed:
-                        presence = wire.Presence(
-                            addrs=self._addrs, port=self.port, **self._envelope_locked()
+                        presence = self._signed(
+                            wire.Presence(
+                                addrs=self._addrs, port=self.port, **self._envelope_locked()
+                            )
                         )
                         self._flood_own(presence, events)
                         self._last_presence = now
@@ -893,6 +920,11 @@ class Node:
                 except Exception:
                     log.exception("router: internal error in the timers")
                 self._emit(events)
+
+    def _signed(self, msg: wire.F) -> wire.F:
+        """Our message with our public key and signature (``docs/protocol.md`` §7.3)."""
+        msg = msgspec.structs.replace(msg, key=self._identity.key)
+        return msgspec.structs.replace(msg, sig=self._identity.sign(wire.signing_bytes(msg)))
 
     def _envelope_locked(self) -> dict[str, Any]:
         return {
@@ -931,6 +963,7 @@ class Node:
             if self._tree is not None:
                 self._tree.link_down(link)
             self._hist.pop(link, None)
+            self._bad_sigs.pop(link, None)
             if link.peer is not None and self._links.get(link.peer.node) is link:
                 del self._links[link.peer.node]
                 reason = "this node left" if self._closed else item[2]
@@ -945,7 +978,8 @@ class Node:
         elif kind == "nick":
             _, old, new = item
             self._roster.rename_self(new)
-            nick = wire.Nick(old=old, **self._envelope_locked())
+            nick = self._signed(wire.Nick(old=old, **self._envelope_locked()))
+            self._remember_name(new, self._identity.key)
             self._flood_own(nick, events)
             events.append(NickEvent(origin=self.node_id, old=old, new=new))
             self._presence_soon(now)
@@ -990,7 +1024,7 @@ class Node:
         events.append(PeerUp(peer=pid, address=link.address, name=link.peer.name))
         if not self._joined:
             self._joined = True
-            self._flood_own(wire.Join(**self._envelope_locked()), events)
+            self._flood_own(self._signed(wire.Join(**self._envelope_locked())), events)
         self._presence_soon(time.monotonic())
 
     def _tree_link_up(self, link: Link, replaced: Link | None) -> None:
@@ -1061,6 +1095,8 @@ class Node:
         if msg.origin == self.node_id:
             # Our own id from elsewhere: forged, or a stale copy.  Drop it.
             self._seen.add(msg.id, now)
+            return
+        if not self._authentic(link, msg) or self._replayed(msg, now):
             return
         if isinstance(msg, wire.Chat) and self._store.has(msg.id):
             # Older than the seen-cache, but we hold it (catch-up, or before
@@ -1148,6 +1184,7 @@ class Node:
                 )
             return
         if not stale:
+            self._check_name(msg, events)
             is_new, old = self._roster.heard(origin, msg.name, now, seq=msg.seq)
             if is_new:
                 via = "join" if isinstance(msg, wire.Join) else "presence"
@@ -1289,7 +1326,7 @@ class Node:
             else:
                 log.info("ignored ack of batch %d from %s: not in flight", msg.batch, link.address)
         else:
-            if self._apply_lines(msg.lines, events):
+            if self._apply_lines(link, msg.lines, events):
                 for other in self._hist:
                     if other is not link:
                         self._want_sync(other)
@@ -1315,7 +1352,7 @@ class Node:
             self._counts["catchup_out"] += len(batch.lines)
             link.send(wire.encode_frame(batch))
 
-    def _apply_lines(self, lines: list[wire.Chat], events: list[Event]) -> bool:
+    def _apply_lines(self, link: Link, lines: list[wire.Chat], events: list[Event]) -> bool:
         """Take catch-up lines; report the new ones as earlier lines.
         Returns True if any was new."""
         now = time.monotonic()
@@ -1329,6 +1366,8 @@ class Node:
                 continue
             if msg.hlc < floor:
                 continue  # too old for our window: neither kept nor shown
+            if self._store.has(msg.id) or not self._authentic(link, msg):
+                continue
             self._clock.observe(msg.hlc)
             if self._store_line(msg):
                 self._seen.add(msg.id, now)
@@ -1336,3 +1375,98 @@ class Node:
                 news = True
                 events.append(self._message_event(msg, self_=False, history=True))
         return news
+
+    # -- identity: signatures, replays, names (lock held) -------------------------------
+
+    def _authentic(self, link: Link, msg: wire.FloodMessage) -> bool:
+        """Check the origin's signature; count and penalise a failure."""
+        if not msg.key or not msg.sig:
+            reason = "unsigned"
+        elif identity.node_id_of(msg.key) != msg.origin:
+            reason = "wrong_key"
+        elif not identity.verify(msg.key, msg.sig, wire.signing_bytes(msg)):
+            reason = "bad_signature"
+        else:
+            self._keys[msg.origin] = msg.key
+            self._keys.move_to_end(msg.origin)
+            while len(self._keys) > 4096:
+                self._keys.popitem(last=False)
+            return True
+        self._frames_refused[reason] = self._frames_refused.get(reason, 0) + 1
+        bad = self._bad_sigs.get(link, 0) + 1
+        self._bad_sigs[link] = bad
+        if bad == 1 or bad % 100 == 0:
+            log.warning("dropped %s %s from %s: %s", wire.kind(msg), msg.id, link.address, reason)
+        if bad >= BAD_SIGNATURES_PER_LINK:
+            link.close(f"{bad} messages failed their signature")
+        return False
+
+    def _replayed(self, msg: wire.FloodMessage, now: float) -> bool:
+        """An old message sent again, after the seen-cache forgot its id."""
+        if isinstance(msg, wire.Chat) and msg.hlc:
+            if now - self._floor_cache[0] > 1.0:  # the floor query scans: once a second
+                self._floor_cache = (now, self._store.floor(self.room, time.time()))
+            old = msg.hlc < self._floor_cache[1]
+        else:
+            old = msg.seq + REORDER_ALLOWANCE < self._max_seq.get(msg.origin, 0)
+        if old:
+            self._frames_refused["replayed"] = self._frames_refused.get("replayed", 0) + 1
+            self._seen.add(msg.id, now)
+            return True
+        if msg.seq > self._max_seq.get(msg.origin, 0):
+            self._max_seq[msg.origin] = msg.seq
+            self._max_seq.move_to_end(msg.origin)
+            while len(self._max_seq) > 4096:
+                self._max_seq.popitem(last=False)
+        return False
+
+    def _remember_name(self, name: str, key: str) -> str:
+        """Trust on first use: the first key seen with ``name`` is kept;
+        returns that key."""
+        first = self._store.first_key(name)
+        if first is None:
+            self._store.remember_name(name, key)
+            return key
+        return first
+
+    def _check_name(self, msg: wire.FloodMessage, events: list[Event]) -> None:
+        """Flag a key that claims a name first seen here with another key."""
+        if self._remember_name(msg.name, msg.key) == msg.key:
+            return
+        if (msg.origin, msg.name) in self._flagged:
+            return
+        if len(self._flagged) >= 4096:
+            self._flagged.clear()
+        self._flagged.add((msg.origin, msg.name))
+        self._roster.flagged.add(msg.origin)
+        shown = f"{msg.name}#{msg.origin[:4]}"
+        events.append(
+            Notice(
+                text=f"{shown} uses the name {msg.name!r}, which this node first saw with "
+                f"another key: it may not be who you think (/whois {msg.name})",
+                level="warning",
+            )
+        )
+
+    def whois(self, name: str) -> list[KeyInfo]:
+        """The members (us included) called ``name``, with their key
+        fingerprints, and whether each holds the first key this node saw
+        with that name (trust on first use).  Any thread."""
+        with self._lock:
+            first = self._store.first_key(name)
+            out = []
+            for m in self._roster.members():
+                if m.name != name:
+                    continue
+                key = self._identity.key if m.node == self.node_id else self._keys.get(m.node, "")
+                out.append(
+                    KeyInfo(
+                        node=m.node,
+                        name=m.name,
+                        display=self._roster.display(m.node),
+                        fingerprint=identity.fingerprint(key) if key else "",
+                        first=bool(key) and key == first,
+                        self=m.node == self.node_id,
+                    )
+                )
+            return out

@@ -42,6 +42,9 @@ class Roster:
         self.self_id = self_id
         self.timeout_s = timeout_s
         self._members: dict[str, Member] = {self_id: Member(self_id, self_name, float("inf"))}
+        self.flagged: set[str] = set()
+        """Nodes always shown as ``name#abcd``: their key is not the first
+        this node saw with their name (trust on first use)."""
 
     def __len__(self) -> int:
         return len(self._members)
@@ -112,9 +115,10 @@ class Roster:
     def display(self, node: str, name: str | None = None) -> str:
         """How to show ``node`` to a person: its name, or ``name#abcd`` (the
         first four hex digits of its node id) when another member uses the
-        same name.  ``name`` overrides the roster's name (for a node that has
-        just left or is not known)."""
+        same name, or when it is flagged (see :attr:`flagged`).  ``name``
+        overrides the roster's name (for a node that has just left or is not
+        known)."""
         member = self._members.get(node)
         shown = name if name is not None else (member.name if member else node[:8])
         clash = any(m.node != node and m.name == shown for m in self._members.values())
-        return f"{shown}#{node[:4]}" if clash else shown
+        return f"{shown}#{node[:4]}" if clash or node in self.flagged else shown

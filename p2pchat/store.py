@@ -4,12 +4,17 @@ One SQLite database (stdlib :mod:`sqlite3`) per data directory,
 ``<data_dir>/p2pchat.sqlite3`` (mode 0600, directory 0700), or an in-memory
 database for an ephemeral node (``--ephemeral``).  It holds:
 
-* ``meta``: the node id (made on first start), the ceiling of the sequence
-  numbers handed out, the highest hybrid-clock value of our own lines, and per
-  room the number of our last own line;
+* ``meta``: the ceiling of the sequence numbers handed out, the highest
+  hybrid-clock value of our own lines, and per room the number of our last
+  own line;
 * ``lines``: every chat line of the window, keyed by message id, with its
   room, origin, line number and hybrid logical clock, and the line itself as
-  the JSON body it came in (so catch-up forwards it unchanged).
+  the JSON body it came in (so catch-up forwards it unchanged, signature
+  and all);
+* ``names``: for each display name, the first public key seen using it
+  (trust on first use).
+
+The node's key pair is kept next to the database (:mod:`p2pchat.identity`).
 
 **The window.**  Lines older than ``max_age_s`` (by their clock) and lines
 beyond the newest ``max_lines`` of their room are deleted by :meth:`prune`
@@ -70,6 +75,7 @@ CREATE TABLE IF NOT EXISTS lines (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_order ON lines (room, hlc, origin, line);
 CREATE INDEX IF NOT EXISTS lines_origin ON lines (room, origin, line);
+CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY, key TEXT NOT NULL);
 """
 
 
@@ -126,11 +132,7 @@ class Store:
         self._pending = 0
         self._closed = False
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        node_id = meta.get("node_id")
-        if node_id is None:
-            node_id = wire.new_node_id()
-            self._set_meta("node_id", node_id)
-        self._node_id: str = node_id
+        self._names: dict[str, str] = {}  # a cache of the names table
         self._seq_ceiling = int(meta.get("seq_ceiling", "0"))
         self._seq = self._seq_ceiling
         self._last_hlc = int(meta.get("last_hlc", "0"))
@@ -224,11 +226,6 @@ class Store:
             raise StoreError(f"cannot use {db_path}: {exc}") from None
 
     # -- properties -------------------------------------------------------------------
-
-    @property
-    def node_id(self) -> str:
-        """This node's id, 16 hex digits, the same across restarts."""
-        return self._node_id
 
     @property
     def path(self) -> Path | None:
@@ -332,6 +329,32 @@ class Store:
                 except sqlite3.Error as exc:
                     log.error("could not commit received lines: %s", exc)
                 self._pending = 0
+
+    def first_key(self, name: str) -> str | None:
+        """The first public key (hex) this node saw using ``name``, or None."""
+        with self._mutex:
+            key = self._names.get(name)
+            if key is None:
+                row = self._db.execute("SELECT key FROM names WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    return None
+                key = str(row[0])
+                if len(self._names) >= 4096:
+                    self._names.clear()
+                self._names[name] = key
+            return key
+
+    def remember_name(self, name: str, key: str) -> None:
+        """Keep ``key`` as the first key seen with ``name`` (trust on first
+        use); a name already known keeps its first key."""
+        with self._mutex:
+            try:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO names (name, key) VALUES (?, ?)", (name, key)
+                )
+                self._pending += 1
+            except sqlite3.Error as exc:
+                log.error("could not remember the key of %r: %s", name, exc)
 
     def has(self, msg_id: str) -> bool:
         """True if the line with this message id is held."""

@@ -28,7 +28,7 @@ import os
 import re
 import struct
 import time
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
@@ -70,6 +70,8 @@ Reason = Annotated[str, msgspec.Meta(max_length=200)]
 LineNo = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Hlc = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 BatchNo = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+PublicKey = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")]
+Signature = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{128})?$")]
 
 MAX_SYNC_ORIGINS: Final = 800
 """Most origins one ``sync`` lists (keeps the frame well under the size limit)."""
@@ -149,6 +151,11 @@ class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
         ts: creation time, seconds since the Unix epoch (the origin's clock).
         hops: hop limit left; a relay forwards a copy with ``hops - 1`` only
             if ``hops > 1``, so a message crosses at most ``hops`` links.
+        key: the origin's Ed25519 public key, 64 hex digits; ``origin``
+            must be the first 16 hex digits of its SHA-256.
+        sig: the origin's Ed25519 signature of :func:`signing_bytes`, 128
+            hex digits.  Nodes drop messages whose ``key`` or ``sig`` is
+            missing or does not check (``docs/protocol.md`` §7.3).
     """
 
     id: MessageId
@@ -158,6 +165,8 @@ class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     room: Room
     ts: Timestamp
     hops: Hops
+    key: PublicKey = ""
+    sig: Signature = ""
 
 
 class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
@@ -400,6 +409,17 @@ def decode_body(body: bytes) -> Message:
 def encode_body(msg: Message) -> bytes:
     """Encode a message to a frame body (JSON, UTF-8), without the prefix."""
     return _encoder.encode(msg)
+
+
+F = TypeVar("F", bound=Flooded)
+"""Any flooded message type (for functions that return what they are given)."""
+
+
+def signing_bytes(msg: Flooded) -> bytes:
+    """The bytes an origin signs: the message's body as :func:`encode_body`
+    makes it, with ``hops`` set to 0 and ``sig`` to ``""`` (hops change on
+    the way; the signature cannot sign itself)."""
+    return _encoder.encode(msgspec.structs.replace(msg, hops=0, sig=""))
 
 
 def encode_frame(msg: Message) -> bytes:

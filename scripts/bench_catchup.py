@@ -47,8 +47,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from p2pchat import wire
 from p2pchat.events import Event, MessageEvent, PeerUp, Ready
+from p2pchat.identity import Identity
 from p2pchat.node import Node, NodeConfig
 from p2pchat.store import Store
 
@@ -59,29 +63,32 @@ DEADLINE_S = 300.0
 
 
 def prefill(data_dir: str, lines: int, size: int, seed: int) -> None:
-    """Fill a data directory with ``lines`` lines from 10 made-up origins,
-    the newest one second old (the same ids for the same seed)."""
-    origins = [f"{seed:04x}{i:012x}" for i in range(10)]
+    """Fill a data directory with ``lines`` signed lines from 10 made-up
+    authors, the newest one second old (the same lines for the same seed)."""
+    authors = [
+        Identity(Ed25519PrivateKey.from_private_bytes(bytes([seed % 256, i]) * 16))
+        for i in range(10)
+    ]
     now_us = int(time.time() * 1e6) - 1_000_000
     text = "x" * size
     with Store.open(data_dir, max_lines=max(lines, 10_000)) as store:
         for i in range(lines):
-            origin = origins[i % 10]
+            author = authors[i % 10]
             hlc = now_us - (lines - i) * 1000
-            store.add(
-                wire.Chat(
-                    id=f"{seed:08x}{i:024x}",
-                    origin=origin,
-                    seq=i // 10 + 1,
-                    name=f"o{i % 10}",
-                    room=ROOM,
-                    ts=hlc / 1e6,
-                    hops=16,
-                    text=text,
-                    line=i // 10 + 1,
-                    hlc=hlc,
-                )
+            msg = wire.Chat(
+                id=f"{seed:08x}{i:024x}",
+                origin=author.node_id,
+                seq=i // 10 + 1,
+                name=f"o{i % 10}",
+                room=ROOM,
+                ts=hlc / 1e6,
+                hops=16,
+                text=text,
+                line=i // 10 + 1,
+                hlc=hlc,
+                key=author.key,
             )
+            store.add(msgspec.structs.replace(msg, sig=author.sign(wire.signing_bytes(msg))))
         store.flush()
 
 

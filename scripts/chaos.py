@@ -71,7 +71,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import msgspec
+
+from p2pchat import wire
 from p2pchat.harness import NodeProcess, WaitFailed, pump_for, stop, wait_until
+from p2pchat.identity import Identity
 from p2pchat.node import NodeConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -289,7 +293,8 @@ class RawPeer:
     queue rather than kernel buffers."""
 
     def __init__(self, port: int, room: str, name: str, *, rcvbuf: int = 0, mss: int = 0) -> None:
-        self.node_id = secrets.token_hex(8)
+        self.identity = Identity.generate()
+        self.node_id = self.identity.node_id
         self.room = room
         self.name = name
         self.seq = 0
@@ -349,21 +354,21 @@ class RawPeer:
                 return False
 
     def chat_frame(self, text: str) -> bytes:
+        """A valid chat line of ours, signed as every node requires."""
         self.seq += 1
-        return frame(
-            {
-                "type": "chat",
-                "id": secrets.token_hex(16),
-                "origin": self.node_id,
-                "seq": self.seq,
-                "name": self.name,
-                "room": self.room,
-                "ts": round(time.time(), 3),
-                "hops": 16,
-                "text": text,
-                "action": False,
-            }
+        msg = wire.Chat(
+            id=secrets.token_hex(16),
+            origin=self.node_id,
+            seq=self.seq,
+            name=self.name,
+            room=self.room,
+            ts=round(time.time(), 3),
+            hops=16,
+            text=text,
+            key=self.identity.key,
         )
+        msg = msgspec.structs.replace(msg, sig=self.identity.sign(wire.signing_bytes(msg)))
+        return wire.encode_frame(msg)
 
     def _thread(self, name: str, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, name=f"chaos-{self.name}-{name}", daemon=True)

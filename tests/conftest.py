@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 
 from p2pchat import wire
 from p2pchat.discovery import MdnsDiscovery
 from p2pchat.events import Event, JoinEvent, LeaveEvent, MessageEvent
+from p2pchat.identity import Identity
 from p2pchat.node import Node, NodeConfig
 from p2pchat.transport import LinkConfig
 
@@ -166,7 +168,8 @@ class RawPeer:
         self.sock.settimeout(5.0)
         self.sock.connect((LOOPBACK, port))
         self.decoder = wire.FrameDecoder()
-        self.node_id = wire.new_node_id()
+        self.identity = Identity.generate()
+        self.node_id = self.identity.node_id
         self.seq = 0
 
     @property
@@ -183,19 +186,26 @@ class RawPeer:
         self.sock.sendall(self.hello_frame(room, version))
 
     def message(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
-        """A new valid flooded message of type ``cls`` from us (not sent)."""
+        """A new valid flooded message of type ``cls`` from us, signed (not
+        sent).  ``fields`` may override the envelope (``origin``, ``seq``, ...)."""
         self.seq += 1
-        msg: wire.FloodMessage = cls(
-            id=wire.new_message_id(),
-            origin=self.node_id,
-            seq=self.seq,
-            name="raw",
-            room=room,
-            ts=wire.now_ts(),
-            hops=16,
-            **fields,
-        )
-        return msg
+        envelope: dict[str, object] = {
+            "id": wire.new_message_id(),
+            "origin": self.node_id,
+            "seq": self.seq,
+            "name": "raw",
+            "room": room,
+            "ts": wire.now_ts(),
+            "hops": 16,
+        }
+        envelope.update(fields)
+        msg: wire.FloodMessage = cls(**envelope)
+        return self.sign(msg)
+
+    def sign(self, msg: wire.F) -> wire.F:
+        """``msg`` with our key and a valid signature of ours."""
+        msg = msgspec.structs.replace(msg, key=self.identity.key)
+        return msgspec.structs.replace(msg, sig=self.identity.sign(wire.signing_bytes(msg)))
 
     def chat(self, room: str, text: str) -> wire.Chat:
         """A new valid chat line of ours (not sent)."""

@@ -43,22 +43,20 @@ def chat(origin: str, line: int, hlc: int, room: str = ROOM, text: str = "hi") -
 def test_an_ephemeral_store_keeps_nothing_on_disk(tmp_path: Path) -> None:
     with Store.open(None) as one, Store.open(None) as two:
         assert one.ephemeral and one.path is None
-        assert one.node_id != two.node_id
         assert one.add(chat(A, 1, NOW_US))
         assert one.count(ROOM) == 1 and two.count(ROOM) == 0
 
 
-def test_identity_and_counters_survive_a_restart(tmp_path: Path) -> None:
+def test_counters_survive_a_restart(tmp_path: Path) -> None:
     data = str(tmp_path / "node")
     with Store.open(data) as store:
-        node_id = store.node_id
+        node_id = A
         seqs = [store.next_seq() for _ in range(3)]
         assert seqs == [1, 2, 3]
         own = chat(node_id, store.next_line(ROOM), NOW_US)
         store.add_own(own)
         assert store.next_line(ROOM) == 2
     with Store.open(data) as store:
-        assert store.node_id == node_id
         assert store.next_seq() > 3, "sequence numbers never repeat"
         assert store.next_line(ROOM) == 2
         assert store.last_hlc == NOW_US
@@ -130,6 +128,17 @@ def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StoreError, match="newer p2pchat"):
         Store.open(data)
+
+
+def test_the_first_key_of_a_name_is_kept(tmp_path: Path) -> None:
+    data = str(tmp_path / "node")
+    with Store.open(data) as store:
+        assert store.first_key("bob") is None
+        store.remember_name("bob", "1" * 64)
+        store.remember_name("bob", "2" * 64)
+        assert store.first_key("bob") == "1" * 64
+    with Store.open(data) as store:
+        assert store.first_key("bob") == "1" * 64
 
 
 def test_a_line_is_stored_once() -> None:

@@ -1,0 +1,135 @@
+"""Node identity: an Ed25519 key pair, and signing and checking messages.
+
+Each node has one Ed25519 key pair (RFC 8032), made on first start and kept
+in its data directory as ``identity.key`` (PKCS #8 PEM, file mode 0600), or
+in memory only for an ephemeral node.  All the cryptography is the
+``cryptography`` package's; nothing here is home-made but the encoding.
+
+* The **fingerprint** of a public key is the SHA-256 of its 32 raw bytes, in
+  hex (64 digits).
+* The **node id** is the first 16 hex digits of the fingerprint, so a node
+  id cannot be claimed without the private key (a second key with the same
+  id takes about 2^64 tries).
+* A flooded message carries its origin's public key (``key``) and an
+  Ed25519 signature (``sig``) of :func:`p2pchat.wire.signing_bytes`: the
+  message as JSON with ``hops`` 0 and ``sig`` empty (``docs/protocol.md``
+  §7.3).  Relays forward it unchanged except for ``hops``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from p2pchat.errors import StoreError
+
+KEY_FILE = "identity.key"
+"""The private key's file name in the data directory."""
+
+
+def fingerprint(key_hex: str) -> str:
+    """SHA-256 of a raw 32-byte public key given in hex: 64 hex digits."""
+    return hashlib.sha256(bytes.fromhex(key_hex)).hexdigest()
+
+
+def node_id_of(key_hex: str) -> str:
+    """The node id a public key (64 hex digits) stands for: 16 hex digits."""
+    return fingerprint(key_hex)[:16]
+
+
+def verify(key_hex: str, sig_hex: str, data: bytes) -> bool:
+    """True if ``sig_hex`` (128 hex digits) is a valid Ed25519 signature of
+    ``data`` by the public key ``key_hex`` (64 hex digits).  Never raises
+    for bad input: a malformed key or signature is simply not valid."""
+    try:
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex))
+        public.verify(bytes.fromhex(sig_hex), data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def pretty_fingerprint(key_hex: str) -> str:
+    """A fingerprint for people: 64 hex digits in groups of four."""
+    fp = fingerprint(key_hex)
+    return " ".join(fp[i : i + 4] for i in range(0, len(fp), 4))
+
+
+class Identity:
+    """A node's key pair.
+
+    Build it with :meth:`generate` or :meth:`load_or_create`.
+
+    Attributes:
+        key: the public key, 64 hex digits (the ``key`` of our messages).
+        node_id: :func:`node_id_of` ``key``.
+    """
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key = raw.hex()
+        self.node_id = node_id_of(self.key)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A new key pair, in memory only (an ephemeral node, or a test)."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, data_dir: str | None) -> Identity:
+        """The key pair of a data directory, made there on first use.
+
+        Args:
+            data_dir: the node's data directory (it exists and the caller
+                holds its lock), or None for a new in-memory key pair.
+
+        Raises:
+            StoreError: the key file cannot be read or written, is not an
+                Ed25519 private key, or can be read by other users.
+        """
+        if data_dir is None:
+            return cls.generate()
+        path = Path(data_dir) / KEY_FILE
+        if path.exists():
+            try:
+                mode = path.stat().st_mode & 0o777
+                if mode & 0o077:
+                    raise StoreError(
+                        f"{path} can be read by other users (mode {mode:o}); run: chmod 600 {path}"
+                    )
+                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except (OSError, ValueError, TypeError) as exc:
+                raise StoreError(f"cannot read the identity key {path}: {exc}") from None
+            if not isinstance(private, Ed25519PrivateKey):
+                raise StoreError(f"{path} is not an Ed25519 private key")
+            return cls(private)
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot write the identity key {path}: {exc}") from None
+        return cls(private)
+
+    def sign(self, data: bytes) -> str:
+        """Sign ``data``; returns the signature as 128 hex digits."""
+        return self._private.sign(data).hex()

@@ -1,0 +1,169 @@
+"""Who said it: signed messages, node ids bound to keys, replays, and names
+kept on first use.  A hostile in-process peer forges, tampers and replays;
+each is rejected while honest lines keep flowing."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import msgspec
+import pytest
+from conftest import FAST_LINK, Cluster, RawPeer, wait_for
+
+from p2pchat import cli, identity, wire
+from p2pchat.errors import StoreError
+from p2pchat.events import KeyInfo, Notice
+from p2pchat.identity import KEY_FILE, Identity
+
+
+def test_keys_sign_and_check() -> None:
+    me = Identity.generate()
+    sig = me.sign(b"hello")
+    assert identity.verify(me.key, sig, b"hello")
+    assert not identity.verify(me.key, sig, b"hellO")
+    assert not identity.verify(Identity.generate().key, sig, b"hello")
+    assert not identity.verify("zz", sig, b"hello")  # malformed input is just invalid
+    assert me.node_id == identity.fingerprint(me.key)[:16]
+
+
+def test_the_key_is_kept_private_and_gives_the_node_its_id(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    data = tmp_path / "alice"
+    node = cluster.add("alice", data_dir=str(data))
+    key_file = data / KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    first_id = node.node_id
+    node.close()
+    again = cluster.add("alice", data_dir=str(data))
+    assert again.node_id == first_id == Identity.load_or_create(str(data)).node_id
+    again.close()
+    key_file.chmod(0o644)
+    with pytest.raises(StoreError, match="chmod 600"):
+        cluster.add("alice", data_dir=str(data))
+
+
+def joined(cluster: Cluster) -> RawPeer:
+    """A hand-driven peer linked to the cluster's first node."""
+    peer = RawPeer(cluster.nodes[0].port)
+    peer.hello(cluster.room)
+    node = cluster.nodes[0]
+    wait_for(lambda: node.has_link(peer.node_id), 5, "the raw peer's link")
+    return peer
+
+
+def test_forged_tampered_and_unsigned_lines_are_dropped(cluster: Cluster) -> None:
+    node = cluster.add("alice", link=FAST_LINK)
+    rec = cluster.recorders[0]
+    peer = joined(cluster)
+    victim = Identity.generate()
+    try:
+        # Forged origin: the victim's node id, signed with the peer's own key.
+        forged = peer.message(wire.Chat, cluster.room, text="forged", origin=victim.node_id)
+        # Tampered: a valid line of the peer's, its text changed on the way.
+        good = peer.message(wire.Chat, cluster.room, text="I owe you 5")
+        tampered = msgspec.structs.replace(good, text="I owe you 500")
+        # Unsigned.
+        bare = msgspec.structs.replace(
+            peer.message(wire.Chat, cluster.room, text="unsigned"), key="", sig=""
+        )
+        for msg in (forged, tampered, bare):
+            peer.send(wire.encode_frame(msg))
+        honest = peer.message(wire.Chat, cluster.room, text="honest")
+        peer.send(wire.encode_frame(honest))
+        wait_for(lambda: "honest" in rec.texts(), 5, "the honest line")
+        assert not {"forged", "I owe you 500", "unsigned"} & set(rec.texts())
+        refused = node.stats().frames_refused
+        assert (refused["wrong_key"], refused["bad_signature"], refused["unsigned"]) == (1, 1, 1)
+        # The real line, sent after its tampered copy, still gets through.
+        peer.send(wire.encode_frame(good))
+        wait_for(lambda: "I owe you 5" in rec.texts(), 5, "the untampered line")
+    finally:
+        peer.close()
+
+
+def test_a_link_bringing_many_bad_signatures_is_closed(cluster: Cluster) -> None:
+    node = cluster.add("alice", link=FAST_LINK)
+    friend = cluster.add("bob", peers=[node], link=FAST_LINK)
+    peer = joined(cluster)
+    try:
+        for i in range(20):
+            msg = peer.message(wire.Chat, cluster.room, text=f"x{i}")
+            peer.send(wire.encode_frame(msgspec.structs.replace(msg, text=f"y{i}")))
+        peer.wait_closed()
+    finally:
+        peer.close()
+    line = friend.send("still chatting")
+    wait_for(lambda: line.id in {m.id for m in cluster.recorders[0].messages()}, 5, "bob's line")
+
+
+def test_old_messages_replayed_are_dropped(cluster: Cluster) -> None:
+    node = cluster.add("alice", link=FAST_LINK, seen_max_age_s=0.5)
+    rec = cluster.recorders[0]
+    peer = joined(cluster)
+    try:
+        line = peer.message(wire.Chat, cluster.room, text="said once", line=1, hlc=now_us())
+        old_presence = peer.message(wire.Presence, cluster.room)
+        for msg in (line, old_presence):
+            peer.send(wire.encode_frame(msg))
+        for _ in range(100):  # the peer goes on talking: its seq moves on
+            peer.send(wire.encode_frame(peer.message(wire.Presence, cluster.room)))
+        wait_for(lambda: "said once" in rec.texts(), 5, "the line")
+        wait_for(
+            lambda: line.id not in node._seen and old_presence.id not in node._seen,
+            5,
+            "the seen-cache to forget them",
+        )
+        peer.send(wire.encode_frame(line))
+        peer.send(wire.encode_frame(old_presence))
+        marker = peer.message(wire.Chat, cluster.room, text="marker", line=2, hlc=now_us())
+        peer.send(wire.encode_frame(marker))
+        wait_for(lambda: "marker" in rec.texts(), 5, "the marker")
+        assert rec.texts().count("said once") == 1
+        assert node.stats().frames_refused.get("replayed", 0) >= 1
+    finally:
+        peer.close()
+
+
+def now_us() -> int:
+    return int(wire.now_ts() * 1e6)
+
+
+def test_two_keys_with_one_name_are_told_apart_and_the_newcomer_is_flagged(
+    cluster: Cluster,
+) -> None:
+    carol = cluster.add("carol", link=FAST_LINK)
+    alice = cluster.add("alice", peers=[carol], link=FAST_LINK)
+    first = alice.send("hi, it's alice")
+    rec = cluster.recorders[0]
+    wait_for(lambda: first.id in {m.id for m in rec.messages()}, 10, "alice's line")
+    assert rec.messages()[-1].display == "alice"
+
+    impostor = cluster.add("alice", peers=[carol], link=FAST_LINK)
+    second = impostor.send("hi, it's alice too")
+    wait_for(lambda: second.id in {m.id for m in rec.messages()}, 10, "the second alice's line")
+    got = next(m for m in rec.messages() if m.id == second.id)
+    assert got.display == f"alice#{impostor.node_id[:4]}"
+    notices = [e for e in rec.events if isinstance(e, Notice) and "alice" in e.text]
+    assert len(notices) == 1 and f"alice#{impostor.node_id[:4]}" in notices[0].text
+    assert "may not be who you think" in notices[0].text
+
+    keys = {k.node: k for k in carol.whois("alice")}
+    assert keys[alice.node_id].first and not keys[impostor.node_id].first
+    assert keys[alice.node_id].fingerprint.startswith(alice.node_id)
+    shown = cli.format_whois("alice", list(keys.values()))
+    assert any("NOT the first key" in line for line in shown)
+
+    # The first alice stays "alice"; the flag stays on the newcomer even alone.
+    impostor.close()
+    wait_for(lambda: len(carol.whois("alice")) == 1, 10, "the second alice to leave")
+    again = alice.send("still me")
+    wait_for(lambda: again.id in {m.id for m in rec.messages()}, 10, "alice's next line")
+    assert rec.messages()[-1].display == "alice"
+
+
+def test_whois_formats() -> None:
+    me = KeyInfo(node="a" * 16, name="a", display="a", fingerprint="a" * 64, first=True, self=True)
+    assert cli.format_whois("a", [me]) == [f"-- a: {' '.join(['aaaa'] * 16)} (you)"]
+    assert cli.format_whois("zed", []) == ["-- nobody called zed is in the room"]
