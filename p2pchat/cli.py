@@ -74,7 +74,18 @@ PROG = "p2pchat"
 DEFAULT_ROOM = "lobby"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-COMMANDS = ("/who", "/whois", "/peers", "/stats", "/history", "/nick", "/me", "/help", "/quit")
+COMMANDS = (
+    "/who",
+    "/whois",
+    "/msg",
+    "/peers",
+    "/stats",
+    "/history",
+    "/nick",
+    "/me",
+    "/help",
+    "/quit",
+)
 
 DEFAULT_HISTORY_SHOWN = 20
 """Lines ``/history`` shows when no number is given."""
@@ -83,6 +94,8 @@ HELP_TEXT = """\
 commands:
   /who         who is in the room (* = linked to you directly)
   /whois NAME  the key fingerprints of everyone called NAME
+  /msg NAME TEXT  a private line to NAME, encrypted end to end (NAME may be
+               alice#3f2a when two share a name)
   /peers       your direct links: name, address, in/out, uptime
   /stats       counters: frames and bytes, duplicates, refusals, rate limits
   /history [N] the room's last N lines (default 20), in the order every node shows
@@ -692,6 +705,9 @@ class Renderer:
         """
         if isinstance(ev, MessageEvent):
             line = format_line(ev, self._who(ev.origin, ev.display, ev.name))
+            if ev.private:
+                to = f" to {clean(ev.to_display)}" if ev.self else ""
+                return f"[private{to}] {line}"
             return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else line
         if isinstance(ev, JoinEvent):
             who = self._who(ev.origin, ev.display, ev.name)
@@ -1015,6 +1031,15 @@ def _command(node: Node, out: Output, line: str) -> bool:
             out.obj("stats", **{k: v for k, v in stats.as_dict().items() if k != "event"})
         else:
             out.text(*format_stats(stats))
+    elif cmd == "msg":
+        parts = arg.split(maxsplit=1)
+        if len(parts) < 2:
+            out.error("usage: /msg NAME TEXT")
+        else:
+            try:
+                node.send_direct(parts[0], parts[1])
+            except LocalError as exc:
+                out.error(f"not sent: {exc}")
     elif cmd == "whois":
         if not arg:
             out.error("usage: /whois NAME")

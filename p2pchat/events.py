@@ -44,7 +44,10 @@ class MessageEvent(Event):
     :meth:`~p2pchat.node.Node.history` returns; ``hlc`` is its hybrid logical
     clock (microseconds), which with ``origin`` and ``line`` orders a room's
     lines the same way on every node; ``line`` is its number among its
-    origin's lines in the room (0 if the sender did not number it)."""
+    origin's lines in the room (0 if the sender did not number it).
+    ``private`` is True for a direct message (``/msg``), encrypted end to
+    end: ``to`` is the recipient's node id and ``to_display`` how to show it;
+    a direct message is never kept in the history."""
 
     kind: ClassVar[str] = "message"
     id: str
@@ -59,6 +62,9 @@ class MessageEvent(Event):
     history: bool = False
     hlc: int = 0
     line: int = 0
+    private: bool = False
+    to: str = ""
+    to_display: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ in memory only for an ephemeral node.  All the cryptography is the
   Ed25519 signature (``sig``) of :func:`p2pchat.wire.signing_bytes`: the
   message as JSON with ``hops`` 0 and ``sig`` empty (``docs/protocol.md``
   §7.3).  Relays forward it unchanged except for ``hops``.
+* For **direct messages** each node also has an X25519 key pair, derived
+  from its Ed25519 private key with HKDF-SHA256 and announced (signed) in its
+  presence.  A direct message is sealed to the recipient's X25519 key with a
+  one-time X25519 key, HKDF-SHA256 and ChaCha20-Poly1305 (:func:`seal`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2pchat.errors import StoreError
 
@@ -57,6 +64,36 @@ def verify(key_hex: str, sig_hex: str, data: bytes) -> bool:
     return True
 
 
+_DIRECT_INFO = b"p2pchat direct v1"
+_NONCE = bytes(12)  # every key is used once: a fixed nonce is safe
+
+
+def _direct_key(shared: bytes, eph: bytes, recipient: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=eph + recipient, info=_DIRECT_INFO
+    ).derive(shared)
+
+
+def seal(recipient_dh_hex: str, plaintext: bytes, aad: bytes) -> tuple[str, str]:
+    """Encrypt ``plaintext`` so that only the holder of the X25519 key
+    ``recipient_dh_hex`` can read it; ``aad`` is bound to it, unencrypted.
+
+    Returns:
+        ``(eph, box)``: the one-time public key and the ciphertext, in hex.
+
+    Raises:
+        ValueError: ``recipient_dh_hex`` is not an X25519 public key.
+    """
+    recipient = bytes.fromhex(recipient_dh_hex)
+    eph_private = X25519PrivateKey.generate()
+    eph = eph_private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    shared = eph_private.exchange(X25519PublicKey.from_public_bytes(recipient))
+    box = ChaCha20Poly1305(_direct_key(shared, eph, recipient)).encrypt(_NONCE, plaintext, aad)
+    return eph.hex(), box.hex()
+
+
 def pretty_fingerprint(key_hex: str) -> str:
     """A fingerprint for people: 64 hex digits in groups of four."""
     fp = fingerprint(key_hex)
@@ -71,6 +108,7 @@ class Identity:
     Attributes:
         key: the public key, 64 hex digits (the ``key`` of our messages).
         node_id: :func:`node_id_of` ``key``.
+        dh: our X25519 public key for direct messages, 64 hex digits.
     """
 
     def __init__(self, private: Ed25519PrivateKey) -> None:
@@ -80,6 +118,20 @@ class Identity:
         )
         self.key = raw.hex()
         self.node_id = node_id_of(self.key)
+        seed = private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        dh_seed = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"p2pchat x25519 v1"
+        ).derive(seed)
+        self._dh = X25519PrivateKey.from_private_bytes(dh_seed)
+        self.dh = (
+            self._dh.public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            .hex()
+        )
 
     @classmethod
     def generate(cls) -> Identity:
@@ -133,3 +185,17 @@ class Identity:
     def sign(self, data: bytes) -> str:
         """Sign ``data``; returns the signature as 128 hex digits."""
         return self._private.sign(data).hex()
+
+    def open(self, eph_hex: str, box_hex: str, aad: bytes) -> bytes | None:
+        """Decrypt a direct message sealed to us (see :func:`seal`).
+
+        Returns:
+            The plaintext, or None if it was not sealed to us or was changed.
+        """
+        try:
+            eph = bytes.fromhex(eph_hex)
+            shared = self._dh.exchange(X25519PublicKey.from_public_bytes(eph))
+            key = _direct_key(shared, eph, bytes.fromhex(self.dh))
+            return ChaCha20Poly1305(key).decrypt(_NONCE, bytes.fromhex(box_hex), aad)
+        except (InvalidTag, ValueError):
+            return None

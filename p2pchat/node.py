@@ -324,6 +324,7 @@ class Node:
         self.node_id = self._identity.node_id
         self._max_seq: OrderedDict[str, int] = OrderedDict()  # origin -> highest seq seen
         self._keys: OrderedDict[str, str] = OrderedDict()  # origin -> its public key
+        self._dh_keys: OrderedDict[str, str] = OrderedDict()  # origin -> its X25519 key
         self._bad_sigs: dict[Link, int] = {}
         self._floor_cache = (float("-inf"), 0)  # (monotonic time, floor hlc)
         self._clock = history.HybridClock(self._store.last_hlc)
@@ -911,7 +912,10 @@ class Node:
                     if now >= self._next_presence and self._joined and not self._closed:
                         presence = self._signed(
                             wire.Presence(
-                                addrs=self._addrs, port=self.port, **self._envelope_locked()
+                                addrs=self._addrs,
+                                port=self.port,
+                                dh=self._identity.dh,
+                                **self._envelope_locked(),
                             )
                         )
                         self._flood_own(presence, events)
@@ -1118,6 +1122,11 @@ class Node:
             self._seen.add(msg.id, now)  # so that its other copies are dropped too
             self._count_limited("origin", msg.origin)
             return
+        if isinstance(msg, wire.Presence) and msg.dh:
+            self._dh_keys[msg.origin] = msg.dh
+            self._dh_keys.move_to_end(msg.origin)
+            while len(self._dh_keys) > 4096:
+                self._dh_keys.popitem(last=False)
         if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
             self._member_addrs[msg.origin] = (list(msg.addrs), msg.port)
             self._member_addrs.move_to_end(msg.origin)
@@ -1161,6 +1170,10 @@ class Node:
             if isinstance(msg, wire.Chat):
                 events.append(self._message_event(msg, self_=True))
             return
+        if isinstance(msg, wire.Direct) and msg.to == self.node_id:
+            ev = self._open_direct(msg)
+            if ev is not None:
+                events.append(ev)
         origin = msg.origin
         left_seq = self._left.get(origin)
         stale = left_seq is not None and msg.seq <= left_seq
@@ -1204,6 +1217,106 @@ class Node:
             self._clock.observe(msg.hlc)
             self._store_line(msg)
             events.append(self._message_event(msg, self_=False))
+
+    def send_direct(self, to: str, text: str, action: bool = False) -> MessageEvent:
+        """Send a direct message, encrypted end to end, to one member.  Any thread.
+
+        Args:
+            to: the member's name, its ``name#abcd`` display, or a prefix
+                of its node id.
+            text: the line (the rules of :meth:`send`).
+
+        Returns:
+            Our event for it (``private=True``), also passed to ``on_event``.
+
+        Raises:
+            UsageError: nobody, or more than one member, answers to ``to``;
+                the member has not announced a key for direct messages yet;
+                or the line is not valid (see :meth:`send`).
+        """
+        check_text = text.strip()
+        if not check_text or wire.has_control_chars(text):
+            raise UsageError("a direct message needs text without control characters")
+        if len(text) > wire.MAX_TEXT_CHARS:
+            raise LineTooLong(
+                f"line is {len(text)} characters; the limit is {wire.MAX_TEXT_CHARS}."
+            )
+        self._wait_own_token()
+        with self._lock:
+            if self._closed:
+                raise UsageError("the node is closed")
+            node = self._resolve(to)
+            dh = self._dh_keys.get(node)
+            if dh is None:
+                raise UsageError(
+                    f"{self._roster.display(node)} has not announced a key for direct "
+                    "messages yet; try again in a few seconds"
+                )
+            env = self._envelope_locked()
+            aad = f"{env['id']}:{self.node_id}:{node}".encode()
+            eph, box = identity.seal(dh, bytes([int(action)]) + text.encode("utf-8"), aad)
+            msg = self._signed(wire.Direct(to=node, eph=eph, box=box, **env))
+            ev = MessageEvent(
+                id=msg.id,
+                origin=self.node_id,
+                name=self._name,
+                text=text,
+                ts=msg.ts,
+                self=True,
+                seq=msg.seq,
+                action=action,
+                display=self._name,
+                private=True,
+                to=node,
+                to_display=self._roster.display(node),
+            )
+            self._handle_now(("local", msg))
+            self._emit([ev])
+        return ev
+
+    def _resolve(self, who: str) -> str:
+        """The node id of the one other member called ``who`` (a name, a
+        ``name#abcd`` display or a node id prefix)."""
+        others = [m for m in self._roster.members() if m.node != self.node_id]
+        found = [m for m in others if self._roster.display(m.node) == who]
+        if not found:
+            found = [m for m in others if m.name == who]
+        if not found and len(who) >= 4:
+            found = [m for m in others if m.node.startswith(who)]
+        if not found:
+            raise UsageError(f"nobody called {who!r} is in the room (/who lists them)")
+        if len(found) > 1:
+            names = ", ".join(sorted(self._roster.display(m.node) for m in found))
+            raise UsageError(f"{len(found)} members are called {who!r}: say which ({names})")
+        return found[0].node
+
+    def _open_direct(self, msg: wire.Direct) -> MessageEvent | None:
+        aad = f"{msg.id}:{msg.origin}:{msg.to}".encode()
+        plain = self._identity.open(msg.eph, msg.box, aad)
+        if plain is None or not plain:
+            self._frames_refused["undecryptable"] = self._frames_refused.get("undecryptable", 0) + 1
+            return None
+        try:
+            text = plain[1:].decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if not text.strip() or wire.has_control_chars(text) or len(text) > wire.MAX_TEXT_CHARS:
+            self._frames_refused["undecryptable"] = self._frames_refused.get("undecryptable", 0) + 1
+            return None
+        return MessageEvent(
+            id=msg.id,
+            origin=msg.origin,
+            name=msg.name,
+            text=text,
+            ts=msg.ts,
+            self=False,
+            seq=msg.seq,
+            action=plain[0] == 1,
+            display=self._roster.display(msg.origin, msg.name),
+            private=True,
+            to=self.node_id,
+            to_display=self._name,
+        )
 
     def _message_event(self, msg: wire.Chat, self_: bool, history: bool = False) -> MessageEvent:
         return MessageEvent(

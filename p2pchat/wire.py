@@ -217,12 +217,34 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     Attributes:
         addrs: IPv4 addresses the origin listens on (optional, at most 8).
         port: the origin's TCP listening port (optional; 0 = unknown).
+        dh: the origin's X25519 public key for direct messages, 64 hex
+            digits (optional; signed with the rest of the presence).
     A node that loses touch with a member dials these, so that the parts of
     a mesh re-link when the node that joined them dies.
     """
 
     addrs: Annotated[list[IPv4], msgspec.Meta(max_length=8)] = msgspec.field(default_factory=list)
     port: Port = 0
+    dh: PublicKey = ""
+
+
+MAX_BOX_CHARS: Final = 2 * (4 * MAX_TEXT_CHARS + 64)
+"""Longest ``direct.box``: hex of the longest line's UTF-8, a flag byte and the AEAD tag."""
+
+
+class Direct(Flooded, tag="direct", frozen=True, kw_only=True):
+    """A direct message to one node, encrypted end to end (``docs/protocol.md``
+    §7.4).  Flooded like any message; only ``to`` can read it.
+
+    Attributes:
+        to: the recipient's node id.
+        eph: the sender's one-time X25519 public key, 64 hex digits.
+        box: ChaCha20-Poly1305 ciphertext of the line, in hex.
+    """
+
+    to: NodeId
+    eph: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    box: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]*$", max_length=MAX_BOX_CHARS)]
 
 
 class Have(msgspec.Struct, array_like=True, frozen=True):
@@ -278,7 +300,7 @@ class Ack(msgspec.Struct, tag_field="type", tag="ack", frozen=True):
 LinkMessage = Hello | Refuse | Keepalive
 TreeMessage = IHave | Graft | Prune
 HistoryMessage = Sync | Lines | Ack
-FloodMessage = Chat | Join | Leave | Nick | Presence
+FloodMessage = Chat | Join | Leave | Nick | Presence | Direct
 Message = (
     Hello
     | Refuse
@@ -294,6 +316,7 @@ Message = (
     | Leave
     | Nick
     | Presence
+    | Direct
 )
 
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
@@ -521,6 +544,7 @@ MessageKind = Literal[
     "leave",
     "nick",
     "presence",
+    "direct",
 ]
 
 

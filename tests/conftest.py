@@ -6,6 +6,7 @@ on 127.0.0.1 only, with a service type unique to the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -247,3 +248,98 @@ class RawPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Cable:
+    """A TCP relay on 127.0.0.1 in front of a node's port, that a test can
+    cut (every connection through it closes, new ones are closed at once)
+    and mend: a network link between two parts of the mesh.  It keeps what
+    went through in :attr:`captured`, like a packet capture of the link."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = (LOOPBACK, target_port)
+        self.server = socket.create_server((LOOPBACK, 0))
+        self.server.settimeout(0.1)
+        self.port: int = self.server.getsockname()[1]
+        self.cut_off = False
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.captured = bytearray()  # everything that went through, both ways (first 16 MiB)
+        self._accept = threading.Thread(target=self._run, name="test-cable", daemon=True)
+        self._accept.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.cut_off:
+                conn.close()
+                continue
+            try:
+                out = socket.create_connection(self.target, timeout=2.0)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._socks += [conn, out]
+                for a, b in ((conn, out), (out, conn)):
+                    t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                    self._threads.append(t)
+                    t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            with self._lock:
+                if len(self.captured) < 16 << 20:
+                    self.captured += data
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.cut_off = True
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def mend(self) -> None:
+        self.cut_off = False
+
+    def close(self) -> None:
+        self.cut()
+        self._stop.set()
+        self.server.close()
+        self._accept.join(2.0)
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(2.0)
+
+
+@pytest.fixture
+def cables() -> Iterator[list[Cable]]:
+    cables: list[Cable] = []
+    yield cables
+    for c in cables:
+        c.close()

@@ -4,110 +4,16 @@ every line once, in one order, on every node."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FAST_LINK, LOOPBACK, Cluster, RawPeer, Recorder, wait_for
+from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, Recorder, wait_for
 
 from p2pchat import wire
 from p2pchat.errors import StoreError
 from p2pchat.node import Node
-
-
-class Cable:
-    """A TCP relay on 127.0.0.1 in front of a node's port, that a test can
-    cut (every connection through it closes, new ones are closed at once)
-    and mend: a network link between two parts of the mesh."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = (LOOPBACK, target_port)
-        self.server = socket.create_server((LOOPBACK, 0))
-        self.server.settimeout(0.1)
-        self.port: int = self.server.getsockname()[1]
-        self.cut_off = False
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
-        self._accept = threading.Thread(target=self._run, name="test-cable", daemon=True)
-        self._accept.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.cut_off:
-                conn.close()
-                continue
-            try:
-                out = socket.create_connection(self.target, timeout=2.0)
-            except OSError:
-                conn.close()
-                continue
-            with self._lock:
-                self._socks += [conn, out]
-                for a, b in ((conn, out), (out, conn)):
-                    t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
-                    self._threads.append(t)
-                    t.start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            try:
-                dst.sendall(data)
-            except OSError:
-                break
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.cut_off = True
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def mend(self) -> None:
-        self.cut_off = False
-
-    def close(self) -> None:
-        self.cut()
-        self._stop.set()
-        self.server.close()
-        self._accept.join(2.0)
-        with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            t.join(2.0)
-
-
-@pytest.fixture
-def cable_factory() -> Iterator[list[Cable]]:
-    cables: list[Cable] = []
-    yield cables
-    for c in cables:
-        c.close()
 
 
 def history_texts(node: Node, n: int = 1000) -> list[str]:
@@ -144,14 +50,14 @@ def test_a_late_joiner_sees_the_last_lines_once_and_in_order(cluster: Cluster) -
 
 
 def test_a_healed_partition_leaves_every_node_with_every_line_once(
-    cluster: Cluster, cable_factory: list[Cable]
+    cluster: Cluster, cables: list[Cable]
 ) -> None:
     a = cluster.add("a", link=FAST_LINK)
     b = cluster.add("b", peers=[a], link=FAST_LINK)
     c = cluster.add("c", link=FAST_LINK)
     d = cluster.add("d", peers=[c], link=FAST_LINK)
     cable = Cable(c.port)
-    cable_factory.append(cable)
+    cables.append(cable)
     b.add_peer(LOOPBACK, cable.port)
     cluster.wait_all_know_each_other()
     a.send("before the split")

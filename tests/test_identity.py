@@ -9,12 +9,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import FAST_LINK, Cluster, RawPeer, wait_for
+from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, wait_for
 
 from p2pchat import cli, identity, wire
-from p2pchat.errors import StoreError
-from p2pchat.events import KeyInfo, Notice
+from p2pchat.errors import StoreError, UsageError
+from p2pchat.events import KeyInfo, MessageEvent, Notice
 from p2pchat.identity import KEY_FILE, Identity
+from p2pchat.node import Node
 
 
 def test_keys_sign_and_check() -> None:
@@ -167,3 +168,63 @@ def test_whois_formats() -> None:
     me = KeyInfo(node="a" * 16, name="a", display="a", fingerprint="a" * 64, first=True, self=True)
     assert cli.format_whois("a", [me]) == [f"-- a: {' '.join(['aaaa'] * 16)} (you)"]
     assert cli.format_whois("zed", []) == ["-- nobody called zed is in the room"]
+
+
+def send_direct_when_ready(node: Node, to: str, text: str) -> MessageEvent:
+    """``send_direct`` once the recipient has announced its key (first presence)."""
+    sent: list[MessageEvent] = []
+
+    def attempt() -> bool:
+        try:
+            sent.append(node.send_direct(to, text))
+        except UsageError as exc:
+            assert "not announced a key" in str(exc), exc
+            return False
+        return True
+
+    wait_for(attempt, 10, f"{to}'s key for direct messages")
+    return sent[0]
+
+
+def test_a_direct_message_is_read_only_by_its_recipient(
+    cluster: Cluster, cables: list[Cable]
+) -> None:
+    alice = cluster.add("alice", link=FAST_LINK)
+    relay = cluster.add("relay", link=FAST_LINK)
+    cable = Cable(relay.port)
+    cables.append(cable)
+    alice.add_peer(LOOPBACK, cable.port)  # every frame alice exchanges crosses the cable
+    bob = cluster.add("bob", peers=[relay], link=FAST_LINK)
+    cluster.wait_all_know_each_other()
+    secret = "meet me at the blue door at 3"
+    mine = send_direct_when_ready(alice, "bob", secret)
+    assert mine.private and mine.self and mine.to == bob.node_id and mine.to_display == "bob"
+    rec_bob = cluster.recorders[2]
+    wait_for(lambda: secret in rec_bob.texts(), 10, "bob's direct message")
+    got = next(m for m in rec_bob.messages() if m.text == secret)
+    assert got.private and not got.self and got.origin == alice.node_id
+    assert cli.Renderer().render(got) == f"[private] alice: {secret}"
+    assert cli.Renderer().render(mine) == f"[private to bob] alice: {secret}"
+    # The relay carried it but cannot read it, and neither can a capture.
+    line = alice.send("a public line after it")
+    wait_for(lambda: line.id in {m.id for m in cluster.recorders[1].messages()}, 10, "relay")
+    assert secret not in cluster.recorders[1].texts()
+    assert secret.encode() not in bytes(cable.captured)
+    assert b"a public line after it" in bytes(cable.captured)  # the capture works
+    assert bob.history(10)[-1].text == "a public line after it"  # not kept in history
+
+
+def test_direct_messages_need_one_known_recipient(cluster: Cluster) -> None:
+    me = cluster.add("me", link=FAST_LINK)
+    one = cluster.add("twin", peers=[me], link=FAST_LINK)
+    two = cluster.add("twin", peers=[me], link=FAST_LINK)
+    cluster.wait_all_know_each_other()
+    with pytest.raises(UsageError, match="nobody called 'ghost'"):
+        me.send_direct("ghost", "hello?")
+    with pytest.raises(UsageError, match="2 members are called 'twin'"):
+        me.send_direct("twin", "which one?")
+    target = f"twin#{two.node_id[:4]}"
+    send_direct_when_ready(me, target, "you, the second one")
+    wait_for(lambda: "you, the second one" in cluster.recorders[2].texts(), 10, "the right twin")
+    assert "you, the second one" not in cluster.recorders[1].texts()
+    assert one.node_id != two.node_id
