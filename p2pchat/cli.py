@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -189,6 +189,8 @@ class Options:
         data_dir: the node's data directory; None with ``--ephemeral``.
         history_days: the history window's age, in days.
         history_lines: the history window's size, lines per room.
+        secret: a private room's shared secret (``--secret-file`` or
+            ``P2PCHAT_SECRET``), or None.
     """
 
     name: str | None
@@ -206,6 +208,7 @@ class Options:
     data_dir: str | None = None
     history_days: float = 7.0
     history_lines: int = 10_000
+    secret: bytes | None = field(default=None, repr=False)
 
 
 def validate_name(value: str) -> str:
@@ -323,6 +326,34 @@ def default_data_dir() -> str:
     import platformdirs
 
     return str(platformdirs.user_data_dir("p2pchat", appauthor=False))
+
+
+SECRET_ENV = "P2PCHAT_SECRET"
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """The room secret: the file's bytes (without a final line end) if
+    ``path`` is given, else ``$P2PCHAT_SECRET`` if set, else None.
+
+    Raises:
+        UsageError: the file cannot be read, or the secret is empty.
+    """
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                secret = f.read(1 << 16)
+        except OSError as exc:
+            raise UsageError(f"cannot read the secret file {path}: {exc.strerror}") from None
+        secret = secret.rstrip(b"\r\n")
+        where = f"the secret file {path}"
+    elif os.environ.get(SECRET_ENV) is not None:
+        secret = os.environ[SECRET_ENV].encode("utf-8")
+        where = SECRET_ENV
+    else:
+        return None
+    if not secret.strip():
+        raise UsageError(f"{where} is empty")
+    return secret
 
 
 def parse_days(text: str) -> float:
@@ -452,6 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep nothing on disk: a new identity each run, history in memory only",
     )
     p.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="make the room private: members share the secret in this file (or in the "
+        "P2PCHAT_SECRET environment variable; never on the command line, which other "
+        "users can read); links are encrypted and the room's name is not announced",
+    )
+    p.add_argument(
         "--history-days",
         metavar="DAYS",
         type=_arg_type(parse_days),
@@ -527,6 +565,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         log_file=ns.log_file,
         broadcast=ns.broadcast,
         data_dir=None if ns.ephemeral else (ns.data_dir or default_data_dir()),
+        secret=read_secret(ns.secret_file),
         history_days=ns.history_days,
         history_lines=ns.history_lines,
     )
@@ -1226,6 +1265,7 @@ def make_node(opts: Options, name: str, on_event: Callable[[Event], None]) -> No
         data_dir=opts.data_dir,
         history_max_age_s=opts.history_days * 86400.0,
         history_max_lines=opts.history_lines,
+        secret=opts.secret,
     )
     discovery = (
         MdnsDiscovery(interfaces=list(opts.interfaces) or None, service_type=opts.service_type)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import random
 import socket
@@ -64,6 +65,7 @@ from p2pchat.events import (
     Stats,
 )
 from p2pchat.identity import Identity
+from p2pchat.privacy import RoomSecret
 from p2pchat.roster import Roster
 from p2pchat.store import Store
 from p2pchat.transport import Link, LinkConfig, Listener, PortInUse, dial
@@ -141,6 +143,8 @@ class NodeConfig:
         link: per-link timing and queue limits.
         seen_max_entries, seen_max_age_s: seen-cache bounds.
         leave_flush_s: on close, how long to wait for the leave to go out.
+        secret: the shared secret of a private room (see
+            :mod:`p2pchat.privacy`), or None for an open room.
         data_dir: directory of the node's store (its id, sequence counters
             and the rooms' lines, in SQLite); None keeps nothing on disk
             (an in-memory store: ``--ephemeral``).  One node at a time may
@@ -177,6 +181,7 @@ class NodeConfig:
     seen_max_age_s: float = flood.DEFAULT_SEEN_MAX_AGE_S
     leave_flush_s: float = 1.0
     data_dir: str | None = None
+    secret: bytes | None = field(default=None, repr=False)
     history_max_age_s: float = 7 * 86400.0
     history_max_lines: int = 10_000
 
@@ -312,6 +317,8 @@ class Node:
             raise UsageError(f"broadcast must be 'flood' or 'tree', not {config.broadcast!r}")
         if config.history_max_lines < 1 or config.history_max_age_s <= 0:
             raise UsageError("the history window must hold at least one line and one second")
+        self._secret = RoomSecret(config.secret, config.room) if config.secret else None
+        self._wire_room = self._secret.tag if self._secret else config.room
         # Opened last among the checks: it takes the data directory's lock.
         self._store = Store.open(
             config.data_dir, config.history_max_age_s, config.history_max_lines
@@ -394,7 +401,8 @@ class Node:
 
     @property
     def room(self) -> str:
-        """This node's room."""
+        """This node's room, by name (in a private room, the network sees
+        only its tag: see :mod:`p2pchat.privacy`)."""
         return self.config.room
 
     def __enter__(self) -> Node:
@@ -425,7 +433,7 @@ class Node:
             if self._discovery is not None:
                 self._discovery.start(
                     LocalService(
-                        self.node_id, self._name, self.room, self.port, wire.PROTOCOL_VERSION
+                        self.node_id, self._name, self._wire_room, self.port, wire.PROTOCOL_VERSION
                     ),
                     self._found,
                     self._lost,
@@ -470,7 +478,7 @@ class Node:
                     wire.Chat(
                         text=text,
                         action=action,
-                        line=self._store.next_line(self.room),
+                        line=self._store.next_line(self._wire_room),
                         hlc=self._clock.now(),
                         **self._envelope_locked(),
                     )
@@ -526,7 +534,7 @@ class Node:
                 links=len(self._links),
                 members=len(self._roster),
                 seen_cache=len(self._seen),
-                stored_lines=self._store.count(self.room),
+                stored_lines=self._store.count(self._wire_room),
                 catchup_in=counts["catchup_in"],
                 catchup_out=counts["catchup_out"],
             )
@@ -568,7 +576,7 @@ class Node:
         if n < 1:
             raise UsageError("the number of lines must be at least 1")
         with self._lock:
-            lines = self._store.recent(self.room, min(n, self.config.history_max_lines))
+            lines = self._store.recent(self._wire_room, min(n, self.config.history_max_lines))
             return [
                 self._message_event(m, self_=m.origin == self.node_id, history=True) for m in lines
             ]
@@ -701,9 +709,10 @@ class Node:
             version=wire.PROTOCOL_VERSION,
             node=self.node_id,
             name=self._name,
-            room=self.room,
+            room=self._wire_room,
             port=self.port,
             features=["history", "tree"] if self._tree is not None else ["history"],
+            nonce=os.urandom(16).hex(),
         )
 
     def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
@@ -737,12 +746,13 @@ class Node:
     # LinkOwner callbacks: on link reader threads.
 
     def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
-        """Refuse a peer's hello when it is ourselves, another room, or too many."""
+        """Refuse a peer's hello when it is ourselves, another room, or too
+        many; in a private room, set the link's cipher from both nonces."""
         if hello.node == self.node_id:
             return wire.Refuse(code="self", reason="this is a link to myself")
-        if hello.room != self.room:
+        if hello.room != self._wire_room:
             return wire.Refuse(
-                code="room", reason=f"this node is in room {self.room!r}, not {hello.room!r}"
+                code="room", reason=f"this node is in room {self._wire_room!r}, not {hello.room!r}"
             )
         if len(self._links) >= self.config.max_links and hello.node not in self._links:
             return wire.Refuse(code="busy", reason=f"too many links ({self.config.max_links})")
@@ -759,6 +769,10 @@ class Node:
                     reason=f"too many links from {link.remote[0]} "
                     f"({self.config.max_links_per_address})",
                 )
+        if self._secret is not None:  # every frame after the hellos is sealed
+            link.cipher = self._secret.link_cipher(
+                link.hello.nonce, hello.nonce, link.direction == "out"
+            )
         return None
 
     def on_link_up(self, link: Link) -> None:
@@ -795,7 +809,7 @@ class Node:
     # -- discovery callbacks: on the discovery thread ---------------------------------
 
     def _found(self, peer: FoundPeer) -> None:
-        if peer.node_id == self.node_id or peer.room != self.room:
+        if peer.node_id == self.node_id or peer.room != self._wire_room:
             return
         if peer.version != wire.PROTOCOL_VERSION:
             log.info("ignoring %s: protocol version %s", peer.name, peer.version)
@@ -936,7 +950,7 @@ class Node:
             "origin": self.node_id,
             "seq": self._store.next_seq(),
             "name": self._name,
-            "room": self.room,
+            "room": self._wire_room,
             "ts": wire.now_ts(),
             "hops": self.config.hop_limit,
         }
@@ -1085,7 +1099,7 @@ class Node:
         if not bucket.take(now):
             self._count_limited("link", link.address)
             return
-        if msg.room != self.room:
+        if msg.room != self._wire_room:
             self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
             return
         if msg.id in self._seen:
@@ -1145,7 +1159,7 @@ class Node:
     def _forward(self, msg: wire.FloodMessage, came_from: Link | None, events: list[Event]) -> None:
         now = time.monotonic()
         decision = flood.decide(
-            msg, came_from, list(self._links.values()), self._seen, self.room, now
+            msg, came_from, list(self._links.values()), self._seen, self._wire_room, now
         )
         if not decision.deliver:
             if decision.drop_reason != "duplicate":
@@ -1365,7 +1379,7 @@ class Node:
         cached = self._summary_cache
         if cached is not None and cached[0] == self._store_version:
             return cached[1]
-        have = self._store.summary(self.room)
+        have = self._store.summary(self._wire_room)
         self._summary_cache = (self._store_version, have)
         return have
 
@@ -1381,7 +1395,9 @@ class Node:
         state.sync_sent_at = now
         state.want_sync = False
         sync = wire.Sync(
-            room=self.room, since=self._store.floor(self.room, time.time()), have=self._summary()
+            room=self._wire_room,
+            since=self._store.floor(self._wire_room, time.time()),
+            have=self._summary(),
         )
         link.send(wire.encode_frame(sync))
 
@@ -1414,7 +1430,7 @@ class Node:
 
     def _check_gap(self, link: Link, msg: wire.Chat) -> None:
         """A live line whose predecessor we lack: fetch it, don't wait."""
-        if not self._store.has_line(self.room, msg.origin, msg.line - 1):
+        if not self._store.has_line(self._wire_room, msg.origin, msg.line - 1):
             self._want_sync(link)
 
     def _on_history(self, link: Link, msg: wire.HistoryMessage, events: list[Event]) -> None:
@@ -1424,7 +1440,7 @@ class Node:
             log.info("ignored %s from %s: history not agreed", wire.kind(msg), link.address)
             return
         if isinstance(msg, wire.Sync):
-            if msg.room != self.room:
+            if msg.room != self._wire_room:
                 self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
                 return
             if time.monotonic() - state.answered_at < SYNC_DEBOUNCE_S / 2:
@@ -1450,10 +1466,10 @@ class Node:
         it has that we lack."""
         state.answered_at = time.monotonic()
         state.deferred = None
-        floor = self._store.floor(self.room, time.time())
+        floor = self._store.floor(self._wire_room, time.time())
         have = {h.origin: (h.lo, h.hi) for h in msg.have}
         ids = self._store.missing(
-            self.room, have, max(msg.since, floor), self.config.history_max_lines
+            self._wire_room, have, max(msg.since, floor), self.config.history_max_lines
         )
         state.push.reset(ids)
         self._pump(link, state)
@@ -1469,10 +1485,10 @@ class Node:
         """Take catch-up lines; report the new ones as earlier lines.
         Returns True if any was new."""
         now = time.monotonic()
-        floor = self._store.floor(self.room, time.time())  # once per batch: it scans
+        floor = self._store.floor(self._wire_room, time.time())  # once per batch: it scans
         news = False
         for msg in lines:
-            if msg.room != self.room:
+            if msg.room != self._wire_room:
                 self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
                 continue
             if msg.origin == self.node_id or msg.line < 1 or msg.id in self._seen:
@@ -1518,7 +1534,7 @@ class Node:
         """An old message sent again, after the seen-cache forgot its id."""
         if isinstance(msg, wire.Chat) and msg.hlc:
             if now - self._floor_cache[0] > 1.0:  # the floor query scans: once a second
-                self._floor_cache = (now, self._store.floor(self.room, time.time()))
+                self._floor_cache = (now, self._store.floor(self._wire_room, time.time()))
             old = msg.hlc < self._floor_cache[1]
         else:
             old = msg.seq + REORDER_ALLOWANCE < self._max_seq.get(msg.origin, 0)

@@ -32,6 +32,7 @@ from typing import Literal, Protocol
 
 from p2pchat import wire
 from p2pchat.errors import LinkRefused, RemoteProtocolError, StartupError, VersionMismatch
+from p2pchat.privacy import LinkCipher
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class Link:
         self.bytes_out = 0
         self._owner = owner
         self._hello = hello
+        self.cipher: LinkCipher | None = None
+        """Set by the owner's ``check_hello`` in a private room: every frame
+        after the two hellos is sealed and opened with it."""
         self._queue: queue.Queue[object] = queue.Queue(maxsize=config.send_queue_frames)
         self._close_lock = threading.Lock()
         self._close_reason: str | None = None
@@ -139,6 +143,11 @@ class Link:
     def __repr__(self) -> str:
         peer = self.peer.node if self.peer else "?"
         return f"<Link #{self.number} {self.direction} {self.address} peer={peer}>"
+
+    @property
+    def hello(self) -> wire.Hello:
+        """The hello we sent on this link."""
+        return self._hello
 
     @property
     def peer_id(self) -> str:
@@ -240,6 +249,8 @@ class Link:
                 # Decode one frame at a time, so that the frames before a bad
                 # one in the same read are still delivered.
                 for body in early or self._recv(decoder):
+                    if self.cipher is not None:
+                        body = self._open(body)
                     msg = wire.decode_body(body)
                     self.frames_in += 1
                     if isinstance(msg, wire.Keepalive):
@@ -278,6 +289,22 @@ class Link:
                 self.sock.close()
             self.done.set()
             self._owner.on_link_closed(self, self._close_reason or reason, was_up)
+
+    def _open(self, body: bytes) -> bytes:
+        """Decrypt a frame body of a private room's link.  A peer that
+        refused the link after its hello sent the refusal in the clear."""
+        assert self.cipher is not None
+        try:
+            return self.cipher.open(body)
+        except RemoteProtocolError:
+            try:
+                msg = wire.decode_body(body)
+            except RemoteProtocolError:
+                msg = None
+            if isinstance(msg, wire.Refuse):
+                self.refused = msg
+                raise LinkRefused(f"peer refused the link ({msg.code}): {msg.reason}") from None
+            raise
 
     def _recv_chunk(self, eof_reason: str) -> bytes:
         """One ``recv`` (bounded by the socket timeout), counted in ``bytes_in``.
@@ -358,6 +385,7 @@ class Link:
     def _write_loop(self) -> None:
         interval = self.config.keepalive_interval_s
         keepalive = wire.encode_frame(wire.Keepalive())
+        first = True  # our hello: always in the clear
         try:
             while True:
                 try:
@@ -373,6 +401,10 @@ class Link:
                         self.sock.shutdown(socket.SHUT_WR)
                     return
                 assert isinstance(item, bytes)
+                if self.cipher is not None and not first:
+                    sealed = self.cipher.seal(item[wire.HEADER.size :])
+                    item = wire.HEADER.pack(len(sealed)) + sealed
+                first = False
                 self.sock.sendall(item)
                 self.frames_out += 1
                 self.bytes_out += len(item)

@@ -92,6 +92,8 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
         features: optional protocol features the sender speaks; a feature is
             used on a link only when both ends list it.  ``"tree"``: the
             ``ihave``/``graft``/``prune`` frames of tree broadcast.
+        nonce: 32 random hex digits, fresh per link; in a private room the
+            link keys are derived from both hellos' nonces (§7.5).
     """
 
     version: int
@@ -102,6 +104,7 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
     features: Annotated[
         list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=16)
     ] = msgspec.field(default_factory=list)
+    nonce: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{32})?$")] = ""
 
 
 class Refuse(msgspec.Struct, tag_field="type", tag="refuse", frozen=True):
