@@ -1042,7 +1042,8 @@ class Node:
         events.append(PeerUp(peer=pid, address=link.address, name=link.peer.name))
         if not self._joined:
             self._joined = True
-            self._flood_own(self._signed(wire.Join(**self._envelope_locked())), events)
+            join = wire.Join(dh=self._identity.dh, **self._envelope_locked())
+            self._flood_own(self._signed(join), events)
         self._presence_soon(time.monotonic())
 
     def _tree_link_up(self, link: Link, replaced: Link | None) -> None:
@@ -1136,7 +1137,7 @@ class Node:
             self._seen.add(msg.id, now)  # so that its other copies are dropped too
             self._count_limited("origin", msg.origin)
             return
-        if isinstance(msg, wire.Presence) and msg.dh:
+        if isinstance(msg, wire.Presence | wire.Join) and msg.dh:
             self._dh_keys[msg.origin] = msg.dh
             self._dh_keys.move_to_end(msg.origin)
             while len(self._dh_keys) > 4096:

@@ -195,7 +195,10 @@ class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
 
 
 class Join(Flooded, tag="join", frozen=True, kw_only=True):
-    """The origin entered the room."""
+    """The origin entered the room.  ``dh``: its X25519 public key for
+    direct messages, as in ``presence`` (optional)."""
+
+    dh: PublicKey = ""
 
 
 class Leave(Flooded, tag="leave", frozen=True, kw_only=True):

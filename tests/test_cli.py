@@ -986,3 +986,38 @@ def test_a_node_that_comes_back_sees_what_it_missed_once_in_order(
     assert [m["text"] for m in alice.wait_event("history")["lines"]] == listed
     assert "before you left" not in back.texts(), "lines seen before are not shown again"
     assert all(back.texts().count(t) == 1 for t in [*missed, "welcome back"])
+
+
+# -- identity, private rooms, direct messages (issue 5) ---------------------------------
+
+
+def test_private_room_direct_message_and_whois_between_processes(
+    spawn: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("a long shared secret for the two of us\n")
+    room = unique_room()
+    common = ["--room", room, "--json", *NO_MDNS, "--secret-file", str(secret)]
+    alice = spawn("--name", "alice", *common)
+    ra = alice.wait_event("ready")
+    assert ra["room"] == room  # shown by name locally; the network sees a tag
+    bob = spawn("--name", "bob", *common, "--peer", f"{LOOPBACK}:{ra['port']}")
+    b_id = bob.wait_event("ready")["node"]
+    alice.wait_event("join", origin=b_id)
+    bob.wait_event("join", origin=ra["node"])
+    alice.send_line("hello in private")
+    assert bob.wait_event("message", text="hello in private")["private"] is False
+
+    alice.send_line("/msg bob just between us")  # bob's join carried his key
+    ev = alice.wait_event("message", text="just between us")
+    got = bob.wait_event("message", text="just between us")
+    assert got["private"] is True and got["origin"] == ra["node"]
+    assert ev["private"] is True and ev["to"] == b_id
+
+    bob.send_line("/whois alice")
+    keys = bob.wait_event("whois")["keys"]
+    assert len(keys) == 1 and keys[0]["fingerprint"].startswith(ra["node"])
+    assert keys[0]["first"] is True
+    for chat in (alice, bob):
+        chat.close_stdin()
+        _clean_exit(chat)

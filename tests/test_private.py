@@ -116,7 +116,7 @@ def test_a_peer_that_copies_the_tag_cannot_inject(cluster: Cluster) -> None:
         peer.wait_closed()
     finally:
         peer.close()
-    assert a.stats().frames_refused.get("wrong_secret") == 1
+    wait_for(lambda: a.stats().frames_refused.get("wrong_secret") == 1, 5, "the refusal counted")
     wait_for(lambda: a.has_link(b.node_id), 10, "alice and bob to link")
     line = b.send("still private and fine")
     wait_for(lambda: line.id in {m.id for m in cluster.recorders[0].messages()}, 10, "the line")
