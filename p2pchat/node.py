@@ -487,7 +487,7 @@ class Node:
             # outside the state lock so that links keep flowing meanwhile.
             self._store.add_own(msg)
             with self._lock:
-                self._store_version += 1
+                self._counted_insert()
                 ev = self._message_event(msg, self_=True)
                 self._handle_now(("local", msg))
         return ev
@@ -1369,11 +1369,17 @@ class Node:
         """Keep a received line; True if it was new to the store."""
         if not self._store.add(msg):
             return False
+        self._counted_insert()
+        return True
+
+    def _counted_insert(self) -> None:
+        """A line was stored: prune at the next tick once 10 % of the window
+        (at least 10 lines) came in since the last prune, so the store
+        stays within the window under any load."""
         self._store_version += 1
         self._inserts_since_prune += 1
-        if self._inserts_since_prune > max(100, self.config.history_max_lines // 10):
-            self._next_prune = 0.0  # prune at the next tick: bounded under any load
-        return True
+        if self._inserts_since_prune > max(10, self.config.history_max_lines // 10):
+            self._next_prune = 0.0
 
     def _summary(self) -> list[wire.Have]:
         """Our version vector of the room, cached until the store changes."""
