@@ -713,6 +713,7 @@ class Node:
             port=self.port,
             features=["history", "tree"] if self._tree is not None else ["history"],
             nonce=os.urandom(16).hex(),
+            key=self._identity.key,
         )
 
     def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
@@ -750,6 +751,10 @@ class Node:
         many; in a private room, set the link's cipher from both nonces."""
         if hello.node == self.node_id:
             return wire.Refuse(code="self", reason="this is a link to myself")
+        if not hello.key or not hello.nonce or identity.node_id_of(hello.key) != hello.node:
+            return wire.Refuse(
+                code="identity", reason="a hello needs a nonce and the key of its node id"
+            )
         if hello.room != self._wire_room:
             return wire.Refuse(
                 code="room", reason=f"this node is in room {self._wire_room!r}, not {hello.room!r}"
@@ -774,6 +779,16 @@ class Node:
                 link.hello.nonce, hello.nonce, link.direction == "out"
             )
         return None
+
+    def prove(self, link: Link, hello: wire.Hello) -> wire.Proof:
+        """Sign the peer's nonce: we hold the key of our node id (§4)."""
+        data = wire.proof_bytes(hello.nonce, self.node_id, hello.node, self._wire_room)
+        return wire.Proof(sig=self._identity.sign(data))
+
+    def check_proof(self, link: Link, hello: wire.Hello, proof: wire.Proof) -> bool:
+        """The peer signed our nonce with the key its hello names."""
+        data = wire.proof_bytes(link.hello.nonce, hello.node, self.node_id, self._wire_room)
+        return identity.verify(hello.key, proof.sig, data)
 
     def on_link_up(self, link: Link) -> None:
         """Handshake done: register the link (tie-break, peer_up)."""

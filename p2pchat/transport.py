@@ -69,6 +69,12 @@ class LinkOwner(Protocol):
     def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
         """Return a refusal for this peer's hello, or None to accept it."""
 
+    def prove(self, link: Link, hello: wire.Hello) -> wire.Proof:
+        """Our ``proof`` for the peer whose (accepted) hello this is."""
+
+    def check_proof(self, link: Link, hello: wire.Hello, proof: wire.Proof) -> bool:
+        """True if ``proof`` proves that the peer holds the key of ``hello``."""
+
     def on_link_up(self, link: Link) -> None:
         """The handshake finished; ``link.peer`` is set."""
 
@@ -255,7 +261,7 @@ class Link:
                     self.frames_in += 1
                     if isinstance(msg, wire.Keepalive):
                         continue
-                    if isinstance(msg, (wire.Hello, wire.Refuse)):
+                    if isinstance(msg, (wire.Hello, wire.Refuse, wire.Proof)):
                         raise RemoteProtocolError(
                             f"unexpected {wire.kind(msg)} after handshake", "unexpected_handshake"
                         )
@@ -371,6 +377,23 @@ class Link:
         if refusal is not None:
             self._refuse(refusal)
             raise _Closed(f"refused ({refusal.code}): {refusal.reason}")
+        self.send(wire.encode_frame(self._owner.prove(self, msg)))
+        while not rest:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            rest = decoder.feed_bodies(
+                self._recv_chunk("peer closed the link during the handshake")
+            )
+        body = rest.pop(0)
+        proof = wire.decode_body(self._open(body) if self.cipher is not None else body)
+        self.frames_in += 1
+        if isinstance(proof, wire.Refuse):
+            self.refused = proof
+            raise LinkRefused(f"peer refused the link ({proof.code}): {proof.reason}")
+        if not isinstance(proof, wire.Proof) or not self._owner.check_proof(self, msg, proof):
+            raise RemoteProtocolError(
+                f"the peer did not prove that it is node {msg.node}", "bad_proof"
+            )
         self.peer = msg
         return rest
 

@@ -92,8 +92,11 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
         features: optional protocol features the sender speaks; a feature is
             used on a link only when both ends list it.  ``"tree"``: the
             ``ihave``/``graft``/``prune`` frames of tree broadcast.
-        nonce: 32 random hex digits, fresh per link; in a private room the
-            link keys are derived from both hellos' nonces (§7.5).
+        nonce: 32 random hex digits, fresh per link: the peer signs it in
+            its ``proof``; in a private room the link keys are derived from
+            both hellos' nonces (§7.5).
+        key: the sender's Ed25519 public key (64 hex digits); ``node`` must
+            be the first 16 hex digits of its SHA-256 (§4).
     """
 
     version: int
@@ -105,6 +108,7 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", frozen=True):
         list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=16)
     ] = msgspec.field(default_factory=list)
     nonce: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{32})?$")] = ""
+    key: PublicKey = ""
 
 
 class Refuse(msgspec.Struct, tag_field="type", tag="refuse", frozen=True):
@@ -115,6 +119,21 @@ class Refuse(msgspec.Struct, tag_field="type", tag="refuse", frozen=True):
 
     code: Annotated[str, msgspec.Meta(max_length=32)]
     reason: Reason
+
+
+class Proof(msgspec.Struct, tag_field="type", tag="proof", frozen=True):
+    """Second frame on a link, sent by both ends once the peer's hello is
+    accepted: an Ed25519 signature of :func:`proof_bytes` for the peer's
+    nonce, which proves that the sender holds the key of the node id its
+    hello claims.  A link comes up only after a valid proof (§4)."""
+
+    sig: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{128}$")]
+
+
+def proof_bytes(nonce: str, prover: str, verifier: str, room: str) -> bytes:
+    """What a ``proof`` signs: the verifier's hello nonce, both node ids and
+    the room (as it is on the wire), one per line, after a fixed label."""
+    return f"p2pchat link proof v1\n{nonce}\n{prover}\n{verifier}\n{room}".encode()
 
 
 class Keepalive(msgspec.Struct, tag_field="type", tag="keepalive", frozen=True):
@@ -303,13 +322,14 @@ class Ack(msgspec.Struct, tag_field="type", tag="ack", frozen=True):
     batch: BatchNo
 
 
-LinkMessage = Hello | Refuse | Keepalive
+LinkMessage = Hello | Refuse | Proof | Keepalive
 TreeMessage = IHave | Graft | Prune
 HistoryMessage = Sync | Lines | Ack
 FloodMessage = Chat | Join | Leave | Nick | Presence | Direct
 Message = (
     Hello
     | Refuse
+    | Proof
     | Keepalive
     | IHave
     | Graft
@@ -538,6 +558,7 @@ def hello_version(body: bytes) -> int | None:
 MessageKind = Literal[
     "hello",
     "refuse",
+    "proof",
     "keepalive",
     "ihave",
     "graft",

@@ -311,9 +311,22 @@ class RawPeer:
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
             self.sock.settimeout(RAW_SOCKET_TIMEOUT_S)
             self.sock.connect((HOST, port))
-            hello = {"type": "hello", "version": 1, "node": self.node_id, "name": name}
-            self.sock.sendall(frame({**hello, "room": room, "port": 0}))
+            hello = wire.Hello(
+                version=wire.PROTOCOL_VERSION,
+                node=self.node_id,
+                name=name,
+                room=room,
+                port=0,
+                nonce=secrets.token_hex(16),
+                key=self.identity.key,
+            )
+            self.sock.sendall(wire.encode_frame(hello))
             self.peer_hello = self.read_frame()
+            if self.peer_hello.get("type") == "hello":  # prove we hold our node id's key
+                nonce = str(self.peer_hello.get("nonce", ""))
+                data = wire.proof_bytes(nonce, self.node_id, str(self.peer_hello["node"]), room)
+                proof = wire.Proof(sig=self.identity.sign(data))
+                self.sock.sendall(wire.encode_frame(proof))
         except BaseException:
             self.sock.close()
             raise

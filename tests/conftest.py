@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import pytest
@@ -171,7 +172,9 @@ class RawPeer:
         self.decoder = wire.FrameDecoder()
         self.identity = Identity.generate()
         self.node_id = self.identity.node_id
+        self.nonce = os.urandom(16).hex()
         self.seq = 0
+        self.backlog: list[wire.Message] = []  # read during the handshake, not yet taken
 
     @property
     def address(self) -> str:
@@ -179,12 +182,57 @@ class RawPeer:
         host, port = self.sock.getsockname()[:2]
         return f"{host}:{port}"
 
-    def hello_frame(self, room: str, version: int = wire.PROTOCOL_VERSION) -> bytes:
-        hello = wire.Hello(version=version, node=self.node_id, name="raw", room=room, port=0)
-        return wire.encode_frame(hello)
+    def make_hello(
+        self, room: str, version: int = wire.PROTOCOL_VERSION, **fields: Any
+    ) -> wire.Hello:
+        """Our hello (with our key and nonce), ``fields`` overriding."""
+        values: dict[str, Any] = {
+            "version": version,
+            "node": self.node_id,
+            "name": "raw",
+            "room": room,
+            "port": 0,
+            "nonce": self.nonce,
+            "key": self.identity.key,
+        }
+        values.update(fields)
+        return wire.Hello(**values)
 
-    def hello(self, room: str, version: int = wire.PROTOCOL_VERSION) -> None:
-        self.sock.sendall(self.hello_frame(room, version))
+    def hello_frame(self, room: str, version: int = wire.PROTOCOL_VERSION) -> bytes:
+        return wire.encode_frame(self.make_hello(room, version))
+
+    def hello(self, room: str, version: int = wire.PROTOCOL_VERSION, **fields: Any) -> None:
+        """Send our hello and, if the node answers with its own, our proof,
+        as an honest node does; anything else read stays in :attr:`backlog`."""
+        hello = self.make_hello(room, version, **fields)
+        self.sock.sendall(wire.encode_frame(hello))
+        if version != wire.PROTOCOL_VERSION:
+            return
+        theirs = self.next_message()
+        if isinstance(theirs, wire.Hello):
+            data = wire.proof_bytes(theirs.nonce, self.node_id, theirs.node, hello.room)
+            with contextlib.suppress(OSError):  # the node may be refusing us meanwhile
+                self.sock.sendall(wire.encode_frame(wire.Proof(sig=self.identity.sign(data))))
+        elif theirs is not None:
+            self.backlog.insert(0, theirs)
+
+    def next_message(self, timeout_s: float = 5.0) -> wire.Message | None:
+        """The node's next frame (backlog first); None if the link closed."""
+        deadline = time.monotonic() + timeout_s
+        self.sock.settimeout(0.2)
+        while not self.backlog:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no frame from the node within {timeout_s} s")
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                return None
+            if not data:
+                return None
+            self.backlog += self.decoder.feed(data)
+        return self.backlog.pop(0)
 
     def message(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
         """A new valid flooded message of type ``cls`` from us, signed (not
@@ -225,7 +273,8 @@ class RawPeer:
 
     def read_until_closed(self, timeout_s: float = 10.0) -> list[wire.Message]:
         """Read the node's frames until it closes the link; fail after ``timeout_s``."""
-        out: list[wire.Message] = []
+        out: list[wire.Message] = self.backlog
+        self.backlog = []
         deadline = time.monotonic() + timeout_s
         self.sock.settimeout(0.2)
         while time.monotonic() < deadline:

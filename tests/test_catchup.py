@@ -153,17 +153,8 @@ def test_the_window_bounds_what_is_kept_and_sent(cluster: Cluster) -> None:
 
 def test_a_gap_in_an_origins_lines_is_fetched_at_once(cluster: Cluster) -> None:
     node = cluster.add("alice", link=FAST_LINK)
-    peer = RawPeer(node.port)
+    peer = history_peer(node, cluster.room, ["history"])
     try:
-        hello = wire.Hello(
-            version=wire.PROTOCOL_VERSION,
-            node=peer.node_id,
-            name="raw",
-            room=cluster.room,
-            port=0,
-            features=["history"],
-        )
-        peer.send(wire.encode_frame(hello))
         assert read_frames(peer, 1, kind=wire.Sync), "a sync when the link comes up"
         # Line 3 of ours arrives live; lines 1 and 2 never did.
         line3 = peer.message(wire.Chat, cluster.room, text="third", line=3, hlc=wire_hlc())
@@ -201,35 +192,20 @@ def read_frames(
     """Read until ``n`` frames (of ``kind``, if given; keepalives skipped) came."""
     out: list[wire.Message] = []
     deadline = time.monotonic() + timeout_s
-    peer.sock.settimeout(0.1)
     while len(out) < n:
-        if time.monotonic() > deadline:
-            pytest.fail(f"got {out} within {timeout_s} s, wanted {n} frames")
-        try:
-            data = peer.sock.recv(65536)
-        except TimeoutError:
-            continue
-        if not data:
+        msg = peer.next_message(max(0.1, deadline - time.monotonic()))
+        if msg is None:
             pytest.fail(f"the node closed the link; got {out}")
-        for msg in peer.decoder.feed(data):
-            if isinstance(msg, wire.Keepalive):
-                continue
-            if kind is None or isinstance(msg, kind):
-                out.append(msg)
+        if isinstance(msg, wire.Keepalive):
+            continue
+        if kind is None or isinstance(msg, kind):
+            out.append(msg)
     return out
 
 
 def history_peer(node: Node, room: str, features: list[str]) -> RawPeer:
     peer = RawPeer(node.port)
-    hello = wire.Hello(
-        version=wire.PROTOCOL_VERSION,
-        node=peer.node_id,
-        name="raw",
-        room=room,
-        port=0,
-        features=features,
-    )
-    peer.send(wire.encode_frame(hello))
+    peer.hello(room, features=features)
     return peer
 
 

@@ -207,7 +207,11 @@ def test_a_direct_message_is_read_only_by_its_recipient(
     assert cli.Renderer().render(mine) == f"[private to bob] alice: {secret}"
     # The relay carried it but cannot read it, and neither can a capture.
     line = alice.send("a public line after it")
-    wait_for(lambda: line.id in {m.id for m in cluster.recorders[1].messages()}, 10, "relay")
+    wait_for(
+        lambda: all(line.id in {m.id for m in r.messages()} for r in cluster.recorders[1:]),
+        10,
+        "the line after it at the relay and at bob",
+    )
     assert secret not in cluster.recorders[1].texts()
     assert secret.encode() not in bytes(cable.captured)
     assert b"a public line after it" in bytes(cable.captured)  # the capture works
@@ -228,3 +232,36 @@ def test_direct_messages_need_one_known_recipient(cluster: Cluster) -> None:
     wait_for(lambda: "you, the second one" in cluster.recorders[2].texts(), 10, "the right twin")
     assert "you, the second one" not in cluster.recorders[1].texts()
     assert one.node_id != two.node_id
+
+
+def test_a_peer_cannot_take_another_nodes_id_on_a_link(cluster: Cluster) -> None:
+    alice = cluster.add("alice", link=FAST_LINK)
+    bob = cluster.add("bob", peers=[alice], link=FAST_LINK)
+    wait_for(lambda: alice.has_link(bob.node_id), 10, "alice and bob to link")
+    bob_key = bob._identity.key  # public: every message of bob's carries it
+
+    # Bob's id with a key that is not bob's: refused at once.
+    liar = RawPeer(alice.port)
+    try:
+        liar.hello(cluster.room, node=bob.node_id)
+        assert isinstance(liar.next_message(), wire.Refuse)
+    finally:
+        liar.close()
+    # Bob's id and bob's public key, but no way to sign for it.
+    thief = RawPeer(alice.port)
+    try:
+        thief.hello(cluster.room, node=bob.node_id, key=bob_key)  # its proof is signed wrongly
+        thief.wait_closed()
+    finally:
+        thief.close()
+    wait_for(
+        lambda: (
+            alice.stats().links_refused.get("protocol_error", 0) >= 1
+            and alice.stats().links_refused.get("identity", 0) >= 1
+        ),
+        5,
+        "both refusals counted",
+    )
+    assert alice.has_link(bob.node_id)
+    line = bob.send("the real bob, still linked")
+    wait_for(lambda: line.id in {m.id for m in cluster.recorders[0].messages()}, 5, "bob's line")
