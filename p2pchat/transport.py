@@ -23,6 +23,7 @@ import errno
 import itertools
 import logging
 import queue
+import select
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ Direction = Literal["in", "out"]
 
 _RETIRE = object()  # writer sentinel: flush, then half-close
 _STOP = object()  # writer sentinel: stop now
+_FLUSH = object()  # writer sentinel: send the rest of a frame a caller began
 
 _link_numbers = itertools.count(1)
 
@@ -136,6 +138,18 @@ class Link:
         """Set by the owner's ``check_hello`` in a private room: every frame
         after the two hellos is sealed and opened with it."""
         self._queue: queue.Queue[object] = queue.Queue(maxsize=config.send_queue_frames)
+        # Sending.  A frame goes out on the caller's thread when nothing is
+        # queued and the socket has room (no thread hop: lower latency and
+        # CPU), else through the queue and the writer thread.  _state guards
+        # _pending (frames queued, not yet sent) and the claim of _sock_lock,
+        # which is held while bytes go out, so frames keep their order.
+        self._state = threading.Lock()
+        self._sock_lock = threading.Lock()
+        self._pending = 0
+        self._carry = b""  # the unsent rest of a frame sent on a caller's thread
+        self._first = True  # our hello: always in the clear
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLOUT)
         self._close_lock = threading.Lock()
         self._close_reason: str | None = None
         self._retired = False
@@ -178,27 +192,91 @@ class Link:
 
     def start(self) -> None:
         """Queue our hello and start the reader and writer threads."""
-        self._queue.put_nowait(wire.encode_frame(self._hello))
+        with self._state:
+            self._queue.put_nowait(wire.encode_frame(self._hello))
+            self._pending += 1
         self.sock.settimeout(self.config.link_timeout_s)
         self._writer.start()
         self._reader.start()
 
     def send(self, frame: bytes) -> bool:
-        """Queue one encoded frame; never blocks.
+        """Send one encoded frame, in order; never blocks.  Any thread.
+
+        Once the link is up, with nothing queued and room in the socket's
+        buffer, the frame is written on the caller's thread; otherwise it
+        waits in the send queue for the writer thread.
 
         Returns:
-            False if the queue was full: the link is then closed ("send queue
-            full"), so one peer that stops reading cannot hold up the others.
+            False if the link is closed or retired, or if the queue was full:
+            the link is then closed ("send queue full"), so one peer that
+            stops reading cannot hold up the others.
         """
-        if self._close_reason is not None or self._retired:
-            return False
+        with self._state:
+            if self._close_reason is not None or self._retired:
+                return False
+            direct = (
+                self.up_at is not None
+                and self._pending == 0
+                and self._sock_lock.acquire(blocking=False)
+            )
+            if not direct:
+                return self._enqueue_locked(frame)
         try:
-            self._queue.put_nowait(frame)
+            self._send_now(frame)
+        finally:
+            self._sock_lock.release()
+        return True
+
+    def _enqueue_locked(self, item: object) -> bool:
+        """Queue ``item`` for the writer (caller holds ``_state``)."""
+        try:
+            self._queue.put_nowait(item)
         except queue.Full:
             self.end_code = "queue_full"
-            self.close("send queue full")
+            self.close("send queue full")  # takes no _state: safe here
             return False
+        self._pending += 1
         return True
+
+    def _send_now(self, frame: bytes) -> None:
+        """Write ``frame`` on this thread without blocking (caller holds
+        ``_sock_lock``); what the socket does not take now is left to the
+        writer thread, first in line."""
+        item = self._seal(frame)
+        sent = 0
+        try:
+            if self._poller.poll(0):
+                sent = self.sock.send(item, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._send_failed(exc)
+            return
+        self.frames_out += 1
+        self.bytes_out += len(item)
+        if sent < len(item):
+            self._carry = item[sent:]
+            with self._state:
+                self._enqueue_locked(_FLUSH)
+
+    def _seal(self, frame: bytes) -> bytes:
+        """The frame as it goes on the wire (caller holds ``_sock_lock``):
+        sealed in a private room, except our hello."""
+        if self._first:
+            self._first = False
+            return frame
+        if self.cipher is None:
+            return frame
+        sealed = self.cipher.seal(frame[wire.HEADER.size :])
+        return wire.HEADER.pack(len(sealed)) + sealed
+
+    def _send_failed(self, exc: OSError) -> None:
+        if self._close_reason is None:
+            self.close(
+                "send timeout"
+                if isinstance(exc, TimeoutError)
+                else f"send failed: {exc.strerror or exc}"
+            )
 
     def queued(self) -> int:
         """Frames waiting in the send queue."""
@@ -211,9 +289,10 @@ class Link:
         link times out).  Used to drop the losing link of a duplicate pair
         without losing a frame that was already on its way.
         """
-        if self._retired:
-            return
-        self._retired = True
+        with self._state:
+            if self._retired:
+                return
+            self._retired = True
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_RETIRE)
 
@@ -408,36 +487,41 @@ class Link:
     def _write_loop(self) -> None:
         interval = self.config.keepalive_interval_s
         keepalive = wire.encode_frame(wire.Keepalive())
-        first = True  # our hello: always in the clear
         try:
             while True:
+                queued = True
                 try:
                     item = self._queue.get(timeout=interval)
                 except queue.Empty:
                     if self.up_at is None or self._retired:
                         continue
-                    item = keepalive
+                    item, queued = keepalive, False
                 if item is _STOP:
                     return
                 if item is _RETIRE:
-                    with contextlib.suppress(OSError):
+                    with self._sock_lock, contextlib.suppress(OSError):
+                        self._flush_carry()
                         self.sock.shutdown(socket.SHUT_WR)
                     return
-                assert isinstance(item, bytes)
-                if self.cipher is not None and not first:
-                    sealed = self.cipher.seal(item[wire.HEADER.size :])
-                    item = wire.HEADER.pack(len(sealed)) + sealed
-                first = False
-                self.sock.sendall(item)
-                self.frames_out += 1
-                self.bytes_out += len(item)
+                with self._sock_lock:
+                    self._flush_carry()
+                    if isinstance(item, bytes):
+                        wired = self._seal(item)
+                        self.sock.sendall(wired)
+                        self.frames_out += 1
+                        self.bytes_out += len(wired)
+                if queued:
+                    with self._state:
+                        self._pending -= 1
         except OSError as exc:
-            if self._close_reason is None:
-                self.close(
-                    "send timeout"
-                    if isinstance(exc, TimeoutError)
-                    else f"send failed: {exc.strerror or exc}"
-                )
+            self._send_failed(exc)
+
+    def _flush_carry(self) -> None:
+        """Send the rest of a frame begun on a caller's thread (caller holds
+        ``_sock_lock``)."""
+        if self._carry:
+            carry, self._carry = self._carry, b""
+            self.sock.sendall(carry)
 
 
 class _Closed(Exception):
