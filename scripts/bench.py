@@ -48,6 +48,11 @@ binds and dials 127.0.0.1 only.  Examples::
 
     python scripts/bench.py --nodes 10 --topology random --lines 300 --rate 20 --json
     python scripts/bench.py --nodes 4 --topology line --lines 200 --rate 0
+    python scripts/bench.py --nodes 10 --topology random --lines 300 --broadcast tree --kill
+
+With ``--kill`` the driver SIGKILLs one receiver halfway through the sending
+(the one with the most links); the figures then count the live nodes only:
+``delivered_fraction`` is the fraction of lines that reached every live node.
 
 The workers are this script in another mode (``--worker``, ``--worker-relay``,
 ``--worker-client``), driven by JSON lines on stdin/stdout; they are internal.
@@ -820,6 +825,15 @@ class WorkerGroup:
                 continue
             self.mail[idx][str(msg.get("event", ""))] = msg
 
+    def kill(self, idx: int) -> None:
+        """SIGKILL worker ``idx`` (a process we started) and reap it."""
+        import subprocess
+
+        proc = self.procs[idx].proc
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5.0)
+
     def close(self) -> None:
         """End every worker: ``quit`` and EOF, then SIGTERM, then SIGKILL; reap all.
 
@@ -874,6 +888,7 @@ class Options:
     json: bool
     plot: str | None
     broadcast: str = "flood"
+    kill: bool = False
 
 
 @dataclass
@@ -891,6 +906,14 @@ def _worker_deadline(opts: Options) -> float:
     return 2 * (opts.mesh_timeout_s + send_s + opts.drain_timeout_s) + 120.0
 
 
+def victim(opts: Options) -> int:
+    """The node ``--kill`` ends: the receiver with the most links (the
+    lowest index among equals), so that its loss cuts the most paths."""
+    edges = topology_edges(opts.topology, opts.nodes, opts.k, opts.seed)
+    degree = Counter(v for edge in edges for v in edge)
+    return max(range(1, opts.nodes), key=lambda i: (degree[i], -i))
+
+
 def _measure(
     group: WorkerGroup,
     opts: Options,
@@ -902,7 +925,9 @@ def _measure(
     """Send the load from ``sender`` and compute the figures from every report.
 
     ``helpers`` are processes that are not nodes (the relay server): their CPU,
-    RSS and frames count, their arrivals do not.
+    RSS and frames count, their arrivals do not.  With ``opts.kill``, the
+    receiver :func:`victim` names is SIGKILLed halfway through the sending
+    and left out of every figure (its CPU and RSS too).
     """
     everyone = [sender, *receivers, *helpers]
     for i in everyone:
@@ -910,6 +935,12 @@ def _measure(
     group.wait_for("started", everyone, time.monotonic() + 30.0)
     send_s = opts.lines / opts.rate if opts.rate > 0 else 0.0
     group.send(sender, "send", lines=opts.lines, size=opts.size, rate=opts.rate)
+    if opts.kill:
+        killed = receivers[victim(opts) - 1]
+        time.sleep(send_s / 2 if send_s else 0.05)  # the driver's pacing, not a test's wait
+        group.kill(killed)
+        receivers = [r for r in receivers if r != killed]
+        everyone = [i for i in everyone if i != killed]
     sent = group.wait_for("sent", [sender], time.monotonic() + 2 * send_s + 60.0)[sender]
     with contextlib.suppress(BenchError):  # lines that never arrive are measured, not fatal
         group.wait_for(
@@ -932,7 +963,7 @@ def _figures(
     setup_s: float,
 ) -> RunResult:
     """The metrics of :data:`METRICS` (and extras) from the workers' reports."""
-    n, m = opts.nodes, opts.lines
+    n, m = 1 + len(receivers), opts.lines  # the live nodes
     firsts = [reports[r]["first"] for r in receivers]
     latencies: list[float] = []
     last_arrivals: list[float] = []
@@ -1076,6 +1107,8 @@ def format_table(
     rate = f"{opts.rate:g} lines/s" if opts.rate > 0 else "burst"
     topo = opts.topology + (f" k={opts.k} seed={opts.seed}" if opts.topology == "random" else "")
     topo += f", broadcast {opts.broadcast}"
+    if opts.kill:
+        topo += f", node {victim(opts)} killed halfway"
     head = [
         f"p2pchat bench: {opts.nodes} nodes, topology {topo} ({len(edges)} links, "
         f"sender at most {ecc} hops from any node); {opts.lines} lines x {opts.size} B, "
@@ -1158,6 +1191,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="flood",
         help="p2pchat's broadcast: flood every link, or a Plumtree spanning tree",
     )
+    p.add_argument(
+        "--kill",
+        action="store_true",
+        help="halfway through the sending, SIGKILL one receiver (p2pchat: the one with the "
+        "most links; relay: the same client); figures then count the live nodes only",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line of medians")
     p.add_argument("--plot", metavar="FILE.png", help="latency CDF plot (needs matplotlib)")
     mode = p.add_mutually_exclusive_group()
@@ -1219,6 +1258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json=args.json,
         plot=args.plot,
         broadcast=args.broadcast,
+        kill=args.kill,
     )
     import tempfile
 
