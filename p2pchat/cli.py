@@ -204,7 +204,7 @@ class Options:
     service_type: str
     log_level: str
     log_file: str | None = None
-    broadcast: str = "flood"
+    broadcast: str = "tree"
     data_dir: str | None = None
     history_days: float = 7.0
     history_lines: int = 10_000
@@ -465,9 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--broadcast",
         choices=("flood", "tree"),
-        default="flood",
-        help="how lines spread: flood (every link; default) or tree (a Plumtree "
-        "spanning tree with announcements elsewhere; used with peers that speak it)",
+        default="tree",
+        help="how lines spread: tree (default: a Plumtree spanning tree with announcements "
+        "elsewhere, used with peers that speak it) or flood (every link)",
     )
     store = p.add_mutually_exclusive_group()
     store.add_argument(

@@ -174,7 +174,7 @@ class NodeConfig:
     origin_rate_per_s: float = 100.0
     origin_burst: float = 500.0
     send_wait_s: float = 10.0
-    broadcast: str = "flood"
+    broadcast: str = "tree"
     max_known_peers: int = 256
     link: LinkConfig = field(default_factory=LinkConfig)
     seen_max_entries: int = flood.DEFAULT_SEEN_MAX_ENTRIES

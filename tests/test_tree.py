@@ -144,6 +144,16 @@ def test_tree_repairs_when_a_node_leaves(cluster: Cluster) -> None:
     send_and_check(cluster, senders=[0, 7], lines=10, skip={2})
 
 
+def test_flood_mesh_delivers_exactly_once_and_survives_a_node_leaving(cluster: Cluster) -> None:
+    # ``--broadcast flood`` (the tree is the default): every link carries every line.
+    random_mesh(cluster, 8, seed=3, broadcast="flood")
+    cluster.wait_all_know_each_other(timeout_s=20.0)
+    send_and_check(cluster, senders=[0, 5], lines=10, skip=set())
+    assert sum(n.stats().duplicates_dropped for n in cluster.nodes) > 0  # copies on every link
+    cluster.nodes[2].close()
+    send_and_check(cluster, senders=[0, 7], lines=10, skip={2})
+
+
 def test_tree_and_flood_nodes_mix(cluster: Cluster) -> None:
     a = cluster.add("alice", broadcast="tree")
     b = cluster.add("bob", peers=[a], broadcast="flood")
