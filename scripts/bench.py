@@ -351,7 +351,7 @@ def _send_lines(
     return times, errors
 
 
-def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "flood") -> int:
+def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "tree") -> int:
     """``--worker``: one p2pchat node in this process, driven over stdin/stdout.
 
     Commands: ``peers`` (ports to dial, expected degree and node count),
@@ -887,7 +887,7 @@ class Options:
     drain_timeout_s: float
     json: bool
     plot: str | None
-    broadcast: str = "flood"
+    broadcast: str = "tree"
     kill: bool = False
 
 
@@ -1188,8 +1188,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--broadcast",
         choices=("flood", "tree"),
-        default="flood",
-        help="p2pchat's broadcast: flood every link, or a Plumtree spanning tree",
+        default="tree",
+        help="p2pchat's broadcast: a Plumtree spanning tree (p2pchat's default), or flood "
+        "every link",
     )
     p.add_argument(
         "--kill",
