@@ -39,6 +39,10 @@ SERVICE_TYPE = "_p2pchat._tcp.local."
 RESOLVE_TIMEOUT_S = 3.0
 """How long to wait for an instance's SRV/TXT/A records, in seconds."""
 
+REGISTER_TIMEOUT_S = 5.0
+"""How long closing waits for a registration still under way (it takes about
+1.7 s: RFC 6762 section 8 probing and announcing), so the goodbye follows it."""
+
 
 @dataclass(frozen=True)
 class LocalService:
@@ -149,8 +153,10 @@ class MdnsDiscovery:
             parallel runs never see each other.
 
     Threads: zeroconf's own loop thread and browser thread, plus
-    ``p2pchat-mdns``, which registers our instance and resolves found ones
-    (a browser handler only queues the name, as zeroconf asks).
+    ``p2pchat-mdns``, which resolves found instances (a browser handler only
+    queues the name, as zeroconf asks), and ``p2pchat-mdns-register``, which
+    registers ours and ends.  Registering takes about 1.5 s (RFC 6762 section
+    8: probing, then announcing); resolving does not wait for it.
     """
 
     def __init__(
@@ -165,6 +171,7 @@ class MdnsDiscovery:
         self._queue: queue.Queue[tuple[str, ServiceStateChange] | None] = queue.Queue(maxsize=1024)
         self._names: dict[str, str] = {}  # instance name -> node id
         self._thread: threading.Thread | None = None
+        self._register_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
         self._lock = threading.Lock()
@@ -218,6 +225,10 @@ class MdnsDiscovery:
         except (zeroconf.BadTypeInNameException, ValueError, OSError) as exc:
             self.close()
             raise StartupError(f"cannot start mDNS discovery: {exc}") from None
+        self._register_thread = threading.Thread(
+            target=self._register, name="p2pchat-mdns-register", daemon=True
+        )
+        self._register_thread.start()
         self._thread = threading.Thread(target=self._loop, name="p2pchat-mdns", daemon=True)
         self._thread.start()
 
@@ -232,7 +243,7 @@ class MdnsDiscovery:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait((name, state_change))
 
-    def _loop(self) -> None:
+    def _register(self) -> None:
         from zeroconf import NonUniqueNameException
 
         zc, info = self._zc, self._info
@@ -245,6 +256,10 @@ class MdnsDiscovery:
         except Exception as exc:  # zeroconf closed under us, or an OS error
             if not self._stop.is_set():
                 log.warning("mDNS: could not register our service: %s", exc)
+
+    def _loop(self) -> None:
+        zc = self._zc
+        assert zc is not None
         while not self._stop.is_set():
             try:
                 item = self._queue.get(timeout=0.5)
@@ -307,6 +322,8 @@ class MdnsDiscovery:
             self._queue.put_nowait(None)
         if self._thread is not None:
             self._thread.join(RESOLVE_TIMEOUT_S + 2.0)
+        if self._register_thread is not None:
+            self._register_thread.join(REGISTER_TIMEOUT_S)  # then the goodbye, if registered
         zc = self._zc
         if zc is None:
             return
