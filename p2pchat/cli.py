@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import re
+import select
 import signal
 import sys
 import threading
@@ -1281,6 +1282,63 @@ def _close(node: Node, stopper: _Stopper, out: Output) -> None:
     node.close()
 
 
+_STDIN_POLL_S = 0.5
+_MAX_INPUT_LINE_BYTES = 1 << 20
+
+
+class _LineReader:
+    """Lines of scripted input, read so that a stop request is never missed.
+
+    A blocking ``readline`` can miss the signal that should end it (one that
+    arrives just before the read starts is handled only after the read
+    returns); so, where the stream has a file descriptor, the reader waits
+    with ``poll`` in steps of ``_STDIN_POLL_S`` and reads what is there with
+    ``os.read``.  Lines are UTF-8 (undecodable bytes kept as surrogates, which
+    ``Node.send`` refuses); a line longer than 1 MiB is cut (and then refused
+    as too long).  Streams without a descriptor (tests) are read with
+    ``readline``.  Main thread only.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._eof = False
+        self._poller: select.poll | None = None
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            self._fd = None
+        if self._fd is not None:
+            self._poller = select.poll()
+            self._poller.register(self._fd, select.POLLIN)
+
+    def readline(self, timeout_s: float) -> str | None:
+        """The next line (with its newline, if it had one), ``""`` at the end
+        of input, or None if no whole line came within ``timeout_s`` seconds."""
+        if self._fd is None or self._poller is None:
+            line: str = self._stream.readline()
+            return line
+        deadline = time.monotonic() + timeout_s
+        while True:
+            cut = self._buf.find(b"\n")
+            if cut >= 0 or len(self._buf) >= _MAX_INPUT_LINE_BYTES or (self._eof and self._buf):
+                end = cut + 1 if cut >= 0 else min(len(self._buf), _MAX_INPUT_LINE_BYTES)
+                raw, self._buf = self._buf[:end], self._buf[end:]
+                return raw.decode("utf-8", errors="surrogateescape")
+            if self._eof:
+                return ""
+            left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            if not self._poller.poll(left_ms):
+                return None
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                self._eof = True
+            self._buf += data
+
+
 def run_scripted(opts: Options) -> int:
     """Scripted mode: stdin lines in, events out, one per line.
 
@@ -1311,14 +1369,17 @@ def run_scripted(opts: Options) -> int:
             node = make_node(opts, opts.name, out.on_event)
             try:
                 node.start()
+                reader = _LineReader(stdin)
                 while not stopper.requested:
                     stopper.reading = True
                     try:
                         if stopper.requested:
                             break
-                        raw = stdin.readline()
+                        raw = reader.readline(_STDIN_POLL_S)
                     finally:
                         stopper.reading = False
+                    if raw is None:
+                        continue  # nothing yet: look at stopper.requested again
                     if not raw:
                         break  # end of input
                     line = raw[:-1] if raw.endswith("\n") else raw

