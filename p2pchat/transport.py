@@ -481,9 +481,11 @@ class Link:
         return rest
 
     def _refuse(self, refusal: wire.Refuse) -> None:
-        """Send a refusal (best effort, bounded by the socket timeout)."""
+        """Send a refusal (best effort, bounded by the socket timeout), after
+        whatever the writer thread is sending (our hello), never inside it."""
         self.refusal = refusal
-        with contextlib.suppress(OSError):
+        with self._sock_lock, contextlib.suppress(OSError):
+            self._flush_carry()
             self.sock.sendall(wire.encode_frame(refusal))
 
     # -- writer ---------------------------------------------------------------
