@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import io
 import ipaddress
 import json
@@ -116,7 +117,8 @@ with --json as one JSON object each; end of input leaves the room.
 History: each node keeps its rooms' recent lines (--history-days,
 --history-lines) in --data-dir and, on every link that comes up, trades with
 its peer the lines the other lacks.  Lines you missed while away or split off
-arrive marked "(earlier HH:MM)"; /history shows them in their place.
+arrive marked "(earlier HH:MM)", in order, once the catch-up is over (only
+the latest 50 of a long one); /history shows them in their place.
 
 exit status: 0 after leaving the room, 1 when the node cannot start (port
 taken, address not on this machine, data directory in use or unreadable,
@@ -140,6 +142,11 @@ _CONTROL_CHARS[0x09] = " "
 # Lines queued for stdout at most; beyond that a stalled reader of our stdout
 # loses lines rather than stalling the node's router thread.
 _OUTPUT_QUEUE_MAX = 100_000
+_EARLIER_SHOWN = 50
+"""Text views show at most this many earlier lines of one catch-up: the latest."""
+_EARLIER_QUIET_S = 1.0
+"""A catch-up is over (and its earlier lines are printed) after this long without one."""
+_WAKE = object()  # Output's writer: look at the earlier lines now
 _OUTPUT_DRAIN_S = 10.0
 
 
@@ -810,7 +817,13 @@ class Output:
         self.json_mode = json_mode
         self.renderer = Renderer(interactive=interactive)
         self._lock = threading.Lock()  # guards the renderer and the queue order
-        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=_OUTPUT_QUEUE_MAX)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=_OUTPUT_QUEUE_MAX)
+        # Earlier lines (catch-up) in a text view: the latest _EARLIER_SHOWN
+        # in the room's order (a min-heap on hlc, origin, line), how many came,
+        # and when the catch-up counts as over.
+        self._earlier: list[tuple[tuple[int, str, int], str]] = []
+        self._earlier_count = 0
+        self._earlier_due: float | None = None
         self._on_broken_pipe = on_broken_pipe
         self._dropped = 0
         self._broken = False
@@ -835,6 +848,9 @@ class Output:
                     line = None  # our own leave takes every link down: not news
                 else:
                     line = self.renderer.render(ev)
+                    if line is not None and isinstance(ev, MessageEvent) and ev.history:
+                        self._hold_earlier(ev, line)
+                        return
                 if line is not None:
                     self._put(line)
         except Exception:
@@ -871,7 +887,38 @@ class Output:
         else:
             self.text(f"!! {text}")
 
-    def _put(self, line: str) -> None:
+    def _hold_earlier(self, ev: MessageEvent, line: str) -> None:
+        """Keep an earlier line until its catch-up is over (caller holds
+        ``_lock``): a catch-up of 10,000 lines prints only the latest
+        ``_EARLIER_SHOWN``, in order, under a line that says how many came."""
+        heapq.heappush(self._earlier, ((ev.hlc, ev.origin, ev.line), line))
+        if len(self._earlier) > _EARLIER_SHOWN:
+            heapq.heappop(self._earlier)
+        self._earlier_count += 1
+        first = self._earlier_due is None
+        self._earlier_due = time.monotonic() + _EARLIER_QUIET_S
+        if first:
+            self._put(_WAKE)
+
+    def _take_earlier(self, force: bool) -> list[str]:
+        """The earlier lines to print now (the catch-up is over, or ``force``)."""
+        with self._lock:
+            due = self._earlier_due
+            if due is None or (not force and time.monotonic() < due):
+                return []
+            held = sorted(self._earlier)
+            count = self._earlier_count
+            self._earlier, self._earlier_count, self._earlier_due = [], 0, None
+        lines = [line for _, line in held]
+        if count > len(lines):
+            lines.insert(
+                0,
+                f"-- {count} earlier lines came in; the latest {len(lines)} follow "
+                f"(/history {count} shows them all in their place)",
+            )
+        return lines
+
+    def _put(self, line: object) -> None:
         try:
             self._queue.put_nowait(line)
         except queue.Full:
@@ -883,14 +930,30 @@ class Output:
 
     def _write_loop(self) -> None:
         while True:
-            line = self._queue.get()
+            due = self._earlier_due  # read without the lock: at worst one late wake
             try:
-                if line is None:
+                item = self._queue.get(
+                    timeout=None if due is None else max(0.0, due - time.monotonic())
+                )
+            except queue.Empty:  # a catch-up may be over
+                self._write_all(self._take_earlier(force=False))
+                continue
+            try:
+                if item is None:
+                    self._write_all(self._take_earlier(force=True))
                     return
-                if not self._broken:
-                    self._write(line)
+                if item is _WAKE:
+                    self._write_all(self._take_earlier(force=False))
+                elif isinstance(item, str):
+                    self._write_all([item])
             finally:
                 self._queue.task_done()
+
+    def _write_all(self, lines: list[str]) -> None:
+        for line in lines:
+            if self._broken:
+                return
+            self._write(line)
 
     def _write(self, line: str) -> None:
         try:

@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -1038,3 +1039,46 @@ def test_scripted_input_lines_from_a_pipe() -> None:
         last = reader.readline(1.0)
         assert last is not None and last.startswith("thré")  # the last line needs no newline
         assert reader.readline(1.0) == ""  # the end of input
+
+
+def test_a_long_catch_up_shows_only_its_latest_earlier_lines_in_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = cli.Output(json_mode=False)
+    printed = ""
+    try:
+        order = list(range(1, 121))
+        random.Random(5).shuffle(order)  # from several links: out of order
+        for n in order:
+            out.on_event(
+                MessageEvent(
+                    id=f"{n:032x}",
+                    origin=B_ID,
+                    name="bob",
+                    text=f"old {n}",
+                    ts=1_700_000_000.0 + n,
+                    self=False,
+                    seq=n,
+                    history=True,
+                    hlc=1_700_000_000_000_000 + n,
+                    line=n,
+                )
+            )
+        out.on_event(_msg("live while catching up"))
+        # The catch-up is over once no earlier line came for a second.
+        deadline = time.monotonic() + 10
+        while "bob: old 120" not in printed and time.monotonic() < deadline:
+            printed += capsys.readouterr().out
+            time.sleep(0.05)
+    finally:
+        out.close()
+    printed += capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0] == "alice: live while catching up"  # live lines do not wait
+    assert lines[1] == (
+        "-- 120 earlier lines came in; the latest 50 follow "
+        "(/history 120 shows them all in their place)"
+    )
+    assert [line.split(") ", 1)[1] for line in lines[2:]] == [
+        f"bob: old {n}" for n in range(71, 121)
+    ]
