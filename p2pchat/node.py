@@ -84,6 +84,11 @@ SYNC_INTERVAL_S = 30.0
 SYNC_DEBOUNCE_S = 1.0
 """Least time between two ``sync`` frames on one link."""
 
+GAP_GRACE_S = 1.0
+"""How long a line may stay missing behind a later line of its origin before
+it is fetched: lines overtake each other when the broadcast tree changes, and
+a sync sent while a burst is in flight fetches the whole burst a second time."""
+
 PRUNE_INTERVAL_S = 10.0
 """How often the store drops lines that fell out of the history window."""
 
@@ -337,6 +342,8 @@ class Node:
         self._clock = history.HybridClock(self._store.last_hlc)
         self._own_line_lock = threading.Lock()
         self._hist: dict[Link, _LinkHistory] = {}
+        # (origin, line) missing behind a later line -> (when to fetch it, from which link)
+        self._gaps: OrderedDict[tuple[str, int], tuple[float, Link]] = OrderedDict()
         self._summary_cache: tuple[int, list[wire.Have]] | None = None
         self._store_version = 0  # bumped on every line stored
         self._inserts_since_prune = 0
@@ -1438,6 +1445,7 @@ class Node:
     def _history_timers(self, now: float) -> None:
         """Router tick: commit received lines, prune, and the due syncs."""
         self._store.flush()
+        self._gap_timers(now)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL_S
             self._inserts_since_prune = 0
@@ -1451,9 +1459,26 @@ class Node:
                 self._send_sync(link, state, now)
 
     def _check_gap(self, link: Link, msg: wire.Chat) -> None:
-        """A live line whose predecessor we lack: fetch it, don't wait."""
-        if not self._store.has_line(self._wire_room, msg.origin, msg.line - 1):
-            self._want_sync(link)
+        """A live line whose predecessor we lack: fetch it unless it comes
+        within ``GAP_GRACE_S`` (then it was only overtaken)."""
+        key = (msg.origin, msg.line - 1)
+        if key in self._gaps or self._store.has_line(self._wire_room, *key):
+            return
+        self._gaps[key] = (time.monotonic() + GAP_GRACE_S, link)
+        while len(self._gaps) > 1024:
+            self._gaps.popitem(last=False)
+
+    def _gap_timers(self, now: float) -> None:
+        """Router tick: fetch the lines still missing after their grace."""
+        for key, (due, link) in list(self._gaps.items()):
+            if due > now:
+                continue
+            del self._gaps[key]
+            if not self._store.has_line(self._wire_room, *key):
+                # From the link that showed the gap, or any other if it is gone.
+                target = link if link in self._hist else next(iter(self._hist), None)
+                if target is not None:
+                    self._want_sync(target)
 
     def _on_history(self, link: Link, msg: wire.HistoryMessage, events: list[Event]) -> None:
         """A ``sync``, ``lines`` or ``ack`` frame (feature ``history``)."""

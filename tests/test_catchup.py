@@ -13,7 +13,7 @@ from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, Recorder, wai
 
 from p2pchat import wire
 from p2pchat.errors import StoreError
-from p2pchat.node import Node
+from p2pchat.node import GAP_GRACE_S, Node
 
 
 def history_texts(node: Node, n: int = 1000) -> list[str]:
@@ -151,7 +151,35 @@ def test_the_window_bounds_what_is_kept_and_sent(cluster: Cluster) -> None:
     assert [m.text for m in cluster.recorders[-1].messages()] == said[-20:]
 
 
-def test_a_gap_in_an_origins_lines_is_fetched_at_once(cluster: Cluster) -> None:
+def test_a_line_overtaken_by_the_next_one_is_not_fetched(cluster: Cluster) -> None:
+    # Lines overtake each other when the broadcast tree changes: a line that
+    # comes within the grace is not fetched (a sync in the middle of a burst
+    # would fetch the whole burst a second time).
+    node = cluster.add("alice", link=FAST_LINK)
+    peer = history_peer(node, cluster.room, ["history"])
+    try:
+        assert read_frames(peer, 1, kind=wire.Sync), "a sync when the link comes up"
+        hlc = wire_hlc()
+        first, third, second = (
+            peer.message(wire.Chat, cluster.room, text=t, line=n, hlc=hlc + n)
+            for n, t in ((1, "first"), (3, "third"), (2, "second"))
+        )
+        for line in (first, third, second):  # the second overtaken by the third
+            peer.send(wire.encode_frame(line))
+        got: list[wire.Message] = []
+        deadline = time.monotonic() + GAP_GRACE_S + 1.5  # past the grace and a tick
+        while time.monotonic() < deadline:
+            peer.send(wire.encode_frame(wire.Keepalive()))
+            frame = peer.next_message(1.0)
+            assert frame is not None, "the link stays up"
+            got.append(frame)
+        assert not [m for m in got if isinstance(m, wire.Sync)], "nothing to fetch"
+        assert history_texts(node) == ["first", "second", "third"]
+    finally:
+        peer.close()
+
+
+def test_a_gap_in_an_origins_lines_is_fetched_soon(cluster: Cluster) -> None:
     node = cluster.add("alice", link=FAST_LINK)
     peer = history_peer(node, cluster.room, ["history"])
     try:
