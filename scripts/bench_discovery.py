@@ -3,8 +3,9 @@
 
 Builds ``--hosts`` network namespaces on one bridge (10.x addresses inside
 them only, see ``tests/netns_lab.py``; needs root and iproute2), starts one
-``p2pchat --ephemeral --json`` per host at once, with real mDNS on the
-bridge and a service type of this run only, and measures:
+``p2pchat --ephemeral --json`` per host, all at once or ``--stagger`` seconds
+apart (as people do), with real mDNS on the bridge and a service type of this
+run only, and measures:
 
 * **ready**: from the first start until every node reported ``ready``
   (process start-up, imports, mDNS registration);
@@ -50,8 +51,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def one_run(n_hosts: int) -> dict[str, float]:
-    """Start ``n_hosts`` nodes in their namespaces at once; return the figures (s).
+def one_run(n_hosts: int, stagger_s: float = 0.0) -> dict[str, float]:
+    """Start ``n_hosts`` nodes in their namespaces, ``stagger_s`` seconds
+    apart (0: at once); return the figures (s).
 
     Raises:
         WaitFailed: the nodes were not ready, or not meshed, within the deadlines.
@@ -66,6 +68,10 @@ def one_run(n_hosts: int) -> dict[str, float]:
         try:
             first = time.monotonic()
             for i in range(n_hosts):
+                if i and stagger_s:
+                    time.sleep(stagger_s)  # the driver's pacing, as people start it
+                    for n in nodes:
+                        n.pump()
                 argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--name", f"host{i}"]
                 argv += ["--room", room, "--json", "--service-type", service_type]
                 popen = functools.partial(net.popen, i)
@@ -106,10 +112,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--hosts", type=int, default=10, help="hosts (network namespaces), 2..20")
     p.add_argument("--runs", type=int, default=1, help="runs, 1..10; figures are medians")
+    p.add_argument(
+        "--stagger", type=float, default=0.0, help="seconds between two starts, 0..10 (0: at once)"
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line of medians")
     args = p.parse_args(argv)
-    if not 2 <= args.hosts <= 20 or not 1 <= args.runs <= 10:
-        p.error("--hosts must be 2..20 and --runs 1..10")
+    if not 2 <= args.hosts <= 20 or not 1 <= args.runs <= 10 or not 0 <= args.stagger <= 10:
+        p.error("--hosts must be 2..20, --runs 1..10 and --stagger 0..10")
     return args
 
 
@@ -127,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs}: {args.hosts} hosts ...", file=sys.stderr)
-            results.append(one_run(args.hosts))
+            results.append(one_run(args.hosts, args.stagger))
     except WaitFailed as exc:
         print(f"bench_discovery.py: {exc}", file=sys.stderr)
         return 1
@@ -135,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench_discovery.py: interrupted", file=sys.stderr)
         return 130
     medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
-    print(f"{args.hosts} hosts in network namespaces, real mDNS; median of {args.runs} run(s)")
+    start = f"started {args.stagger:g} s apart" if args.stagger else "started at once"
+    print(f"{args.hosts} hosts in network namespaces, real mDNS, {start}; ", end="")
+    print(f"median of {args.runs} run(s)")
     print(f"  every node ready after the first start   {medians['ready_s']:6.2f} s")
     print(f"  mesh formed after the last start         {medians['mesh_after_last_start_s']:6.2f} s")
     print(f"  mesh formed after the last node is ready {medians['mesh_after_last_ready_s']:6.2f} s")
