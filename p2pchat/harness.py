@@ -409,6 +409,15 @@ class NodeProcess:
         return "\n".join(lines)
 
 
+def env_with_path(path: str | os.PathLike[str]) -> dict[str, str]:
+    """This process's environment with ``path`` first on ``PYTHONPATH``, so
+    that a child ``python -m p2pchat`` runs the code under ``path`` (a
+    checkout) whether or not p2pchat is installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
+    return env
+
+
 def _argv_of(proc: subprocess.Popen[str]) -> list[str]:
     args = proc.args
     if isinstance(args, str | bytes | os.PathLike):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import secrets
 import statistics
 import sys
@@ -37,18 +36,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from p2pchat.harness import NodeProcess, WaitFailed, stop, wait_until
+from p2pchat.harness import NodeProcess, WaitFailed, env_with_path, stop, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 READY_DEADLINE_S = 60.0
 MESH_DEADLINE_S = 60.0
 STOP_TIMEOUT_S = 5.0
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 def one_run(n_hosts: int, stagger_s: float = 0.0) -> dict[str, float]:
@@ -76,7 +69,9 @@ def one_run(n_hosts: int, stagger_s: float = 0.0) -> dict[str, float]:
                 argv += ["--room", room, "--json", "--service-type", service_type]
                 popen = functools.partial(net.popen, i)
                 nodes.append(
-                    NodeProcess.spawn(argv, f"host{i}", cwd=str(REPO), env=_env(), popen=popen)
+                    NodeProcess.spawn(
+                        argv, f"host{i}", cwd=str(REPO), env=env_with_path(REPO), popen=popen
+                    )
                 )
             last_start = time.monotonic()
             wait_until(

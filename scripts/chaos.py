@@ -54,7 +54,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import random
 import secrets
 import signal
@@ -74,7 +73,14 @@ from typing import Any
 import msgspec
 
 from p2pchat import wire
-from p2pchat.harness import NodeProcess, WaitFailed, pump_for, stop, wait_until
+from p2pchat.harness import (
+    NodeProcess,
+    WaitFailed,
+    env_with_path,
+    pump_for,
+    stop,
+    wait_until,
+)
 from p2pchat.identity import Identity
 from p2pchat.node import NodeConfig
 
@@ -187,12 +193,6 @@ def format_table(rows: Sequence[Row]) -> str:
 # -- p2pchat processes ----------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 def _is_ready(node: NodeProcess) -> Callable[[], bool]:
     return lambda: node.ready_event is not None
 
@@ -220,7 +220,7 @@ def loopback_nodes(
             argv += ["--json", "--no-mdns", "--interface", HOST, "--port", "0"]
             for p in peers:
                 argv += ["--peer", f"{HOST}:{nodes[p].port}"]
-            node = NodeProcess.spawn(argv, names[i], cwd=str(REPO), env=_env())
+            node = NodeProcess.spawn(argv, names[i], cwd=str(REPO), env=env_with_path(REPO))
             nodes.append(node)
             wait_until(_is_ready(node), READY_DEADLINE_S, f"{names[i]} ready", [node])
         yield nodes
@@ -620,7 +620,9 @@ def scenario_linkcut(opts: argparse.Namespace, sc: Scenario) -> None:
                 argv += ["--json", "--service-type", service_type]
                 popen = functools.partial(net.popen, i)
                 nodes.append(
-                    NodeProcess.spawn(argv, f"host{i}", cwd=str(REPO), env=_env(), popen=popen)
+                    NodeProcess.spawn(
+                        argv, f"host{i}", cwd=str(REPO), env=env_with_path(REPO), popen=popen
+                    )
                 )
             _linkcut(opts, sc, net, nodes)
         finally:

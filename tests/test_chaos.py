@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import secrets
 import signal
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 import pytest
 from netns_lab import Lan, lan, netns_available
 
-from p2pchat.harness import NodeProcess, pump_for, stop, wait_until
+from p2pchat.harness import NodeProcess, env_with_path, pump_for, stop, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -59,12 +58,6 @@ RELINK_DEADLINE_S = 30.0
 CUT_S = 30.0
 RESUME_DEADLINE_S = 30.0
 STOP_TIMEOUT_S = 5.0
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 def _ids(nodes: Sequence[NodeProcess]) -> list[str]:
@@ -121,7 +114,7 @@ def loopback_mesh(dials: list[list[int]]) -> Iterator[list[NodeProcess]]:
             argv += ["--json", "--no-mdns", "--interface", LOOPBACK, "--port", "0"]
             for p in peers:
                 argv += ["--peer", f"{LOOPBACK}:{nodes[p].port}"]
-            node = NodeProcess.spawn(argv, f"n{i}", cwd=str(REPO), env=_env())
+            node = NodeProcess.spawn(argv, f"n{i}", cwd=str(REPO), env=env_with_path(REPO))
             nodes.append(node)
             wait_until(is_ready(node), READY_DEADLINE_S, "ready", [node])
         yield nodes
@@ -266,7 +259,9 @@ def chat_lan(n_hosts: int) -> Iterator[tuple[Lan, list[NodeProcess]]]:
                 argv += ["--json", "--service-type", service_type]
                 popen = functools.partial(net.popen, i)
                 nodes.append(
-                    NodeProcess.spawn(argv, f"host{i}", cwd=str(REPO), env=_env(), popen=popen)
+                    NodeProcess.spawn(
+                        argv, f"host{i}", cwd=str(REPO), env=env_with_path(REPO), popen=popen
+                    )
                 )
             yield net, nodes
         finally:

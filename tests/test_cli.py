@@ -50,7 +50,7 @@ from p2pchat.events import (
     Ready,
     Snapshot,
 )
-from p2pchat.harness import NodeProcess, stop
+from p2pchat.harness import NodeProcess, env_with_path, stop
 from p2pchat.node import DEFAULT_PORT, NodeConfig, check_label
 
 REPO = Path(__file__).resolve().parents[1]
@@ -565,8 +565,7 @@ def spawn() -> Iterator[Callable[..., NodeProcess]]:
     """Start ``python -m p2pchat`` processes in scripted mode (stdout and stderr
     read by threads, so every wait has a deadline); every one is stopped and
     reaped, and its reader threads joined, at the end."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env = env_with_path(REPO)
     env.pop("PYTHONWARNINGS", None)
     started: list[NodeProcess] = []
 

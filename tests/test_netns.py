@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import secrets
 import signal
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 from netns_lab import Lan, lan, netns_available
 
-from p2pchat.harness import NodeProcess, pump_for, stop, wait_exit, wait_until
+from p2pchat.harness import NodeProcess, env_with_path, pump_for, stop, wait_exit, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 
@@ -46,8 +45,7 @@ def chat_lan(n_hosts: int) -> Iterator[tuple[Lan, list[NodeProcess]]]:
     the processes are stopped and their reader threads joined on exit."""
     room = f"lab-{secrets.token_hex(4)}"
     service_type = f"_p2pt{secrets.token_hex(4)}._tcp.local."
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = env_with_path(REPO)
     with lan(n_hosts) as net:
         nodes: list[NodeProcess] = []
         try:
