@@ -219,20 +219,27 @@ class RawPeer:
     def next_message(self, timeout_s: float = 5.0) -> wire.Message | None:
         """The node's next frame (backlog first); None if the link closed."""
         deadline = time.monotonic() + timeout_s
-        self.sock.settimeout(0.2)
         while not self.backlog:
-            if time.monotonic() > deadline:
-                pytest.fail(f"no frame from the node within {timeout_s} s")
+            if not self._read_more(deadline, f"no frame from the node within {timeout_s} s"):
+                return None
+        return self.backlog.pop(0)
+
+    def _read_more(self, deadline: float, failure: str) -> bool:
+        """Read what the node sent next into :attr:`backlog`; False once it
+        closed the link; fail with ``failure`` after ``deadline`` (monotonic)."""
+        self.sock.settimeout(0.2)
+        while time.monotonic() < deadline:
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
             except (ConnectionResetError, BrokenPipeError):
-                return None
+                return False
             if not data:
-                return None
+                return False
             self.backlog += self.decoder.feed(data)
-        return self.backlog.pop(0)
+            return True
+        pytest.fail(failure)
 
     def message(self, cls: type, room: str, **fields: object) -> wire.FloodMessage:
         """A new valid flooded message of type ``cls`` from us, signed (not
@@ -273,21 +280,11 @@ class RawPeer:
 
     def read_until_closed(self, timeout_s: float = 10.0) -> list[wire.Message]:
         """Read the node's frames until it closes the link; fail after ``timeout_s``."""
-        out: list[wire.Message] = self.backlog
-        self.backlog = []
         deadline = time.monotonic() + timeout_s
-        self.sock.settimeout(0.2)
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (ConnectionResetError, BrokenPipeError):
-                return out
-            if not data:
-                return out
-            out += self.decoder.feed(data)
-        pytest.fail(f"the node did not close the link within {timeout_s} s")
+        while self._read_more(deadline, f"the node did not close the link within {timeout_s} s"):
+            pass
+        out, self.backlog = self.backlog, []
+        return out
 
     def wait_closed(self, timeout_s: float = 10.0) -> float:
         """Wait until the node closes the link; return the seconds it took."""
