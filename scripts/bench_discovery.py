@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import secrets
 import statistics
@@ -35,6 +36,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from p2pchat.harness import NodeProcess, WaitFailed, env_with_path, stop, wait_until
 
@@ -44,6 +46,14 @@ MESH_DEADLINE_S = 60.0
 STOP_TIMEOUT_S = 5.0
 
 
+def _netns_lab() -> Any:
+    """The namespace lab of the tests (``tests/netns_lab.py``)."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("netns_lab")
+
+
 def one_run(n_hosts: int, stagger_s: float = 0.0) -> dict[str, float]:
     """Start ``n_hosts`` nodes in their namespaces, ``stagger_s`` seconds
     apart (0: at once); return the figures (s).
@@ -51,9 +61,7 @@ def one_run(n_hosts: int, stagger_s: float = 0.0) -> dict[str, float]:
     Raises:
         WaitFailed: the nodes were not ready, or not meshed, within the deadlines.
     """
-    sys.path.insert(0, str(REPO / "tests"))
-    import netns_lab
-
+    netns_lab = _netns_lab()
     room = f"disc-{secrets.token_hex(4)}"
     service_type = f"_p2pd{secrets.token_hex(4)}._tcp.local."
     with netns_lab.lan(n_hosts) as net:
@@ -120,10 +128,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurement; exit 0, or 1 if a run failed, 2 if namespaces are unavailable."""
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    import netns_lab
-
-    ok, why = netns_lab.netns_available()
+    ok, why = _netns_lab().netns_available()
     if not ok:
         print(f"bench_discovery.py: cannot build network namespaces: {why}", file=sys.stderr)
         return 2
