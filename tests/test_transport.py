@@ -24,8 +24,8 @@ def test_lines_keep_their_order_when_a_slow_reader_fills_the_socket(cluster: Clu
     try:
         peer.hello(cluster.room)
         wait_for(lambda: node.has_link(peer.node_id), 5, "the raw peer's link")
-        # About 1 MB while the peer reads nothing: some frames are written at
-        # once, some in part, the rest wait in the send queue.
+        # About 1 MB while the peer reads nothing, through a whole node (the
+        # kernel's buffers may take it all; the next test fills the socket).
         sent = [node.send(f"{i:04d} " + "x" * 1990).line for i in range(400)]
         got: list[int] = []
         while len(got) < len(sent):
