@@ -1083,7 +1083,10 @@ class Node:
             log.info("ignored %s from %s: tree broadcast not agreed", wire.kind(msg), link.address)
             return
         if isinstance(msg, wire.IHave):
-            tree.announced(msg.ids, link, self._seen, time.monotonic())
+            shortcut = tree.announced(msg.ids, link, self._seen, time.monotonic(), msg.hops)
+            if shortcut is not None:
+                # A shorter way to the origin (tree.py: dynamic tree optimisation).
+                shortcut.link.send(wire.encode_frame(wire.Graft(ids=[shortcut.msg_id])))
             self._wake_router()
         elif isinstance(msg, wire.Graft):
             for cached in tree.grafted(msg.ids, link):
@@ -1102,9 +1105,11 @@ class Node:
         tree = self._tree
         if tree is None:
             return
-        for link, ids in tree.take_announcements().items():
-            for i in range(0, len(ids), 256):
-                link.send(wire.encode_frame(wire.IHave(ids=ids[i : i + 256])))
+        for link, announced in tree.take_announcements().items():
+            for i in range(0, len(announced), 256):
+                batch = announced[i : i + 256]
+                ihave = wire.IHave(ids=[a[0] for a in batch], hops=[a[1] for a in batch])
+                link.send(wire.encode_frame(ihave))
         for link, ids in tree.due_grafts(now).items():
             for i in range(0, len(ids), 256):
                 link.send(wire.encode_frame(wire.Graft(ids=ids[i : i + 256])))
@@ -1130,7 +1135,7 @@ class Node:
             tree = self._tree
             # Only chat lines shape the tree: presence comes from every node every
             # few seconds, and pruning on its copies would keep reshaping it.
-            if tree is not None and isinstance(msg, wire.Chat) and tree.duplicate(link):
+            if tree is not None and isinstance(msg, wire.Chat) and tree.duplicate(link, msg.id):
                 link.send(wire.encode_frame(wire.Prune()))
             return
         if msg.origin == self.node_id:

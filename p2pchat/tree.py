@@ -9,6 +9,18 @@ a spanning tree.  A node that hears of an id on a lazy link and does not get
 the message within ``graft_timeout_s`` grafts that link (asks for the message
 and makes the link eager), which repairs the tree when a node or link fails.
 
+The tree forms from whichever copy of the first messages arrives first, which
+on busy hosts is close to random: a tree twice as deep as the mesh.  So each
+announced id carries the hop count its copy would arrive with, and a node that
+got a message over its eager link at least ``optimize_hops`` hops later than
+an announcing lazy link grafts that link (the paper's section 3.8, "dynamic
+tree optimization").  The paper prunes the old eager link at the same time;
+here the next message prunes whichever of the two brings it second, as any
+duplicate does: a prune sent at once races lines already on their way over
+the old link, and both ends of the new link could end up lazy.  At most one
+such graft per ``optimize_interval_s``, so that senders in different parts of
+the mesh cannot make the tree flap on every line.
+
 This module is the pure state of one node: no sockets, time passed in.  The
 node (``p2pchat/node.py``) calls it under its lock and performs the sends it
 returns.  Links are any hashable objects.
@@ -31,6 +43,22 @@ DEFAULT_GRAFT_TIMEOUT_S = 1.0
 DEFAULT_IHAVE_DELAY_S = 0.5
 """How long announcements are gathered before a batched ``ihave`` is sent."""
 
+DEFAULT_OPTIMIZE_HOPS = 1
+"""A lazy link must be this many hops shorter than the eager one to take its place."""
+
+DEFAULT_OPTIMIZE_INTERVAL_S = 5.0
+"""At most one swap of the eager link per this many seconds."""
+
+
+@dataclass(frozen=True)
+class Shortcut(Generic[L]):
+    """A tree optimisation: graft ``link``, asking for ``msg_id``, which the
+    node already has (a graft names at least one id); the copy that comes
+    back is expected and prunes nothing."""
+
+    link: L
+    msg_id: str
+
 
 @dataclass
 class Split(Generic[L]):
@@ -47,6 +75,9 @@ class TreeState(Generic[L]):
         graft_timeout_s: seconds an announced id may stay missing.
         cache_entries: messages kept to answer grafts (oldest dropped first).
         cache_age_s: seconds a message is kept to answer grafts.
+        optimize_hops: hops a lazy link must save to replace an eager one
+            (0 switches the optimisation off).
+        optimize_interval_s: seconds between two such swaps, at least.
     """
 
     def __init__(
@@ -54,13 +85,20 @@ class TreeState(Generic[L]):
         graft_timeout_s: float = DEFAULT_GRAFT_TIMEOUT_S,
         cache_entries: int = 4096,
         cache_age_s: float = 60.0,
+        optimize_hops: int = DEFAULT_OPTIMIZE_HOPS,
+        optimize_interval_s: float = DEFAULT_OPTIMIZE_INTERVAL_S,
     ) -> None:
         self.graft_timeout_s = graft_timeout_s
         self.cache_entries = cache_entries
         self.cache_age_s = cache_age_s
+        self.optimize_hops = optimize_hops
+        self.optimize_interval_s = optimize_interval_s
         self.eager: set[L] = set()
         self.lazy: set[L] = set()
-        self._cache: OrderedDict[str, tuple[float, FloodMessage]] = OrderedDict()
+        # id -> (time, message as forwarded, link it came on or None if ours)
+        self._cache: OrderedDict[str, tuple[float, FloodMessage, L | None]] = OrderedDict()
+        self._last_swap = float("-inf")
+        self._expected: OrderedDict[tuple[L, str], None] = OrderedDict()
         # id -> (deadline, announcers still to try, in order)
         self._missing: dict[str, tuple[float, list[L]]] = {}
         self._announce: dict[L, list[str]] = {}
@@ -77,6 +115,8 @@ class TreeState(Generic[L]):
         self.eager.discard(link)
         self.lazy.discard(link)
         self._announce.pop(link, None)
+        for key in [k for k in self._expected if k[0] == link]:
+            del self._expected[key]
         for _, announcers in self._missing.values():
             while link in announcers:
                 announcers.remove(link)
@@ -86,12 +126,18 @@ class TreeState(Generic[L]):
     def new_message(self, msg: FloodMessage, came_from: L | None, now: float) -> Split[L]:
         """A message seen for the first time (ours, or received on ``came_from``).
 
+        Args:
+            msg: the message as it is pushed on (its ``hops`` already counted
+                down); announcements carry its ``hops``.
+            came_from: the link it came on, None for our own.
+            now: monotonic seconds.
+
         Returns:
             The tree links to push it to and to announce it to (never
             ``came_from``).  The message is cached to answer grafts.
         """
         self._missing.pop(msg.id, None)
-        self._cache[msg.id] = (now, msg)
+        self._cache[msg.id] = (now, msg, came_from)
         self._trim_cache(now)
         if came_from is not None and came_from in self.lazy:
             # It reached us over a lazy link (answering our graft): that link
@@ -106,13 +152,17 @@ class TreeState(Generic[L]):
             self._announce.setdefault(link, []).append(msg.id)
         return split
 
-    def duplicate(self, came_from: L) -> bool:
-        """A copy of a message already seen arrived on ``came_from``.
+    def duplicate(self, came_from: L, msg_id: str = "") -> bool:
+        """A copy of message ``msg_id``, already seen, arrived on ``came_from``.
 
         Returns:
             True if a ``prune`` should be sent on that link (it was eager and
-            is lazy from now on).
+            is lazy from now on).  The copy a swap's graft asked for prunes
+            nothing.
         """
+        if (came_from, msg_id) in self._expected:
+            del self._expected[(came_from, msg_id)]
+            return False
         if came_from in self.eager:
             self.eager.discard(came_from)
             self.lazy.add(came_from)
@@ -125,11 +175,31 @@ class TreeState(Generic[L]):
             self.eager.discard(link)
             self.lazy.add(link)
 
-    def announced(self, ids: list[str], link: L, seen: Container[str] | None, now: float) -> None:
+    def announced(
+        self,
+        ids: list[str],
+        link: L,
+        seen: Container[str] | None,
+        now: float,
+        hops: list[int] | None = None,
+    ) -> Shortcut[L] | None:
         """The peer on ``link`` announced ``ids``.  Ids not in ``seen`` (a
-        membership test: the seen-cache) are waited for, then grafted."""
-        for msg_id in ids:
+        membership test: the seen-cache) are waited for, then grafted.
+
+        Args:
+            hops: for each id, the ``hops`` its copy would carry on ``link``
+                (remaining hop count: more is closer to the origin); None or
+                empty from peers that do not send it.
+
+        Returns:
+            A shortcut that makes the tree shorter (the caller sends its
+            graft), or None.
+        """
+        swap: Shortcut[L] | None = None
+        for i, msg_id in enumerate(ids):
             if seen is not None and msg_id in seen:
+                if swap is None and hops and len(hops) == len(ids):
+                    swap = self._shorter(msg_id, link, hops[i], now)
                 continue
             entry = self._missing.get(msg_id)
             if entry is None:
@@ -138,6 +208,29 @@ class TreeState(Generic[L]):
                 entry[1].append(link)
             if len(self._missing) > 4 * self.cache_entries:
                 self._missing.pop(next(iter(self._missing)))
+        return swap
+
+    def _shorter(self, msg_id: str, link: L, hops: int, now: float) -> Shortcut[L] | None:
+        """A shortcut if ``link`` would have brought ``msg_id``
+        ``optimize_hops`` or more hops sooner than the eager link that did."""
+        entry = self._cache.get(msg_id)
+        if entry is None or self.optimize_hops <= 0:
+            return None
+        _, msg, parent = entry
+        if parent is None or parent == link or parent not in self.eager or link not in self.lazy:
+            return None
+        # msg.hops was counted down once for pushing on: it arrived with one more.
+        if hops - (msg.hops + 1) < self.optimize_hops:
+            return None
+        if now - self._last_swap < self.optimize_interval_s:
+            return None
+        self._last_swap = now
+        self.lazy.discard(link)
+        self.eager.add(link)
+        self._expected[(link, msg_id)] = None
+        while len(self._expected) > 64:
+            self._expected.popitem(last=False)
+        return Shortcut(link=link, msg_id=msg_id)
 
     def grafted(self, ids: list[str], link: L) -> list[FloodMessage]:
         """The peer on ``link`` sent ``graft``: push to it from now on, and
@@ -166,10 +259,16 @@ class TreeState(Generic[L]):
             self.eager.add(link)
         return out
 
-    def take_announcements(self) -> dict[L, list[str]]:
-        """The ids to announce, by lazy link; clears them."""
+    def take_announcements(self) -> dict[L, list[tuple[str, int]]]:
+        """The ids to announce, by lazy link, each with the ``hops`` its copy
+        would carry on that link; clears them."""
         out, self._announce = self._announce, {}
-        return {link: ids for link, ids in out.items() if ids}
+        cache = self._cache
+        return {
+            link: [(i, cache[i][1].hops if i in cache else 0) for i in ids]
+            for link, ids in out.items()
+            if ids
+        }
 
     def next_deadline(self) -> float | None:
         """The earliest graft deadline, or None."""

@@ -145,9 +145,19 @@ MessageIds = Annotated[list[MessageId], msgspec.Meta(min_length=1, max_length=25
 
 class IHave(msgspec.Struct, tag_field="type", tag="ihave", frozen=True):
     """Tree broadcast (feature ``tree``): "I have these messages" on a lazy
-    link, so that the receiver can graft the link if one never reaches it."""
+    link, so that the receiver can graft the link if one never reaches it.
+
+    Attributes:
+        ids: the message ids.
+        hops: for each id, the ``hops`` its copy would carry on this link
+            (empty from senders that leave it out; ignored unless it has one
+            entry per id).
+    """
 
     ids: MessageIds
+    hops: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=0, le=255)]], msgspec.Meta(max_length=256)
+    ] = []
 
 
 class Graft(msgspec.Struct, tag_field="type", tag="graft", frozen=True):

@@ -10,7 +10,7 @@ from p2pchat import wire
 from p2pchat.tree import TreeState
 
 
-def chat(n: int) -> wire.Chat:
+def chat(n: int, hops: int = 16) -> wire.Chat:
     return wire.Chat(
         id=f"{n:032x}",
         origin="0123456789abcdef",
@@ -18,7 +18,7 @@ def chat(n: int) -> wire.Chat:
         name="a",
         room="lobby",
         ts=1.0,
-        hops=16,
+        hops=hops,
         text=f"line {n}",
     )
 
@@ -36,7 +36,7 @@ def test_links_start_eager_and_a_duplicate_prunes_once() -> None:
     assert t.duplicate("b") is False  # already lazy: no second prune
     split = t.new_message(chat(2), "a", now=0.1)
     assert split.eager == ["c"] and split.lazy == ["b"]
-    assert t.take_announcements() == {"b": [chat(2).id]}
+    assert t.take_announcements() == {"b": [(chat(2).id, 16)]}
     assert t.take_announcements() == {}
 
 
@@ -74,6 +74,42 @@ def test_graft_returns_cached_messages_and_link_down_forgets() -> None:
     t.link_down("a")
     assert t.due_grafts(100.0) == {}
     assert "a" not in t.eager and "a" not in t.lazy
+
+
+def test_a_lazy_link_one_hop_shorter_is_grafted_and_the_next_line_prunes_the_old() -> None:
+    t: TreeState[str] = TreeState(optimize_hops=1, optimize_interval_s=5.0)
+    for link in "pq":
+        t.link_up(link)
+    t.new_message(chat(1, hops=12), "p", now=0.0)  # arrived over p with 13 hops left
+    assert t.duplicate("q", chat(1).id) is True  # q's copy came second: q is lazy
+    # q announces it with 14 hops left: one hop shorter than p's way.
+    cut = t.announced([chat(1).id], "q", seen={chat(1).id}, now=0.5, hops=[14])
+    assert cut is not None and (cut.link, cut.msg_id) == ("q", chat(1).id)
+    assert t.eager == {"p", "q"}
+    # The copy the graft brings back is expected: no prune for it, once.
+    assert t.duplicate("q", chat(1).id) is False
+    # The next line comes over q first; p's copy, second, prunes p.
+    t.new_message(chat(2, hops=13), "q", now=1.0)
+    assert t.duplicate("p", chat(2).id) is True
+    assert t.eager == {"q"} and t.lazy == {"p"}
+
+
+def test_no_swap_for_an_equal_way_too_soon_or_without_hop_counts() -> None:
+    t: TreeState[str] = TreeState(optimize_hops=1, optimize_interval_s=5.0)
+    for link in "pqr":
+        t.link_up(link)
+    t.new_message(chat(1, hops=12), "p", now=0.0)
+    t.duplicate("q", chat(1).id)
+    t.duplicate("r", chat(1).id)
+    seen = {chat(1).id}
+    assert t.announced([chat(1).id], "q", seen, now=0.5, hops=[13]) is None  # as long
+    assert t.announced([chat(1).id], "q", seen, now=0.5) is None  # an older peer
+    assert t.announced([chat(1).id], "q", seen, now=0.5, hops=[14, 1]) is None  # malformed
+    assert t.announced([chat(1).id], "q", seen, now=0.5, hops=[15]) is not None
+    t.new_message(chat(2, hops=10), "q", now=1.0)
+    # r is shorter again, but the last swap was 0.5 s ago.
+    assert t.announced([chat(2).id], "r", seen | {chat(2).id}, now=1.0, hops=[15]) is None
+    assert t.announced([chat(2).id], "r", seen | {chat(2).id}, now=6.0, hops=[15]) is not None
 
 
 # -- in-process meshes ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ from p2pchat.wire import (
     Chat,
     FrameDecoder,
     Hello,
+    IHave,
     Join,
     Keepalive,
     Leave,
@@ -57,6 +58,7 @@ EVERY_KIND: list[Message] = [
     Leave(**COMMON, reason="timeout"),
     Nick(**COMMON, old="alicia"),
     Presence(**COMMON),
+    IHave(ids=[MSG_ID], hops=[15]),
 ]
 
 
@@ -115,6 +117,7 @@ def test_kind_names_the_type_tag() -> None:
         "leave",
         "nick",
         "presence",
+        "ihave",
     ]
 
 
@@ -190,6 +193,8 @@ def test_defaults_apply_when_optional_fields_are_absent() -> None:
     (leave,) = decode_all(json_frame({"type": "leave", **COMMON}))
     assert isinstance(leave, Leave)
     assert leave.reason == "quit"
+    (ihave,) = decode_all(json_frame({"type": "ihave", "ids": [MSG_ID]}))  # an older peer
+    assert ihave == IHave(ids=[MSG_ID], hops=[])
 
 
 # ----------------------------------------------------------- hypothesis: chat
@@ -341,6 +346,8 @@ BAD_FRAMES = [
     _bad("ts-as-string", json_frame(chat_dict(ts="now"))),
     _bad("hops-65", json_frame(chat_dict(hops=65))),
     _bad("hops-negative", json_frame(chat_dict(hops=-1))),
+    _bad("ihave-hops-256", json_frame({"type": "ihave", "ids": [MSG_ID], "hops": [256]})),
+    _bad("ihave-hops-as-string", json_frame({"type": "ihave", "ids": [MSG_ID], "hops": ["1"]})),
     _bad("seq-negative", json_frame(chat_dict(seq=-1))),
     _bad("seq-above-2**53", json_frame(chat_dict(seq=2**53 + 1))),
     _bad("ts-negative", json_frame(chat_dict(ts=-1.0))),
