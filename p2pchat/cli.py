@@ -2,7 +2,7 @@
 
 Two modes, picked by where stdin and stdout go:
 
-* **Interactive** (stdin and stdout are terminals, no ``--json``): a
+* **Interactive** (stdin and stdout are terminals, no ``--json``, in :mod:`p2pchat.tui`): a
   prompt_toolkit input line at the bottom of the screen; incoming lines are
   printed above it (through ``patch_stdout``) and never garble what is being
   typed.  Without ``--name`` it asks for one.
@@ -41,14 +41,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from types import FrameType
-from typing import Any, NoReturn
-
-from prompt_toolkit import PromptSession
-from prompt_toolkit.application import Application
-from prompt_toolkit.completion import CompleteEvent, Completer, Completion
-from prompt_toolkit.document import Document
-from prompt_toolkit.patch_stdout import patch_stdout
-from prompt_toolkit.shortcuts import prompt as pt_prompt
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from p2pchat import __version__, wire
 from p2pchat.discovery import SERVICE_TYPE, MdnsDiscovery
@@ -69,6 +62,9 @@ from p2pchat.events import (
     Stats,
 )
 from p2pchat.node import DEFAULT_PORT, Node, NodeConfig, check_label
+
+if TYPE_CHECKING:  # prompt_toolkit is imported only for the interactive mode (p2pchat.tui)
+    from prompt_toolkit.application import Application
 
 log = logging.getLogger(__name__)
 
@@ -1179,29 +1175,6 @@ def _command(node: Node, out: Output, line: str) -> bool:
     return True
 
 
-class _CommandCompleter(Completer):
-    """Completes command names when the line starts with '/'."""
-
-    def get_completions(
-        self, document: Document, complete_event: CompleteEvent
-    ) -> Iterator[Completion]:
-        """Yield the commands that start with the text typed so far.
-
-        Args:
-            document: the input line.
-            complete_event: how completion was triggered.
-
-        Yields:
-            Completions.
-        """
-        text = document.text_before_cursor
-        if not text.startswith("/") or text.startswith("//") or " " in text:
-            return
-        for cmd in COMMANDS:
-            if cmd.startswith(text.lower()):
-                yield Completion(cmd, start_position=-len(text))
-
-
 # -- signals ----------------------------------------------------------------------------
 
 
@@ -1458,72 +1431,6 @@ def run_scripted(opts: Options) -> int:
     return 0
 
 
-def ask_name() -> str | None:
-    """Ask for a display name on the terminal until a valid one is typed.
-
-    Returns:
-        The name, or None if the user pressed Ctrl+C or Ctrl+D.
-    """
-    while True:
-        try:
-            answer = pt_prompt("Your name: ")
-        except (KeyboardInterrupt, EOFError):
-            return None
-        try:
-            return validate_name(answer.strip())
-        except UsageError as exc:
-            print(f"!! {exc}; try again (Ctrl+D to give up)")
-
-
-def run_interactive(opts: Options) -> int:
-    """Interactive mode: an input line at the bottom, the chat above it.
-
-    Args:
-        opts: the command line.
-
-    Returns:
-        0 after leaving the room (or when no name was given).
-
-    Raises:
-        StartupError: the node could not start.
-    """
-    name = opts.name or ask_name()
-    if name is None:
-        return 0
-    session: PromptSession[str] = PromptSession(
-        erase_when_done=True,  # our own line comes back as a message event
-        completer=_CommandCompleter(),
-        complete_while_typing=True,
-    )
-    stopper = _Stopper()
-    stopper.app = session.app
-    with patch_stdout(raw=True):
-        out = Output(json_mode=False, interactive=True)
-        try:
-            node = make_node(opts, name, out.on_event)
-            with stopper.installed(sigint=False):
-                try:
-                    node.start()
-                    while not stopper.requested:
-                        try:
-                            line = session.prompt(
-                                lambda: f"[{node.room}] {node.name}> ",
-                                pre_run=stopper.exit_app,
-                            )
-                        except (EOFError, KeyboardInterrupt):
-                            break
-                        if not handle_line(node, out, line):
-                            break
-                        out.drain(0.5)
-                except KeyboardInterrupt:
-                    pass  # Ctrl+C outside the prompt (while starting, say): leave too
-                finally:
-                    _close(node, stopper, out)
-        finally:
-            out.close()
-    return 0
-
-
 def _interactive_terminal() -> bool:
     try:
         return sys.stdin.isatty() and sys.stdout.isatty()
@@ -1553,6 +1460,8 @@ def main(argv: list[str] | None = None) -> int:
         with _logging_to_stderr(level, opts.log_file):
             if opts.json or not _interactive_terminal():
                 return run_scripted(opts)
+            from p2pchat.tui import run_interactive  # scripted runs start faster without it
+
             return run_interactive(opts)
     except UsageError as exc:
         _say(str(exc))

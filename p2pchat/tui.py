@@ -1,0 +1,119 @@
+"""The interactive terminal of the ``p2pchat`` command (see :mod:`p2pchat.cli`).
+
+A prompt_toolkit input line at the bottom of the screen; incoming lines are
+printed above it through ``patch_stdout``, so they never garble what is being
+typed.  Imported only when stdin and stdout are terminals: prompt_toolkit
+takes about 0.1 s of CPU to import, which scripted nodes (and ten of them
+starting at once on one machine) do without.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.shortcuts import prompt as pt_prompt
+
+from p2pchat.cli import (
+    COMMANDS,
+    Options,
+    Output,
+    _close,
+    _Stopper,
+    handle_line,
+    make_node,
+    validate_name,
+)
+from p2pchat.errors import UsageError
+
+
+class _CommandCompleter(Completer):
+    """Completes command names when the line starts with '/'."""
+
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterator[Completion]:
+        """Yield the commands that start with the text typed so far.
+
+        Args:
+            document: the input line.
+            complete_event: how completion was triggered.
+
+        Yields:
+            Completions.
+        """
+        text = document.text_before_cursor
+        if not text.startswith("/") or text.startswith("//") or " " in text:
+            return
+        for cmd in COMMANDS:
+            if cmd.startswith(text.lower()):
+                yield Completion(cmd, start_position=-len(text))
+
+
+def ask_name() -> str | None:
+    """Ask for a display name on the terminal until a valid one is typed.
+
+    Returns:
+        The name, or None if the user pressed Ctrl+C or Ctrl+D.
+    """
+    while True:
+        try:
+            answer = pt_prompt("Your name: ")
+        except (KeyboardInterrupt, EOFError):
+            return None
+        try:
+            return validate_name(answer.strip())
+        except UsageError as exc:
+            print(f"!! {exc}; try again (Ctrl+D to give up)")
+
+
+def run_interactive(opts: Options) -> int:
+    """Interactive mode: an input line at the bottom, the chat above it.
+
+    Args:
+        opts: the command line.
+
+    Returns:
+        0 after leaving the room (or when no name was given).
+
+    Raises:
+        StartupError: the node could not start.
+    """
+    name = opts.name or ask_name()
+    if name is None:
+        return 0
+    session: PromptSession[str] = PromptSession(
+        erase_when_done=True,  # our own line comes back as a message event
+        completer=_CommandCompleter(),
+        complete_while_typing=True,
+    )
+    stopper = _Stopper()
+    stopper.app = session.app
+    with patch_stdout(raw=True):
+        out = Output(json_mode=False, interactive=True)
+        try:
+            node = make_node(opts, name, out.on_event)
+            with stopper.installed(sigint=False):
+                try:
+                    node.start()
+                    while not stopper.requested:
+                        try:
+                            line = session.prompt(
+                                lambda: f"[{node.room}] {node.name}> ",
+                                pre_run=stopper.exit_app,
+                            )
+                        except (EOFError, KeyboardInterrupt):
+                            break
+                        if not handle_line(node, out, line):
+                            break
+                        out.drain(0.5)
+                except KeyboardInterrupt:
+                    pass  # Ctrl+C outside the prompt (while starting, say): leave too
+                finally:
+                    _close(node, stopper, out)
+        finally:
+            out.close()
+    return 0
