@@ -1144,7 +1144,7 @@ class Node:
             return
         if not self._authentic(link, msg) or self._replayed(msg, now):
             return
-        if isinstance(msg, wire.Chat) and self._store.has(msg.id):
+        if isinstance(msg, wire.Chat) and self._store.holds(msg):
             # Older than the seen-cache, but we hold it (catch-up, or before
             # a restart): a line is shown once, ever.
             self._seen.add(msg.id, now)
@@ -1174,9 +1174,9 @@ class Node:
             self._member_addrs.move_to_end(msg.origin)
             while len(self._member_addrs) > 4096:
                 self._member_addrs.popitem(last=False)
-        self._forward(msg, link, events)
         if isinstance(msg, wire.Chat) and msg.line > 1:
-            self._check_gap(link, msg)
+            self._check_gap(link, msg)  # before storing it: then the store answers from memory
+        self._forward(msg, link, events)
 
     def _count_limited(self, kind: str, who: str) -> None:
         n = self._rate_limited.get(kind, 0) + 1
@@ -1547,7 +1547,7 @@ class Node:
                 continue
             if msg.hlc < floor:
                 continue  # too old for our window: neither kept nor shown
-            if self._store.has(msg.id) or not self._authentic(link, msg):
+            if self._store.holds(msg) or not self._authentic(link, msg):
                 continue
             self._clock.observe(msg.hlc)
             if self._store_line(msg):

@@ -226,3 +226,28 @@ def test_summary_runs_are_exact(held: dict[str, set[int]]) -> None:
             assert set(range(h.lo, h.hi + 1)) <= numbers
             assert h.hi + 1 not in numbers
             assert h.hi_hlc == NOW_US + h.hi
+
+
+def test_received_lines_in_memory_are_seen_by_every_query() -> None:
+    with Store.open(None) as store:
+        lines = [chat(A, n, NOW_US + n) for n in (1, 2, 3)]
+        for msg in lines:
+            assert store.add(msg)
+        assert not store.add(lines[1]), "a line waiting in memory is not stored twice"
+        assert all(store.holds(m) for m in lines)
+        assert store.has_line(ROOM, A, 2) and store.has_line(ROOM, A, 3)
+        assert not store.has_line(ROOM, A, 4) and not store.has_line(ROOM, B, 1)
+        assert not store.holds(chat(A, 4, NOW_US + 4))
+        assert not store.holds(chat(A, 2, NOW_US + 2)), "another id with a held line number"
+        assert store.count(ROOM) == 3
+        assert [m.id for m in store.recent(ROOM, 10)] == [m.id for m in lines]
+        assert store.summary(ROOM) == [wire.Have(A, 1, 3, NOW_US + 3)]
+
+
+def test_received_lines_still_in_memory_are_written_on_close(tmp_path: Path) -> None:
+    data = str(tmp_path / "node")
+    with Store.open(data) as store:
+        msg = chat(A, 1, NOW_US)
+        assert store.add(msg)
+    with Store.open(data) as store:
+        assert store.holds(msg) and store.count(ROOM) == 1
