@@ -1133,8 +1133,8 @@ class Node:
         if msg.id in self._seen:
             self._counts["duplicates_dropped"] += 1
             tree = self._tree
-            # Only chat lines shape the tree: presence comes from every node every
-            # few seconds, and pruning on its copies would keep reshaping it.
+            # Only chat lines prune: presence comes from every node, and copies of
+            # several origins' messages pruned at once can cut a cycle twice.
             if tree is not None and isinstance(msg, wire.Chat) and tree.duplicate(link, msg.id):
                 link.send(wire.encode_frame(wire.Prune()))
             return
@@ -1197,7 +1197,7 @@ class Node:
             frame = wire.encode_frame(decision.forward)
             targets: list[Link] = list(decision.to)
             tree = self._tree
-            if tree is not None and isinstance(msg, wire.Chat):
+            if tree is not None:
                 split = tree.new_message(decision.forward, came_from, now)
                 lazy = set(split.lazy)
                 targets = [t for t in targets if t not in lazy]

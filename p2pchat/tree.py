@@ -33,7 +33,7 @@ from collections.abc import Container, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from p2pchat.wire import FloodMessage
+from p2pchat.wire import Chat, FloodMessage
 
 L = TypeVar("L", bound=Hashable)
 
@@ -217,6 +217,8 @@ class TreeState(Generic[L]):
         if entry is None or self.optimize_hops <= 0:
             return None
         _, msg, parent = entry
+        if not isinstance(msg, Chat):
+            return None  # presence comes from every node: only lines steer the tree
         if parent is None or parent == link or parent not in self.eager or link not in self.lazy:
             return None
         # msg.hops was counted down once for pushing on: it arrived with one more.
