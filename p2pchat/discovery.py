@@ -262,7 +262,9 @@ class MdnsDiscovery:
         assert zc is not None
         while not self._stop.is_set():
             try:
-                item = self._queue.get(timeout=0.5)
+                # close() queues None (or, with the queue full, the loop sees
+                # _stop at once): the timeout is a safety net, not a poll.
+                item = self._queue.get(timeout=5.0)
             except queue.Empty:
                 continue
             if item is None:

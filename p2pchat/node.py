@@ -78,6 +78,9 @@ DEFAULT_PORT = 7420
 
 DEFAULT_ROOM = "lobby"
 
+IDLE_CHECK_S = 5.0
+"""How often an idle dialler thread looks up without being woken (a safety net)."""
+
 SYNC_INTERVAL_S = 30.0
 """How often a link repeats its anti-entropy ``sync`` when nothing asks sooner."""
 
@@ -238,10 +241,12 @@ class _Dialer:
         self.first_delay_s = first_delay_s
         self.give_up_s = give_up_s
         self.stopped = threading.Event()
+        self.wake = threading.Event()  # set by stop() and when the peer's link goes down
         self.thread = threading.Thread(target=self._run, name=f"p2pchat-dial-{key}", daemon=True)
 
     def stop(self) -> None:
         self.stopped.set()
+        self.wake.set()
 
     def _run(self) -> None:
         cfg = self.node.config
@@ -251,8 +256,11 @@ class _Dialer:
             return
         while not self.stopped.is_set():
             if self.node_id and self.node.has_link(self.node_id):
+                # Linked (dialled by the peer): sleep until that link goes down.
+                # The timeout is only a safety net; an idle thread costs a wake-up.
                 last_ok = time.monotonic()
-                self.stopped.wait(0.5)
+                self.wake.wait(IDLE_CHECK_S)
+                self.wake.clear()
                 continue
             try:
                 sock, host = dial(list(self.addresses), self.port, cfg.dial_timeout_s)
@@ -268,7 +276,7 @@ class _Dialer:
                 link = self.node._adopt(sock, "out", (host, self.port))
                 if link is None:
                     break
-                while not link.done.wait(0.5):
+                while not link.done.wait(IDLE_CHECK_S):  # closing the node ends the link
                     if self.stopped.is_set():
                         break
                 if link.peer is not None:
@@ -1006,6 +1014,9 @@ class Node:
             self._bad_sigs.pop(link, None)
             if link.peer is not None and self._links.get(link.peer.node) is link:
                 del self._links[link.peer.node]
+                for dialer in self._dialers.values():
+                    if dialer.node_id == link.peer.node:
+                        dialer.wake.set()  # dial again now, not at its next check
                 reason = "this node left" if self._closed else item[2]
                 events.append(
                     PeerDown(

@@ -577,7 +577,9 @@ class Listener:
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise StartupError(f"address {host} is not on this machine") from None
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        sock.settimeout(0.5)
+        # close() wakes accept() by shutting the socket down; the timeout is a
+        # safety net (an idle thread that polls costs a wake-up each time).
+        sock.settimeout(5.0)
         self.sock = sock
         self.host = host
         self.port: int = sock.getsockname()[1]
@@ -612,6 +614,8 @@ class Listener:
     def close(self) -> None:
         """Stop accepting and close the socket (idempotent)."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() (Linux)
         with contextlib.suppress(OSError):
             self.sock.close()
 
