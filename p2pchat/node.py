@@ -1146,7 +1146,11 @@ class Node:
             tree = self._tree
             # Only chat lines prune: presence comes from every node, and copies of
             # several origins' messages pruned at once can cut a cycle twice.
-            if tree is not None and isinstance(msg, wire.Chat) and tree.duplicate(link, msg.id):
+            if (
+                tree is not None
+                and isinstance(msg, wire.Chat)
+                and tree.duplicate(link, msg.id, now)
+            ):
                 link.send(wire.encode_frame(wire.Prune()))
             return
         if msg.origin == self.node_id:

@@ -15,11 +15,17 @@ announced id carries the hop count its copy would arrive with, and a node that
 got a message over its eager link at least ``optimize_hops`` hops later than
 an announcing lazy link grafts that link (the paper's section 3.8, "dynamic
 tree optimization").  The paper prunes the old eager link at the same time;
-here the next message prunes whichever of the two brings it second, as any
+here the next line prunes whichever of the two brings it second, as any
 duplicate does: a prune sent at once races lines already on their way over
 the old link, and both ends of the new link could end up lazy.  At most one
 such graft per ``optimize_interval_s``, so that senders in different parts of
 the mesh cannot make the tree flap on every line.
+
+Every flooded message (presence too) travels on the tree, but the node calls
+:meth:`TreeState.duplicate` only for chat lines, and only chat lines steer
+shortcuts: presence comes from every node every few seconds, and copies of
+several origins' messages pruned at the same moment can cut a cycle twice and
+split the tree (tried: lines then waited for grafts, p50 1.1 s).
 
 This module is the pure state of one node: no sockets, time passed in.  The
 node (``p2pchat/node.py``) calls it under its lock and performs the sends it
@@ -42,6 +48,10 @@ DEFAULT_GRAFT_TIMEOUT_S = 1.0
 
 DEFAULT_IHAVE_DELAY_S = 0.5
 """How long announcements are gathered before a batched ``ihave`` is sent."""
+
+IN_FLIGHT_S = 1.0
+"""For this long after we prune a link, pushes still arriving on it do not make
+it eager again: they were on their way before the peer read our prune."""
 
 DEFAULT_OPTIMIZE_HOPS = 1
 """A lazy link must be this many hops shorter than the eager one to take its place."""
@@ -98,6 +108,7 @@ class TreeState(Generic[L]):
         # id -> (time, message as forwarded, link it came on or None if ours)
         self._cache: OrderedDict[str, tuple[float, FloodMessage, L | None]] = OrderedDict()
         self._last_swap = float("-inf")
+        self._pruned_at: dict[L, float] = {}  # link -> when we last pruned it
         self._expected: OrderedDict[tuple[L, str], None] = OrderedDict()
         # id -> (deadline, announcers still to try, in order)
         self._missing: dict[str, tuple[float, list[L]]] = {}
@@ -115,6 +126,7 @@ class TreeState(Generic[L]):
         self.eager.discard(link)
         self.lazy.discard(link)
         self._announce.pop(link, None)
+        self._pruned_at.pop(link, None)
         for key in [k for k in self._expected if k[0] == link]:
             del self._expected[key]
         for _, announcers in self._missing.values():
@@ -139,9 +151,14 @@ class TreeState(Generic[L]):
         self._missing.pop(msg.id, None)
         self._cache[msg.id] = (now, msg, came_from)
         self._trim_cache(now)
-        if came_from is not None and came_from in self.lazy:
-            # It reached us over a lazy link (answering our graft): that link
-            # is now part of the tree.
+        if (
+            came_from is not None
+            and came_from in self.lazy
+            and now - self._pruned_at.get(came_from, float("-inf")) > IN_FLIGHT_S
+        ):
+            # It reached us over a lazy link (the peer grafted us, or pushes to
+            # us again): that link is part of the tree.  Not a link we pruned a
+            # moment ago: that is a push that crossed our prune.
             self.lazy.discard(came_from)
             self.eager.add(came_from)
         split: Split[L] = Split(
@@ -152,22 +169,29 @@ class TreeState(Generic[L]):
             self._announce.setdefault(link, []).append(msg.id)
         return split
 
-    def duplicate(self, came_from: L, msg_id: str = "") -> bool:
+    def duplicate(self, came_from: L, msg_id: str, now: float) -> bool:
         """A copy of message ``msg_id``, already seen, arrived on ``came_from``.
 
         Returns:
             True if a ``prune`` should be sent on that link (it was eager and
-            is lazy from now on).  The copy a swap's graft asked for prunes
-            nothing.
+            is lazy from now on).  Nothing is pruned for the copy a shortcut's
+            graft asked for, nor when the first copy came over a link that is
+            lazy by now: that link was pruned while the copy was on its way,
+            and pruning this one too would leave the node out of the tree
+            (seen in bursts: lines then came only by graft, 1.5 s late).
         """
         if (came_from, msg_id) in self._expected:
             del self._expected[(came_from, msg_id)]
             return False
-        if came_from in self.eager:
-            self.eager.discard(came_from)
-            self.lazy.add(came_from)
-            return True
-        return False
+        if came_from not in self.eager:
+            return False
+        first = self._cache.get(msg_id)
+        if first is not None and first[2] is not None and first[2] not in self.eager:
+            return False
+        self.eager.discard(came_from)
+        self.lazy.add(came_from)
+        self._pruned_at[came_from] = now
+        return True
 
     def pruned(self, link: L) -> None:
         """The peer on ``link`` sent ``prune``: announce to it from now on."""

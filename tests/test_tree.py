@@ -32,8 +32,8 @@ def test_links_start_eager_and_a_duplicate_prunes_once() -> None:
         t.link_up(link)
     split = t.new_message(chat(1), "a", now=0.0)
     assert sorted(split.eager) == ["b", "c"] and split.lazy == []
-    assert t.duplicate("b") is True  # prune b: it is lazy from now on
-    assert t.duplicate("b") is False  # already lazy: no second prune
+    assert t.duplicate("b", chat(1).id, 0.0) is True  # prune b: it is lazy from now on
+    assert t.duplicate("b", chat(1).id, 0.0) is False  # already lazy: no second prune
     split = t.new_message(chat(2), "a", now=0.1)
     assert split.eager == ["c"] and split.lazy == ["b"]
     assert t.take_announcements() == {"b": [(chat(2).id, 16)]}
@@ -81,16 +81,16 @@ def test_a_lazy_link_one_hop_shorter_is_grafted_and_the_next_line_prunes_the_old
     for link in "pq":
         t.link_up(link)
     t.new_message(chat(1, hops=12), "p", now=0.0)  # arrived over p with 13 hops left
-    assert t.duplicate("q", chat(1).id) is True  # q's copy came second: q is lazy
+    assert t.duplicate("q", chat(1).id, 0.0) is True  # q's copy came second: q is lazy
     # q announces it with 14 hops left: one hop shorter than p's way.
     cut = t.announced([chat(1).id], "q", seen={chat(1).id}, now=0.5, hops=[14])
     assert cut is not None and (cut.link, cut.msg_id) == ("q", chat(1).id)
     assert t.eager == {"p", "q"}
     # The copy the graft brings back is expected: no prune for it, once.
-    assert t.duplicate("q", chat(1).id) is False
+    assert t.duplicate("q", chat(1).id, 0.5) is False
     # The next line comes over q first; p's copy, second, prunes p.
     t.new_message(chat(2, hops=13), "q", now=1.0)
-    assert t.duplicate("p", chat(2).id) is True
+    assert t.duplicate("p", chat(2).id, 1.0) is True
     assert t.eager == {"q"} and t.lazy == {"p"}
 
 
@@ -99,8 +99,8 @@ def test_no_swap_for_an_equal_way_too_soon_or_without_hop_counts() -> None:
     for link in "pqr":
         t.link_up(link)
     t.new_message(chat(1, hops=12), "p", now=0.0)
-    t.duplicate("q", chat(1).id)
-    t.duplicate("r", chat(1).id)
+    t.duplicate("q", chat(1).id, 0.0)
+    t.duplicate("r", chat(1).id, 0.0)
     seen = {chat(1).id}
     assert t.announced([chat(1).id], "q", seen, now=0.5, hops=[13]) is None  # as long
     assert t.announced([chat(1).id], "q", seen, now=0.5) is None  # an older peer
@@ -110,6 +110,23 @@ def test_no_swap_for_an_equal_way_too_soon_or_without_hop_counts() -> None:
     # r is shorter again, but the last swap was 0.5 s ago.
     assert t.announced([chat(2).id], "r", seen | {chat(2).id}, now=1.0, hops=[15]) is None
     assert t.announced([chat(2).id], "r", seen | {chat(2).id}, now=6.0, hops=[15]) is not None
+
+
+def test_a_push_that_crossed_our_prune_neither_restores_the_link_nor_prunes_another() -> None:
+    t: TreeState[str] = TreeState()
+    for link in "pq":
+        t.link_up(link)
+    t.new_message(chat(1), "q", now=0.0)
+    assert t.duplicate("p", chat(1).id, 0.0) is True  # p brought line 1 second: pruned
+    # Line 2 was already on its way from p: it arrives first, over the link just pruned.
+    t.new_message(chat(2), "p", now=0.001)
+    assert t.lazy == {"p"}, "a push that crossed our prune does not make p eager again"
+    # q's copy comes second; pruning q as well would leave us out of the tree.
+    assert t.duplicate("q", chat(2).id, 0.002) is False
+    assert t.eager == {"q"}
+    # Long after the prune, a push on p means the peer grafted us: p is eager again.
+    t.new_message(chat(3), "p", now=5.0)
+    assert "p" in t.eager
 
 
 # -- in-process meshes ---------------------------------------------------------------------
