@@ -51,7 +51,8 @@ DEFAULT_IHAVE_DELAY_S = 0.5
 
 IN_FLIGHT_S = 1.0
 """For this long after we prune a link, pushes still arriving on it do not make
-it eager again: they were on their way before the peer read our prune."""
+it eager again: they were on their way before the peer read our prune.  For
+this long after a peer grafts us, its duplicates do not prune it."""
 
 DEFAULT_OPTIMIZE_HOPS = 1
 """A lazy link must be this many hops shorter than the eager one to take its place."""
@@ -109,6 +110,7 @@ class TreeState(Generic[L]):
         self._cache: OrderedDict[str, tuple[float, FloodMessage, L | None]] = OrderedDict()
         self._last_swap = float("-inf")
         self._pruned_at: dict[L, float] = {}  # link -> when we last pruned it
+        self._grafted_at: dict[L, float] = {}  # link -> when its peer last grafted us
         self._expected: OrderedDict[tuple[L, str], None] = OrderedDict()
         # id -> (deadline, announcers still to try, in order)
         self._missing: dict[str, tuple[float, list[L]]] = {}
@@ -127,6 +129,7 @@ class TreeState(Generic[L]):
         self.lazy.discard(link)
         self._announce.pop(link, None)
         self._pruned_at.pop(link, None)
+        self._grafted_at.pop(link, None)
         for key in [k for k in self._expected if k[0] == link]:
             del self._expected[key]
         for _, announcers in self._missing.values():
@@ -174,8 +177,8 @@ class TreeState(Generic[L]):
 
         Returns:
             True if a ``prune`` should be sent on that link (it was eager and
-            is lazy from now on).  Nothing is pruned for the copy a shortcut's
-            graft asked for, nor when the first copy came over a link that is
+            is lazy from now on).  Nothing is pruned for the copy one of our
+            grafts asked for, nor when the first copy came over a link that is
             lazy by now: that link was pruned while the copy was on its way,
             and pruning this one too would leave the node out of the tree
             (seen in bursts: lines then came only by graft, 1.5 s late).
@@ -184,6 +187,8 @@ class TreeState(Generic[L]):
             del self._expected[(came_from, msg_id)]
             return False
         if came_from not in self.eager:
+            return False
+        if now - self._grafted_at.get(came_from, float("-inf")) <= IN_FLIGHT_S:
             return False
         first = self._cache.get(msg_id)
         if first is not None and first[2] is not None and first[2] not in self.eager:
@@ -253,24 +258,34 @@ class TreeState(Generic[L]):
         self._last_swap = now
         self.lazy.discard(link)
         self.eager.add(link)
-        self._expected[(link, msg_id)] = None
-        while len(self._expected) > 64:
-            self._expected.popitem(last=False)
+        self._expect(link, msg_id)
         return Shortcut(link=link, msg_id=msg_id)
 
-    def grafted(self, ids: list[str], link: L) -> list[FloodMessage]:
+    def grafted(self, ids: list[str], link: L, now: float) -> list[FloodMessage]:
         """The peer on ``link`` sent ``graft``: push to it from now on, and
-        return the cached messages it asked for."""
+        return the cached messages it asked for.  For ``IN_FLIGHT_S`` its
+        duplicates prune nothing: the peer, which may hold other eager links
+        now, decides which of them stays (a prune from each end of a cycle
+        at once would cut the peer off)."""
         self.lazy.discard(link)
         self.eager.add(link)
+        self._grafted_at[link] = now
         return [self._cache[i][1] for i in ids if i in self._cache]
 
     # -- timers -------------------------------------------------------------------
 
+    def _expect(self, link: L, msg_id: str) -> None:
+        """A copy of ``msg_id`` we asked ``link`` for: when it comes after all,
+        it is no reason to prune the link we just grafted."""
+        self._expected[(link, msg_id)] = None
+        while len(self._expected) > self.cache_entries:
+            self._expected.popitem(last=False)
+
     def due_grafts(self, now: float) -> dict[L, list[str]]:
         """Ids whose wait ran out, by the link to graft for them; each such link
-        becomes eager.  An id whose announcer is tried is re-armed with the
-        next announcer, if any."""
+        becomes eager, and the copy it answers with prunes nothing even if the
+        id came meanwhile.  An id whose announcer is tried is re-armed with
+        the next announcer, if any."""
         out: dict[L, list[str]] = {}
         for msg_id, (deadline, announcers) in list(self._missing.items()):
             if deadline > now:
@@ -280,6 +295,9 @@ class TreeState(Generic[L]):
                 continue
             link = announcers.pop(0)
             out.setdefault(link, []).append(msg_id)
+            # Under load a line can be late rather than lost: the answer may then
+            # come second, and pruning on it would undo the graft at once.
+            self._expect(link, msg_id)
             self._missing[msg_id] = (now + self.graft_timeout_s, announcers)
             self.lazy.discard(link)
             self.eager.add(link)

@@ -50,8 +50,11 @@ def test_missing_announced_id_is_grafted_from_the_announcer() -> None:
     assert t.due_grafts(0.5) == {}
     assert t.due_grafts(1.0) == {"b": [chat(5).id]}
     assert "b" in t.eager  # grafting makes the link part of the tree again
-    t.new_message(chat(5), "b", now=1.1)  # it arrived: nothing more to graft
-    assert t.due_grafts(10.0) == {}
+    # The line was only late: it comes over a, and then b's answer comes second.
+    t.new_message(chat(5), "a", now=1.05)
+    assert t.duplicate("b", chat(5).id, 1.1) is False, "the answer to our graft prunes nothing"
+    assert "b" in t.eager
+    assert t.due_grafts(10.0) == {}  # it arrived: nothing more to graft
 
 
 def test_ids_already_seen_are_not_waited_for() -> None:
@@ -68,7 +71,7 @@ def test_graft_returns_cached_messages_and_link_down_forgets() -> None:
     t.pruned("b")
     for n in (1, 2, 3):
         t.new_message(chat(n), None, now=float(n))
-    assert [m.id for m in t.grafted([chat(1).id, chat(3).id], "b")] == [chat(3).id]
+    assert [m.id for m in t.grafted([chat(1).id, chat(3).id], "b", 3.0)] == [chat(3).id]
     assert "b" in t.eager
     t.announced([chat(9).id], "a", seen=set(), now=0.0)
     t.link_down("a")
@@ -127,6 +130,17 @@ def test_a_push_that_crossed_our_prune_neither_restores_the_link_nor_prunes_anot
     # Long after the prune, a push on p means the peer grafted us: p is eager again.
     t.new_message(chat(3), "p", now=5.0)
     assert "p" in t.eager
+
+
+def test_a_peer_that_just_grafted_us_is_not_pruned_for_a_moment() -> None:
+    t: TreeState[str] = TreeState()
+    t.link_up("x")
+    t.new_message(chat(1), None, now=0.0)  # our own line
+    t.grafted([chat(1).id], "x", now=0.5)  # x asks for it (a shortcut, or a repair)
+    # x pushes our line back (it got it elsewhere first): x decides which link
+    # stays, so we do not prune it as well.
+    assert t.duplicate("x", chat(1).id, 0.6) is False and "x" in t.eager
+    assert t.duplicate("x", chat(1).id, 2.0) is True  # later, a duplicate prunes as ever
 
 
 # -- in-process meshes ---------------------------------------------------------------------
