@@ -1100,7 +1100,7 @@ class Node:
                 shortcut.link.send(wire.encode_frame(wire.Graft(ids=[shortcut.msg_id])))
             self._wake_router()
         elif isinstance(msg, wire.Graft):
-            for cached in tree.grafted(msg.ids, link, time.monotonic()):
+            for cached in tree.grafted(msg.ids, link):
                 link.send(wire.encode_frame(cached))
         else:
             tree.pruned(link)

@@ -1,13 +1,17 @@
 """Tree broadcast (Plumtree): eager push on a spanning tree, lazy announcements elsewhere.
 
-Leitão, Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007.  Each link
-is *eager* (new messages are pushed whole) or *lazy* (only their ids are
-announced, in batched ``ihave`` frames).  Links start eager, so the first
-messages flood; a node that receives a message twice prunes the link that
-brought the copy (both ends make it lazy), and the eager links that remain form
-a spanning tree.  A node that hears of an id on a lazy link and does not get
-the message within ``graft_timeout_s`` grafts that link (asks for the message
-and makes the link eager), which repairs the tree when a node or link fails.
+Leitão, Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007. Each link is
+*eager* (new messages are pushed whole) or *lazy* (only their ids are
+announced, in batched ``ihave`` frames). Links start eager, so the first
+messages flood; a node that receives a message twice tells the peer that sent
+the copy to stop pushing (``prune``), and the pushes that remain form a
+spanning tree. Each end decides only what it receives: the paper makes a pruned
+link lazy at both ends, and then a slow node, whose forwards of a burst's first
+lines come second everywhere, is pruned by every neighbour and cut off (seen:
+two of ten nodes got a 1000-line burst 1.5 s late, by graft). A node that hears
+of an id on a lazy link and does not get the message within ``graft_timeout_s``
+grafts that link (asks for the message, and to be pushed to from then on), which repairs
+the tree when a node or link fails.
 
 The tree forms from whichever copy of the first messages arrives first, which
 on busy hosts is close to random: a tree twice as deep as the mesh.  So each
@@ -50,9 +54,8 @@ DEFAULT_IHAVE_DELAY_S = 0.5
 """How long announcements are gathered before a batched ``ihave`` is sent."""
 
 IN_FLIGHT_S = 1.0
-"""For this long after we prune a link, pushes still arriving on it do not make
-it eager again: they were on their way before the peer read our prune.  For
-this long after a peer grafts us, its duplicates do not prune it."""
+"""For this long after we prune a link, pushes still arriving on it were on
+their way before the peer read our prune."""
 
 DEFAULT_OPTIMIZE_HOPS = 1
 """A lazy link must be this many hops shorter than the eager one to take its place."""
@@ -109,12 +112,18 @@ class TreeState(Generic[L]):
         # id -> (time, message as forwarded, link it came on or None if ours)
         self._cache: OrderedDict[str, tuple[float, FloodMessage, L | None]] = OrderedDict()
         self._last_swap = float("-inf")
-        self._pruned_at: dict[L, float] = {}  # link -> when we last pruned it
-        self._grafted_at: dict[L, float] = {}  # link -> when its peer last grafted us
+        # Links we told to stop pushing to us (prune sent, no graft since), and when.
+        self._muted: dict[L, float] = {}
         self._expected: OrderedDict[tuple[L, str], None] = OrderedDict()
         # id -> (deadline, announcers still to try, in order)
         self._missing: dict[str, tuple[float, list[L]]] = {}
         self._announce: dict[L, list[str]] = {}
+
+    @property
+    def muted(self) -> set[L]:
+        """The links we asked to stop pushing to us (``prune`` sent, no
+        ``graft`` since); a copy of the set."""
+        return set(self._muted)
 
     # -- links --------------------------------------------------------------------
 
@@ -128,8 +137,7 @@ class TreeState(Generic[L]):
         self.eager.discard(link)
         self.lazy.discard(link)
         self._announce.pop(link, None)
-        self._pruned_at.pop(link, None)
-        self._grafted_at.pop(link, None)
+        self._muted.pop(link, None)
         for key in [k for k in self._expected if k[0] == link]:
             del self._expected[key]
         for _, announcers in self._missing.values():
@@ -154,16 +162,6 @@ class TreeState(Generic[L]):
         self._missing.pop(msg.id, None)
         self._cache[msg.id] = (now, msg, came_from)
         self._trim_cache(now)
-        if (
-            came_from is not None
-            and came_from in self.lazy
-            and now - self._pruned_at.get(came_from, float("-inf")) > IN_FLIGHT_S
-        ):
-            # It reached us over a lazy link (the peer grafted us, or pushes to
-            # us again): that link is part of the tree.  Not a link we pruned a
-            # moment ago: that is a push that crossed our prune.
-            self.lazy.discard(came_from)
-            self.eager.add(came_from)
         split: Split[L] = Split(
             eager=[x for x in self.eager if x != came_from],
             lazy=[x for x in self.lazy if x != came_from],
@@ -176,26 +174,28 @@ class TreeState(Generic[L]):
         """A copy of message ``msg_id``, already seen, arrived on ``came_from``.
 
         Returns:
-            True if a ``prune`` should be sent on that link (it was eager and
-            is lazy from now on).  Nothing is pruned for the copy one of our
-            grafts asked for, nor when the first copy came over a link that is
-            lazy by now: that link was pruned while the copy was on its way,
-            and pruning this one too would leave the node out of the tree
-            (seen in bursts: lines then came only by graft, 1.5 s late).
+            True if a ``prune`` should be sent on that link: the peer is to
+            stop pushing to us.  What we push to the peer does not change (it
+            prunes us if it wants).  Nothing is pruned for the copy one of our
+            grafts asked for, nor when the first copy came over a link we
+            pruned a moment ago (that copy was on its way before the peer read
+            our prune, and pruning this link too would leave us with no link
+            that pushes to us).  A peer that still pushes ``IN_FLIGHT_S``
+            after our prune is told again.
         """
         if (came_from, msg_id) in self._expected:
             del self._expected[(came_from, msg_id)]
             return False
-        if came_from not in self.eager:
-            return False
-        if now - self._grafted_at.get(came_from, float("-inf")) <= IN_FLIGHT_S:
-            return False
+        muted_at = self._muted.get(came_from)
+        if muted_at is not None:
+            if now - muted_at <= IN_FLIGHT_S:
+                return False
+            self._muted[came_from] = now
+            return True
         first = self._cache.get(msg_id)
-        if first is not None and first[2] is not None and first[2] not in self.eager:
+        if first is not None and first[2] is not None and first[2] in self._muted:
             return False
-        self.eager.discard(came_from)
-        self.lazy.add(came_from)
-        self._pruned_at[came_from] = now
+        self._muted[came_from] = now
         return True
 
     def pruned(self, link: L) -> None:
@@ -248,7 +248,7 @@ class TreeState(Generic[L]):
         _, msg, parent = entry
         if not isinstance(msg, Chat):
             return None  # presence comes from every node: only lines steer the tree
-        if parent is None or parent == link or parent not in self.eager or link not in self.lazy:
+        if parent is None or parent == link or parent in self._muted or link not in self._muted:
             return None
         # msg.hops was counted down once for pushing on: it arrived with one more.
         if hops - (msg.hops + 1) < self.optimize_hops:
@@ -256,20 +256,15 @@ class TreeState(Generic[L]):
         if now - self._last_swap < self.optimize_interval_s:
             return None
         self._last_swap = now
-        self.lazy.discard(link)
-        self.eager.add(link)
+        self._muted.pop(link, None)
         self._expect(link, msg_id)
         return Shortcut(link=link, msg_id=msg_id)
 
-    def grafted(self, ids: list[str], link: L, now: float) -> list[FloodMessage]:
+    def grafted(self, ids: list[str], link: L) -> list[FloodMessage]:
         """The peer on ``link`` sent ``graft``: push to it from now on, and
-        return the cached messages it asked for.  For ``IN_FLIGHT_S`` its
-        duplicates prune nothing: the peer, which may hold other eager links
-        now, decides which of them stays (a prune from each end of a cycle
-        at once would cut the peer off)."""
+        return the cached messages it asked for."""
         self.lazy.discard(link)
         self.eager.add(link)
-        self._grafted_at[link] = now
         return [self._cache[i][1] for i in ids if i in self._cache]
 
     # -- timers -------------------------------------------------------------------
@@ -299,8 +294,7 @@ class TreeState(Generic[L]):
             # come second, and pruning on it would undo the graft at once.
             self._expect(link, msg_id)
             self._missing[msg_id] = (now + self.graft_timeout_s, announcers)
-            self.lazy.discard(link)
-            self.eager.add(link)
+            self._muted.pop(link, None)
         return out
 
     def take_announcements(self) -> dict[L, list[tuple[str, int]]]:
