@@ -78,6 +78,10 @@ DEFAULT_PORT = 7420
 
 DEFAULT_ROOM = "lobby"
 
+PRESENCE_SHARE_S = 0.2
+"""A room sends about one presence per this many seconds in all (rooms of more
+than 15 nodes space each node's presences out; see Node._presence_every)."""
+
 IDLE_CHECK_S = 5.0
 """How often an idle dialler thread looks up without being woken (a safety net)."""
 
@@ -954,17 +958,19 @@ class Node:
                         next_tick = now + 0.5
                         self._tick(now, events)
                     if now >= self._next_presence and self._joined and not self._closed:
+                        every = self._presence_every()
                         presence = self._signed(
                             wire.Presence(
                                 addrs=self._addrs,
                                 port=self.port,
                                 dh=self._identity.dh,
+                                every=every,
                                 **self._envelope_locked(),
                             )
                         )
                         self._flood_own(presence, events)
                         self._last_presence = now
-                        self._next_presence = now + self.config.presence_interval_s
+                        self._next_presence = now + every
                 except Exception:
                     log.exception("router: internal error in the timers")
                 self._emit(events)
@@ -984,6 +990,15 @@ class Node:
             "ts": wire.now_ts(),
             "hops": self.config.hop_limit,
         }
+
+    def _presence_every(self) -> float:
+        """Seconds between our presences: the configured interval, or longer
+        in a big room, so that the whole room sends about one presence per
+        ``PRESENCE_SHARE_S`` (RTCP's rule for its reports, RFC 3550 section
+        6.2: a fixed share for all, whatever the group's size).  Every node
+        checks the signature of every presence, so without this the cost of
+        an idle room would grow with the square of its size."""
+        return max(self.config.presence_interval_s, len(self._roster) * PRESENCE_SHARE_S)
 
     def _presence_soon(self, now: float) -> None:
         """Schedule a presence at once, but not twice within 0.5 s."""
@@ -1255,7 +1270,8 @@ class Node:
             return
         if not stale:
             self._check_name(msg, events)
-            is_new, old = self._roster.heard(origin, msg.name, now, seq=msg.seq)
+            every = msg.every if isinstance(msg, wire.Presence) else 0.0
+            is_new, old = self._roster.heard(origin, msg.name, now, seq=msg.seq, every_s=every)
             if is_new:
                 via = "join" if isinstance(msg, wire.Join) else "presence"
                 events.append(

@@ -2,14 +2,19 @@
 
 No sockets; time is passed in.  One thread (the node's router) owns a roster.
 A member is any origin heard from in our room (a join, a presence, a chat
-line...).  A member that sends nothing for ``timeout_s`` seconds is timed out;
-members send a presence at least every ``PRESENCE_INTERVAL_S`` (see
-``docs/protocol.md``).
+line...).  A member that sends nothing for ``timeout_s`` seconds (or for
+``MISSED_PRESENCES`` of the presence intervals it announced, if longer) is
+timed out (see ``docs/protocol.md`` section 9).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+MISSED_PRESENCES = 3.0
+"""A member that announces its presence interval is timed out after this many
+intervals of silence, or after the roster's timeout if that is longer (10 s
+for the default 3 s interval)."""
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Member:
     name: str
     last_seen: float
     name_seq: int = -1
+    timeout_s: float = 0.0  # 0: the roster's own
 
 
 class Roster:
@@ -35,7 +41,9 @@ class Roster:
     Args:
         self_id: this node's id; it is a member that never times out.
         self_name: this node's display name.
-        timeout_s: seconds of silence after which a member is timed out.
+        timeout_s: seconds of silence after which a member is timed out,
+            at least (a member that announces a longer presence interval
+            gets ``MISSED_PRESENCES`` of its intervals).
     """
 
     def __init__(self, self_id: str, self_name: str, timeout_s: float) -> None:
@@ -61,13 +69,14 @@ class Roster:
         return sorted(self._members.values(), key=lambda m: (m.name.casefold(), m.node))
 
     def heard(
-        self, node: str, name: str, now: float, seq: int | None = None
+        self, node: str, name: str, now: float, seq: int | None = None, every_s: float = 0.0
     ) -> tuple[bool, str | None]:
         """Note a message from ``node`` carrying display name ``name``.
 
         ``seq`` is the message's per-origin sequence number, if known: a name
         carried by an older message than the one that set the current name is
         ignored, so lines that arrive out of order never undo a nick change.
+        ``every_s``, from a presence: the member's presence interval.
 
         Returns:
             ``(is_new, old_name)``: ``is_new`` if the node was not a member;
@@ -77,8 +86,12 @@ class Roster:
         if node == self.self_id:
             return False, None  # only rename_self changes our own name
         member = self._members.get(node)
+        is_new = member is None
         if member is None:
-            self._members[node] = Member(node, name, now, -1 if seq is None else seq)
+            member = self._members[node] = Member(node, name, now, -1 if seq is None else seq)
+        if every_s > 0:
+            member.timeout_s = max(self.timeout_s, MISSED_PRESENCES * every_s)
+        if is_new:
             return True, None
         member.last_seen = now
         if seq is not None:
@@ -106,7 +119,7 @@ class Roster:
         gone = [
             m
             for m in self._members.values()
-            if m.node != self.self_id and now - m.last_seen > self.timeout_s
+            if m.node != self.self_id and now - m.last_seen > (m.timeout_s or self.timeout_s)
         ]
         for m in gone:
             del self._members[m.node]

@@ -254,6 +254,9 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
         port: the origin's TCP listening port (optional; 0 = unknown).
         dh: the origin's X25519 public key for direct messages, 64 hex
             digits (optional; signed with the rest of the presence).
+        every: seconds until the origin's next presence at the latest
+            (optional; 0 = the default 3 s).  Rooms of many nodes space their
+            presences out; receivers time a member out after several missed.
     A node that loses touch with a member dials these, so that the parts of
     a mesh re-link when the node that joined them dies.
     """
@@ -261,6 +264,7 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     addrs: Annotated[list[IPv4], msgspec.Meta(max_length=8)] = msgspec.field(default_factory=list)
     port: Port = 0
     dh: PublicKey = ""
+    every: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
 
 
 MAX_BOX_CHARS: Final = 2 * (4 * MAX_TEXT_CHARS + 64)

@@ -66,6 +66,15 @@ def test_silent_member_expires_after_the_timeout() -> None:
     assert [m.node for m in r.expire(now=200.0)] == [BOB]
 
 
+def test_a_member_with_a_longer_presence_interval_gets_a_longer_timeout() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", now=100.0, every_s=6.0)  # a big room: presence every 6 s
+    r.heard(BOB, "bob", now=100.0, every_s=3.0)  # the default: the roster's 10 s stands
+    assert [m.node for m in r.expire(now=100.0 + TIMEOUT + 0.5)] == [BOB]
+    assert r.expire(now=100.0 + 3 * 6.0 - 0.5) == []
+    assert [m.node for m in r.expire(now=100.0 + 3 * 6.0 + 0.5)] == [ALICE]
+
+
 def test_hearing_from_a_member_keeps_it_alive() -> None:
     r = roster()
     r.heard(ALICE, "alice", now=0.0)
@@ -176,3 +185,17 @@ def test_members_with_the_same_name_are_in_a_stable_order() -> None:
     first = [m.node for m in r.members()]
     assert sorted(first[:2]) == sorted([ALICE, ALICE2])
     assert [m.node for m in r.members()] == first
+
+
+def test_big_rooms_space_their_presences_out() -> None:
+    from p2pchat.node import PRESENCE_SHARE_S, Node, NodeConfig
+
+    node = Node(NodeConfig(name="me", room="lobby", port=0, interfaces=["127.0.0.1"]))
+    try:
+        assert node._presence_every() == 3.0  # a room of one: the configured interval
+        for i in range(29):
+            node._roster.heard(f"{i:016x}", f"n{i}", now=0.0)
+        # 30 members: about one presence per PRESENCE_SHARE_S from the whole room.
+        assert node._presence_every() == 30 * PRESENCE_SHARE_S == 6.0
+    finally:
+        node.close()
