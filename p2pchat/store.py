@@ -65,10 +65,14 @@ LOCK_NAME = "p2pchat.lock"
 SEQ_BLOCK = 1000
 """Sequence numbers reserved on disk at a time (a restart skips the rest)."""
 FLUSH_EVERY = 256
+"""Received lines written after which the store commits by itself."""
 
 WRITE_EVERY = 64
 """Received lines kept in memory before they are written, at most."""
-"""Received lines after which :meth:`Store.add` commits by itself."""
+
+_INSERT_LINE = (
+    "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -291,12 +295,13 @@ class Store:
 
     # -- lines ------------------------------------------------------------------------
 
+    @staticmethod
+    def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes]:
+        """The ``lines`` row of ``msg``, in :data:`_INSERT_LINE`'s order."""
+        return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_body(msg))
+
     def _insert(self, msg: wire.Chat) -> bool:
-        cur = self._db.execute(
-            "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_body(msg)),
-        )
+        cur = self._db.execute(_INSERT_LINE, self._row(msg))
         if cur.rowcount != 1:
             return False
         self._raise_top(msg)
@@ -314,11 +319,7 @@ class Store:
         rows, self._rows = self._rows, []
         self._row_ids.clear()
         try:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            self._db.executemany(_INSERT_LINE, rows)
             self._pending += len(rows)
             if self._pending >= FLUSH_EVERY:
                 self._db.commit()
@@ -366,9 +367,7 @@ class Store:
             except sqlite3.Error as exc:
                 log.error("could not store a line from %s: %s", msg.origin, exc)
                 return False
-            self._rows.append(
-                (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_body(msg))
-            )
+            self._rows.append(self._row(msg))
             self._row_ids.add(msg.id)
             self._raise_top(msg)
             if len(self._rows) >= WRITE_EVERY:
@@ -425,13 +424,6 @@ class Store:
         self._write_rows()
         row = self._db.execute("SELECT 1 FROM lines WHERE id = ?", (msg.id,)).fetchone()
         return row is not None
-
-    def has(self, msg_id: str) -> bool:
-        """True if the line with this message id is held."""
-        with self._mutex:
-            self._write_rows()
-            row = self._db.execute("SELECT 1 FROM lines WHERE id = ?", (msg_id,)).fetchone()
-            return row is not None
 
     def has_line(self, room: str, origin: str, line: int) -> bool:
         """True if line number ``line`` of ``origin`` in ``room`` is held."""

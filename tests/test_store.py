@@ -60,7 +60,7 @@ def test_counters_survive_a_restart(tmp_path: Path) -> None:
         assert store.next_seq() > 3, "sequence numbers never repeat"
         assert store.next_line(ROOM) == 2
         assert store.last_hlc == NOW_US
-        assert store.has(own.id)
+        assert store.holds(own)
         assert store.get([own.id]) == [own]
 
 
