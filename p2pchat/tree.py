@@ -10,14 +10,14 @@ link lazy at both ends, and then a slow node, whose forwards of a burst's first
 lines come second everywhere, is pruned by every neighbour and cut off (seen:
 two of ten nodes got a 1000-line burst 1.5 s late, by graft). A node that hears
 of an id on a lazy link and does not get the message within ``graft_timeout_s``
-grafts that link (asks for the message, and to be pushed to from then on), which repairs
-the tree when a node or link fails.
+grafts that link (asks for the message, and to be pushed to from then on),
+which repairs the tree when a node or link fails.
 
 The tree forms from whichever copy of the first messages arrives first, which
 on busy hosts is close to random: a tree twice as deep as the mesh.  So each
 announced id carries the hop count its copy would arrive with, and a node that
-got a message over its eager link at least ``optimize_hops`` hops later than
-an announcing lazy link grafts that link (the paper's section 3.8, "dynamic
+got a message at least ``optimize_hops`` hops later than an announcing link
+would have brought it grafts that link (the paper's section 3.8, "dynamic
 tree optimization").  The paper prunes the old eager link at the same time;
 here the next line prunes whichever of the two brings it second, as any
 duplicate does: a prune sent at once races lines already on their way over
@@ -58,10 +58,11 @@ IN_FLIGHT_S = 1.0
 their way before the peer read our prune."""
 
 DEFAULT_OPTIMIZE_HOPS = 1
-"""A lazy link must be this many hops shorter than the eager one to take its place."""
+"""An announcing link must be this many hops shorter than the one that pushed a
+line for a shortcut to it."""
 
 DEFAULT_OPTIMIZE_INTERVAL_S = 5.0
-"""At most one swap of the eager link per this many seconds."""
+"""At most one shortcut per this many seconds."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,9 @@ class TreeState(Generic[L]):
         graft_timeout_s: seconds an announced id may stay missing.
         cache_entries: messages kept to answer grafts (oldest dropped first).
         cache_age_s: seconds a message is kept to answer grafts.
-        optimize_hops: hops a lazy link must save to replace an eager one
+        optimize_hops: hops an announcing link must save for a shortcut
             (0 switches the optimisation off).
-        optimize_interval_s: seconds between two such swaps, at least.
+        optimize_interval_s: seconds between two shortcuts, at least.
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class TreeState(Generic[L]):
         self.lazy: set[L] = set()
         # id -> (time, message as forwarded, link it came on or None if ours)
         self._cache: OrderedDict[str, tuple[float, FloodMessage, L | None]] = OrderedDict()
-        self._last_swap = float("-inf")
+        self._last_shortcut = float("-inf")
         # Links we told to stop pushing to us (prune sent, no graft since), and when.
         self._muted: dict[L, float] = {}
         self._expected: OrderedDict[tuple[L, str], None] = OrderedDict()
@@ -177,10 +178,9 @@ class TreeState(Generic[L]):
             True if a ``prune`` should be sent on that link: the peer is to
             stop pushing to us.  What we push to the peer does not change (it
             prunes us if it wants).  Nothing is pruned for the copy one of our
-            grafts asked for, nor when the first copy came over a link we
-            pruned a moment ago (that copy was on its way before the peer read
-            our prune, and pruning this link too would leave us with no link
-            that pushes to us).  A peer that still pushes ``IN_FLIGHT_S``
+            grafts asked for, nor when the first copy came over a link we have
+            pruned (a push that crossed our prune: pruning this link too would
+            leave us with no link that pushes to us).  A peer that still pushes ``IN_FLIGHT_S``
             after our prune is told again.
         """
         if (came_from, msg_id) in self._expected:
@@ -224,11 +224,11 @@ class TreeState(Generic[L]):
             A shortcut that makes the tree shorter (the caller sends its
             graft), or None.
         """
-        swap: Shortcut[L] | None = None
+        shortcut: Shortcut[L] | None = None
         for i, msg_id in enumerate(ids):
             if seen is not None and msg_id in seen:
-                if swap is None and hops and len(hops) == len(ids):
-                    swap = self._shorter(msg_id, link, hops[i], now)
+                if shortcut is None and hops and len(hops) == len(ids):
+                    shortcut = self._shorter(msg_id, link, hops[i], now)
                 continue
             entry = self._missing.get(msg_id)
             if entry is None:
@@ -237,7 +237,7 @@ class TreeState(Generic[L]):
                 entry[1].append(link)
             if len(self._missing) > 4 * self.cache_entries:
                 self._missing.pop(next(iter(self._missing)))
-        return swap
+        return shortcut
 
     def _shorter(self, msg_id: str, link: L, hops: int, now: float) -> Shortcut[L] | None:
         """A shortcut if ``link`` would have brought ``msg_id``
@@ -253,9 +253,9 @@ class TreeState(Generic[L]):
         # msg.hops was counted down once for pushing on: it arrived with one more.
         if hops - (msg.hops + 1) < self.optimize_hops:
             return None
-        if now - self._last_swap < self.optimize_interval_s:
+        if now - self._last_shortcut < self.optimize_interval_s:
             return None
-        self._last_swap = now
+        self._last_shortcut = now
         self._muted.pop(link, None)
         self._expect(link, msg_id)
         return Shortcut(link=link, msg_id=msg_id)
@@ -277,10 +277,11 @@ class TreeState(Generic[L]):
             self._expected.popitem(last=False)
 
     def due_grafts(self, now: float) -> dict[L, list[str]]:
-        """Ids whose wait ran out, by the link to graft for them; each such link
-        becomes eager, and the copy it answers with prunes nothing even if the
-        id came meanwhile.  An id whose announcer is tried is re-armed with
-        the next announcer, if any."""
+        """Ids whose wait ran out, by the link to graft for them; that peer is
+        asked to push to us again (we no longer count it as pruned), and the
+        copy it answers with prunes nothing even if the id came meanwhile.
+        An id whose announcer is tried is re-armed with the next announcer,
+        if any."""
         out: dict[L, list[str]] = {}
         for msg_id, (deadline, announcers) in list(self._missing.items()):
             if deadline > now:

@@ -101,7 +101,7 @@ def test_a_lazy_link_one_hop_shorter_is_grafted_and_the_next_line_prunes_the_old
     assert t.muted == {"p"}
 
 
-def test_no_swap_for_an_equal_way_too_soon_or_without_hop_counts() -> None:
+def test_no_shortcut_for_an_equal_way_too_soon_or_without_hop_counts() -> None:
     t: TreeState[str] = TreeState(optimize_hops=1, optimize_interval_s=5.0)
     for link in "pqr":
         t.link_up(link)
@@ -114,7 +114,7 @@ def test_no_swap_for_an_equal_way_too_soon_or_without_hop_counts() -> None:
     assert t.announced([chat(1).id], "q", seen, now=0.5, hops=[14, 1]) is None  # malformed
     assert t.announced([chat(1).id], "q", seen, now=0.5, hops=[15]) is not None
     t.new_message(chat(2, hops=10), "q", now=1.0)
-    # r is shorter again, but the last swap was 0.5 s ago.
+    # r is shorter again, but the last shortcut was 0.5 s ago.
     assert t.announced([chat(2).id], "r", seen | {chat(2).id}, now=1.0, hops=[15]) is None
     assert t.announced([chat(2).id], "r", seen | {chat(2).id}, now=6.0, hops=[15]) is not None
 
