@@ -54,6 +54,12 @@ With ``--kill`` the driver SIGKILLs one receiver halfway through the sending
 (the one with the most links); the figures then count the live nodes only:
 ``delivered_fraction`` is the fraction of lines that reached every live node.
 
+With ``--relay-signed`` the relay's clients do what every p2pchat node does
+for a line besides routing it: the sender signs it as a ``wire.Chat`` with its
+Ed25519 key, and each receiver decodes and validates the frame and checks the
+signature before the line counts as delivered (receive time after the check).
+It separates what the duties cost from what the mesh costs.
+
 The workers are this script in another mode (``--worker``, ``--worker-relay``,
 ``--worker-client``), driven by JSON lines on stdin/stdout; they are internal.
 """
@@ -643,9 +649,77 @@ def relay_worker(deadline_s: float) -> int:
     return 0
 
 
-def client_worker(relay_port: int, deadline_s: float) -> int:
+class _SignedLines:
+    """``--relay-signed``: the relay clients' share of p2pchat's duties.
+
+    The sender makes each line a signed ``wire.Chat`` (its own Ed25519 key,
+    as a node signs its lines); a receiver decodes and validates the frame
+    with ``wire.decode_body`` and checks the key and signature as a node does
+    (``docs/protocol.md`` section 7.3) before the line counts as delivered.
+    No store, roster, presence or routing: what any design that refuses
+    forged names and bad frames pays per delivery.
+    """
+
+    def __init__(self) -> None:
+        import msgspec
+
+        from p2pchat import identity, wire
+        from p2pchat.errors import RemoteProtocolError
+
+        me = identity.Identity.generate()
+        self._sign = me.sign
+        self._me = (me.node_id, me.key)
+        self._replace = msgspec.structs.replace
+        self._chat = wire.Chat
+        self._new_id = wire.new_message_id
+        self._now = wire.now_ts
+        self._encode = wire.encode_frame
+        self._decode = wire.decode_body
+        self._signing_bytes = wire.signing_bytes
+        self._bad_frame = RemoteProtocolError
+        self._node_id_of = identity.node_id_of
+        self._verify = identity.verify
+        self.rejected = 0  # frames that failed decoding or the signature check
+
+    def frame(self, i: int, text: str) -> bytes:
+        """Line ``i`` with ``text`` as a signed, framed chat message."""
+        node_id, key = self._me
+        msg = self._chat(
+            id=self._new_id(),
+            origin=node_id,
+            seq=i + 1,
+            name="sender",
+            room="bench",
+            ts=self._now(),
+            hops=1,
+            text=text,
+            line=i + 1,
+            key=key,
+        )
+        return self._encode(self._replace(msg, sig=self._sign(self._signing_bytes(msg))))
+
+    def index(self, body: bytes) -> int:
+        """The line index of a received frame body, or -1 if it is rejected."""
+        try:
+            msg = self._decode(body)
+        except self._bad_frame:
+            self.rejected += 1
+            return -1
+        if (
+            not isinstance(msg, self._chat)
+            or self._node_id_of(msg.key) != msg.origin
+            or not self._verify(msg.key, msg.sig, self._signing_bytes(msg))
+        ):
+            self.rejected += 1
+            return -1
+        return line_index(msg.text)
+
+
+def client_worker(relay_port: int, deadline_s: float, signed: bool = False) -> int:
     """``--worker-client``: one client of the relay baseline, driven like a node.
 
+    With ``signed``, lines travel as signed chat messages that each receiver
+    decodes and checks before it counts them (:class:`_SignedLines`).
     Commands: ``start``, ``send`` (sender only), ``report``, ``quit``.
     """
     _watchdog(deadline_s)
@@ -654,13 +728,19 @@ def client_worker(relay_port: int, deadline_s: float) -> int:
     stop = threading.Event()
     frames_in = _Counter()
     frames_out = [0]
+    duties = _SignedLines() if signed else None
     sock = socket.create_connection((HOST, relay_port), timeout=5.0)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(2.0)
 
     def on_frame(frame: bytes, t: float) -> None:
         frames_in.add()
-        rec.arrived(line_index(frame[FRAME_HEADER.size :]), t)
+        body = frame[FRAME_HEADER.size :]
+        if duties is None:
+            rec.arrived(line_index(body), t)
+        else:
+            index = duties.index(body)
+            rec.arrived(index, time.monotonic())  # delivered once checked
 
     reader = threading.Thread(
         target=_read_frames, args=(sock, on_frame, stop), name="client-reader", daemon=True
@@ -673,8 +753,11 @@ def client_worker(relay_port: int, deadline_s: float) -> int:
         ctl.emit("started")
 
     def send_one(i: int, text: str) -> None:
-        body = text.encode("utf-8")
-        sock.sendall(FRAME_HEADER.pack(len(body)) + body)
+        if duties is None:
+            body = text.encode("utf-8")
+            sock.sendall(FRAME_HEADER.pack(len(body)) + body)
+        else:
+            sock.sendall(duties.frame(i, text))
         frames_out[0] += 1
 
     def do_send(cmd: dict[str, Any]) -> None:
@@ -889,6 +972,7 @@ class Options:
     plot: str | None
     broadcast: str = "tree"
     kill: bool = False
+    relay_signed: bool = False
 
 
 @dataclass
@@ -1053,7 +1137,14 @@ def run_relay(opts: Options, run: int, tmpdir: Path) -> RunResult:
         idx = [
             group.spawn(
                 f"client{i}",
-                ["--worker-client", "--relay-port", str(port), "--deadline", str(deadline_s)],
+                [
+                    "--worker-client",
+                    "--relay-port",
+                    str(port),
+                    "--deadline",
+                    str(deadline_s),
+                    *(["--relay-signed"] if opts.relay_signed else []),
+                ],
             )
             for i in range(n)
         ]
@@ -1109,6 +1200,8 @@ def format_table(
     topo += f", broadcast {opts.broadcast}"
     if opts.kill:
         topo += f", node {victim(opts)} killed halfway"
+    if opts.relay_signed:
+        topo += ", relay clients sign and check lines"
     head = [
         f"p2pchat bench: {opts.nodes} nodes, topology {topo} ({len(edges)} links, "
         f"sender at most {ecc} hops from any node); {opts.lines} lines x {opts.size} B, "
@@ -1198,6 +1291,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="halfway through the sending, SIGKILL one receiver (p2pchat: the one with the "
         "most links; relay: the same client); figures then count the live nodes only",
     )
+    p.add_argument(
+        "--relay-signed",
+        action="store_true",
+        help="the relay's clients send signed chat messages and decode, validate and check "
+        "each one as a node does before it counts (the same duties, no mesh)",
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line of medians")
     p.add_argument("--plot", metavar="FILE.png", help="latency CDF plot (needs matplotlib)")
     mode = p.add_mutually_exclusive_group()
@@ -1237,7 +1336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker_relay:
         return relay_worker(args.deadline)
     if args.worker_client:
-        return client_worker(args.relay_port, args.deadline)
+        return client_worker(args.relay_port, args.deadline, args.relay_signed)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print(
             "bench.py: --plot needs matplotlib, which is not installed "
@@ -1260,6 +1359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot=args.plot,
         broadcast=args.broadcast,
         kill=args.kill,
+        relay_signed=args.relay_signed,
     )
     import tempfile
 
