@@ -43,12 +43,17 @@ Linux is system-wide and so comparable between processes of one machine):
   included), divided by N.
 
 Figures are medians over ``--runs``.  Output: a table on stdout; with ``--json``
-one last line holding ``{"p2pchat": {...}, "relay": {...}}``.  Every worker
-binds and dials 127.0.0.1 only.  Examples::
+one last line holding ``{"p2pchat": {...}, "relay": {...}}``.  ``--nodes`` may
+list several counts (``--nodes 5,10,20,30``): each is measured in turn with a
+table of its own, ``--json`` then prints one line per count, which also holds
+``"nodes": N``, and ``--plot FILE.png`` draws latency to the last node (p50
+and p99) and CPU per delivery against N (matplotlib).  Every worker binds and
+dials 127.0.0.1 only.  Examples::
 
     python scripts/bench.py --nodes 10 --topology random --lines 300 --rate 20 --json
     python scripts/bench.py --nodes 4 --topology line --lines 200 --rate 0
     python scripts/bench.py --nodes 10 --topology random --lines 300 --broadcast tree --kill
+    python scripts/bench.py --nodes 5,10,20,30 --topology random --plot bench.png
 
 With ``--kill`` the driver SIGKILLs one receiver halfway through the sending
 (the one with the most links); the figures then count the live nodes only:
@@ -84,7 +89,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -1228,9 +1233,14 @@ def format_table(
     return "\n".join(head + body)
 
 
-def json_line(medians: dict[str, dict[str, float]]) -> str:
-    """The ``--json`` summary: ``{"p2pchat": {...}, "relay": {...}}``, NaN as null."""
-    out = {
+def json_line(medians: dict[str, dict[str, float]], nodes: int | None = None) -> str:
+    """The ``--json`` summary: ``{"p2pchat": {...}, "relay": {...}}``, NaN as null.
+
+    With several ``--nodes`` there is one such line per node count, which
+    then also holds ``"nodes": N``.
+    """
+    out: dict[str, Any] = {} if nodes is None else {"nodes": nodes}
+    out |= {
         system: {
             key: (round(medians[system][key], 6) if math.isfinite(medians[system][key]) else None)
             for key in METRICS
@@ -1240,24 +1250,79 @@ def json_line(medians: dict[str, dict[str, float]]) -> str:
     return json.dumps(out)
 
 
-def plot(path: str, opts: Options, last: dict[str, RunResult]) -> None:
-    """Write the latency-to-last-node CDF of the last run of both systems to ``path``."""
+def plot_series(by_n: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    """What ``--plot`` draws: per system, N ascending and the medians at each N.
+
+    Args:
+        by_n: node count -> system -> metric -> median (as :func:`median_metrics`).
+
+    Returns:
+        system -> ``{"nodes", "p50_ms", "p99_ms", "cpu_ms"}`` -> values, one per N.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for system in SYSTEMS:
+        ns = sorted(by_n)
+        out[system] = {
+            "nodes": [float(n) for n in ns],
+            "p50_ms": [by_n[n][system]["latency_last_p50_ms"] for n in ns],
+            "p99_ms": [by_n[n][system]["latency_last_p99_ms"] for n in ns],
+            "cpu_ms": [by_n[n][system]["cpu_ms_per_delivery"] for n in ns],
+        }
+    return out
+
+
+def plot(path: str, opts: Options, by_n: dict[int, dict[str, dict[str, float]]]) -> None:
+    """Write latency to the last node (p50, p99) and CPU per delivery against N to ``path``.
+
+    Args:
+        path: the PNG to write.
+        opts: the benchmark's options (for the title).
+        by_n: node count -> system -> metric -> median, one entry per ``--nodes`` value.
+    """
     matplotlib: Any = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     plt: Any = importlib.import_module("matplotlib.pyplot")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for system in SYSTEMS:
-        lat = sorted(last[system].latencies_ms)
-        if lat:
-            ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=system)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency to the last node (ms)")
-    ax.set_ylabel("fraction of lines")
-    ax.set_title(f"{opts.nodes} nodes, {opts.topology}, {opts.lines} lines, rate {opts.rate:g}")
-    ax.legend()
+    series = plot_series(by_n)
+    fig, (lat_ax, cpu_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for system, color in zip(SYSTEMS, ("tab:blue", "tab:orange"), strict=True):
+        data = series[system]
+        lat_ax.plot(data["nodes"], data["p50_ms"], "o-", color=color, label=f"{system} p50")
+        lat_ax.plot(data["nodes"], data["p99_ms"], "s--", color=color, label=f"{system} p99")
+        cpu_ax.plot(data["nodes"], data["cpu_ms"], "o-", color=color, label=system)
+    lat_ax.set_xlabel("nodes (N)")
+    lat_ax.set_ylabel("latency to the last node (ms)")
+    lat_ax.set_yscale("log")
+    cpu_ax.set_xlabel("nodes (N)")
+    cpu_ax.set_ylabel("CPU ms per delivery (all processes)")
+    cpu_ax.set_ylim(bottom=0)
+    for ax in (lat_ax, cpu_ax):
+        ax.set_xticks(sorted(by_n))
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+    rate = f"{opts.rate:g} lines/s" if opts.rate > 0 else "burst"
+    relay = ", relay clients sign and check" if opts.relay_signed else ""
+    fig.suptitle(
+        f"{opts.topology} topology, {opts.lines} lines x {opts.size} B at {rate}, "
+        f"broadcast {opts.broadcast}{relay}; median of {opts.runs} run(s)"
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def parse_nodes(text: str) -> list[int]:
+    """``--nodes``: one node count, or several separated by commas (``5,10,30``).
+
+    Raises:
+        argparse.ArgumentTypeError: not a comma-separated list of integers.
+    """
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a node count or a comma-separated list of them"
+        ) from None
+    return counts
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1266,7 +1331,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Benchmark p2pchat flooding against a central TCP relay, on 127.0.0.1.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--nodes", type=int, default=5, help="number of node processes")
+    p.add_argument(
+        "--nodes",
+        type=parse_nodes,
+        default=[5],
+        metavar="N[,N...]",
+        help="number of node processes; several (5,10,30) measure each in turn",
+    )
     p.add_argument("--topology", choices=TOPOLOGIES, default="full", help="how nodes link")
     p.add_argument("--k", type=int, default=2, help="random: earlier nodes each node links to")
     p.add_argument("--seed", type=int, default=1, help="random: seed of the topology")
@@ -1298,7 +1369,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "each one as a node does before it counts (the same duties, no mesh)",
     )
     p.add_argument("--json", action="store_true", help="end with one JSON line of medians")
-    p.add_argument("--plot", metavar="FILE.png", help="latency CDF plot (needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw latency and CPU against N (give several --nodes; needs matplotlib)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     mode.add_argument("--worker-relay", action="store_true", help=argparse.SUPPRESS)
@@ -1309,8 +1384,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=600.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     problems = []
-    if not 2 <= args.nodes <= MAX_NODES:
+    if not all(2 <= n <= MAX_NODES for n in args.nodes):
         problems.append(f"--nodes must be 2..{MAX_NODES}")
+    if len(set(args.nodes)) != len(args.nodes):
+        problems.append("--nodes: each count once")
     if not 1 <= args.lines <= MAX_LINES:
         problems.append(f"--lines must be 1..{MAX_LINES}")
     if not MIN_SIZE <= args.size <= MAX_SIZE:
@@ -1345,7 +1422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     opts = Options(
-        nodes=args.nodes,
+        nodes=args.nodes[0],
         topology=args.topology,
         k=args.k,
         seed=args.seed,
@@ -1371,27 +1448,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p2pchat": run_p2pchat,
         "relay": run_relay,
     }
-    results: dict[str, list[RunResult]] = {s: [] for s in SYSTEMS}
+    by_n: dict[int, dict[str, dict[str, float]]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
-            for run in range(opts.runs):
-                order = SYSTEMS if run % 2 == 0 else SYSTEMS[::-1]
-                for system in order:
-                    print(f"run {run + 1}/{opts.runs}: {system} ...", file=sys.stderr, flush=True)
-                    results[system].append(runners[system](opts, run, Path(tmp)))
+            for n in args.nodes:
+                opts_n = replace(opts, nodes=n)
+                results: dict[str, list[RunResult]] = {s: [] for s in SYSTEMS}
+                for run in range(opts.runs):
+                    order = SYSTEMS if run % 2 == 0 else SYSTEMS[::-1]
+                    for system in order:
+                        print(
+                            f"N={n} run {run + 1}/{opts.runs}: {system} ...",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        results[system].append(runners[system](opts_n, run, Path(tmp)))
+                by_n[n] = {s: median_metrics(results[s]) for s in SYSTEMS}
+                if len(by_n) > 1:
+                    print()
+                print(format_table(opts_n, by_n[n], results), flush=True)
     except BenchError as exc:
         print(f"bench.py: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bench.py: interrupted", file=sys.stderr)
         return 130
-    medians = {s: median_metrics(results[s]) for s in SYSTEMS}
-    print(format_table(opts, medians, results))
     if opts.plot:
-        plot(opts.plot, opts, {s: results[s][-1] for s in SYSTEMS})
+        plot(opts.plot, opts, by_n)
         print(f"plot written to {opts.plot}", file=sys.stderr)
     if opts.json:
-        print(json_line(medians), flush=True)
+        for n in args.nodes:
+            print(json_line(by_n[n], None if len(args.nodes) == 1 else n), flush=True)
     return 0
 
 
