@@ -1260,8 +1260,8 @@ def plot_series(by_n: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[
         system -> ``{"nodes", "p50_ms", "p99_ms", "cpu_ms"}`` -> values, one per N.
     """
     out: dict[str, dict[str, list[float]]] = {}
+    ns = sorted(by_n)
     for system in SYSTEMS:
-        ns = sorted(by_n)
         out[system] = {
             "nodes": [float(n) for n in ns],
             "p50_ms": [by_n[n][system]["latency_last_p50_ms"] for n in ns],
@@ -1296,7 +1296,7 @@ def plot(path: str, opts: Options, by_n: dict[int, dict[str, dict[str, float]]])
     cpu_ax.set_ylabel("CPU ms per delivery (all processes)")
     cpu_ax.set_ylim(bottom=0)
     for ax in (lat_ax, cpu_ax):
-        ax.set_xticks(sorted(by_n))
+        ax.set_xticks(series[SYSTEMS[0]]["nodes"])
         ax.legend()
         ax.grid(True, alpha=0.3)
     rate = f"{opts.rate:g} lines/s" if opts.rate > 0 else "burst"
