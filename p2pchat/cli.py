@@ -632,6 +632,8 @@ def format_whois(name: str, keys: Sequence[KeyInfo]) -> list[str]:
             note = "(NOT the first key this node saw with this name)"
         else:
             note = "(no signed message from it yet)"
+        if k.equivocated:
+            note += " (it signed two different lines under one number: it lies)"
         out.append(f"-- {clean(k.display)}: {fp or '?'} {note}")
     return out
 

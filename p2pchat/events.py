@@ -78,6 +78,8 @@ class KeyInfo:
             ("" if no signed message of it has arrived yet).
         first: its key is the first this node saw with this name.
         self: it is this node.
+        equivocated: it signed two different lines under one number (it
+            lied to part of the room; ``docs/security.md``).
     """
 
     node: str
@@ -86,6 +88,7 @@ class KeyInfo:
     fingerprint: str
     first: bool
     self: bool
+    equivocated: bool = False
 
 
 @dataclass(frozen=True)

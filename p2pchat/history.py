@@ -18,6 +18,7 @@ learnt spreads by pull, hop by hop, with flow control on every link.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -106,6 +107,15 @@ def behind(ours: Iterable[wire.Have], theirs: Iterable[wire.Have], floor_hlc: in
     return any(h.hi > mine.get(h.origin, 0) and h.hi_hlc >= floor_hlc for h in theirs)
 
 
+def run_digest(ids: Iterable[str]) -> str:
+    """The ``digest`` of a ``sync`` entry (``wire.Have``): the first 16 hex
+    digits of the SHA-256 of the line ids, in line order, concatenated."""
+    h = hashlib.sha256()
+    for msg_id in ids:
+        h.update(msg_id.encode())
+    return h.hexdigest()[:16]
+
+
 class Push:
     """The catch-up one peer still needs, sent in flow-controlled batches.
 
@@ -142,6 +152,15 @@ class Push:
         """Replace what is left to send (the peer's newest ``sync`` knows
         best).  Batches already sent stay in flight."""
         self._pending = deque(ids)
+
+    def offer(self, ids: Iterable[str]) -> None:
+        """Send these lines too, after what is already pending (ids already
+        pending are not added twice)."""
+        pending = set(self._pending)
+        for msg_id in ids:
+            if msg_id not in pending:
+                self._pending.append(msg_id)
+                pending.add(msg_id)
 
     def acked(self, batch: int) -> bool:
         """The peer applied ``batch``.  Returns False for a batch number

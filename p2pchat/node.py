@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ from p2pchat.events import (
 )
 from p2pchat.identity import Identity
 from p2pchat.privacy import RoomSecret
-from p2pchat.roster import Roster
+from p2pchat.roster import DEFAULT_MAX_MEMBERS, Roster
 from p2pchat.store import Store
 from p2pchat.transport import Link, LinkConfig, Listener, PortInUse, dial
 from p2pchat.tree import DEFAULT_IHAVE_DELAY_S, TreeState
@@ -102,6 +102,11 @@ PRUNE_INTERVAL_S = 10.0
 REORDER_ALLOWANCE = 64
 """A message (other than a chat line) whose ``seq`` is this far below the
 highest seen from its origin is an old one replayed: dropped."""
+
+MAX_ORIGINS = 4096
+"""Most origins each per-origin table keeps (keys, highest seq, rate
+buckets, direct-message keys, presence addresses, leaves, equivocators); the
+least recently heard go first."""
 
 BAD_SIGNATURES_PER_LINK = 10
 """Messages failing their signature after which the link that brought them
@@ -152,6 +157,8 @@ class NodeConfig:
             (Plumtree: pushed along a spanning tree, announced elsewhere; see
             :mod:`p2pchat.tree`), used on links whose peer speaks it too.
         max_known_peers: most dial targets kept (static and discovered).
+        max_members: most members the roster holds (see
+            :class:`~p2pchat.roster.Roster` for who gives way when full).
         link: per-link timing and queue limits.
         seen_max_entries, seen_max_age_s: seen-cache bounds.
         leave_flush_s: on close, how long to wait for the leave to go out.
@@ -188,6 +195,7 @@ class NodeConfig:
     send_wait_s: float = 10.0
     broadcast: str = "tree"
     max_known_peers: int = 256
+    max_members: int = DEFAULT_MAX_MEMBERS
     link: LinkConfig = field(default_factory=LinkConfig)
     seen_max_entries: int = flood.DEFAULT_SEEN_MAX_ENTRIES
     seen_max_age_s: float = flood.DEFAULT_SEEN_MAX_AGE_S
@@ -351,6 +359,9 @@ class Node:
         self._dh_keys: OrderedDict[str, str] = OrderedDict()  # origin -> its X25519 key
         self._bad_sigs: dict[Link, int] = {}
         self._floor_cache = (float("-inf"), 0)  # (monotonic time, floor hlc)
+        # The first prune runs now: it also drops lines stamped in the future
+        # (a store poisoned before nodes refused them is repaired at start).
+        self._store.prune(time.time())
         self._clock = history.HybridClock(self._store.last_hlc)
         self._own_line_lock = threading.Lock()
         self._hist: dict[Link, _LinkHistory] = {}
@@ -366,7 +377,12 @@ class Node:
         self._lock = threading.RLock()
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)  # wakes the router
         self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
-        self._roster = Roster(self.node_id, config.name, config.member_timeout_s)
+        self._roster = Roster(
+            self.node_id, config.name, config.member_timeout_s, config.max_members
+        )
+        self._equivocators: OrderedDict[str, str] = OrderedDict()  # origin -> its key
+        # (origin, line) -> the line dropped for another under that number
+        self._evidence: OrderedDict[tuple[str, int], wire.Chat] = OrderedDict()
         self._remember_name(config.name, self._identity.key)
         self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
@@ -548,7 +564,7 @@ class Node:
                 duplicates_dropped=counts["duplicates_dropped"],
                 frames_refused=dict(self._frames_refused),
                 links_refused=dict(self._links_refused),
-                rate_limited=dict(self._rate_limited),
+                rate_limited=self._rate_limited_counts(),
                 queue_drops=self._queue_drops,
                 links=len(self._links),
                 members=len(self._roster),
@@ -557,6 +573,12 @@ class Node:
                 catchup_in=counts["catchup_in"],
                 catchup_out=counts["catchup_out"],
             )
+
+    def _rate_limited_counts(self) -> dict[str, int]:
+        counts = dict(self._rate_limited)
+        if self._roster.refused:  # newcomers not taken: the roster was full
+            counts["members_full"] = self._roster.refused
+        return counts
 
     def set_name(self, name: str) -> None:
         """Change our display name and tell the room.  Any thread.
@@ -997,8 +1019,15 @@ class Node:
         ``PRESENCE_SHARE_S`` (RTCP's rule for its reports, RFC 3550 section
         6.2: a fixed share for all, whatever the group's size).  Every node
         checks the signature of every presence, so without this the cost of
-        an idle room would grow with the square of its size."""
-        return max(self.config.presence_interval_s, len(self._roster) * PRESENCE_SHARE_S)
+        an idle room would grow with the square of its size.
+
+        The share stretches the interval up to ``wire.MAX_PRESENCE_EVERY_S``
+        only (members counted are those heard within their timeout; the
+        roster is capped), so fake members cannot push the detection of a
+        crashed member past three such intervals (30 s).  A longer
+        configured interval is kept (within the wire's range)."""
+        shared = min(len(self._roster) * PRESENCE_SHARE_S, wire.MAX_PRESENCE_EVERY_S)
+        return min(max(self.config.presence_interval_s, shared), 3600.0)
 
     def _presence_soon(self, now: float) -> None:
         """Schedule a presence at once, but not twice within 0.5 s."""
@@ -1144,6 +1173,21 @@ class Node:
         self._forward(msg, None, events)
 
     def _on_flooded(self, link: Link, msg: wire.FloodMessage, events: list[Event]) -> None:
+        """A flooded message from a link: the admission pipeline, in the one
+        order ``docs/protocol.md`` §6.1 gives.  Every check runs before any
+        state changes; a message that fails one changes nothing but counters.
+
+        0. the link's token bucket (it bounds the work one link can cause);
+        1. (decoded and validated by the link's reader: :func:`wire.decode_body`);
+        2. :meth:`_admit`: room, key and signature, own origin, clock,
+           replay;
+        3. duplicates: the seen-cache and the store (read only), then for a
+           line, another line held under its origin and number
+           (equivocation, resolved by :meth:`_equivocation`);
+        4. the origin's token bucket;
+        5. only then: the seen-cache, the per-origin tables, the store,
+           forwarding and delivery.
+        """
         now = time.monotonic()
         cfg = self.config
         bucket = self._link_buckets.get(link)
@@ -1153,10 +1197,9 @@ class Node:
         if not bucket.take(now):
             self._count_limited("link", link.address)
             return
-        if msg.room != self._wire_room:
-            self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
-            return
-        if msg.id in self._seen:
+        if msg.id in self._seen and msg.room == self._wire_room:
+            # A copy of a message already taken: dropped unread (the first
+            # copy passed every check).  Only this link's tree state changes.
             self._counts["duplicates_dropped"] += 1
             tree = self._tree
             # Only chat lines prune: presence comes from every node, and copies of
@@ -1168,45 +1211,155 @@ class Node:
             ):
                 link.send(wire.encode_frame(wire.Prune()))
             return
-        if msg.origin == self.node_id:
-            # Our own id from elsewhere: forged, or a stale copy.  Drop it.
-            self._seen.add(msg.id, now)
+        if self._admit(link, msg, time.time()) is not None:
             return
-        if not self._authentic(link, msg) or self._replayed(msg, now):
-            return
-        if isinstance(msg, wire.Chat) and self._store.holds(msg):
-            # Older than the seen-cache, but we hold it (catch-up, or before
-            # a restart): a line is shown once, ever.
-            self._seen.add(msg.id, now)
-            self._counts["duplicates_dropped"] += 1
-            return
+        if isinstance(msg, wire.Chat) and msg.line > 0:
+            if self._store.holds(msg):
+                # Older than the seen-cache, but we hold it (catch-up, or before
+                # a restart): a line is shown once, ever.
+                self._seen.add(msg.id, now)
+                self._counts["duplicates_dropped"] += 1
+                return
+            held = self._store.line_id(self._wire_room, msg.origin, msg.line)
+            if held is not None and held != msg.id:
+                self._equivocation(msg, held, events)
+                return
         ob = self._origin_buckets.get(msg.origin)
+        if ob is not None and not ob.take(now):
+            self._count_limited("origin", msg.origin)
+            return
+        # -- admitted: from here on, state changes.
         if ob is None:
             burst = 2 * cfg.origin_burst
             ob = self._origin_buckets[msg.origin] = flood.TokenBucket(
                 cfg.origin_rate_per_s, burst, now
             )
-            while len(self._origin_buckets) > 4096:
+            ob.take(now)
+            while len(self._origin_buckets) > MAX_ORIGINS:
                 self._origin_buckets.popitem(last=False)
         else:
             self._origin_buckets.move_to_end(msg.origin)
-        if not ob.take(now):
-            self._seen.add(msg.id, now)  # so that its other copies are dropped too
-            self._count_limited("origin", msg.origin)
-            return
+        self._admitted(msg)
         if isinstance(msg, wire.Presence | wire.Join) and msg.dh:
             self._dh_keys[msg.origin] = msg.dh
             self._dh_keys.move_to_end(msg.origin)
-            while len(self._dh_keys) > 4096:
+            while len(self._dh_keys) > MAX_ORIGINS:
                 self._dh_keys.popitem(last=False)
         if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
             self._member_addrs[msg.origin] = (list(msg.addrs), msg.port)
             self._member_addrs.move_to_end(msg.origin)
-            while len(self._member_addrs) > 4096:
+            while len(self._member_addrs) > MAX_ORIGINS:
                 self._member_addrs.popitem(last=False)
         if isinstance(msg, wire.Chat) and msg.line > 1:
             self._check_gap(link, msg)  # before storing it: then the store answers from memory
         self._forward(msg, link, events)
+
+    def _refused(self, reason: str) -> str:
+        """Count a refused message under ``reason``; returns ``reason``."""
+        self._frames_refused[reason] = self._frames_refused.get(reason, 0) + 1
+        return reason
+
+    def _admit(self, link: Link, msg: wire.FloodMessage, wall_s: float) -> str | None:
+        """The checks every flooded message and every catch-up line passes,
+        in this order, before anything about it is kept (``docs/protocol.md``
+        §6.1): room; key and signature (:meth:`_authentic`); our own origin
+        (an authentic copy of our own message, dropped quietly); clock (no
+        more than ``wire.MAX_CLOCK_SKEW_S`` ahead of ``wall_s``); replay
+        (:meth:`_replayed`).  Changes nothing but counters.
+
+        Returns:
+            None if the message passed, else the reason it was refused
+            (counted in ``/stats`` under that reason, except ``own``).
+        """
+        if msg.room != self._wire_room:
+            return self._refused("wrong_room")
+        if not self._authentic(link, msg):
+            return "signature"
+        if msg.origin == self.node_id:
+            # Our own message, signed by us, back from the mesh (after the
+            # seen-cache forgot it): nothing to do.  A copy that claims our
+            # origin with another key failed the signature check above.
+            self._counts["duplicates_dropped"] += 1
+            return "own"
+        ahead = wall_s + wire.MAX_CLOCK_SKEW_S
+        if msg.ts > ahead or (isinstance(msg, wire.Chat) and msg.hlc > ahead * 1e6):
+            return self._refused("future")
+        if self._replayed(msg):
+            return self._refused("replayed")
+        return None
+
+    def _admitted(self, msg: wire.FloodMessage) -> None:
+        """Keep what an admitted message tells about its origin: its key (so
+        the next message skips the id check) and its highest ``seq``."""
+        self._keys[msg.origin] = msg.key
+        self._keys.move_to_end(msg.origin)
+        while len(self._keys) > MAX_ORIGINS:
+            self._keys.popitem(last=False)
+        if msg.seq > self._max_seq.get(msg.origin, 0):
+            self._max_seq[msg.origin] = msg.seq
+            self._max_seq.move_to_end(msg.origin)
+            while len(self._max_seq) > MAX_ORIGINS:
+                self._max_seq.popitem(last=False)
+
+    def _equivocation(self, msg: wire.Chat, held: str, events: list[Event]) -> None:
+        """``msg`` carries the origin and line number of the line ``held``
+        under another id: its origin signed two lines with one number.  Every
+        node keeps the one with the lower id (the same everywhere), shows
+        neither again, flags the origin, and offers both lines to every link
+        (the one it dropped is kept in memory as evidence), so that every
+        node learns of the lie and keeps the same line
+        (``docs/protocol.md`` §7.2)."""
+        now = time.monotonic()
+        self._seen.add(msg.id, now)
+        key = (msg.origin, msg.line)
+        known = self._evidence.get(key)
+        if known is not None and msg.id == known.id:
+            return  # this lie is known here and was passed on already
+        self._refused("equivocation")
+        if msg.id < held:
+            old = self._store.get([held])
+            self._store.replace(held, msg)
+            self._store_version += 1
+            keep, lose = msg.id, (old[0] if old else None)
+        else:
+            keep, lose = held, msg
+        if lose is not None:
+            self._evidence[key] = lose
+            self._evidence.move_to_end(key)
+            while len(self._evidence) > MAX_ORIGINS:
+                self._evidence.popitem(last=False)
+        origin = msg.origin
+        first = origin not in self._equivocators
+        self._equivocators[origin] = msg.key
+        self._equivocators.move_to_end(origin)
+        while len(self._equivocators) > MAX_ORIGINS:
+            self._equivocators.popitem(last=False)
+        self._roster.flagged.add(origin)
+        if first:
+            shown = self._roster.display(origin, msg.name)
+            log.warning("%s signed two lines numbered %d: %s, %s", origin, msg.line, held, msg.id)
+            events.append(
+                Notice(
+                    text=f"{shown} signed two different lines under one number ({msg.line}): "
+                    "it is lying to part of the room. Every node keeps the same one of them "
+                    f"(/whois {msg.name})",
+                    level="warning",
+                )
+            )
+        offer = [keep] if lose is None else [keep, lose.id]
+        for link, state in self._hist.items():
+            state.push.offer(offer)
+            self._pump(link, state)
+
+    def _lines_by_id(self, ids: Sequence[str]) -> list[wire.Chat]:
+        """Lines for catch-up, by id: from the store, or the evidence of an
+        equivocation (a line we dropped for another under its number)."""
+        lines = self._store.get(ids)
+        if len(lines) == len(ids) or not self._evidence:
+            return lines
+        found = {m.id: m for m in lines}
+        extra = {m.id: m for m in self._evidence.values() if m.id in set(ids)}
+        return [m for m in (found.get(i) or extra.get(i) for i in ids) if m is not None]
 
     def _count_limited(self, kind: str, who: str) -> None:
         n = self._rate_limited.get(kind, 0) + 1
@@ -1256,7 +1409,7 @@ class Node:
                 return
             member = self._roster.remove(origin)
             self._left[origin] = msg.seq
-            while len(self._left) > 4096:
+            while len(self._left) > MAX_ORIGINS:
                 self._left.popitem(last=False)
             if member is not None:
                 events.append(
@@ -1271,7 +1424,20 @@ class Node:
         if not stale:
             self._check_name(msg, events)
             every = msg.every if isinstance(msg, wire.Presence) else 0.0
-            is_new, old = self._roster.heard(origin, msg.name, now, seq=msg.seq, every_s=every)
+            is_new, old = self._roster.heard(
+                origin, msg.name, now, seq=msg.seq, every_s=every, linked=self._links
+            )
+            for gone in self._roster.take_evicted():
+                events.append(
+                    LeaveEvent(
+                        origin=gone.node,
+                        name=gone.name,
+                        reason="timeout",
+                        display=self._roster.display(gone.node, gone.name),
+                    )
+                )
+            if is_new and self._store.first_key(msg.name) == msg.key:
+                self._store.touch_name(msg.name)  # the names of members are evicted last
             if is_new:
                 via = "join" if isinstance(msg, wire.Join) else "presence"
                 events.append(
@@ -1554,32 +1720,70 @@ class Node:
         ids = self._store.missing(
             self._wire_room, have, max(msg.since, floor), self.config.history_max_lines
         )
+        conflicts = self._conflicts(msg.have)
+        if conflicts:
+            listed = set(ids)
+            ids += [i for i in conflicts if i not in listed]
         state.push.reset(ids)
         self._pump(link, state)
         if history.behind(self._summary(), msg.have, floor):
             self._want_sync(link)
 
+    def _conflicts(self, theirs: list[wire.Have]) -> list[str]:
+        """The ids of our lines that a peer holds under the same numbers but
+        other ids (its ``sync`` entry's digest differs from ours over the
+        same run): an origin equivocated, and the two sides must trade them
+        to keep the same one (``docs/protocol.md`` §7.2).  At most a window's
+        worth."""
+        mine = {h.origin: h for h in self._summary()}
+        out: list[str] = []
+        for h in theirs:
+            m = mine.get(h.origin)
+            if not h.digest or m is None or m.lo > h.lo or m.hi < h.hi:
+                continue  # we do not hold every line of its run: nothing to compare
+            run: list[str] | None = None
+            if (m.lo, m.hi) == (h.lo, h.hi):
+                ours = m.digest
+            else:
+                run = self._store.run_ids(self._wire_room, h.origin, h.lo, h.hi)
+                ours = history.run_digest(run) if run is not None else ""
+            if not ours or ours == h.digest:
+                continue
+            if run is None:
+                run = self._store.run_ids(self._wire_room, h.origin, h.lo, h.hi)
+            out += run or []
+            if len(out) >= self.config.history_max_lines:
+                break
+        return out[: self.config.history_max_lines]
+
     def _pump(self, link: Link, state: _LinkHistory) -> None:
-        for batch in state.push.batches(self._store.get):
+        for batch in state.push.batches(self._lines_by_id):
             self._counts["catchup_out"] += len(batch.lines)
             link.send(wire.encode_frame(batch))
 
     def _apply_lines(self, link: Link, lines: list[wire.Chat], events: list[Event]) -> bool:
-        """Take catch-up lines; report the new ones as earlier lines.
-        Returns True if any was new."""
+        """Take catch-up lines; report the new ones as earlier lines.  Each
+        line passes the checks of a live message (:meth:`_admit`) before
+        anything about it is kept.  Returns True if any was new."""
         now = time.monotonic()
-        floor = self._store.floor(self._wire_room, time.time())  # once per batch: it scans
+        wall = time.time()
+        floor = self._store.floor(self._wire_room, wall)  # once per batch: it scans
         news = False
         for msg in lines:
             if msg.room != self._wire_room:
-                self._frames_refused["wrong_room"] = self._frames_refused.get("wrong_room", 0) + 1
+                self._refused("wrong_room")
                 continue
-            if msg.origin == self.node_id or msg.line < 1 or msg.id in self._seen:
+            if msg.line < 1 or msg.id in self._seen:
                 continue
             if msg.hlc < floor:
                 continue  # too old for our window: neither kept nor shown
-            if self._store.holds(msg) or not self._authentic(link, msg):
+            if self._store.holds(msg) or self._admit(link, msg, wall) is not None:
                 continue
+            held = self._store.line_id(self._wire_room, msg.origin, msg.line)
+            if held is not None and held != msg.id:
+                self._equivocation(msg, held, events)
+                continue
+            self._admitted(msg)
             self._clock.observe(msg.hlc)
             if self._store_line(msg):
                 self._seen.add(msg.id, now)
@@ -1591,7 +1795,8 @@ class Node:
     # -- identity: signatures, replays, names (lock held) -------------------------------
 
     def _authentic(self, link: Link, msg: wire.FloodMessage) -> bool:
-        """Check the origin's signature; count and penalise a failure."""
+        """Check the origin's key and signature (``docs/protocol.md`` §7.3);
+        count and penalise a failure (``BAD_SIGNATURES_PER_LINK``)."""
         if not msg.key or not msg.sig:
             reason = "unsigned"
         elif self._keys.get(msg.origin) != msg.key and identity.node_id_of(msg.key) != msg.origin:
@@ -1599,10 +1804,6 @@ class Node:
         elif not identity.verify(msg.key, msg.sig, wire.signing_bytes(msg)):
             reason = "bad_signature"
         else:
-            self._keys[msg.origin] = msg.key
-            self._keys.move_to_end(msg.origin)
-            while len(self._keys) > 4096:
-                self._keys.popitem(last=False)
             return True
         self._frames_refused[reason] = self._frames_refused.get(reason, 0) + 1
         bad = self._bad_sigs.get(link, 0) + 1
@@ -1613,33 +1814,37 @@ class Node:
             link.close(f"{bad} messages failed their signature")
         return False
 
-    def _replayed(self, msg: wire.FloodMessage, now: float) -> bool:
-        """An old message sent again, after the seen-cache forgot its id."""
+    def _replayed(self, msg: wire.FloodMessage) -> bool:
+        """An old message sent again, after the seen-cache forgot its id: a
+        line below the window's floor; a ``leave`` not newer than every
+        message heard from its origin (a leave is an origin's last word, so
+        an old one cannot make a present member leave); any other message
+        ``REORDER_ALLOWANCE`` below the highest ``seq`` of its origin.
+        Changes nothing."""
         if isinstance(msg, wire.Chat) and msg.hlc:
+            now = time.monotonic()
             if now - self._floor_cache[0] > 1.0:  # the floor query scans: once a second
                 self._floor_cache = (now, self._store.floor(self._wire_room, time.time()))
-            old = msg.hlc < self._floor_cache[1]
-        else:
-            old = msg.seq + REORDER_ALLOWANCE < self._max_seq.get(msg.origin, 0)
-        if old:
-            self._frames_refused["replayed"] = self._frames_refused.get("replayed", 0) + 1
-            self._seen.add(msg.id, now)
-            return True
-        if msg.seq > self._max_seq.get(msg.origin, 0):
-            self._max_seq[msg.origin] = msg.seq
-            self._max_seq.move_to_end(msg.origin)
-            while len(self._max_seq) > 4096:
-                self._max_seq.popitem(last=False)
-        return False
+            return msg.hlc < self._floor_cache[1]
+        highest = self._max_seq.get(msg.origin, 0)
+        if isinstance(msg, wire.Leave):
+            member = self._roster.get(msg.origin)
+            return msg.seq <= max(highest, member.name_seq if member else 0)
+        return msg.seq + REORDER_ALLOWANCE < highest
 
     def _remember_name(self, name: str, key: str) -> str:
         """Trust on first use: the first key seen with ``name`` is kept;
         returns that key."""
         first = self._store.first_key(name)
         if first is None:
-            self._store.remember_name(name, key)
+            self._store.remember_name(name, key, keep=self._member_names)
             return key
         return first
+
+    def _member_names(self) -> set[str]:
+        """The names of the members present (kept when the first-key table
+        is full)."""
+        return {m.name for m in self._roster.members()}
 
     def _check_name(self, msg: wire.FloodMessage, events: list[Event]) -> None:
         """Flag a key that claims a name first seen here with another key."""
@@ -1679,6 +1884,7 @@ class Node:
                         fingerprint=identity.fingerprint(key) if key else "",
                         first=bool(key) and key == first,
                         self=m.node == self.node_id,
+                        equivocated=m.node in self._equivocators,
                     )
                 )
             return out

@@ -9,12 +9,18 @@ timed out (see ``docs/protocol.md`` section 9).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
+
+from p2pchat.wire import MAX_PRESENCE_EVERY_S
 
 MISSED_PRESENCES = 3.0
 """A member that announces its presence interval is timed out after this many
 intervals of silence, or after the roster's timeout if that is longer (10 s
 for the default 3 s interval)."""
+
+DEFAULT_MAX_MEMBERS = 2048
+"""Most members a roster holds (this node included)."""
 
 
 @dataclass
@@ -43,13 +49,30 @@ class Roster:
         self_name: this node's display name.
         timeout_s: seconds of silence after which a member is timed out,
             at least (a member that announces a longer presence interval
-            gets ``MISSED_PRESENCES`` of its intervals).
+            gets ``MISSED_PRESENCES`` of its intervals; an announced
+            interval counts up to ``wire.MAX_PRESENCE_EVERY_S`` only).
+        max_members: most members held.  When full, a newcomer takes the
+            place of the member heard least recently among those not linked
+            to us and overdue (silent for longer than one presence interval
+            of theirs); if no member is overdue, the newcomer is not taken
+            (counted in :attr:`refused`).  Members that are linked or heard on
+            time are therefore never pushed out by a flood of fresh keys.
     """
 
-    def __init__(self, self_id: str, self_name: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        self_id: str,
+        self_name: str,
+        timeout_s: float,
+        max_members: int = DEFAULT_MAX_MEMBERS,
+    ) -> None:
         self.self_id = self_id
         self.timeout_s = timeout_s
+        self.max_members = max(2, max_members)
+        self.refused = 0
+        """Newcomers not taken because the roster was full."""
         self._members: dict[str, Member] = {self_id: Member(self_id, self_name, float("inf"))}
+        self._evicted: list[Member] = []
         self.flagged: set[str] = set()
         """Nodes always shown as ``name#abcd``: their key is not the first
         this node saw with their name (trust on first use)."""
@@ -69,28 +92,43 @@ class Roster:
         return sorted(self._members.values(), key=lambda m: (m.name.casefold(), m.node))
 
     def heard(
-        self, node: str, name: str, now: float, seq: int | None = None, every_s: float = 0.0
+        self,
+        node: str,
+        name: str,
+        now: float,
+        seq: int | None = None,
+        every_s: float = 0.0,
+        linked: Container[str] = (),
     ) -> tuple[bool, str | None]:
         """Note a message from ``node`` carrying display name ``name``.
 
         ``seq`` is the message's per-origin sequence number, if known: a name
         carried by an older message than the one that set the current name is
         ignored, so lines that arrive out of order never undo a nick change.
-        ``every_s``, from a presence: the member's presence interval.
+        ``every_s``, from a presence: the member's presence interval (clamped
+        to ``wire.MAX_PRESENCE_EVERY_S``).  ``linked``: the node ids linked
+        to us directly (never evicted to make room).
 
         Returns:
             ``(is_new, old_name)``: ``is_new`` if the node was not a member;
             ``old_name`` if it was, under another name (a nick change missed
-            or just received), else None.
+            or just received), else None.  A newcomer that finds the roster
+            full with nobody overdue is not taken: ``(False, None)``, and
+            :meth:`get` still says None.  The member evicted to make room,
+            if any, is returned by :meth:`take_evicted`.
         """
         if node == self.self_id:
             return False, None  # only rename_self changes our own name
         member = self._members.get(node)
         is_new = member is None
         if member is None:
+            if len(self._members) >= self.max_members and not self._make_room(now, linked):
+                self.refused += 1
+                return False, None
             member = self._members[node] = Member(node, name, now, -1 if seq is None else seq)
         if every_s > 0:
-            member.timeout_s = max(self.timeout_s, MISSED_PRESENCES * every_s)
+            every = min(every_s, MAX_PRESENCE_EVERY_S)
+            member.timeout_s = max(self.timeout_s, MISSED_PRESENCES * every)
         if is_new:
             return True, None
         member.last_seen = now
@@ -103,6 +141,29 @@ class Roster:
             member.name = name
             return False, old
         return False, None
+
+    def _make_room(self, now: float, linked: Container[str]) -> bool:
+        """Evict the member heard least recently among those not linked and
+        overdue; False if there is none."""
+        best: Member | None = None
+        for m in self._members.values():
+            if m.node == self.self_id or m.node in linked:
+                continue
+            interval = (m.timeout_s or self.timeout_s) / MISSED_PRESENCES
+            if now - m.last_seen <= interval:
+                continue
+            if best is None or m.last_seen < best.last_seen:
+                best = m
+        if best is None:
+            return False
+        del self._members[best.node]
+        self._evicted.append(best)
+        return True
+
+    def take_evicted(self) -> list[Member]:
+        """The members evicted to make room since the last call."""
+        out, self._evicted = self._evicted, []
+        return out
 
     def rename_self(self, name: str) -> None:
         """Change this node's own display name."""

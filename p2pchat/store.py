@@ -41,11 +41,12 @@ Thread-safety: every method takes the store's lock; any thread may call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,6 +70,10 @@ FLUSH_EVERY = 256
 
 WRITE_EVERY = 64
 """Received lines kept in memory before they are written, at most."""
+
+MAX_NAMES = 10_000
+"""Most names the first-key table (trust on first use) keeps; see
+:meth:`Store.remember_name` for which go first."""
 
 _INSERT_LINE = (
     "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body) VALUES (?, ?, ?, ?, ?, ?)"
@@ -146,6 +151,7 @@ class Store:
         self._closed = False
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self._names: dict[str, str] = {}  # a cache of the names table
+        self._name_count = int(db.execute("SELECT COUNT(*) FROM names").fetchone()[0])
         self._seq_ceiling = int(meta.get("seq_ceiling", "0"))
         self._seq = self._seq_ceiling
         self._last_hlc = int(meta.get("last_hlc", "0"))
@@ -399,17 +405,63 @@ class Store:
                 self._names[name] = key
             return key
 
-    def remember_name(self, name: str, key: str) -> None:
+    def remember_name(
+        self, name: str, key: str, keep: Callable[[], Collection[str]] | None = None
+    ) -> None:
         """Keep ``key`` as the first key seen with ``name`` (trust on first
-        use); a name already known keeps its first key."""
+        use); a name already known keeps its first key.
+
+        The table holds at most :data:`MAX_NAMES` names: past that, the
+        names least recently remembered or touched (:meth:`touch_name`) go
+        first, except those ``keep()`` returns (the names of the members
+        present; asked only when the table is full),
+        so a flood of fresh keys under fresh names cannot grow the disk
+        without end, nor push out the names of the people in the room."""
         with self._mutex:
             try:
-                self._db.execute(
+                cur = self._db.execute(
                     "INSERT OR IGNORE INTO names (name, key) VALUES (?, ?)", (name, key)
                 )
                 self._pending += 1
+                if cur.rowcount == 1:
+                    self._name_count += 1
+                    if self._name_count > MAX_NAMES:
+                        self._evict_names({name, *(keep() if keep else ())})
             except sqlite3.Error as exc:
                 log.error("could not remember the key of %r: %s", name, exc)
+
+    def _evict_names(self, keep: set[str]) -> None:
+        """Drop the oldest names beyond :data:`MAX_NAMES` (a tenth of it at
+        a time, so eviction is rare); caller holds the mutex."""
+        excess = self._name_count - MAX_NAMES + MAX_NAMES // 10
+        victims = [
+            str(r[0])
+            for r in self._db.execute(
+                "SELECT name FROM names ORDER BY rowid LIMIT ?", (excess + len(keep),)
+            )
+            if r[0] not in keep
+        ][:excess]
+        self._db.executemany("DELETE FROM names WHERE name = ?", [(v,) for v in victims])
+        for v in victims:
+            self._names.pop(v, None)
+        self._name_count -= len(victims)
+
+    def touch_name(self, name: str) -> None:
+        """Mark ``name`` as recently used (its entry is evicted last)."""
+        with self._mutex:
+            try:
+                self._db.execute(
+                    "UPDATE names SET rowid = (SELECT MAX(rowid) FROM names) + 1 WHERE name = ?",
+                    (name,),
+                )
+                self._pending += 1
+            except sqlite3.Error as exc:
+                log.error("could not touch the name %r: %s", name, exc)
+
+    def name_count(self) -> int:
+        """How many names the first-key table holds."""
+        with self._mutex:
+            return self._name_count
 
     def holds(self, msg: wire.Chat) -> bool:
         """True if ``msg`` (by its id) is held.  A numbered line above the
@@ -449,10 +501,13 @@ class Store:
     def _floor(self, room: str, now_s: float) -> int:
         self._write_rows()
         floor = max(0, int((now_s - self.max_age_s) * 1e6))
+        # Only lines not in the future count: lines stamped ahead of our clock
+        # (a peer's lying clock) must never lift the floor above the present,
+        # or every honest line would fall below it.
         row = self._db.execute(
-            "SELECT hlc FROM lines WHERE room = ? ORDER BY hlc DESC, origin DESC, line DESC "
-            "LIMIT 1 OFFSET ?",
-            (room, self.max_lines - 1),
+            "SELECT hlc FROM lines WHERE room = ? AND hlc <= ? "
+            "ORDER BY hlc DESC, origin DESC, line DESC LIMIT 1 OFFSET ?",
+            (room, int(now_s * 1e6), self.max_lines - 1),
         ).fetchone()
         if row is not None:
             floor = max(floor, int(row[0]))
@@ -461,7 +516,8 @@ class Store:
     def floor(self, room: str, now_s: float) -> int:
         """The lowest clock value the window of ``room`` still takes (µs):
         the age limit, or the clock of the oldest kept line once the room
-        holds ``max_lines`` lines."""
+        holds ``max_lines`` lines not in the future (``hlc`` at most
+        ``now_s``).  It is therefore never above ``now_s``."""
         with self._mutex:
             return self._floor(room, now_s)
 
@@ -472,33 +528,83 @@ class Store:
 
     def summary(self, room: str, max_origins: int = wire.MAX_SYNC_ORIGINS) -> list[wire.Have]:
         """Our version vector of ``room`` for a ``sync``: per origin with
-        numbered lines, the run ``lo..hi`` held from its lowest line on, most
-        recently active origins first, at most ``max_origins``."""
+        numbered lines, the run ``lo..hi`` held from its lowest line on, with
+        the :func:`run_digest` of that run's ids, most recently active origins
+        first, at most ``max_origins``."""
         with self._mutex:
             self._write_rows()
             rows = self._db.execute(
-                "SELECT origin, line, hlc FROM lines WHERE room = ? AND line > 0 "
+                "SELECT origin, line, hlc, id FROM lines WHERE room = ? AND line > 0 "
                 "ORDER BY origin, line",
                 (room,),
             ).fetchall()
         # origin -> [lo, hi, hi_hlc, newest hlc, run still open (1/0)]
         runs: dict[str, list[int]] = {}
-        for origin, line, hlc in rows:
+        digests: dict[str, Any] = {}
+        for origin, line, hlc, msg_id in rows:
             run = runs.get(origin)
             if run is None:
                 runs[origin] = [line, line, hlc, hlc, 1]
+                digests[origin] = hashlib.sha256(msg_id.encode())
                 continue
             if run[4] and line == run[1] + 1:
                 run[1], run[2] = line, hlc
+                digests[origin].update(msg_id.encode())
             elif line != run[1]:  # a gap: the run from lo ends here
                 run[4] = 0
             run[3] = max(run[3], hlc)
         return [
-            wire.Have(origin, run[0], run[1], run[2])
+            wire.Have(origin, run[0], run[1], run[2], digests[origin].hexdigest()[:16])
             for origin, run in sorted(runs.items(), key=lambda kv: kv[1][3], reverse=True)[
                 :max_origins
             ]
         ]
+
+    def run_ids(self, room: str, origin: str, lo: int, hi: int) -> list[str] | None:
+        """The ids of ``origin``'s lines ``lo..hi`` in ``room``, in line
+        order, or None unless every one of them is held."""
+        with self._mutex:
+            self._write_rows()
+            rows = self._db.execute(
+                "SELECT line, id FROM lines WHERE room = ? AND origin = ? AND line BETWEEN ? AND ? "
+                "ORDER BY line",
+                (room, origin, lo, hi),
+            ).fetchall()
+        if len(rows) != hi - lo + 1 or any(r[0] != lo + i for i, r in enumerate(rows)):
+            return None
+        return [str(r[1]) for r in rows]
+
+    def line_id(self, room: str, origin: str, line: int) -> str | None:
+        """The id of the line numbered ``line`` of ``origin`` in ``room``,
+        or None if none is held.  A number above the highest held of that
+        origin is answered without a query (the live path asks for every
+        line, to catch a sender that signs two lines with one number)."""
+        with self._mutex:
+            if line > self._top.get((room, origin), 0):
+                return None
+            self._write_rows()
+            row = self._db.execute(
+                "SELECT id FROM lines WHERE room = ? AND origin = ? AND line = ? ORDER BY id",
+                (room, origin, line),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+    def replace(self, old_id: str, msg: wire.Chat) -> None:
+        """Keep ``msg`` instead of the line ``old_id`` (an equivocation was
+        resolved in ``msg``'s favour); written within :meth:`flush`'s period."""
+        with self._mutex:
+            if self._closed:
+                return
+            try:
+                self._write_rows()
+                self._db.execute("DELETE FROM lines WHERE id = ?", (old_id,))
+                self._pending += 1
+            except sqlite3.Error as exc:
+                log.error("could not replace line %s: %s", old_id, exc)
+                return
+            self._rows.append(self._row(msg))
+            self._row_ids.add(msg.id)
+            self._raise_top(msg)
 
     def missing(
         self, room: str, have: Mapping[str, tuple[int, int]], since_hlc: int, limit: int
@@ -559,7 +665,10 @@ class Store:
         return out
 
     def prune(self, now_s: float) -> int:
-        """Delete the lines outside the window, in every room.
+        """Delete the lines outside the window, in every room, and the lines
+        stamped more than :data:`~p2pchat.wire.MAX_CLOCK_SKEW_S` ahead of
+        ``now_s`` (nodes refuse such lines; a store that took them before
+        that rule is repaired by the first prune, which runs at start).
 
         Returns:
             How many lines were deleted.
@@ -570,7 +679,10 @@ class Store:
             self._write_rows()
             try:
                 cutoff = int((now_s - self.max_age_s) * 1e6)
-                deleted = self._db.execute("DELETE FROM lines WHERE hlc < ?", (cutoff,)).rowcount
+                ahead = int((now_s + wire.MAX_CLOCK_SKEW_S) * 1e6)
+                deleted = self._db.execute(
+                    "DELETE FROM lines WHERE hlc < ? OR hlc > ?", (cutoff, ahead)
+                ).rowcount
                 rooms = [
                     r[0]
                     for r in self._db.execute(

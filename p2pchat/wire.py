@@ -73,6 +73,16 @@ BatchNo = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
 PublicKey = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")]
 Signature = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{128})?$")]
 
+MAX_CLOCK_SKEW_S: Final = 60.0
+"""A flooded message whose ``ts``, or a line whose ``hlc``, is more than this
+many seconds ahead of the receiver's wall clock is refused (reason
+``future``), never stored: clocks of a room must agree within a minute."""
+
+MAX_PRESENCE_EVERY_S: Final = 10.0
+"""The longest presence interval a node announces, and the most a receiver
+takes from a ``presence``'s ``every`` (larger values are clamped): a member
+is timed out after three missed intervals, so within 30 s at most."""
+
 MAX_SYNC_ORIGINS: Final = 800
 """Most origins one ``sync`` lists (keeps the frame well under the size limit)."""
 
@@ -287,15 +297,20 @@ class Direct(Flooded, tag="direct", frozen=True, kw_only=True):
 
 
 class Have(msgspec.Struct, array_like=True, frozen=True):
-    """One origin's entry in a ``sync``, sent as ``[origin, lo, hi, hi_hlc]``:
-    the sender holds that origin's lines ``lo..hi`` (every one of them) in
-    the room, and line ``hi`` has clock ``hi_hlc``.  It may hold later ones
-    too, after a gap."""
+    """One origin's entry in a ``sync``, sent as ``[origin, lo, hi, hi_hlc,
+    digest]``: the sender holds that origin's lines ``lo..hi`` (every one of
+    them) in the room, and line ``hi`` has clock ``hi_hlc``.  It may hold
+    later ones too, after a gap.  ``digest`` (optional, 16 hex digits): the
+    start of the SHA-256 of the ids of lines ``lo..hi`` in line order,
+    concatenated; a receiver holding the same numbers under other ids sends
+    them, so two halves of a room given different lines under one number
+    (an equivocating origin) converge (``docs/protocol.md`` §7.2)."""
 
     origin: NodeId
     lo: LineNo
     hi: LineNo
     hi_hlc: Hlc
+    digest: Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{16})?$")] = ""
 
 
 class Sync(msgspec.Struct, tag_field="type", tag="sync", frozen=True):

@@ -199,3 +199,27 @@ def test_big_rooms_space_their_presences_out() -> None:
         assert node._presence_every() == 30 * PRESENCE_SHARE_S == 6.0
     finally:
         node.close()
+
+
+def test_an_announced_interval_is_clamped_so_crash_detection_stays_bounded() -> None:
+    """A member announcing a one-hour presence interval is still timed out within 30 s."""
+    r = roster()
+    r.heard(ALICE, "alice", 0.0, every_s=3600.0)
+    assert r.expire(29.0) == []
+    assert [m.node for m in r.expire(30.5)] == [ALICE]
+
+
+def test_a_full_roster_takes_a_newcomer_only_in_place_of_an_overdue_member() -> None:
+    """Members linked to us or heard on time are never pushed out by newcomers (fresh keys
+    cost an attacker nothing); an overdue one gives way, the least recently heard first."""
+    r = Roster(SELF, "me", timeout_s=TIMEOUT, max_members=3)
+    r.heard(ALICE, "alice", 0.0, every_s=3.0)
+    r.heard(BOB, "bob", 1.0, every_s=3.0)
+    assert r.heard("f" * 16, "fake", 2.0) == (False, None), "nobody overdue: not taken"
+    assert r.refused == 1 and r.get("f" * 16) is None
+    assert r.heard("f" * 16, "fake", 4.5, linked={ALICE}) == (True, None), "bob is overdue"
+    assert [m.node for m in r.take_evicted()] == [BOB]
+    assert ALICE in r, "linked: kept though overdue"
+    assert r.heard("e" * 16, "fake2", 20.0, linked={ALICE}) == (True, None)
+    assert [m.node for m in r.take_evicted()] == ["f" * 16]
+    assert len(r) == 3

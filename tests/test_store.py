@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pchat import wire
+from p2pchat import history, wire
+from p2pchat import store as store_mod
 from p2pchat.errors import StoreError
 from p2pchat.store import DB_NAME, Store
 
@@ -156,7 +157,13 @@ def test_summary_is_the_run_from_the_lowest_line() -> None:
             store.add(chat(A, n, NOW_US + n))
         store.add(chat(B, 7, NOW_US + 100))
         have = store.summary(ROOM)
-        assert have == [wire.Have(B, 7, 7, NOW_US + 100), wire.Have(A, 1, 3, NOW_US + 3)]
+        assert [(h.origin, h.lo, h.hi, h.hi_hlc) for h in have] == [
+            (B, 7, 7, NOW_US + 100),
+            (A, 1, 3, NOW_US + 3),
+        ]
+        a_ids = store.run_ids(ROOM, A, 1, 3)
+        assert a_ids is not None and have[1].digest == history.run_digest(a_ids)
+        assert store.run_ids(ROOM, A, 1, 5) is None, "line 4 is missing"
 
 
 def test_missing_is_what_the_peer_lacks_oldest_first() -> None:
@@ -197,9 +204,23 @@ def test_prune_keeps_the_window_by_age_and_by_count() -> None:
             store.add(m)
         assert store.prune(NOW_S) == 4
         assert [m.line for m in store.recent(ROOM, 100)] == [5, 6, 7, 8, 9]
-        assert not store.in_window(ROOM, NOW_US + 4, NOW_S)
-        assert store.in_window(ROOM, NOW_US + 5, NOW_S)
-        assert store.floor(ROOM, NOW_S) == NOW_US + 5
+        later = NOW_S + 1  # the floor counts only lines not in the future
+        assert not store.in_window(ROOM, NOW_US + 4, later)
+        assert store.in_window(ROOM, NOW_US + 5, later)
+        assert store.floor(ROOM, later) == NOW_US + 5
+
+
+def test_lines_in_the_future_never_lift_the_floor_and_are_pruned() -> None:
+    """A window's worth of lines stamped far ahead (a peer's lying clock) must not
+    put the floor above the present, and the first prune (at start) removes them."""
+    with Store.open(None, max_age_s=3600.0, max_lines=5) as store:
+        honest = [chat(A, n, NOW_US - 10 + n) for n in range(1, 4)]
+        ahead = [chat(B, n, NOW_US + 10**15 + n) for n in range(1, 7)]
+        for m in honest + ahead:
+            store.add(m)
+        assert store.floor(ROOM, NOW_S) <= NOW_US
+        assert store.prune(NOW_S) == 6
+        assert [m.id for m in store.recent(ROOM, 100)] == [m.id for m in honest]
 
 
 def test_other_rooms_are_pruned_on_their_own() -> None:
@@ -241,7 +262,7 @@ def test_received_lines_in_memory_are_seen_by_every_query() -> None:
         assert not store.holds(chat(A, 2, NOW_US + 2)), "another id with a held line number"
         assert store.count(ROOM) == 3
         assert [m.id for m in store.recent(ROOM, 10)] == [m.id for m in lines]
-        assert store.summary(ROOM) == [wire.Have(A, 1, 3, NOW_US + 3)]
+        assert [(h.lo, h.hi, h.hi_hlc) for h in store.summary(ROOM)] == [(1, 3, NOW_US + 3)]
 
 
 def test_received_lines_still_in_memory_are_written_on_close(tmp_path: Path) -> None:
@@ -251,3 +272,22 @@ def test_received_lines_still_in_memory_are_written_on_close(tmp_path: Path) -> 
         assert store.add(msg)
     with Store.open(data) as store:
         assert store.holds(msg) and store.count(ROOM) == 1
+
+
+def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of fresh names cannot grow the first-key table without end, and it never
+    forgets the names of the members present (nor a name just used)."""
+    monkeypatch.setattr(store_mod, "MAX_NAMES", 50)
+    with Store.open(None) as store:
+        store.remember_name("alice", "a" * 64)
+        store.remember_name("bob", "b" * 64)
+        for i in range(500):
+            store.remember_name(f"fake{i}", f"{i:064x}", keep=lambda: {"alice"})
+            assert store.name_count() <= 50
+        assert store.first_key("alice") == "a" * 64, "a member present is kept"
+        assert store.first_key("bob") is None, "an old name nobody uses goes"
+        assert store.first_key("fake499") == f"{499:064x}"
+        store.touch_name("fake460")
+        for i in range(500, 530):
+            store.remember_name(f"fake{i}", f"{i:064x}", keep=lambda: {"alice"})
+        assert store.first_key("fake460") is not None, "a name touched lately is kept"
