@@ -12,10 +12,14 @@ Network safety: every socket connects to 127.0.0.1 only; no frame names another 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -341,3 +345,21 @@ def test_an_old_leave_replayed_cannot_make_a_present_member_leave(
     alive_wait([dave], lambda: refused(a, "replayed") >= 1, DELIVERY_S, "the old leave refused")
     assert dave.node_id in {m.node for m in a.snapshot().members}
     assert not [e for e in rec_a.leaves() if isinstance(e, LeaveEvent) and e.origin == dave.node_id]
+
+
+def test_twenty_thousand_fake_members_script_smoke() -> None:
+    """``scripts/attack_members.py`` (the memory figure of docs/reliability.md) runs and holds,
+    here with fewer fakes than its default 20,000 to stay quick: honest lines flow, the victim's
+    member list stays within its cap and its memory within the bound."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "attack_members.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--fakes", "2500", "--rate", "3000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["honest_lines"] is True
+    assert result["members"] <= 2048
+    assert result["rss_growth_mb"] < 20
