@@ -206,8 +206,9 @@ class Stats(Event):
             ``before_handshake``, ``unexpected_handshake``, ``too_slow``,
             ``wrong_room``); each but ``wrong_room`` also ended its link.
         links_refused: links refused or dropped by reason code (``version``,
-            ``room``, ``self``, ``busy``, ``handshake_timeout``,
-            ``keepalive_timeout``, ``protocol_error``, ``queue_full``).
+            ``room``, ``self``, ``busy``, ``handshake_busy``,
+            ``handshake_timeout``, ``keepalive_timeout``, ``protocol_error``,
+            ``queue_full``).
         rate_limited: flooded messages dropped by a token bucket: ``link``
             (per link) or ``origin`` (per origin node).
         queue_drops: links dropped because their send queue was full.

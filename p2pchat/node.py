@@ -148,8 +148,20 @@ class NodeConfig:
         dial_timeout_s: TCP connect timeout per address.
         mdns_dial_delay_s: how long the node with the higher id waits for the
             lower one to dial before it dials itself.
-        max_links: most links at once; more inbound links are refused.
-        max_links_per_address: most inbound links from one remote IP address.
+        max_links: most links at once; a hello beyond them is refused with
+            ``busy`` (``links_refused.busy``).  At most ``2 * max_links``
+            inbound sockets are held in all.
+        max_links_per_address: most inbound sockets from one remote IP
+            address, still in the handshake or linked.  Checked when the
+            socket is accepted, before any thread starts for it: one more is
+            refused at once with ``busy`` (``links_refused.busy``).
+        max_handshakes_per_address, max_handshakes: most inbound sockets
+            still in the handshake (no ``hello`` and ``proof`` yet) from one
+            remote IP address, and from all addresses together.  A budget
+            apart from the links: one more socket is refused as it is
+            accepted, with ``busy`` (``links_refused.handshake_busy``).
+            Sockets this node dialled never count and are never refused, so
+            an inbound flood cannot starve the node's own dials.
         link_rate_per_s, link_burst: token bucket on the flooded frames
             received on one link (duplicates included); excess is dropped.
         origin_rate_per_s, origin_burst: token bucket on the new messages
@@ -192,6 +204,8 @@ class NodeConfig:
     mdns_dial_delay_s: float = 1.5
     max_links: int = 64
     max_links_per_address: int = 16
+    max_handshakes_per_address: int = 4
+    max_handshakes: int = 32
     link_rate_per_s: float = 2000.0
     link_burst: float = 4000.0
     origin_rate_per_s: float = 100.0
@@ -234,9 +248,10 @@ class _Dialer:
     """Dials one peer with backoff while there is no link to it.
 
     ``addresses``/``port`` may be updated by discovery.  Runs on its own
-    thread ``p2pchat-dial-<key>`` until :meth:`stop` or until it gives up
-    (a peer that is this node, or a discovered peer unreachable for
-    ``give_up_s``).
+    thread ``p2pchat-dial-<key>`` until :meth:`stop`, until the node closes,
+    or until it gives up (a peer that is this node, or a discovered peer
+    unreachable for ``give_up_s``).  Every other failure (a refusal such as
+    ``busy``, a link that could not be set up, a timeout) only backs off.
     """
 
     def __init__(
@@ -291,26 +306,31 @@ class _Dialer:
                     break
                 link = self.node._adopt(sock, "out", (host, self.port))
                 if link is None:
-                    break
-                while not link.done.wait(IDLE_CHECK_S):  # closing the node ends the link
-                    if self.stopped.is_set():
+                    if self.node.closing:
                         break
-                if link.peer is not None:
-                    self.node_id = link.peer.node
-                lived = time.monotonic() - (link.up_at or time.monotonic())
-                if lived > 10.0:
-                    backoff = cfg.redial_min_s
-                if link.up_at is not None:
-                    last_ok = time.monotonic()
-                if link.refused is not None or link.peer is None:
-                    code = link.refused.code if link.refused else ""
-                    if link.refusal is not None:
-                        code = code or link.refusal.code
-                    if code == "self":
-                        log.info("%s is this node; not dialling it again", self.key)
-                        break
-                    if code in ("room", "version"):
-                        backoff = cfg.redial_max_s
+                    # Not adopted (no slot, or any other passing reason): this
+                    # is a failed dial like any other; back off and dial again.
+                    log.debug("dial %s:%s: link not adopted", host, self.port)
+                else:
+                    while not link.done.wait(IDLE_CHECK_S):  # closing the node ends the link
+                        if self.stopped.is_set():
+                            break
+                    if link.peer is not None:
+                        self.node_id = link.peer.node
+                    lived = time.monotonic() - (link.up_at or time.monotonic())
+                    if lived > 10.0:
+                        backoff = cfg.redial_min_s
+                    if link.up_at is not None:
+                        last_ok = time.monotonic()
+                    if link.refused is not None or link.peer is None:
+                        code = link.refused.code if link.refused else ""
+                        if link.refusal is not None:
+                            code = code or link.refusal.code
+                        if code == "self":
+                            log.info("%s is this node; not dialling it again", self.key)
+                            break
+                        if code in ("room", "version"):
+                            backoff = cfg.redial_max_s
             jitter = random.uniform(0.8, 1.2)
             if self.stopped.wait(backoff * jitter):
                 break
@@ -626,6 +646,11 @@ class Node:
                 self._message_event(m, self_=m.origin == self.node_id, history=True) for m in lines
             ]
 
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` has begun.  Any thread."""
+        return self._closed
+
     def has_link(self, node_id: str) -> bool:
         """True if a link to ``node_id`` is up."""
         return node_id in self._links
@@ -762,32 +787,83 @@ class Node:
         )
 
     def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+        """Listener thread: adopt an inbound socket, or refuse it at once."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._adopt(sock, "in", remote) is None:
-            sock.close()
+        self._adopt(sock, "in", remote)
 
     def _adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
-        """Start a link on a connected socket, or None if the node is closing."""
+        """Start a link on a connected socket (its reader and writer threads).
+
+        An inbound socket over a limit of :meth:`_inbound_refusal` is refused
+        here, before any thread starts for it: it gets a ``refuse`` (best
+        effort, never blocking) and is closed.  An outbound one is never
+        refused here.  Listener or dialler thread.
+
+        Returns:
+            the link, or None when the socket was refused or the node is
+            closing (the socket is closed then).
+        """
         assert direction in ("in", "out")
-        link = Link(
-            sock,
-            "in" if direction == "in" else "out",
-            remote,
-            self,
-            self._hello(),
-            self.config.link,
-        )
         with self._lock:
             if self._closed:
                 sock.close()
                 return None
-            if len(self._all_links) >= self.config.max_links * 2:
-                log.warning("too many links; dropping connection from %s", remote[0])
-                sock.close()
-                return None
-            self._all_links.add(link)
+            refusal = self._inbound_refusal(remote[0]) if direction == "in" else None
+            if refusal is not None:
+                code = refusal[0]
+                self._links_refused[code] = self._links_refused.get(code, 0) + 1
+            else:
+                link = Link(
+                    sock,
+                    "in" if direction == "in" else "out",
+                    remote,
+                    self,
+                    self._hello(),
+                    self.config.link,
+                )
+                self._all_links.add(link)
+        if refusal is not None:
+            log.debug("refused a connection from %s: %s", remote[0], refusal[1])
+            frame = wire.encode_frame(wire.Refuse(code="busy", reason=refusal[1]))
+            with contextlib.suppress(OSError):
+                sock.send(frame, socket.MSG_DONTWAIT)
+            sock.close()
+            return None
         link.start()
         return link
+
+    def _inbound_refusal(self, ip: str) -> tuple[str, str] | None:
+        """Why a socket just accepted from ``ip`` must be refused, as
+        ``(links_refused counter, reason for the peer)``, or None to take it.
+
+        Counts the inbound sockets the node holds (outbound ones never
+        count): from ``ip`` at most ``max_links_per_address``; still in the
+        handshake at most ``max_handshakes_per_address`` from ``ip`` and
+        ``max_handshakes`` in all; at most ``2 * max_links`` in all.  The
+        caller holds the lock.
+        """
+        cfg = self.config
+        inbound = from_ip = shaking = shaking_from_ip = 0
+        for link in self._all_links:
+            if link.direction != "in":
+                continue
+            inbound += 1
+            in_handshake = link.up_at is None
+            shaking += in_handshake
+            if link.remote[0] == ip:
+                from_ip += 1
+                shaking_from_ip += in_handshake
+        if from_ip >= cfg.max_links_per_address:
+            return "busy", f"too many links from {ip} ({cfg.max_links_per_address})"
+        if shaking_from_ip >= cfg.max_handshakes_per_address:
+            return "handshake_busy", (
+                f"too many handshakes from {ip} ({cfg.max_handshakes_per_address})"
+            )
+        if shaking >= cfg.max_handshakes:
+            return "handshake_busy", f"too many handshakes ({cfg.max_handshakes})"
+        if inbound >= 2 * cfg.max_links:
+            return "busy", f"too many links ({cfg.max_links})"
+        return None
 
     # LinkOwner callbacks: on link reader threads.
 
@@ -806,19 +882,6 @@ class Node:
             )
         if len(self._links) >= self.config.max_links and hello.node not in self._links:
             return wire.Refuse(code="busy", reason=f"too many links ({self.config.max_links})")
-        if link.direction == "in":
-            with self._lock:
-                same = sum(
-                    1
-                    for other in self._all_links
-                    if other.direction == "in" and other.remote[0] == link.remote[0]
-                )
-            if same > self.config.max_links_per_address:
-                return wire.Refuse(
-                    code="busy",
-                    reason=f"too many links from {link.remote[0]} "
-                    f"({self.config.max_links_per_address})",
-                )
         if self._secret is not None:  # every frame after the hellos is sealed
             link.cipher = self._secret.link_cipher(
                 link.hello.nonce, hello.nonce, link.direction == "out"
