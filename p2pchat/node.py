@@ -1726,19 +1726,17 @@ class Node:
         if len(self._flagged) >= 4096:
             self._flagged.clear()
         self._flagged.add((msg.origin, name))
-        shown = f"{name}#{msg.origin[:4]}"
+        text = f"{name}#{msg.origin[:4]}"
+        if lookalikes:
+            others = ", ".join(sorted(f"{m.name}#{m.node[:4]}" for m in lookalikes[:5]))
+            text += f" has a name that looks like {others}"
         if impostor:
             self._roster.flagged.add(msg.origin)
-            text = (
-                f"{shown} uses the name {name!r}, or one that looks like it, which this node "
-                f"first saw with another key: it may not be who you think (/whois {name})"
+            text += (" and" if lookalikes else "") + (
+                f" uses the name {name!r}, or one that looks like it, which this node first "
+                "saw with another key"
             )
-        else:
-            others = ", ".join(sorted(f"{m.name}#{m.node[:4]}" for m in lookalikes[:5]))
-            text = (
-                f"{shown} has a name that looks like {others}: it may not be who you think "
-                f"(/whois {name})"
-            )
+        text += f": it may not be who you think (/whois {name})"
         events.append(Notice(text=text, level="warning"))
 
     def whois(self, name: str) -> list[KeyInfo]:
