@@ -389,8 +389,8 @@ class Node:
         self._lock = threading.RLock()
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)  # wakes the router
         self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
-        self._roster = Roster(self.node_id, config.name, config.member_timeout_s)
-        self._remember_name(config.name, self._identity.key)
+        self._roster = Roster(self.node_id, name, config.member_timeout_s)
+        self._remember_name(name, self._identity.key)
         self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
         self._all_links: set[Link] = set()
@@ -1689,14 +1689,21 @@ class Node:
                 self._max_seq.popitem(last=False)
         return False
 
-    def _remember_name(self, name: str, key: str) -> str:
-        """Trust on first use: the first key seen with ``name`` is kept;
-        returns that key."""
+    def _remember_name(self, name: str, key: str) -> tuple[str, str]:
+        """Trust on first use: the first key seen with ``name`` (NFC) is
+        kept, and so is the first key seen with any name that looks like it,
+        under ``"#" + skeleton`` in the store's name table (``#`` is never in
+        a name).  Returns both first keys."""
         first = self._store.first_key(name)
         if first is None:
             self._store.remember_name(name, key)
-            return key
-        return first
+            first = key
+        like = "#" + names.skeleton(name)
+        first_like = self._store.first_key(like)
+        if first_like is None:  # a new look, or a store from before looks were kept
+            self._store.remember_name(like, first)
+            first_like = first
+        return first, first_like
 
     def _check_name(self, msg: wire.FloodMessage, events: list[Event]) -> None:
         """Flag a key that claims a name, or a look-alike of one (the same
@@ -1704,17 +1711,9 @@ class Node:
         (trust on first use): it is always shown as ``name#abcd``.  Raise a
         notice, once per origin and name, for it and for a member that comes
         in (or renames itself) under a name that looks like another member's.
-
-        The first key per look-alike class is kept in the store's name table
-        under ``"#" + skeleton`` (``#`` is never in a name).
         """
         name = names.normalise(msg.name)
-        first = self._remember_name(name, msg.key)
-        like = "#" + names.skeleton(name)
-        first_like = self._store.first_key(like)
-        if first_like is None:  # a store from before look-alikes were checked
-            first_like = first
-            self._store.remember_name(like, first)
+        first, first_like = self._remember_name(name, msg.key)
         impostor = first != msg.key or first_like != msg.key
         if (msg.origin, name) in self._flagged:
             return

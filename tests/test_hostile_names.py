@@ -288,3 +288,42 @@ def test_a_padded_line_never_makes_a_row_that_starts_like_a_system_line(
     assert " * raw left" in rows  # the action, one column right
     assert not any(row.startswith("* bob left") for row in rows)
     assert any(row.startswith("* raw is now known as") for row in rows)
+
+
+def test_wrap_rows_indents_every_continuation_and_fits_the_width() -> None:
+    assert cli.wrap_rows("bob: hi", 80) == ["bob: hi"]
+    rows = cli.wrap_rows("bob: " + "word " * 40 + "* bob left", 80)
+    assert len(rows) > 1 and all(r.startswith(cli.WRAP_INDENT) for r in rows[1:])
+    assert rows[-1].startswith(cli.WRAP_INDENT + "word") and rows[-1].endswith(" * bob left")
+    assert all(len(r) <= 79 for r in rows)
+    assert all(not r.endswith(" ") for r in rows)  # broken at blanks
+    long_word = cli.wrap_rows("x" * 200, 80)
+    assert [len(r) for r in long_word] == [79, 79, 4 + 46]
+    wide = cli.wrap_rows("\u4f60" * 100, 80)  # 2 cells each
+    assert [len(r) for r in wide] == [39, 4 + 37, 4 + 24]
+    assert cli.wrap_rows("y" * 30, 5) == ["y" * 19, "    " + "y" * 11]  # at least 20 wide
+
+
+def test_peer_rows_never_start_like_the_nodes_own_lines() -> None:
+    for start in [
+        "* bob left",
+        "-- link to bob lost",
+        "!! bob is fake",
+        "[private] x",
+        "(earlier 1",
+    ]:
+        assert cli.peer_row(start) == " " + start
+    assert cli.peer_row("bob: hi") == "bob: hi"
+    assert cli.peer_row("*bob: hi") == "*bob: hi"
+    r = cli.Renderer()
+    ev = MessageEvent(
+        id="0" * 32,
+        origin="b" * 16,
+        name="bob",
+        text="a  \t  b" + " " * 90 + "c",
+        ts=0.0,
+        self=False,
+        seq=1,
+        display="bob",
+    )
+    assert r.render(ev) == "bob: a b c"  # blanks collapsed in the text view only
