@@ -1408,8 +1408,7 @@ class Node:
             if alike:
                 shown = ", ".join(sorted(self._roster.display(m.node) for m in found + alike))
                 raise UsageError(
-                    f"several members have names that look like {who!r}: say which, with its "
-                    f"#fingerprint ({shown})"
+                    f"names look like {who!r} ({shown}): say which, with its #fingerprint"
                 )
             if not found and len(who) >= 4 and not who.strip("0123456789abcdef"):
                 found = [m for m in others if m.node.startswith(who)]
