@@ -51,16 +51,17 @@ single code point ``c``:
 * ``c`` and its one neighbour have no other neighbours (1,440 pairs of two
   single characters in the shipped data): the data does not say which of the
   two is the prototype; we take the lower code point.  Both characters map
-  to the same one, so :func:`confusable` is exactly TR39's; only the text of
-  :func:`skeleton` can differ from TR39's for those characters.
+  to the same one, so which names are confusable does not depend on that
+  choice; only the text of :func:`skeleton` can differ from TR39's for those
+  characters.
 
 Characters not in the data map to themselves.  The skeleton is then TR39's:
 NFD, each character to its prototype, NFD again; as an extra, we then
 apply NFKD (compatibility forms: fullwidth letters, ligatures, superscripts,
 which ``confusables.txt`` leaves to NFKC), casefold and map again, until that
-changes nothing (at most four rounds), so
-``Alice`` and ``alice``, ``AIice`` (a capital i) and ``alice``, or a
-fullwidth ``bob`` and ``bob`` also count as look-alikes.  Like TR39, the
+changes nothing (at most four rounds), so ``Alice`` and ``alice``, ``AIice``
+(a capital i) and ``alice``, or a fullwidth ``bob`` and ``bob`` also count as
+look-alikes.  Like TR39, the
 skeleton leaves out default-ignorable code points (the joiners and variation
 selectors that :func:`check_name` lets through): ``bob!`` and ``bob!`` with a
 U+FE0F look alike.
