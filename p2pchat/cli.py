@@ -33,6 +33,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import signal
 import sys
 import threading
@@ -61,7 +62,7 @@ from p2pchat.events import (
     Ready,
     Stats,
 )
-from p2pchat.node import DEFAULT_PORT, Node, NodeConfig, check_label
+from p2pchat.node import DEFAULT_PORT, Node, NodeConfig, check_label, check_name
 
 if TYPE_CHECKING:  # prompt_toolkit is imported only for the interactive mode (p2pchat.tui)
     from prompt_toolkit.application import Application
@@ -91,9 +92,9 @@ DEFAULT_HISTORY_SHOWN = 20
 HELP_TEXT = """\
 commands:
   /who         who is in the room (* = linked to you directly)
-  /whois NAME  the key fingerprints of everyone called NAME
-  /msg NAME TEXT  a private line to NAME, encrypted end to end (NAME may be
-               alice#3f2a when two share a name)
+  /whois NAME  the key fingerprints of everyone called NAME or a look-alike
+  /msg NAME TEXT  a private line to NAME, encrypted end to end (alice#3f2a
+               picks alice by key fingerprint, as /who shows look-alikes)
   /peers       your direct links: name, address, in/out, uptime
   /stats       counters: frames and bytes, duplicates, refusals, rate limits
   /history [N] the room's last N lines (default 20), in the order every node shows
@@ -132,8 +133,22 @@ _SERVICE_TYPE_RE = re.compile(r"^_[A-Za-z0-9-]{1,15}\._(tcp|udp)\.local\.$")
 # C0 and C1 control characters and DEL: a peer's chat text may hold any of
 # them (only CR, LF and NUL are refused on the wire), and printed raw they
 # would drive the terminal.  Shown as U+FFFD instead; a tab becomes a space.
-_CONTROL_CHARS = {c: "\ufffd" for c in (*range(0x20), *range(0x7F, 0xA0))}
+# The bidi embeddings, overrides and isolates too: on a terminal that lays
+# out right-to-left text they would reorder the rest of the row.
+_CONTROL_CHARS = {
+    c: "\ufffd"
+    for c in (*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
 _CONTROL_CHARS[0x09] = " "
+_BLANKS_RE = re.compile(r"\s{2,}")
+
+SYSTEM_MARKS = ("* ", "-- ", "!! ")
+"""How this node's own lines start (membership news, link news, replies,
+notices).  No row of a peer's line starts so at column 0: see
+:func:`peer_row` and :func:`wrap_rows`."""
+_PEER_LOOKALIKES = (*SYSTEM_MARKS, "[private", "(earlier")
+WRAP_INDENT = "    "
+"""Rows after the first of a wrapped line start with this (text views)."""
 
 # Lines queued for stdout at most; beyond that a stalled reader of our stdout
 # loses lines rather than stalling the node's router thread.
@@ -222,13 +237,14 @@ def validate_name(value: str) -> str:
         value: the name.
 
     Returns:
-        ``value`` unchanged.
+        ``value`` in NFC.
 
     Raises:
         UsageError: empty, longer than 32 code points, blanks at either end,
-            or control characters.
+            ``#``, or control, format (zero width, bidi) or other invisible
+            characters (``docs/protocol.md`` §5).
     """
-    return check_label(value, "name", wire.MAX_NAME_CHARS)
+    return check_name(value)
 
 
 def validate_room(value: str) -> str:
@@ -600,9 +616,77 @@ def format_clock(ts: float) -> str:
 
 def format_line(ev: MessageEvent, who: str) -> str:
     """A chat line as shown: ``who: text`` or ``* who action``; ``who`` is
-    already cleaned."""
-    text = clean(ev.text)
+    already cleaned.  Runs of blanks in the text are shown as one space (a
+    padded line cannot push its end onto a row of its own)."""
+    text = _BLANKS_RE.sub(" ", clean(ev.text))
     return f"* {who} {text}" if ev.action else f"{who}: {text}"
+
+
+def peer_row(line: str) -> str:
+    """A line whose text a peer chose, shifted one column right if it would
+    start like one of this node's own lines (:data:`SYSTEM_MARKS`: an action
+    ``* alice left``, a peer called ``-- x``) or like a private or earlier
+    line: ``" * alice waves"``."""
+    return " " + line if line.startswith(_PEER_LOOKALIKES) else line
+
+
+def _cells(ch: str) -> int:
+    """Terminal cells ``ch`` takes, counted high: 2 from U+1100 up (wide
+    scripts, emoji, and everything whose width terminals disagree on)."""
+    return 1 if ch < "\u1100" else 2
+
+
+def wrap_rows(line: str, width: int) -> list[str]:
+    """Cut a text line into rows that fit a terminal ``width`` cells wide,
+    so that the terminal never wraps one itself: rows after the first start
+    with :data:`WRAP_INDENT`, so a peer cannot make a row that starts like a
+    line of this node.  Breaks at the last blank that fits, else mid-word.
+
+    Args:
+        line: one line, without newlines.
+        width: the terminal's width in cells (at least 20 is used).
+
+    Returns:
+        The rows, at most ``width - 1`` cells each (counted high, see
+        :func:`_cells`).
+    """
+    limit = max(width, 20) - 1
+    if len(line) * 2 <= limit or sum(map(_cells, line)) <= limit:
+        return [line]
+    rows: list[str] = []
+    rest = line
+    prefix = ""
+    while rest:
+        room = limit - len(prefix)
+        used = 0
+        cut = len(rest)
+        blank = -1
+        for i, ch in enumerate(rest):
+            used += _cells(ch)
+            if used > room:
+                cut = i
+                break
+            if ch == " ":
+                blank = i
+        if cut == len(rest):
+            rows.append(prefix + rest)
+            break
+        if blank > 0:
+            rows.append(prefix + rest[:blank])
+            rest = rest[blank + 1 :]
+        else:
+            cut = max(cut, 1)
+            rows.append(prefix + rest[:cut])
+            rest = rest[cut:]
+        rest = rest.lstrip(" ")
+        prefix = WRAP_INDENT
+    return rows
+
+
+def terminal_width() -> int:
+    """Columns of the terminal on stdout (``COLUMNS`` wins; 80 when stdout
+    is not a terminal).  Text views wrap at it."""
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def format_history(room: str, lines: Sequence[MessageEvent]) -> list[str]:
@@ -618,7 +702,8 @@ def format_history(room: str, lines: Sequence[MessageEvent]) -> list[str]:
 
 
 def format_whois(name: str, keys: Sequence[KeyInfo]) -> list[str]:
-    """``/whois``: one line per member called ``name``, with its fingerprint."""
+    """``/whois``: one line per member called ``name`` or a name that looks
+    like it, with its fingerprint."""
     if not keys:
         return [f"-- nobody called {clean(name)} is in the room"]
     out = []
@@ -627,9 +712,9 @@ def format_whois(name: str, keys: Sequence[KeyInfo]) -> list[str]:
         if k.self:
             note = "(you)"
         elif k.first:
-            note = "(the first key this node saw with this name)"
+            note = "(the first key this node saw with this name or a look-alike)"
         elif k.fingerprint:
-            note = "(NOT the first key this node saw with this name)"
+            note = "(NOT the first key this node saw with this name or a look-alike)"
         else:
             note = "(no signed message from it yet)"
         if k.equivocated:
@@ -753,7 +838,7 @@ class Renderer:
             if ev.private:
                 to = f" to {clean(ev.to_display)}" if ev.self else ""
                 return f"[private{to}] {line}"
-            return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else line
+            return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else peer_row(line)
         if isinstance(ev, JoinEvent):
             who = self._who(ev.origin, ev.display, ev.name)
             return f"* {who} is here" if ev.via == "presence" else f"* {who} joined"
@@ -954,6 +1039,8 @@ class Output:
             self._write(line)
 
     def _write(self, line: str) -> None:
+        if not self.json_mode:
+            line = "\n".join(wrap_rows(line, terminal_width()))
         try:
             out = sys.stdout
             out.write(line + "\n")

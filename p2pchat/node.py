@@ -39,7 +39,7 @@ from typing import Any
 
 import msgspec
 
-from p2pchat import flood, history, identity, wire
+from p2pchat import flood, history, identity, names, wire
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
 from p2pchat.errors import (
     LineTooLong,
@@ -244,6 +244,29 @@ def check_label(value: str, what: str, max_chars: int) -> str:
     return value
 
 
+def check_name(value: str) -> str:
+    """Validate a display name of ours (``--name``, ``/nick``) by the wire
+    rules for names (``docs/protocol.md`` §5).
+
+    Returns:
+        The name in NFC (:func:`p2pchat.names.normalise`), the form it is
+        sent and shown in.
+
+    Raises:
+        UsageError: empty, longer than 32 code points, blanks at either end,
+            ``#``, or a control, format (zero width, bidi) or other invisible
+            character.
+    """
+    value = names.normalise(value)
+    if len(value) > wire.MAX_NAME_CHARS:
+        raise UsageError(f"name is longer than {wire.MAX_NAME_CHARS} characters")
+    try:
+        names.check_name(value)
+    except names.BadName as exc:
+        raise UsageError(str(exc)) from None
+    return value
+
+
 class _Dialer:
     """Dials one peer with backoff while there is no link to it.
 
@@ -359,7 +382,7 @@ class Node:
         discovery: Discovery | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
-        check_label(config.name, "name", wire.MAX_NAME_CHARS)
+        name = check_name(config.name)
         check_label(config.room, "room", wire.MAX_ROOM_CHARS)
         self.config = config
         if config.broadcast not in ("flood", "tree"):
@@ -395,19 +418,17 @@ class Node:
         self._store_version = 0  # bumped on every line stored
         self._inserts_since_prune = 0
         self._next_prune = 0.0
-        self._name = config.name
+        self._name = name
         self._discovery = discovery
         self._on_event = on_event or (lambda ev: None)
         self._lock = threading.RLock()
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)  # wakes the router
         self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
-        self._roster = Roster(
-            self.node_id, config.name, config.member_timeout_s, config.max_members
-        )
+        self._roster = Roster(self.node_id, name, config.member_timeout_s, config.max_members)
         self._equivocators: OrderedDict[str, str] = OrderedDict()  # origin -> its key
         # (origin, line) -> the line dropped for another under that number
         self._evidence: OrderedDict[tuple[str, int], wire.Chat] = OrderedDict()
-        self._remember_name(config.name, self._identity.key)
+        self._remember_name(name, self._identity.key)
         self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
         self._all_links: set[Link] = set()
@@ -610,7 +631,7 @@ class Node:
         Raises:
             UsageError: the name is invalid.
         """
-        check_label(name, "name", wire.MAX_NAME_CHARS)
+        name = check_name(name)
         if self._closed:
             raise UsageError("the node is closed")
         with self._lock:
@@ -1528,8 +1549,10 @@ class Node:
         """Send a direct message, encrypted end to end, to one member.  Any thread.
 
         Args:
-            to: the member's name, its ``name#abcd`` display, or a prefix
-                of its node id.
+            to: the member's ``name#abcd`` display (resolved by the hex
+                digits, which start its node id and key fingerprint), its
+                name (when no other member's name looks like it), or a
+                prefix of its node id; see :meth:`_resolve`.
             text: the line (the rules of :meth:`send`).
 
         Returns:
@@ -1581,19 +1604,50 @@ class Node:
         return ev
 
     def _resolve(self, who: str) -> str:
-        """The node id of the one other member called ``who`` (a name, a
-        ``name#abcd`` display or a node id prefix)."""
+        """The node id of the one other member ``who`` stands for (lock held).
+
+        ``name#abcd``: the member whose node id (the first hex digits of its
+        key fingerprint) starts with the hex digits after the last ``#`` and
+        whose name looks like ``name`` (:func:`p2pchat.names.confusable`);
+        never a member whose name merely reads so (``#`` is not allowed in
+        names).  A bare name: the member with exactly that name (in NFC), only
+        when no other member's name looks like it.  Else a prefix of at least
+        4 hex digits of a node id.
+
+        Raises:
+            UsageError: nobody, or more than one member, answers to ``who``;
+                or members with look-alike names need their ``#abcd``.
+        """
+        who = names.normalise(who)
         others = [m for m in self._roster.members() if m.node != self.node_id]
-        found = [m for m in others if self._roster.display(m.node) == who]
-        if not found:
+        if "#" in who:
+            name, _, prefix = who.rpartition("#")
+            prefix = prefix.lower()
+            if not 4 <= len(prefix) <= 16 or prefix.strip("0123456789abcdef"):
+                raise UsageError(
+                    f"in {who!r}, '#' must be followed by 4 to 16 hex digits of a key "
+                    "fingerprint, as /who shows them"
+                )
+            found = [
+                m
+                for m in others
+                if m.node.startswith(prefix) and (not name or names.confusable(name, m.name))
+            ]
+        else:
             found = [m for m in others if m.name == who]
-        if not found and len(who) >= 4:
-            found = [m for m in others if m.node.startswith(who)]
+            alike = [m for m in self._roster.lookalikes(self.node_id, who) if m.name != who]
+            if alike:
+                shown = ", ".join(sorted(self._roster.display(m.node) for m in found + alike))
+                raise UsageError(
+                    f"names look like {who!r} ({shown}): say which, with its #fingerprint"
+                )
+            if not found and len(who) >= 4 and not who.strip("0123456789abcdef"):
+                found = [m for m in others if m.node.startswith(who)]
         if not found:
             raise UsageError(f"nobody called {who!r} is in the room (/who lists them)")
         if len(found) > 1:
-            names = ", ".join(sorted(self._roster.display(m.node) for m in found))
-            raise UsageError(f"{len(found)} members are called {who!r}: say which ({names})")
+            names_ = ", ".join(sorted(self._roster.display(m.node) for m in found))
+            raise UsageError(f"{len(found)} members are called {who!r}: say which ({names_})")
         return found[0].node
 
     def _open_direct(self, msg: wire.Direct) -> MessageEvent | None:
@@ -1907,49 +1961,77 @@ class Node:
             return msg.seq <= max(highest, member.name_seq if member else 0)
         return msg.seq + REORDER_ALLOWANCE < highest
 
-    def _remember_name(self, name: str, key: str) -> str:
-        """Trust on first use: the first key seen with ``name`` is kept;
-        returns that key."""
+    def _remember_name(self, name: str, key: str) -> tuple[str, str]:
+        """Trust on first use: the first key seen with ``name`` (NFC) is
+        kept, and so is the first key seen with any name that looks like it,
+        under ``"#" + skeleton`` in the store's name table (``#`` is never in
+        a name).  Returns both first keys."""
         first = self._store.first_key(name)
         if first is None:
             self._store.remember_name(name, key, keep=self._member_names)
-            return key
-        return first
+            first = key
+        like = "#" + names.skeleton(name)
+        first_like = self._store.first_key(like)
+        if first_like is None:  # a new look, or a store from before looks were kept
+            self._store.remember_name(like, first, keep=self._member_names)
+            first_like = first
+        return first, first_like
 
     def _member_names(self) -> set[str]:
-        """The names of the members present (kept when the first-key table
-        is full)."""
-        return {m.name for m in self._roster.members()}
+        """The names of the members present and their ``"#" + skeleton``
+        entries (kept when the first-key table is full)."""
+        members = self._roster.members()
+        return {m.name for m in members} | {"#" + names.skeleton(m.name) for m in members}
 
     def _check_name(self, msg: wire.FloodMessage, events: list[Event]) -> None:
-        """Flag a key that claims a name first seen here with another key."""
-        if self._remember_name(msg.name, msg.key) == msg.key:
+        """Flag a key that claims a name, or a look-alike of one (the same
+        :func:`p2pchat.names.skeleton`), first seen here with another key
+        (trust on first use): it is always shown as ``name#abcd``.  Raise a
+        notice, once per origin and name, for it and for a member that comes
+        in (or renames itself) under a name that looks like another member's.
+        """
+        name = names.normalise(msg.name)
+        first, first_like = self._remember_name(name, msg.key)
+        impostor = first != msg.key or first_like != msg.key
+        if (msg.origin, name) in self._flagged:
             return
-        if (msg.origin, msg.name) in self._flagged:
+        member = self._roster.get(msg.origin)
+        newcomer = member is None or member.name != name
+        lookalikes = self._roster.lookalikes(msg.origin, name) if newcomer else []
+        if not impostor and not lookalikes:
             return
         if len(self._flagged) >= 4096:
             self._flagged.clear()
-        self._flagged.add((msg.origin, msg.name))
-        self._roster.flagged.add(msg.origin)
-        shown = f"{msg.name}#{msg.origin[:4]}"
-        events.append(
-            Notice(
-                text=f"{shown} uses the name {msg.name!r}, which this node first saw with "
-                f"another key: it may not be who you think (/whois {msg.name})",
-                level="warning",
+        self._flagged.add((msg.origin, name))
+        text = f"{name}#{msg.origin[:4]}"
+        if lookalikes:
+            others = ", ".join(sorted(f"{m.name}#{m.node[:4]}" for m in lookalikes[:5]))
+            text += f" has a name that looks like {others}"
+        if impostor:
+            self._roster.flagged.add(msg.origin)
+            text += (" and" if lookalikes else "") + (
+                f" uses the name {name!r}, or one that looks like it, which this node first "
+                "saw with another key"
             )
-        )
+        text += f": it may not be who you think (/whois {name})"
+        events.append(Notice(text=text, level="warning"))
 
     def whois(self, name: str) -> list[KeyInfo]:
-        """The members (us included) called ``name``, with their key
-        fingerprints, and whether each holds the first key this node saw
-        with that name (trust on first use).  Any thread."""
+        """The members (us included) called ``name`` or a name that looks
+        like it (:func:`p2pchat.names.confusable`), with their key
+        fingerprints, and whether each holds the first key this node saw with
+        its name and that look (trust on first use).  Any thread."""
+        name = names.normalise(name.strip())
+        like = "#" + names.skeleton(name)
         with self._lock:
-            first = self._store.first_key(name)
+            first_like = self._store.first_key(like)
             out = []
             for m in self._roster.members():
-                if m.name != name:
+                if m.skeleton != like[1:]:
                     continue
+                first = self._store.first_key(m.name)
+                if first_like is not None and first != first_like:
+                    first = None
                 key = self._identity.key if m.node == self.node_id else self._keys.get(m.node, "")
                 out.append(
                     KeyInfo(

@@ -10,8 +10,9 @@ timed out (see ``docs/protocol.md`` section 9).
 from __future__ import annotations
 
 from collections.abc import Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from p2pchat import names
 from p2pchat.wire import MAX_PRESENCE_EVERY_S
 
 MISSED_PRESENCES = 3.0
@@ -29,9 +30,10 @@ class Member:
 
     Attributes:
         node: node id (16 hex digits).
-        name: display name as last heard.
+        name: display name as last heard, in NFC (:func:`p2pchat.names.normalise`).
         last_seen: monotonic time (s) of the last message from it.
         name_seq: sequence number of the message that gave ``name``.
+        skeleton: :func:`p2pchat.names.skeleton` of ``name`` (kept by the roster).
     """
 
     node: str
@@ -39,6 +41,7 @@ class Member:
     last_seen: float
     name_seq: int = -1
     timeout_s: float = 0.0  # 0: the roster's own
+    skeleton: str = field(default="", compare=False)
 
 
 class Roster:
@@ -71,11 +74,38 @@ class Roster:
         self.max_members = max(2, max_members)
         self.refused = 0
         """Newcomers not taken because the roster was full."""
-        self._members: dict[str, Member] = {self_id: Member(self_id, self_name, float("inf"))}
+        self._members: dict[str, Member] = {}
+        self._skeletons: dict[str, set[str]] = {}  # skeleton -> nodes whose name has it
         self._evicted: list[Member] = []
+        self._add(Member(self_id, names.normalise(self_name), float("inf")))
         self.flagged: set[str] = set()
         """Nodes always shown as ``name#abcd``: their key is not the first
-        this node saw with their name (trust on first use)."""
+        this node saw with their name or a look-alike of it (trust on first
+        use)."""
+
+    def _add(self, member: Member) -> None:
+        member.skeleton = names.skeleton(member.name)
+        self._members[member.node] = member
+        self._skeletons.setdefault(member.skeleton, set()).add(member.node)
+
+    def _drop(self, member: Member) -> None:
+        del self._members[member.node]
+        alike = self._skeletons[member.skeleton]
+        alike.discard(member.node)
+        if not alike:
+            del self._skeletons[member.skeleton]
+
+    def _rename(self, member: Member, name: str) -> None:
+        self._drop(member)
+        member.name = name
+        self._add(member)
+
+    def lookalikes(self, node: str, name: str) -> list[Member]:
+        """The other members (not ``node``) whose names look like ``name``
+        (the same :func:`p2pchat.names.skeleton`), this node included.
+        O(look-alikes)."""
+        skel = names.skeleton(names.normalise(name))
+        return [self._members[n] for n in self._skeletons.get(skel, ()) if n != node]
 
     def __len__(self) -> int:
         return len(self._members)
@@ -107,7 +137,7 @@ class Roster:
         ignored, so lines that arrive out of order never undo a nick change.
         ``every_s``, from a presence: the member's presence interval (clamped
         to ``wire.MAX_PRESENCE_EVERY_S``).  ``linked``: the node ids linked
-        to us directly (never evicted to make room).
+        to us directly (never evicted to make room).  ``name`` is kept in NFC.
 
         Returns:
             ``(is_new, old_name)``: ``is_new`` if the node was not a member;
@@ -119,13 +149,15 @@ class Roster:
         """
         if node == self.self_id:
             return False, None  # only rename_self changes our own name
+        name = names.normalise(name)
         member = self._members.get(node)
         is_new = member is None
         if member is None:
             if len(self._members) >= self.max_members and not self._make_room(now, linked):
                 self.refused += 1
                 return False, None
-            member = self._members[node] = Member(node, name, now, -1 if seq is None else seq)
+            member = Member(node, name, now, -1 if seq is None else seq)
+            self._add(member)
         if every_s > 0:
             every = min(every_s, MAX_PRESENCE_EVERY_S)
             member.timeout_s = max(self.timeout_s, MISSED_PRESENCES * every)
@@ -138,7 +170,7 @@ class Roster:
             member.name_seq = seq
         if member.name != name:
             old = member.name
-            member.name = name
+            self._rename(member, name)
             return False, old
         return False, None
 
@@ -156,7 +188,7 @@ class Roster:
                 best = m
         if best is None:
             return False
-        del self._members[best.node]
+        self._drop(best)
         self._evicted.append(best)
         return True
 
@@ -167,13 +199,16 @@ class Roster:
 
     def rename_self(self, name: str) -> None:
         """Change this node's own display name."""
-        self._members[self.self_id].name = name
+        self._rename(self._members[self.self_id], names.normalise(name))
 
     def remove(self, node: str) -> Member | None:
         """Remove a member that left; returns it, or None if unknown."""
         if node == self.self_id:
             return None
-        return self._members.pop(node, None)
+        member = self._members.get(node)
+        if member is not None:
+            self._drop(member)
+        return member
 
     def expire(self, now: float) -> list[Member]:
         """Remove and return members silent for more than ``timeout_s``."""
@@ -183,16 +218,30 @@ class Roster:
             if m.node != self.self_id and now - m.last_seen > (m.timeout_s or self.timeout_s)
         ]
         for m in gone:
-            del self._members[m.node]
+            self._drop(m)
         return gone
 
     def display(self, node: str, name: str | None = None) -> str:
-        """How to show ``node`` to a person: its name, or ``name#abcd`` (the
-        first four hex digits of its node id) when another member uses the
-        same name, or when it is flagged (see :attr:`flagged`).  ``name``
-        overrides the roster's name (for a node that has just left or is not
-        known)."""
+        """How to show ``node`` to a person: its name (NFC), or ``name#abcd``
+        (the first four hex digits of its node id, which are those of its key
+        fingerprint) when another member's name looks like it (the same name,
+        or a confusable one: :func:`p2pchat.names.confusable`), or when it is
+        flagged (see :attr:`flagged`).  ``name`` overrides the roster's name
+        (for a node that has just left or is not known).  More than four
+        hex digits when a look-alike's node id starts with the same four.
+        O(look-alikes)."""
         member = self._members.get(node)
-        shown = name if name is not None else (member.name if member else node[:8])
-        clash = any(m.node != node and m.name == shown for m in self._members.values())
-        return f"{shown}#{node[:4]}" if clash or node in self.flagged else shown
+        shown = member.name if member else node[:8]
+        if name is not None:
+            shown = names.normalise(name)
+        skel = member.skeleton if member and member.name == shown else names.skeleton(shown)
+        alike = self._skeletons.get(skel, set())
+        if not (len(alike) > 1 or (alike and node not in alike) or node in self.flagged):
+            return shown
+        # Four hex digits, or more while a look-alike's node id starts with
+        # the same ones (a key with chosen first digits is cheap to find).
+        n = 4
+        for other in alike:
+            while n < len(node) and other != node and other[:n] == node[:n]:
+                n += 1
+        return f"{shown}#{node[:n]}"

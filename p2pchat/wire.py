@@ -32,6 +32,7 @@ from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
+from p2pchat import names
 from p2pchat.errors import FrameTooLarge, LocalError, RemoteProtocolError
 
 PROTOCOL_VERSION: Final = 1
@@ -427,19 +428,36 @@ def _check_label(value: str, what: str) -> None:
         raise RemoteProtocolError(f"{what} contains control characters")
 
 
+def check_name(value: str, what: str = "name") -> None:
+    """Validate a display name from the network: valid UTF-8 and the rules
+    of :func:`p2pchat.names.check_name` (no control, format, zero-width,
+    bidi or other invisible characters, no ``#``, no blanks at either end).
+    A name not in NFC is accepted; receivers normalise it before they use it.
+
+    Raises:
+        RemoteProtocolError: code ``bad_name`` (``invalid_utf8`` for a lone
+            surrogate).
+    """
+    _check_text(value, what)
+    try:
+        names.check_name(value, what)
+    except names.BadName as exc:
+        raise RemoteProtocolError(str(exc), "bad_name") from None
+
+
 def _validate(msg: Message) -> None:
     if isinstance(msg, Hello):
-        _check_label(msg.name, "name")
+        check_name(msg.name)
         _check_label(msg.room, "room")
     elif isinstance(msg, Flooded):
-        _check_label(msg.name, "name")
+        check_name(msg.name)
         _check_label(msg.room, "room")
         if isinstance(msg, Chat):
             _check_text(msg.text, "text")
             if has_control_chars(msg.text):
                 raise RemoteProtocolError("text contains a control character or line break")
         elif isinstance(msg, Nick):
-            _check_label(msg.old, "old name")
+            check_name(msg.old, "old name")
         elif isinstance(msg, Leave) and has_control_chars(msg.reason):
             raise RemoteProtocolError("leave reason contains control characters")
     elif isinstance(msg, Sync):

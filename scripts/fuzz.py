@@ -65,7 +65,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from p2pchat import wire
+from p2pchat import names, wire
 from p2pchat.errors import RemoteProtocolError
 
 FeedMode = Literal["whole", "chunks", "bytes"]
@@ -210,6 +210,17 @@ def _label(rng: random.Random, max_chars: int) -> str:
     return "".join(rng.choices(LABEL_CHARS, k=n)).strip() or "x"
 
 
+def _name(rng: random.Random) -> str:
+    """A valid display name: a label without what the name rules refuse
+    (zero width space, a leading combining mark; docs/protocol.md section 5)."""
+    name = _label(rng, wire.MAX_NAME_CHARS).replace("\u200b", "").lstrip("\u0301").strip()
+    try:
+        names.check_name(name)
+    except names.BadName:
+        return "x"
+    return name
+
+
 def _text(rng: random.Random, max_chars: int) -> str:
     r = rng.random()
     n = rng.randint(0, max_chars) if r < 0.05 else rng.randint(0, min(60, max_chars))
@@ -221,7 +232,7 @@ def _common(rng: random.Random) -> dict[str, Any]:
         "id": f"{rng.getrandbits(128):032x}",
         "origin": f"{rng.getrandbits(64):016x}",
         "seq": rng.choice((0, 1, 2**53, rng.randint(0, 1000), rng.randint(0, 2**53))),
-        "name": _label(rng, wire.MAX_NAME_CHARS),
+        "name": _name(rng),
         "room": _label(rng, wire.MAX_ROOM_CHARS),
         "ts": rng.choice((0.0, 1e11, rng.uniform(0, 1e11), 1.7e9 + rng.random())),
         "hops": rng.randint(0, wire.MAX_HOP_LIMIT),
@@ -235,7 +246,7 @@ def random_message(rng: random.Random) -> wire.Message:
         return wire.Hello(
             version=rng.choice((1, 1, 1, 2, 0, -5)),
             node=f"{rng.getrandbits(64):016x}",
-            name=_label(rng, wire.MAX_NAME_CHARS),
+            name=_name(rng),
             room=_label(rng, wire.MAX_ROOM_CHARS),
             port=rng.randint(0, 65535),
         )
@@ -251,7 +262,7 @@ def random_message(rng: random.Random) -> wire.Message:
     if kind == 5:
         return wire.Leave(reason=_text(rng, 32), **common)
     if kind == 6:
-        return wire.Nick(old=_label(rng, wire.MAX_NAME_CHARS), **common)
+        return wire.Nick(old=_name(rng), **common)
     addrs = [".".join(str(rng.randint(0, 255)) for _ in range(4)) for _ in range(rng.randint(0, 8))]
     return wire.Presence(addrs=addrs, port=rng.randint(0, 65535), **common)
 

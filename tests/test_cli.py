@@ -195,6 +195,11 @@ def test_names_at_the_limits_are_fine() -> None:
             check_label(bad, "name", 32)
         with pytest.raises(UsageError):
             cli.validate_name(bad)
+    # Names only: no '#', nothing invisible (docs/protocol.md section 5).
+    for bad in ["alice#2d96", "alice\u200b", "\u202ealice"]:
+        with pytest.raises(UsageError):
+            cli.validate_name(bad)
+    assert cli.validate_name("jose\u0301") == "jos\u00e9"
 
 
 def test_scripted_mode_needs_a_name(
@@ -240,7 +245,8 @@ def test_render_events() -> None:
     r = cli.Renderer()
     assert r.render(_msg("hello")) == "alice: hello"
     assert r.render(_msg("hello", mine=True)) == "alice: hello"
-    assert r.render(_msg("waves", action=True)) == "* alice waves"
+    # An action starts one column right: "* " at column 0 is this node's own news.
+    assert r.render(_msg("waves", action=True)) == " * alice waves"
     assert r.render(_msg("hi", display="alice#3f2a")) == "alice#3f2a: hi"
     assert r.render(JoinEvent(origin=B_ID, name="bob", display="bob")) == "* bob joined"
     assert r.render(JoinEvent(origin=B_ID, name="bob", via="presence")) == "* bob is here"
@@ -481,7 +487,7 @@ def test_scripted_text_commands(
     assert "-- 2 in lobby: alice (you), bob*   (* = linked directly)" in lines
     assert any(line.startswith("--   bob  127.0.0.1:7421  out") for line in lines)
     assert "* alice is now known as robert" in lines
-    assert "* robert dances" in lines
+    assert " * robert dances" in lines
     assert "robert: /not a command" in lines
     assert "!! usage: /nick NEW" in lines
     assert "!! usage: /me ACTION" in lines
@@ -684,7 +690,7 @@ def test_plain_text_mode(spawn: Callable[..., NodeProcess]) -> None:
     alice.wait_line(lambda line: line == f"bob: hello {UNICODE_TEXT}", "bob's line")
     alice.send_line("/me waves")
     assert bob.wait_event("message", text="waves")["action"] is True
-    alice.wait_line(lambda line: line == "* alice waves", "our own action line")
+    alice.wait_line(lambda line: line == " * alice waves", "our own action line")
     alice.send_line("/who")
     alice.wait_line(lambda line: line.startswith("-- 2 in "), "the /who reply")
     bob.send_line("/quit")
@@ -1041,8 +1047,9 @@ def test_scripted_input_lines_from_a_pipe() -> None:
 
 
 def test_a_long_catch_up_shows_only_its_latest_earlier_lines_in_order(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
     out = cli.Output(json_mode=False)
     printed = ""
     try:
@@ -1074,10 +1081,10 @@ def test_a_long_catch_up_shows_only_its_latest_earlier_lines_in_order(
     printed += capsys.readouterr().out
     lines = printed.splitlines()
     assert lines[0] == "alice: live while catching up"  # live lines do not wait
-    assert lines[1] == (
-        "-- 120 earlier lines came in; the latest 50 follow "
-        "(/history 120 shows them all in their place)"
-    )
-    assert [line.split(") ", 1)[1] for line in lines[2:]] == [
+    assert lines[1:3] == [  # wrapped at 80 columns, the rest indented
+        "-- 120 earlier lines came in; the latest 50 follow (/history 120 shows them",
+        "    all in their place)",
+    ]
+    assert [line.split(") ", 1)[1] for line in lines[3:]] == [
         f"bob: old {n}" for n in range(71, 121)
     ]

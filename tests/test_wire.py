@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pchat import names
 from p2pchat.errors import FrameTooLarge, RemoteProtocolError
 from p2pchat.wire import (
     MAX_FRAME_BYTES,
@@ -166,6 +167,36 @@ def test_non_ascii_names_and_rooms_survive_intact() -> None:
     assert decode_all(encode_frame(msg)) == [msg]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "alice\u200b",  # zero width space
+        "\u202ealice",  # right-to-left override
+        "ali\u2066ce",  # left-to-right isolate
+        "alice#2d96",  # reads like another member's display
+        "al\u00adice",  # soft hyphen
+        "alice\ufe0f",  # variation selector after a letter
+        "\u3164",  # Hangul filler
+    ],
+)
+def test_names_with_invisible_characters_or_hash_are_refused(bad: str) -> None:
+    frames: list[Message] = [
+        Hello(version=1, node=NODE_B, name=bad, room="lobby", port=0),
+        Chat(**{**COMMON, "name": bad}, text="hi"),
+        Nick(**COMMON, old=bad),
+    ]
+    for msg in frames:
+        with pytest.raises(RemoteProtocolError) as err:
+            decode_body(encode_frame(msg)[4:])
+        assert err.value.code == "bad_name"
+
+
+def test_a_name_not_in_nfc_is_accepted_as_sent() -> None:
+    nfd = "jose\u0301"
+    (got,) = decode_all(encode_frame(Chat(**{**COMMON, "name": nfd}, text="hi")))
+    assert isinstance(got, Chat) and got.name == nfd  # signed as sent; shown in NFC
+
+
 def test_longest_line_is_accepted_in_code_points_not_bytes() -> None:
     text = "😀" * MAX_TEXT_CHARS  # 8000 UTF-8 bytes, 2000 code points
     (got,) = decode_all(encode_frame(Chat(**COMMON, text=text)))
@@ -233,6 +264,20 @@ def labels(max_size: int) -> st.SearchStrategy[str]:
     return st.text(chars, min_size=1, max_size=max_size).map(str.strip).filter(bool)
 
 
+def _name_ok(name: str) -> bool:
+    try:
+        names.check_name(name)
+    except names.BadName:
+        return False
+    return True
+
+
+def display_names(max_size: int) -> st.SearchStrategy[str]:
+    # Labels that are also valid names: no '#', no leading combining mark,
+    # no variation selector after a letter...
+    return labels(max_size).filter(_name_ok)
+
+
 hex_digits = "0123456789abcdef"
 node_ids = st.text(st.sampled_from(hex_digits), min_size=16, max_size=16)
 message_ids = st.text(st.sampled_from(hex_digits), min_size=32, max_size=32)
@@ -242,7 +287,7 @@ chats = st.builds(
     id=message_ids,
     origin=node_ids,
     seq=st.integers(0, 2**53),
-    name=labels(32),
+    name=display_names(32),
     room=labels(48),
     ts=st.floats(0, 1e11, allow_nan=False, allow_infinity=False),
     hops=st.integers(0, 64),
