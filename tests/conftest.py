@@ -327,6 +327,27 @@ class RawPeer:
         out, self.backlog = self.backlog, []
         return out
 
+    def talk_until_closed(self, timeout_s: float = 10.0, every_s: float = 0.2) -> float:
+        """Send a keepalive every ``every_s`` seconds, as a live honest peer
+        does, and read until the node closes the link; return the seconds it
+        took; fail after ``timeout_s``.  Unlike :meth:`wait_closed`, the link
+        cannot die of silence meanwhile: only a rule of the node can close it."""
+        start = time.monotonic()
+        keepalive = wire.encode_frame(wire.Keepalive())
+        self.sock.settimeout(every_s)
+        while time.monotonic() - start < timeout_s:
+            try:
+                self.sock.sendall(keepalive)
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # reset, broken pipe: closed
+                return time.monotonic() - start
+            if not data:
+                return time.monotonic() - start
+            self.backlog += self.decoder.feed(data)
+        pytest.fail(f"the node did not close the link within {timeout_s} s")
+
     def wait_closed(self, timeout_s: float = 10.0) -> float:
         """Wait until the node closes the link; return the seconds it took."""
         start = time.monotonic()

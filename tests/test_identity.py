@@ -14,9 +14,9 @@ from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, wait_for
 
 from p2pchat import cli, identity, wire
 from p2pchat.errors import StoreError, UsageError
-from p2pchat.events import KeyInfo, MessageEvent, Notice
+from p2pchat.events import KeyInfo, MessageEvent, Notice, PeerDown
 from p2pchat.identity import KEY_FILE, Identity
-from p2pchat.node import Node
+from p2pchat.node import BAD_SIGNATURES_PER_LINK, Node
 
 
 def test_keys_sign_and_check() -> None:
@@ -86,17 +86,34 @@ def test_forged_tampered_and_unsigned_lines_are_dropped(cluster: Cluster) -> Non
 
 
 def test_a_link_bringing_many_bad_signatures_is_closed(cluster: Cluster) -> None:
+    """The peer stays alive (keepalives all along, past the 1.5 s link
+    timeout): only the bad-signature rule can close its link."""
     node = cluster.add("alice", link=FAST_LINK)
     friend = cluster.add("bob", peers=[node], link=FAST_LINK)
     peer = joined(cluster)
+    keepalive = wire.encode_frame(wire.Keepalive())
     try:
         with contextlib.suppress(OSError):  # the node may close the link meanwhile
             for i in range(20):
                 msg = peer.message(wire.Chat, cluster.room, text=f"x{i}")
                 peer.send(wire.encode_frame(msgspec.structs.replace(msg, text=f"y{i}")))
-        peer.wait_closed()
+                peer.send(keepalive)
+        took = peer.talk_until_closed(timeout_s=3 * FAST_LINK.link_timeout_s)
     finally:
         peer.close()
+    assert took < FAST_LINK.link_timeout_s  # closed for the signatures, not for silence
+    refused = node.stats().frames_refused
+    assert refused["bad_signature"] >= BAD_SIGNATURES_PER_LINK
+    assert not {f"y{i}" for i in range(20)} & set(cluster.recorders[0].texts())
+    wait_for(
+        lambda: any(
+            isinstance(e, PeerDown) and e.peer == peer.node_id and "signature" in e.reason
+            for e in cluster.recorders[0].events
+        ),
+        5,
+        "the link closed for its signatures",
+    )
+    assert "keepalive_timeout" not in node.stats().links_refused
     line = friend.send("still chatting")
     wait_for(lambda: line.id in {m.id for m in cluster.recorders[0].messages()}, 5, "bob's line")
 
