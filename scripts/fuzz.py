@@ -1301,14 +1301,17 @@ class LiveFuzz:
                     link.closed.set()
             if len(self.errors.records) > len(tally.internal_errors):
                 for rec in self.errors.records[len(tally.internal_errors) :]:
-                    tally.internal_errors.append(f"after case {i}: {rec}")
+                    tally.internal_errors.append(
+                        f"after case {i} (seed {self.seed}): {rec}; sent {data[:400].hex()}"
+                    )
             if progress and i and i % 10_000 == 0:
                 rate = i / (time.perf_counter() - start)
                 print(f"  {i} live cases, {rate:,.0f}/s", file=sys.stderr)
         self.send_honest(honest_n)
         tally.seconds = time.perf_counter() - start
         self._check_honest()
-        tally.internal_errors = self.errors.records[:]
+        for rec in self.errors.records[len(tally.internal_errors) :]:
+            tally.internal_errors.append(f"at the end: {rec}")
         self._check_links()
         stats = self.target.stats()
         tally.target_stats = {
@@ -1400,6 +1403,8 @@ def print_live(seed: int, t: LiveTally, as_json: bool) -> None:
             seconds=round(t.seconds, 2),
             cases_per_s=round(rate),
             honest_lost=t.honest_lost[:20],
+            internal_errors=t.internal_errors[:20],
+            problems=t.problems[:20],
             honest_lost_count=len(t.honest_lost),
             ops=dict(t.ops.most_common()),
             kinds=dict(t.kinds.most_common()),
