@@ -49,8 +49,8 @@ A bug is an honest line that does not reach the target and the watcher
 exactly once, an ERROR logged by p2pchat (an internal error), an honest link
 closed for a protocol error, or the target no longer reading.  The target's
 rate limits are raised so that cases reach the checks behind them, and its
-history window is small (``--window``, 500 lines) so that attacks on the
-window show within a short run.
+history window is small (``--window``, 20 lines) so that attacks on the
+window show within a run.
 
 Output: counts per outcome, per input kind, per error code and per error reason
 (the first words of the message, numbers replaced by ``N``), and cases per
@@ -1560,8 +1560,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--window",
         type=int,
-        default=500,
-        help="with --live: the target's history window, in lines (500)",
+        default=20,
+        help="with --live: the target's history window, in lines (20: small, so that "
+        "attacks on the window show within a run)",
     )
     args = parser.parse_args(argv)
     if args.cases < 0:
