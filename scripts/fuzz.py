@@ -1324,13 +1324,18 @@ class LiveFuzz:
     def _shown(self, who: str) -> Counter[str]:
         return Counter(e.id for e in list(self._events[who]) if isinstance(e, self._MessageEvent))
 
-    def _check_honest(self, timeout_s: float = 20.0) -> None:
+    def _check_honest(self, timeout_s: float = 20.0, stalled_s: float = 3.0) -> None:
+        """Wait for every honest line at the target and the watcher: at most
+        ``timeout_s``, and no longer than ``stalled_s`` without a new one."""
         wanted = set(self.honest_ids)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        got, moved = -1, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - moved < stalled_s:
             at_t, at_w = self._shown("target"), self._shown("watcher")
             if wanted <= set(at_t) and wanted <= set(at_w):
                 break
+            if len(at_t) + len(at_w) != got:
+                got, moved = len(at_t) + len(at_w), time.monotonic()
             time.sleep(0.05)
         at_t, at_w = self._shown("target"), self._shown("watcher")
         t = self.tally
