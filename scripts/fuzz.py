@@ -37,6 +37,21 @@ says they are protocol errors (invalid UTF-8, a lone surrogate escape) are
 counted as *spec deviations*; they are reported, and fail the run only with
 ``--strict``.
 
+``--live`` fuzzes a running node instead (:func:`run_live`): a target node,
+an honest node and a watcher, in this process on 127.0.0.1, the honest node
+and the watcher linked to the target only; an attacker links to the target
+from 127.0.0.x with its own keys and sends it valid *signed* frames of every
+kind (chat, join, presence, nick, leave, direct, ihave, graft, prune, sync,
+lines, ack), mutated: fields changed (id, origin, seq, line, hlc, hops, name,
+text, key, sig, room, ts; re-signed half the time), bits flipped, truncated,
+duplicated, reordered, spliced.  The honest node sends a line every 50 cases.
+A bug is an honest line that does not reach the target and the watcher
+exactly once, an ERROR logged by p2pchat (an internal error), an honest link
+closed for a protocol error, or the target no longer reading.  The target's
+rate limits are raised so that cases reach the checks behind them, and its
+history window is small (``--window``, 20 lines) so that attacks on the
+window show within a run.
+
 Output: counts per outcome, per input kind, per error code and per error reason
 (the first words of the message, numbers replaced by ``N``), and cases per
 second.  ``--json`` prints one JSON object instead.  Examples::
@@ -44,18 +59,24 @@ second.  ``--json`` prints one JSON object instead.  Examples::
     python scripts/fuzz.py                     # 100,000 cases, seed 1
     python scripts/fuzz.py --cases 1000000 --seed 7 --json
     python scripts/fuzz.py --seed 7 --case 4242  # replay one case, verbosely
+    python scripts/fuzz.py --live --cases 100000  # mutated signed frames, live node
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import itertools
 import json
+import logging
 import random
 import re
+import socket
 import string
 import struct
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -638,6 +659,802 @@ def spec_deviation(body: bytes) -> str | None:
     return None
 
 
+# -- live: mutated signed frames against a running node --------------------------------------
+
+LIVE_KINDS: Final = (
+    "chat",
+    "chat",
+    "chat",
+    "join",
+    "presence",
+    "nick",
+    "leave",
+    "direct",
+    "ihave",
+    "graft",
+    "prune",
+    "sync",
+    "lines",
+    "lines",
+    "ack",
+    "keepalive",
+)
+"""The frames a live case starts from (chat lines weighted up: they are stored)."""
+
+LIVE_FLOODED_FIELDS: Final = (
+    "id",
+    "origin",
+    "seq",
+    "line",
+    "hlc",
+    "hops",
+    "name",
+    "text",
+    "key",
+    "sig",
+    "room",
+    "ts",
+    "every",
+    "dh",
+    "old",
+    "to",
+)
+
+HONEST_EVERY: Final = 50
+"""The honest node sends one line every this many live cases."""
+
+SOURCE_ADDRESSES: Final = tuple(f"127.0.0.{n}" for n in range(2, 34))
+"""Where the attacker's links come from (127.0.0.0/8 only): one address at a
+time, moving on at every new link, so that per-address limits meet a fresh
+address (the honest nodes use 127.0.0.1)."""
+
+
+@dataclass
+class _Sender:
+    """An origin the attacker signs for: its key and counters."""
+
+    identity: Any  # p2pchat.identity.Identity (imported lazily)
+    seq: int = 0
+    line: int = 0
+
+
+@dataclass
+class LiveTally:
+    """Counts over a live run."""
+
+    cases: int = 0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    ops: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    links_opened: int = 0
+    links_closed_by_node: int = 0
+    links_refused: int = 0
+    honest_sent: int = 0
+    honest_at_target: int = 0
+    honest_at_watcher: int = 0
+    honest_lost: list[str] = field(default_factory=list)
+    duplicates_shown: int = 0
+    internal_errors: list[str] = field(default_factory=list)
+    honest_links_dropped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    target_stats: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps every ERROR (or worse) record of the ``p2pchat`` loggers: an
+    internal error of the node under attack (an exception in a link's reader
+    or the router) is logged there, and is a bug."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        self.records.append(f"{record.name}: {text}")
+
+
+class _AttackLink:
+    """The attacker's end of one link to the target: a raw socket from a
+    127.0.0.x address, the handshake done by hand with its own key, and a
+    thread that drains (and keeps the last flooded messages of) what the
+    target sends.  Not thread-safe for sending: the fuzz loop alone sends."""
+
+    def __init__(self, target: Any, room: str, source: str, identity: Any) -> None:
+        self.identity = identity
+        port = target.port
+        self.seen: list[wire.FloodMessage] = []  # the target's last flooded messages
+        self.closed = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(5.0)
+        self.sock.bind((source, 0))
+        self.sock.connect(("127.0.0.1", port))
+        nonce = f"{random.getrandbits(128):032x}"
+        hello = wire.Hello(
+            version=wire.PROTOCOL_VERSION,
+            node=identity.node_id,
+            name="fuzz",
+            room=room,
+            port=0,
+            features=["history", "tree"],
+            nonce=nonce,
+            key=identity.key,
+        )
+        self.sock.sendall(wire.encode_frame(hello))
+        decoder = wire.FrameDecoder()
+        theirs: wire.Message | None = None
+        early: list[wire.Message] = []
+        while theirs is None:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the target closed the link in the handshake")
+            for m in decoder.feed(data):
+                if theirs is None and isinstance(m, wire.Hello | wire.Refuse):
+                    theirs = m
+                else:
+                    early.append(m)
+        if isinstance(theirs, wire.Refuse):
+            raise ConnectionError(f"refused: {theirs.code}")
+        assert isinstance(theirs, wire.Hello)
+        proof = identity.sign(wire.proof_bytes(theirs.nonce, identity.node_id, theirs.node, room))
+        self.sock.sendall(wire.encode_frame(wire.Proof(sig=proof)))
+        self._decoder = decoder
+        self._keep(early)
+        # (the 5 s timeout serves both the drain and the sends: close() wakes the drain)
+        self._reader = threading.Thread(target=self._drain, name="fuzz-drain", daemon=True)
+        self._reader.start()
+        # The target's end of this link: its frame counter tells when the
+        # target has taken what we sent (a frame is handled on the link's
+        # reader thread before the next one is read).
+        deadline = time.monotonic() + 5.0
+        while (remote := target._links.get(identity.node_id)) is None:
+            if self.closed.is_set() or time.monotonic() > deadline:
+                self.close()
+                raise ConnectionError("the target did not bring the link up")
+            time.sleep(0.001)
+        self.remote = remote
+        self.expected: int = remote.frames_in
+
+    def settle(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the target has read every frame sent, or closed the
+        link; False if it did neither within ``timeout_s`` (it stopped reading)."""
+        remote = self.remote
+        deadline = time.monotonic() + timeout_s
+        spins = 0
+        while remote.frames_in < self.expected:
+            if remote._close_reason is not None or remote.done.is_set() or self.closed.is_set():
+                self.closed.set()
+                return True
+            spins += 1
+            if spins > 20 and time.monotonic() > deadline:
+                return False
+            time.sleep(0.0001 if spins < 1000 else 0.001)
+        return True
+
+    def _keep(self, msgs: list[wire.Message]) -> None:
+        for m in msgs:
+            if isinstance(m, wire.Chat | wire.Join | wire.Presence | wire.Nick | wire.Leave):
+                self.seen.append(m)
+            elif isinstance(m, wire.Lines):
+                self.seen += m.lines[:4]
+        if len(self.seen) > 64:
+            del self.seen[:-64]
+
+    def _drain(self) -> None:
+        try:
+            while not self.closed.is_set():
+                try:
+                    data = self.sock.recv(262144)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                try:
+                    self._keep(self._decoder.feed(data))
+                except RemoteProtocolError:
+                    self._decoder = wire.FrameDecoder()  # our own junk echoed? never: resync
+        except OSError:
+            pass
+        self.closed.set()
+
+    def send(self, data: bytes, frames: int) -> bool:
+        """Send ``data``, holding ``frames`` whole frames; False if the
+        target has closed the link."""
+        if self.closed.is_set():
+            return False
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise
+        except OSError:
+            self.closed.set()
+            return False
+        self.expected += frames
+        return True
+
+    def close(self) -> None:
+        self.closed.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._reader.join(2.0)
+
+
+class LiveFuzz:
+    """One live run: a target node, an honest node and a watcher linked to
+    it (all in this process, on 127.0.0.1), and an attacker sending mutated
+    signed frames to the target over raw links.
+
+    Args:
+        seed: the run's seed (case ``i`` is generated from ``seed`` and ``i``;
+            what the target does with it also depends on what came before).
+        window: the target's history window in lines (small, so that attacks
+            on the window show within a short run).
+    """
+
+    def __init__(self, seed: int, window: int) -> None:
+        from p2pchat import identity as identity_mod
+        from p2pchat.events import MessageEvent, PeerDown
+        from p2pchat.node import Node, NodeConfig
+
+        self._identity_mod = identity_mod
+        self._MessageEvent = MessageEvent
+        self._PeerDown = PeerDown
+        self.seed = seed
+        self.room = f"fuzz-{seed}-{random.getrandbits(24):06x}"
+        self.tally = LiveTally()
+        self.errors = _ErrorLog()
+        logging.getLogger("p2pchat").addHandler(self.errors)
+        self._events: dict[str, list[Any]] = {"target": [], "honest": [], "watcher": []}
+        common: dict[str, Any] = {
+            "room": self.room,
+            "port": 0,
+            "interfaces": ["127.0.0.1"],
+            "redial_min_s": 0.1,
+            "redial_max_s": 1.0,
+        }
+        # The target's rate limits are raised so that cases reach the checks
+        # behind them (the limits have tests of their own).
+        self.target = Node(
+            NodeConfig(
+                name="target",
+                link_rate_per_s=1e6,
+                link_burst=1e6,
+                origin_rate_per_s=1e6,
+                origin_burst=1e6,
+                history_max_lines=window,
+                **common,
+            ),
+            on_event=self._events["target"].append,
+        )
+        self.target.start()
+        peer = [("127.0.0.1", self.target.port)]
+        self.honest = Node(
+            NodeConfig(name="honest", peers=peer, **common),
+            on_event=self._events["honest"].append,
+        )
+        self.watcher = Node(
+            NodeConfig(name="watcher", peers=peer, **common),
+            on_event=self._events["watcher"].append,
+        )
+        self.honest.start()
+        self.watcher.start()
+        self._nodes = [self.target, self.honest, self.watcher]
+        self.honest_ids: list[str] = []
+        self.senders = [_Sender(identity_mod.Identity.generate()) for _ in range(6)]
+        self._link: _AttackLink | None = None
+        self._source = 0
+        self._sent_ids: list[str] = []
+
+    # -- set-up and tear-down
+
+    def wait_linked(self, timeout_s: float = 15.0) -> None:
+        """Wait until the honest node and the watcher are linked to the target."""
+        deadline = time.monotonic() + timeout_s
+        while not (
+            self.target.has_link(self.honest.node_id) and self.target.has_link(self.watcher.node_id)
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the honest node and the watcher did not link to the target")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        for node in self._nodes:
+            node.close()
+        logging.getLogger("p2pchat").removeHandler(self.errors)
+
+    def _attack_link(self) -> _AttackLink | None:
+        link = self._link
+        if link is not None and not link.closed.is_set():
+            return link
+        if link is not None:
+            link.close()
+            self.tally.links_closed_by_node += 1
+            self._link = None
+        for _ in range(len(SOURCE_ADDRESSES)):
+            source = SOURCE_ADDRESSES[self._source % len(SOURCE_ADDRESSES)]
+            self._source += 1
+            try:
+                ident = self._identity_mod.Identity.generate()
+                self._link = _AttackLink(self.target, self.room, source, ident)
+            except (OSError, ConnectionError) as exc:
+                self.tally.links_refused += 1
+                if self.tally.links_refused <= 3:
+                    print(f"attacker link from {source} refused: {exc}", file=sys.stderr)
+                continue
+            self.tally.links_opened += 1
+            return self._link
+        return None
+
+    # -- making valid signed frames
+
+    def _now_us(self) -> int:
+        return int(time.time() * 1e6)
+
+    def _envelope(self, rng: random.Random, sender: _Sender) -> dict[str, Any]:
+        sender.seq += 1
+        return {
+            "id": f"{rng.getrandbits(128):032x}",
+            "origin": sender.identity.node_id,
+            "seq": sender.seq,
+            "name": rng.choice(("mallory", "eve", "honest", "target", "watcher", _label(rng, 16))),
+            "room": self.room,
+            "ts": time.time(),
+            "hops": rng.randint(1, wire.DEFAULT_HOP_LIMIT),
+        }
+
+    def _sign(self, msg: wire.F, ident: Any) -> wire.F:
+        msg = msgspec.structs.replace(msg, key=ident.key)
+        return msgspec.structs.replace(msg, sig=ident.sign(wire.signing_bytes(msg)))
+
+    def _chat(self, rng: random.Random, sender: _Sender) -> wire.Chat:
+        sender.line += 1
+        line = sender.line if rng.random() < 0.9 else 0
+        return self._sign(
+            wire.Chat(
+                text=_text(rng, 200) or "x",
+                action=rng.random() < 0.1,
+                line=line,
+                hlc=self._now_us() - rng.randint(0, 5_000_000),
+                **self._envelope(rng, sender),
+            ),
+            sender.identity,
+        )
+
+    def _flooded(self, rng: random.Random, kind: str, sender: _Sender) -> wire.FloodMessage:
+        env = self._envelope(rng, sender)
+        ident = sender.identity
+        if kind == "chat":
+            sender.seq -= 1
+            return self._chat(rng, sender)
+        if kind == "join":
+            return self._sign(wire.Join(dh=ident.dh, **env), ident)
+        if kind == "presence":
+            return self._sign(
+                wire.Presence(
+                    addrs=["127.0.0.1"],
+                    port=rng.choice((0, 1, 65535, self.target.port)),
+                    dh=ident.dh,
+                    every=rng.choice((0.0, 1.0, 3.0, 30.0, 600.0, 3600.0)),
+                    **env,
+                ),
+                ident,
+            )
+        if kind == "nick":
+            return self._sign(wire.Nick(old=_label(rng, 16), **env), ident)
+        if kind == "leave":
+            return self._sign(wire.Leave(**env), ident)
+        # A direct message to the target, sealed for real or junk inside.
+        aad = f"{env['id']}:{env['origin']}:{self.target.node_id}".encode()
+        plain = rng.choice(
+            (
+                b"\x00" + _text(rng, 100).encode(),
+                b"\x01hi",
+                b"",
+                b"\x00\xff\xfe",
+                b"\x00a\x1b[2Jb",
+                b"\x00" + b"x" * 2001,
+            )
+        )
+        eph, box = self._identity_mod.seal(self.target._identity.dh, plain, aad)
+        return self._sign(wire.Direct(to=self.target.node_id, eph=eph, box=box, **env), ident)
+
+    def _known_ids(self, rng: random.Random) -> list[str]:
+        pool = self.honest_ids[-20:] + self._sent_ids[-20:]
+        if not pool or rng.random() < 0.2:
+            return [f"{rng.getrandbits(128):032x}" for _ in range(rng.randint(1, 4))]
+        return [rng.choice(pool) for _ in range(rng.randint(1, 4))]
+
+    def _base(self, rng: random.Random, kind: str, seen: list[wire.FloodMessage]) -> Any:
+        """A valid message of ``kind`` (signed where it is signed)."""
+        sender = rng.choice(self.senders)
+        if kind in ("chat", "join", "presence", "nick", "leave", "direct"):
+            if seen and rng.random() < 0.25:
+                return rng.choice(seen)  # a message the target relayed to us (honest or not)
+            return self._flooded(rng, kind, sender)
+        if kind == "ihave":
+            ids = self._known_ids(rng)
+            hops = [rng.randint(0, 64) for _ in ids] if rng.random() < 0.7 else []
+            return wire.IHave(ids=ids, hops=hops)
+        if kind == "graft":
+            return wire.Graft(ids=self._known_ids(rng))
+        if kind == "prune":
+            return wire.Prune()
+        if kind == "sync":
+            have = [
+                wire.Have(
+                    rng.choice([*self.senders, sender]).identity.node_id
+                    if rng.random() < 0.7
+                    else self.honest.node_id,
+                    rng.randint(0, 5),
+                    rng.randint(0, 50),
+                    rng.choice((0, self._now_us(), 2**53)),
+                )
+                for _ in range(rng.randint(0, 4))
+            ]
+            since = rng.choice((0, self._now_us() - 10**9, self._now_us(), 2**53))
+            return wire.Sync(room=self.room, since=since, have=have)
+        if kind == "lines":
+            lines: list[wire.Chat] = [
+                self._chat(rng, rng.choice(self.senders)) for _ in range(rng.randint(1, 4))
+            ]
+            chats = [m for m in seen if isinstance(m, wire.Chat)]
+            if chats and rng.random() < 0.3:
+                lines.append(rng.choice(chats))
+            return wire.Lines(batch=rng.randint(1, 5), lines=lines)
+        if kind == "ack":
+            return wire.Ack(batch=rng.choice((1, 2, 3, rng.randint(1, 2**53))))
+        return wire.Keepalive()
+
+    # -- mutations
+
+    def _mutate_field(self, rng: random.Random, msg: Any) -> tuple[Any, str]:
+        """One field of a flooded message changed; re-signed half the time
+        (by the key of the origin it now claims, when the attacker has it)."""
+        names = [f for f in LIVE_FLOODED_FIELDS if f in type(msg).__struct_fields__]
+        name = rng.choice(names)
+        now = self._now_us()
+        other = rng.choice(self.senders)
+        value: Any
+        if name == "id":
+            value = rng.choice([*self._known_ids(rng), f"{rng.getrandbits(128):032x}"])
+        elif name == "origin":
+            value = rng.choice(
+                (
+                    other.identity.node_id,
+                    self.target.node_id,
+                    self.honest.node_id,
+                    self.watcher.node_id,
+                    f"{rng.getrandbits(64):016x}",
+                )
+            )
+        elif name == "seq":
+            value = rng.choice((0, 1, msg.seq - 100, msg.seq + 1000, 2**53, 2**53 + 1, -1))
+        elif name == "line":
+            value = rng.choice((0, 1, max(0, msg.line - 1), msg.line + 1000, 2**53, -1))
+        elif name == "hlc":
+            value = rng.choice(
+                (
+                    0,
+                    1,
+                    now + 3_600 * 10**6,  # an hour ahead
+                    now + 200 * 365 * 86_400 * 10**6,  # the year 2225
+                    now - 8 * 86_400 * 10**6,  # outside the age limit
+                    2**53,
+                    2**53 + 1,
+                )
+            )
+        elif name == "hops":
+            value = rng.choice((0, 1, 2, wire.MAX_HOP_LIMIT, wire.MAX_HOP_LIMIT + 1, 255, -1))
+        elif name in ("name", "old"):
+            value = rng.choice(
+                (
+                    "",
+                    "honest",
+                    "h\u043enest",  # Cyrillic o
+                    "honest\u200b",
+                    "\u202ehonest",
+                    f"honest#{self.honest.node_id[:4]}",
+                    "a\nb",
+                    "x" * 33,
+                    " lead",
+                )
+            )
+        elif name == "text":
+            value = rng.choice(("", "changed", "x" * 2001, "a\x1b[2Jb", "\u202e", "ok" + " " * 80))
+        elif name == "key":
+            value = rng.choice((other.identity.key, "", "0" * 64, "zz", msg.key[:-1]))
+        elif name == "sig":
+            sig = msg.sig or "0" * 128
+            flipped = sig[:-1] + ("0" if sig[-1] != "0" else "1")
+            value = rng.choice((flipped, "", "0" * 128, "0" * 127))
+        elif name == "room":
+            value = rng.choice(("other", "", self.room + " ", "x" * 49))
+        elif name == "ts":
+            value = rng.choice((0.0, -1.0, 1e11, 1e12, float("nan"), time.time() + 86400))
+        elif name == "every":
+            value = rng.choice((0.0, 0.001, 3600.0, 1e9, -1.0))
+        elif name == "dh":
+            value = rng.choice(("", "0" * 64, other.identity.dh, "x"))
+        else:  # "to"
+            value = rng.choice((self.honest.node_id, f"{rng.getrandbits(64):016x}", "x"))
+        try:
+            out = msgspec.structs.replace(msg, **{name: value})
+        except (TypeError, ValueError):
+            return msg, "field_unchanged"
+        if rng.random() < 0.5:
+            claimed = next(
+                (s.identity for s in self.senders if s.identity.node_id == out.origin), None
+            )
+            if claimed is not None and name not in ("key", "sig"):
+                return self._sign(out, claimed), f"field_{name}_resigned"
+        return out, f"field_{name}"
+
+    def _body(self, msg: Any) -> bytes | None:
+        try:
+            return wire.encode_body(msg)
+        except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
+            return None
+
+    def case(self, index: int) -> tuple[list[bytes], bool]:
+        """The frames of live case ``index`` (one to four, maybe spliced), and
+        whether the last one is cut short (then the attacker hangs up after it)."""
+        rng = random.Random(self.seed * 1_000_003 + index)
+        link = self._link
+        seen = list(link.seen) if link is not None else []
+        kind = rng.choice(LIVE_KINDS)
+        self.tally.kinds[kind] += 1
+        msg = self._base(rng, kind, seen)
+        r = rng.random()
+        op = "valid"
+        flooded = isinstance(msg, wire.Chat | wire.Join | wire.Leave | wire.Nick | wire.Presence)
+        flooded = flooded or isinstance(msg, wire.Direct)
+        if flooded and r < 0.45:
+            msg, op = self._mutate_field(rng, msg)
+            if flooded and rng.random() < 0.2:
+                msg, op2 = self._mutate_field(rng, msg)
+                op = f"{op}+{op2.split('_', 1)[1]}"
+        elif isinstance(msg, wire.Lines) and r < 0.45:
+            i = rng.randrange(len(msg.lines))
+            changed, op = self._mutate_field(rng, msg.lines[i])
+            lines = list(msg.lines)
+            lines[i] = changed
+            msg, op = msgspec.structs.replace(msg, lines=lines), f"lines_{op}"
+        body = self._body(msg)
+        if body is None:
+            self.tally.ops["unencodable"] += 1
+            return [], False
+        if isinstance(msg, wire.Chat | wire.Join | wire.Leave | wire.Nick | wire.Presence):
+            self._sent_ids.append(msg.id)
+            del self._sent_ids[:-64]
+        frames = [frame_of(body)]
+        r = rng.random()
+        if r < 0.10:  # bits flipped in the body; the prefix still fits
+            buf = bytearray(body)
+            for _ in range(rng.randint(1, 3)):
+                buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+            frames, op = [frame_of(bytes(buf))], f"{op}+bitflip"
+        elif r < 0.14:  # a byte string value changed in place (stays JSON more often)
+            buf = bytearray(body)
+            quotes = [i for i, b in enumerate(buf) if b == 0x22]
+            if len(quotes) > 2:
+                pos = rng.choice(quotes[1:-1]) + 1
+                if pos < len(buf) and chr(buf[pos]) in string.hexdigits:
+                    buf[pos] = ord(rng.choice("0123456789abcdef"))
+            frames, op = [frame_of(bytes(buf))], f"{op}+hexdigit"
+        elif r < 0.17:  # truncated: the prefix promises more than comes
+            cut = rng.randrange(1, len(frames[0]))
+            frames, op = [frames[0][:cut]], f"{op}+truncated"
+        elif r < 0.22:  # sent twice
+            frames, op = frames * 2, f"{op}+duplicated"
+        elif r < 0.28:  # with another valid frame, in either order
+            extra = self._body(self._base(rng, rng.choice(LIVE_KINDS), seen))
+            if extra is not None:
+                frames.append(frame_of(extra))
+                rng.shuffle(frames)
+                op = f"{op}+reordered"
+        elif r < 0.31:  # spliced: the head of one body on the tail of another
+            extra = self._body(self._base(rng, rng.choice(LIVE_KINDS), seen))
+            if extra is not None:
+                spliced = body[: rng.randrange(1, len(body))] + extra[rng.randrange(len(extra)) :]
+                frames, op = [frame_of(spliced)], f"{op}+spliced"
+        self.tally.ops[op.split("+")[0] if op.startswith("field_") else op] += 1
+        return frames, op.endswith("+truncated")
+
+    # -- the run
+
+    def send_honest(self, n: int) -> None:
+        ev = self.honest.send(f"honest line {n}")
+        self.honest_ids.append(ev.id)
+        self.tally.honest_sent += 1
+
+    def run(self, cases: int, progress: bool) -> LiveTally:
+        """Run ``cases`` live cases; then check the honest lines and the target."""
+        tally = self.tally
+        start = time.perf_counter()
+        honest_n = 0
+        for i in range(cases):
+            if i % HONEST_EVERY == 0:
+                self.send_honest(honest_n)
+                honest_n += 1
+            frames, cut = self.case(i)
+            tally.cases += 1
+            if not frames:
+                continue
+            link = self._attack_link()
+            if link is None:
+                tally.problems.append(f"case {i}: no attacker link could be made")
+                break
+            data = b"".join(frames)
+            try:
+                sent = link.send(data, 0 if cut else len(frames))
+            except TimeoutError:
+                sent = False
+                tally.problems.append(f"case {i}: the target stopped reading (5 s)")
+                link.closed.set()
+            if sent:
+                tally.frames_sent += len(frames)
+                tally.bytes_sent += len(data)
+                if cut:
+                    link.closed.set()  # hang up mid-frame
+                elif not link.settle():
+                    tally.problems.append(
+                        f"case {i}: the target took none of it in 5 s: {data[:300].hex()}"
+                    )
+                    link.closed.set()
+            if len(self.errors.records) > len(tally.internal_errors):
+                for rec in self.errors.records[len(tally.internal_errors) :]:
+                    tally.internal_errors.append(
+                        f"after case {i} (seed {self.seed}): {rec}; sent {data[:400].hex()}"
+                    )
+            if progress and i and i % 10_000 == 0:
+                rate = i / (time.perf_counter() - start)
+                print(f"  {i} live cases, {rate:,.0f}/s", file=sys.stderr)
+        self.send_honest(honest_n)
+        tally.seconds = time.perf_counter() - start
+        self._check_honest()
+        for rec in self.errors.records[len(tally.internal_errors) :]:
+            tally.internal_errors.append(f"at the end: {rec}")
+        self._check_links()
+        stats = self.target.stats()
+        tally.target_stats = {
+            "frames_refused": dict(stats.frames_refused),
+            "links_refused": dict(stats.links_refused),
+            "rate_limited": dict(stats.rate_limited),
+        }
+        return tally
+
+    def _shown(self, who: str) -> Counter[str]:
+        return Counter(e.id for e in list(self._events[who]) if isinstance(e, self._MessageEvent))
+
+    def _check_honest(self, timeout_s: float = 20.0, stalled_s: float = 3.0) -> None:
+        """Wait for every honest line at the target and the watcher: at most
+        ``timeout_s``, and no longer than ``stalled_s`` without a new one."""
+        wanted = set(self.honest_ids)
+        deadline = time.monotonic() + timeout_s
+        got, moved = -1, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - moved < stalled_s:
+            at_t, at_w = self._shown("target"), self._shown("watcher")
+            if wanted <= set(at_t) and wanted <= set(at_w):
+                break
+            if len(at_t) + len(at_w) != got:
+                got, moved = len(at_t) + len(at_w), time.monotonic()
+            time.sleep(0.05)
+        at_t, at_w = self._shown("target"), self._shown("watcher")
+        t = self.tally
+        t.honest_at_target = len(wanted & set(at_t))
+        t.honest_at_watcher = len(wanted & set(at_w))
+        t.honest_lost = [
+            f"{who}: honest line {self.honest_ids.index(i)}"
+            for who, got in (("target", at_t), ("watcher", at_w))
+            for i in self.honest_ids
+            if i not in got
+        ]
+        t.duplicates_shown = sum(
+            n - 1 for got in (at_t, at_w) for i, n in got.items() if i in wanted and n > 1
+        )
+
+    def _check_links(self) -> None:
+        for who in ("honest", "watcher"):
+            for e in list(self._events[who]):
+                if isinstance(e, self._PeerDown) and "protocol error" in e.reason:
+                    self.tally.honest_links_dropped.append(f"{who}: {e.reason}")
+        if self.target._router is None or not self.target._router.is_alive():
+            self.tally.problems.append("the target's router thread is dead")
+
+
+def live_failed(t: LiveTally) -> bool:
+    """True if the live run found a bug (see :func:`run_live`)."""
+    return bool(
+        t.honest_lost
+        or t.duplicates_shown
+        or t.internal_errors
+        or t.honest_links_dropped
+        or t.problems
+    )
+
+
+def run_live(seed: int, cases: int, window: int, progress: bool = False) -> LiveTally:
+    """Run ``cases`` cases of mutated signed frames against a live node.
+
+    The attacker starts each case from a valid frame: a chat, join,
+    presence, nick, leave or direct message signed with one of its own keys
+    (or one the target relayed to it: honest lines included), an ihave,
+    graft, prune, sync, lines or ack.  It then changes fields (id, origin,
+    seq, line, hlc, hops, name, text, key, sig, room, ts, ...; re-signed half
+    the time, so that semantic attacks carry a valid signature), flips bits,
+    truncates, duplicates, reorders or splices frames.  Meanwhile the honest
+    node sends a line every :data:`HONEST_EVERY` cases.
+
+    A bug is: an honest line that does not reach the target and, through
+    it, the watcher (exactly once each), an ERROR logged by p2pchat (an
+    internal error), a link between honest nodes closed for a protocol
+    error, the target no longer reading or its router dead.
+    """
+    fuzz = LiveFuzz(seed, window)
+    try:
+        fuzz.wait_linked()
+        return fuzz.run(cases, progress)
+    finally:
+        fuzz.close()
+
+
+def print_live(seed: int, t: LiveTally, as_json: bool) -> None:
+    """Print a live run's result: a few lines, or one JSON object."""
+    rate = t.cases / t.seconds if t.seconds > 0 else 0.0
+    ok = not live_failed(t)
+    if as_json:
+        out = dataclasses.asdict(t)
+        out.update(
+            mode="live",
+            seed=seed,
+            seconds=round(t.seconds, 2),
+            cases_per_s=round(rate),
+            honest_lost=t.honest_lost[:20],
+            internal_errors=t.internal_errors[:20],
+            problems=t.problems[:20],
+            honest_lost_count=len(t.honest_lost),
+            ops=dict(t.ops.most_common()),
+            kinds=dict(t.kinds.most_common()),
+            ok=ok,
+        )
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    print(
+        f"{t.cases} live cases (seed {seed}) in {t.seconds:.1f} s: {rate:,.0f} cases/s, "
+        f"{t.frames_sent:,} frames ({t.bytes_sent:,} bytes) sent to the target"
+    )
+    print(
+        f"attacker links: {t.links_opened} opened, {t.links_closed_by_node} closed by the target, "
+        f"{t.links_refused} refused"
+    )
+    print("kinds:        " + ", ".join(f"{k} {v}" for k, v in t.kinds.most_common()))
+    print("ops:          " + ", ".join(f"{k} {v}" for k, v in t.ops.most_common(30)))
+    for group, counts in t.target_stats.items():
+        print(f"target {group}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(
+        f"honest lines: {t.honest_sent} sent, {t.honest_at_target} at the target, "
+        f"{t.honest_at_watcher} at the watcher (through the target), "
+        f"{len(t.honest_lost)} lost, {t.duplicates_shown} shown twice"
+    )
+    for line in t.honest_lost[:10]:
+        print(f"  LOST {line}")
+    print(f"internal errors logged: {len(t.internal_errors)}")
+    for line in t.internal_errors[:10]:
+        print(f"  {line}")
+    for line in t.honest_links_dropped[:10] + t.problems[:10]:
+        print(f"  PROBLEM {line}")
+    print(f"bugs: {'none' if ok else 'FOUND  -> FAILED'}")
+
+
 # -- the run --------------------------------------------------------------------------------
 
 _NUMBER_RE: Final = re.compile(r"(?<![\w\-\[{,])\d+(?![\w\]},])")
@@ -736,7 +1553,8 @@ def _accepted_bodies(result: Result) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the fuzz cases and report; the exit status."""
     parser = argparse.ArgumentParser(
-        description="Fuzz p2pchat's frame decoder with seeded random inputs.",
+        description="Fuzz p2pchat's frame decoder with seeded random inputs "
+        "(or, with --live, a running node with mutated signed frames).",
         epilog="Exit status: 0 if no bug was found, 1 otherwise.",
     )
     parser.add_argument("--cases", type=int, default=100_000, help="inputs to try (100000)")
@@ -749,9 +1567,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strict", action="store_true", help="spec deviations fail the run too (exit 1)"
     )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="mutate valid signed frames against a live node (127.0.0.1) while an honest "
+        "node chats through it, instead of fuzzing the decoder alone",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=20,
+        help="with --live: the target's history window, in lines (20: small, so that "
+        "attacks on the window show within a run)",
+    )
     args = parser.parse_args(argv)
     if args.cases < 0:
         parser.error("--cases must be >= 0")
+    if args.live:
+        if args.case is not None or args.strict:
+            parser.error("--case and --strict are for the decoder fuzz, not --live")
+        if args.window < 1:
+            parser.error("--window must be >= 1")
+        live = run_live(args.seed, args.cases, args.window, progress=not args.json)
+        print_live(args.seed, live, args.json)
+        return 1 if live_failed(live) else 0
 
     start = time.perf_counter()
     tally = run(args.seed, args.cases, args.max_reports, verbose_case=args.case)

@@ -27,6 +27,47 @@ from p2pchat.transport import LinkConfig
 
 LOOPBACK = "127.0.0.1"
 
+REQUIRE_ALL_ENV = "P2PCHAT_REQUIRE_ALL"
+"""When this environment variable is ``1`` (``.ci/run`` sets it), a skipped
+test that needs the machine's help (the ``netns`` tests: root and iproute2;
+the tmux test: tmux) fails instead: CI must not stay green by running less."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``ci_required`` marker (see :data:`REQUIRE_ALL_ENV`)."""
+    config.addinivalue_line(
+        "markers",
+        f"ci_required: skipping this test fails the run when {REQUIRE_ALL_ENV}=1 (as in CI)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that must not skip in CI: every ``netns`` test and
+    every tmux test (by name: they skip where tmux is not installed)."""
+    for item in items:
+        if item.get_closest_marker("netns") is not None or "tmux" in item.name:
+            item.add_marker(pytest.mark.ci_required)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Turn the skip of a ``ci_required`` test into a failure when
+    :data:`REQUIRE_ALL_ENV` is ``1``; elsewhere it stays a skip with its reason."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and os.environ.get(REQUIRE_ALL_ENV) == "1"
+        and item.get_closest_marker("ci_required") is not None
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{REQUIRE_ALL_ENV}=1 (CI) but this test skipped: {reason}. "
+            "Run as root with iproute2 and tmux installed (bash scripts/test installs them)."
+        )
+
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout_s``."""
@@ -285,6 +326,27 @@ class RawPeer:
             pass
         out, self.backlog = self.backlog, []
         return out
+
+    def talk_until_closed(self, timeout_s: float = 10.0, every_s: float = 0.2) -> float:
+        """Send a keepalive every ``every_s`` seconds, as a live honest peer
+        does, and read until the node closes the link; return the seconds it
+        took; fail after ``timeout_s``.  Unlike :meth:`wait_closed`, the link
+        cannot die of silence meanwhile: only a rule of the node can close it."""
+        start = time.monotonic()
+        keepalive = wire.encode_frame(wire.Keepalive())
+        self.sock.settimeout(every_s)
+        while time.monotonic() - start < timeout_s:
+            try:
+                self.sock.sendall(keepalive)
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # reset, broken pipe: closed
+                return time.monotonic() - start
+            if not data:
+                return time.monotonic() - start
+            self.backlog += self.decoder.feed(data)
+        pytest.fail(f"the node did not close the link within {timeout_s} s")
 
     def wait_closed(self, timeout_s: float = 10.0) -> float:
         """Wait until the node closes the link; return the seconds it took."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import stat
+import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -14,9 +16,9 @@ from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, wait_for
 
 from p2pchat import cli, identity, wire
 from p2pchat.errors import StoreError, UsageError
-from p2pchat.events import KeyInfo, MessageEvent, Notice
+from p2pchat.events import KeyInfo, MessageEvent, Notice, PeerDown
 from p2pchat.identity import KEY_FILE, Identity
-from p2pchat.node import Node
+from p2pchat.node import BAD_SIGNATURES_PER_LINK, Node
 
 
 def test_keys_sign_and_check() -> None:
@@ -86,17 +88,34 @@ def test_forged_tampered_and_unsigned_lines_are_dropped(cluster: Cluster) -> Non
 
 
 def test_a_link_bringing_many_bad_signatures_is_closed(cluster: Cluster) -> None:
+    """The peer stays alive (keepalives all along, past the 1.5 s link
+    timeout): only the bad-signature rule can close its link."""
     node = cluster.add("alice", link=FAST_LINK)
     friend = cluster.add("bob", peers=[node], link=FAST_LINK)
     peer = joined(cluster)
+    keepalive = wire.encode_frame(wire.Keepalive())
     try:
         with contextlib.suppress(OSError):  # the node may close the link meanwhile
             for i in range(20):
                 msg = peer.message(wire.Chat, cluster.room, text=f"x{i}")
                 peer.send(wire.encode_frame(msgspec.structs.replace(msg, text=f"y{i}")))
-        peer.wait_closed()
+                peer.send(keepalive)
+        took = peer.talk_until_closed(timeout_s=3 * FAST_LINK.link_timeout_s)
     finally:
         peer.close()
+    assert took < FAST_LINK.link_timeout_s  # closed for the signatures, not for silence
+    refused = node.stats().frames_refused
+    assert refused["bad_signature"] >= BAD_SIGNATURES_PER_LINK
+    assert not {f"y{i}" for i in range(20)} & set(cluster.recorders[0].texts())
+    wait_for(
+        lambda: any(
+            isinstance(e, PeerDown) and e.peer == peer.node_id and "signature" in e.reason
+            for e in cluster.recorders[0].events
+        ),
+        5,
+        "the link closed for its signatures",
+    )
+    assert "keepalive_timeout" not in node.stats().links_refused
     line = friend.send("still chatting")
     wait_for(lambda: line.id in {m.id for m in cluster.recorders[0].messages()}, 5, "bob's line")
 
@@ -131,6 +150,91 @@ def test_old_messages_replayed_are_dropped(cluster: Cluster) -> None:
 
 def now_us() -> int:
     return int(wire.now_ts() * 1e6)
+
+
+def signed_by(me: Identity, msg: wire.Chat) -> wire.Chat:
+    """``msg`` with ``me``'s key and signature."""
+    msg = msgspec.structs.replace(msg, key=me.key)
+    return msgspec.structs.replace(msg, sig=me.sign(wire.signing_bytes(msg)))
+
+
+def line_of(me: Identity, room: str, text: str, line: int, hlc: int) -> wire.Chat:
+    """Line number ``line`` of ``me``, with clock ``hlc`` (µs), signed."""
+    return signed_by(
+        me,
+        wire.Chat(
+            id=wire.new_message_id(),
+            origin=me.node_id,
+            seq=line,
+            name="other",
+            room=room,
+            ts=hlc / 1e6,
+            hops=16,
+            text=text,
+            line=line,
+            hlc=hlc,
+        ),
+    )
+
+
+def next_of(peer: RawPeer, cls: type, timeout_s: float = 5.0) -> Any:
+    """The node's next frame of type ``cls``, others skipped; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = peer.next_message(max(0.05, deadline - time.monotonic()))
+        assert msg is not None, "the node closed the link"
+        if isinstance(msg, cls):
+            return msg
+    pytest.fail(f"no {cls.__name__} from the node within {timeout_s} s")
+
+
+def test_the_window_floor_is_inclusive_for_catch_up(cluster: Cluster) -> None:
+    """The floor of the history window is the clock of the oldest line kept
+    (once the window is full): a line exactly at the floor belongs in the
+    window, one microsecond below does not.  Pinned both ways a catch-up
+    line can cross it: sent by this node (``sync`` answered with the lines
+    from ``since`` on, the floor line included) and taken by it (a ``lines``
+    batch: the line at the floor is kept and shown, the one below dropped).
+    Fails if either comparison becomes strict (``<`` to ``<=`` in
+    ``_apply_lines``, ``>=`` to ``>`` in the store's query)."""
+    node = cluster.add("alice", link=FAST_LINK, history_max_lines=3)
+    rec = cluster.recorders[0]
+    peer = RawPeer(node.port)
+    try:
+        peer.hello(cluster.room, features=["history"])
+        wait_for(lambda: node.has_link(peer.node_id), 5, "the raw peer's link")
+        base = now_us() - 60 * 10**6  # a minute ago: inside every time limit
+        mine = [
+            peer.flooded(wire.Chat, cluster.room, text=f"mine {n}", line=n, hlc=base + (n - 1))
+            for n in (1, 2, 3)
+        ]
+        wait_for(lambda: len(rec.texts()) == 3, 5, "the raw peer's three lines")
+        # The window is full: its floor is `base`, the clock of "mine 1".
+        peer.send(wire.encode_frame(wire.Sync(room=cluster.room, since=base, have=[])))
+        sent = next_of(peer, wire.Lines)
+        assert [m.id for m in sent.lines] == [m.id for m in mine]
+        peer.send(wire.encode_frame(wire.Keepalive()))
+
+        # Two other origins' lines by catch-up: one just below the floor,
+        # one exactly at it.  At the floor, ties are ordered by origin: the
+        # one at the floor sorts after "mine 1", so the window keeps it.
+        below, at = Identity.generate(), Identity.generate()
+        while at.node_id < peer.node_id:
+            at = Identity.generate()
+        batch = [
+            line_of(below, cluster.room, "below the floor", 1, base - 1),
+            line_of(at, cluster.room, "at the floor", 1, base),
+        ]
+        peer.send(wire.encode_frame(wire.Lines(batch=1, lines=batch)))
+        assert next_of(peer, wire.Ack).batch == 1
+        peer.send(wire.encode_frame(wire.Keepalive()))
+        wait_for(lambda: "at the floor" in rec.texts(), 5, "the line at the floor")
+        shown = {m.text: m for m in rec.messages()}  # the batch was taken whole
+        assert "below the floor" not in shown
+        assert "at the floor" in shown and shown["at the floor"].history
+        assert "at the floor" in [m.text for m in node.history(10)]
+    finally:
+        peer.close()
 
 
 def test_two_keys_with_one_name_are_told_apart_and_the_newcomer_is_flagged(
