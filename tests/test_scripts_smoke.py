@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
@@ -61,12 +59,6 @@ def test_fuzz_live_node_keeps_every_honest_line() -> None:
         assert refused.get(reason, 0) > 0, (reason, refused)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11, 'a clock in the far future silences the room': mutated lines re-signed "
-    "with clocks an hour or 200 years ahead move the window's floor (Store._floor) into the "
-    "future, and Node._replayed then drops every honest line; remove this mark with the fix",
-)
 def test_fuzz_live_tiny_window_keeps_every_honest_line() -> None:
     # A window of 2 lines: the few lines with future clocks that 3,000 cases
     # make are enough to take it over if the floor trusts them.
