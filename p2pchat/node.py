@@ -1232,8 +1232,15 @@ class Node:
                 shortcut.link.send(wire.encode_frame(wire.Graft(ids=[shortcut.msg_id])))
             self._wake_router()
         elif isinstance(msg, wire.Graft):
-            for cached in tree.grafted(msg.ids, link):
-                link.send(wire.encode_frame(cached))
+            cached = tree.grafted(msg.ids, link)
+            for m in cached:
+                link.send(wire.encode_frame(m))
+            if len(cached) < len(msg.ids):
+                # Lines that fell out of the tree's cache (a busy minute) are
+                # answered from the store: a graft is a node's repair path.
+                have = {m.id for m in cached}
+                for line in self._store.get([i for i in msg.ids if i not in have]):
+                    link.send(wire.encode_frame(line))
         else:
             tree.pruned(link)
 
@@ -1945,7 +1952,8 @@ class Node:
 
     def _replayed(self, msg: wire.FloodMessage) -> bool:
         """An old message sent again, after the seen-cache forgot its id: a
-        line below the window's floor; a ``leave`` not newer than every
+        line below the window's floor and older than the seen-cache's age; a
+        ``leave`` not newer than every
         message heard from its origin (a leave is an origin's last word, so
         an old one cannot make a present member leave); any other message
         ``REORDER_ALLOWANCE`` below the highest ``seq`` of its origin.
@@ -1953,7 +1961,13 @@ class Node:
         if isinstance(msg, wire.Chat) and msg.hlc:
             now = time.monotonic()
             if now - self._floor_cache[0] > 1.0:  # the floor query scans: once a second
-                self._floor_cache = (now, self._store.floor(self._wire_room, time.time()))
+                wall = time.time()
+                # Lines younger than the seen-cache's age are judged by the
+                # seen-cache and the store, not by the window's floor: a flood
+                # of valid lines that fills the window must not make honest
+                # lines still in flight look like replays.
+                recent = int((wall - self.config.seen_max_age_s) * 1e6)
+                self._floor_cache = (now, min(self._store.floor(self._wire_room, wall), recent))
             return msg.hlc < self._floor_cache[1]
         highest = self._max_seq.get(msg.origin, 0)
         if isinstance(msg, wire.Leave):

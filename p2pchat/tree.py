@@ -180,8 +180,10 @@ class TreeState(Generic[L]):
             prunes us if it wants).  Nothing is pruned for the copy one of our
             grafts asked for, nor when the first copy came over a link we have
             pruned (a push that crossed our prune: pruning this link too would
-            leave us with no link that pushes to us).  A peer that still pushes ``IN_FLIGHT_S``
-            after our prune is told again.
+            leave us with no link that pushes to us), nor when the first copy
+            did not come by push at all (it came by catch-up, or is no longer
+            cached): that says nothing about the links.  A peer that still
+            pushes ``IN_FLIGHT_S`` after our prune is told again.
         """
         if (came_from, msg_id) in self._expected:
             del self._expected[(came_from, msg_id)]
@@ -193,7 +195,7 @@ class TreeState(Generic[L]):
             self._muted[came_from] = now
             return True
         first = self._cache.get(msg_id)
-        if first is not None and first[2] is not None and first[2] in self._muted:
+        if first is None or (first[2] is not None and first[2] in self._muted):
             return False
         self._muted[came_from] = now
         return True

@@ -1324,12 +1324,15 @@ class LiveFuzz:
         for rec in self.errors.records[len(tally.internal_errors) :]:
             tally.internal_errors.append(f"at the end: {rec}")
         self._check_links()
-        stats = self.target.stats()
-        tally.target_stats = {
-            "frames_refused": dict(stats.frames_refused),
-            "links_refused": dict(stats.links_refused),
-            "rate_limited": dict(stats.rate_limited),
-        }
+        for who, node in (("target", self.target), ("watcher", self.watcher)):
+            stats = node.stats()
+            tally.target_stats.update(
+                {
+                    f"{who} frames_refused": dict(stats.frames_refused),
+                    f"{who} links_refused": dict(stats.links_refused),
+                    f"{who} rate_limited": dict(stats.rate_limited),
+                }
+            )
         return tally
 
     def _shown(self, who: str) -> Counter[str]:
@@ -1439,7 +1442,7 @@ def print_live(seed: int, t: LiveTally, as_json: bool) -> None:
     print("kinds:        " + ", ".join(f"{k} {v}" for k, v in t.kinds.most_common()))
     print("ops:          " + ", ".join(f"{k} {v}" for k, v in t.ops.most_common(30)))
     for group, counts in t.target_stats.items():
-        print(f"target {group}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print(f"{group}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(
         f"honest lines: {t.honest_sent} sent, {t.honest_at_target} at the target, "
         f"{t.honest_at_watcher} at the watcher (through the target), "

@@ -26,6 +26,16 @@ def chat(n: int, hops: int = 16) -> wire.Chat:
 # -- the pure state ------------------------------------------------------------------------
 
 
+def test_a_copy_of_a_line_first_taken_by_catch_up_prunes_nothing() -> None:
+    """A line that came by catch-up (not through the tree) and then live: the live copy is the
+    first push of it, so it says nothing about the link, which stays as it is (a node whose only
+    link was pruned this way waited on grafts for every line after)."""
+    t: TreeState[str] = TreeState()
+    t.link_up("a")
+    assert t.duplicate("a", chat(7).id, 0.0) is False
+    assert t.muted == set()
+
+
 def test_links_start_eager_and_a_duplicate_prunes_only_what_we_receive() -> None:
     t: TreeState[str] = TreeState()
     for link in "abc":
@@ -255,3 +265,29 @@ def test_cli_processes_with_tree_broadcast() -> None:
         assert a.wait_event("leave", name="ben")["reason"] == "quit"
     finally:
         stop(procs)
+
+
+def test_a_graft_for_a_line_no_longer_cached_is_answered_from_the_store(cluster: Cluster) -> None:
+    """The tree's cache keeps a minute (4096 messages); a graft that comes later, or after a busy
+    minute, still gets the line, from the history store."""
+    from conftest import FAST_LINK, RawPeer
+
+    node = cluster.add("alice", link=FAST_LINK)
+    said = node.send("still here")
+    assert node._tree is not None
+    node._tree._cache.clear()  # as a busy minute would
+    peer = RawPeer(node.port)
+    try:
+        peer.hello(cluster.room, features=["tree"])
+        wait_for(lambda: node.has_link(peer.node_id), 5, "the raw peer's link")
+        peer.send(wire.encode_frame(wire.Graft(ids=[said.id])))
+        got = None
+        deadline_frames = 50
+        while got is None and deadline_frames:
+            deadline_frames -= 1
+            msg = peer.next_message(2.0)
+            if isinstance(msg, wire.Chat) and msg.id == said.id:
+                got = msg
+        assert got is not None and got.text == "still here"
+    finally:
+        peer.close()
