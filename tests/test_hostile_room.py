@@ -106,6 +106,10 @@ def has_ids(rec: Recorder, want: set[str]) -> bool:
     return want <= {m.id for m in rec.messages()}
 
 
+def holds_line(node: Node, msg_id: str) -> bool:
+    return msg_id in history_ids(node)
+
+
 def refused(node: Node, reason: str) -> int:
     return node.stats().frames_refused.get(reason, 0)
 
@@ -363,3 +367,20 @@ def test_twenty_thousand_fake_members_script_smoke() -> None:
     assert result["honest_lines"] is True
     assert result["members"] <= 2048
     assert result["rss_growth_mb"] < 20
+
+
+def test_a_line_with_hop_limit_one_still_reaches_the_whole_room_by_catch_up(
+    cluster: Cluster, raw_peers: Callable[..., RawPeer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hop limit is not signed, so a relay (or the sender) can set it to 1 to keep a line
+    from most of the room; the line still spreads, by anti-entropy (here the periodic sync,
+    shortened to 1 s), so it cannot be hidden from part of the room."""
+    monkeypatch.setattr(node_mod, "SYNC_INTERVAL_S", 1.0)
+    a, b, c = three_honest(cluster)
+    mallory = raw_peers(a, cluster.room, ["history"])
+    line = chat_from(mallory.identity, cluster.room, "for alice only", 1, 1, now_hlc(), hops=1)
+    mallory.send(wire.encode_frame(line))
+    for node in (a, b, c):
+        alive_wait(
+            [mallory], partial(holds_line, node, line.id), DELIVERY_S, f"the line at {node.name}"
+        )
