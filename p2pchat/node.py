@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 
 from p2pchat import flood, history, identity, names, wire
+from p2pchat.core.history_store import HistoryStore
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
 from p2pchat.errors import (
     LineTooLong,
@@ -370,6 +371,10 @@ class Node:
             peers only.
         on_event: called with every :class:`~p2pchat.events.Event`, mostly on
             the router thread; must return quickly.
+        store: the history store to use (e.g. a
+            :class:`~p2pchat.core.history_store.MemoryStore`), or None to open
+            the SQLite one of ``config.data_dir`` (in memory when None).  The
+            node closes it.
 
     Use: ``node.start()``, then ``node.send(text)`` from any thread, and
     ``node.close()`` (idempotent) at the end.  The node is also a context
@@ -381,6 +386,7 @@ class Node:
         config: NodeConfig,
         discovery: Discovery | None = None,
         on_event: Callable[[Event], None] | None = None,
+        store: HistoryStore | None = None,
     ) -> None:
         name = check_name(config.name)
         check_label(config.room, "room", wire.MAX_ROOM_CHARS)
@@ -392,7 +398,7 @@ class Node:
         self._secret = RoomSecret(config.secret, config.room) if config.secret else None
         self._wire_room = self._secret.tag if self._secret else config.room
         # Opened last among the checks: it takes the data directory's lock.
-        self._store = Store.open(
+        self._store: HistoryStore = store or Store.open(
             config.data_dir, config.history_max_age_s, config.history_max_lines
         )
         try:

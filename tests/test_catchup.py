@@ -12,8 +12,9 @@ import pytest
 from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, Recorder, wait_for
 
 from p2pchat import wire
+from p2pchat.core.history_store import MemoryStore
 from p2pchat.errors import StoreError
-from p2pchat.node import GAP_GRACE_S, Node
+from p2pchat.node import GAP_GRACE_S, Node, NodeConfig
 
 
 def history_texts(node: Node, n: int = 1000) -> list[str]:
@@ -293,3 +294,28 @@ def test_catch_up_frames_on_a_link_without_the_feature_are_ignored(cluster: Clus
         assert "pushed" not in cluster.recorders[0].texts()
     finally:
         peer.close()
+
+
+def test_a_node_on_the_in_memory_store_catches_up_and_chats(cluster: Cluster) -> None:
+    """The core's in-memory history store (the simulator's) serves a real node: it catches up
+    on what was said before it came, in the agreed order, and its lines reach the room."""
+    alice = cluster.add("alice", link=FAST_LINK)
+    said = [alice.send(f"before bob {i}") for i in range(3)]
+    rec = Recorder()
+    config = NodeConfig(
+        name="bob",
+        room=cluster.room,
+        port=0,
+        interfaces=["127.0.0.1"],
+        peers=[("127.0.0.1", alice.port)],
+        link=FAST_LINK,
+    )
+    with Node(config, on_event=rec, store=MemoryStore()) as bob:
+        bob.start()
+        wait_for(
+            lambda: [m.id for m in bob.history(10)] == [m.id for m in said], 10, "bob's catch-up"
+        )
+        line = bob.send("bob here")
+        wait_for(
+            lambda: line.id in {m.id for m in cluster.recorders[0].messages()}, 10, "bob's line"
+        )

@@ -16,14 +16,26 @@ from hypothesis import strategies as st
 
 from p2pchat import history, wire
 from p2pchat import store as store_mod
+from p2pchat.core.history_store import MemoryStore
 from p2pchat.errors import StoreError
 from p2pchat.store import DB_NAME, Store
+
+KINDS = pytest.mark.parametrize("kind", ["sqlite", "memory"])
+"""The rule tests run against both stores: SQLite (the product) and the core's in-memory one."""
 
 ROOM = "lobby"
 A = "a" * 16
 B = "b" * 16
 NOW_S = 2_000_000_000.0
 NOW_US = int(NOW_S * 1e6)
+
+
+def open_store(
+    kind: str, max_age_s: float = 7 * 86400.0, max_lines: int = 10_000
+) -> Store | MemoryStore:
+    if kind == "memory":
+        return MemoryStore(max_age_s, max_lines)
+    return Store.open(None, max_age_s, max_lines)
 
 
 def chat(origin: str, line: int, hlc: int, room: str = ROOM, text: str = "hi") -> wire.Chat:
@@ -142,8 +154,9 @@ def test_the_first_key_of_a_name_is_kept(tmp_path: Path) -> None:
         assert store.first_key("bob") == "1" * 64
 
 
-def test_a_line_is_stored_once() -> None:
-    with Store.open(None) as store:
+@KINDS
+def test_a_line_is_stored_once(kind: str) -> None:
+    with open_store(kind) as store:
         line = chat(A, 1, NOW_US)
         assert store.add(line)
         assert not store.add(line)
@@ -151,8 +164,9 @@ def test_a_line_is_stored_once() -> None:
         assert store.has_line(ROOM, A, 1) and not store.has_line(ROOM, A, 2)
 
 
-def test_summary_is_the_run_from_the_lowest_line() -> None:
-    with Store.open(None) as store:
+@KINDS
+def test_summary_is_the_run_from_the_lowest_line(kind: str) -> None:
+    with open_store(kind) as store:
         for n in (1, 2, 3, 5):
             store.add(chat(A, n, NOW_US + n))
         store.add(chat(B, 7, NOW_US + 100))
@@ -166,8 +180,9 @@ def test_summary_is_the_run_from_the_lowest_line() -> None:
         assert store.run_ids(ROOM, A, 1, 5) is None, "line 4 is missing"
 
 
-def test_missing_is_what_the_peer_lacks_oldest_first() -> None:
-    with Store.open(None) as store:
+@KINDS
+def test_missing_is_what_the_peer_lacks_oldest_first(kind: str) -> None:
+    with open_store(kind) as store:
         lines = [chat(A, n, NOW_US + n) for n in range(1, 6)] + [chat(B, 1, NOW_US + 10)]
         for m in lines:
             store.add(m)
@@ -181,8 +196,9 @@ def test_missing_is_what_the_peer_lacks_oldest_first() -> None:
         assert store.missing(ROOM, {}, since_hlc=0, limit=2) == [lines[4].id, lines[5].id]
 
 
-def test_recent_is_in_one_order_with_ties_broken_by_origin_then_line() -> None:
-    with Store.open(None) as store:
+@KINDS
+def test_recent_is_in_one_order_with_ties_broken_by_origin_then_line(kind: str) -> None:
+    with open_store(kind) as store:
         lines = [chat(B, 1, NOW_US), chat(A, 2, NOW_US), chat(A, 1, NOW_US), chat(A, 3, NOW_US - 1)]
         for m in lines:
             store.add(m)
@@ -195,8 +211,9 @@ def test_recent_is_in_one_order_with_ties_broken_by_origin_then_line() -> None:
         assert [(m.origin, m.line) for m in store.recent(ROOM, 2)] == [(A, 2), (B, 1)]
 
 
-def test_prune_keeps_the_window_by_age_and_by_count() -> None:
-    with Store.open(None, max_age_s=3600.0, max_lines=5) as store:
+@KINDS
+def test_prune_keeps_the_window_by_age_and_by_count(kind: str) -> None:
+    with open_store(kind, max_age_s=3600.0, max_lines=5) as store:
         old = chat(A, 1, NOW_US - 7200 * 10**6)
         store.add(old)
         fresh = [chat(A, n, NOW_US + n) for n in range(2, 10)]
@@ -210,10 +227,11 @@ def test_prune_keeps_the_window_by_age_and_by_count() -> None:
         assert store.floor(ROOM, later) == NOW_US + 5
 
 
-def test_lines_in_the_future_never_lift_the_floor_and_are_pruned() -> None:
+@KINDS
+def test_lines_in_the_future_never_lift_the_floor_and_are_pruned(kind: str) -> None:
     """A window's worth of lines stamped far ahead (a peer's lying clock) must not
     put the floor above the present, and the first prune (at start) removes them."""
-    with Store.open(None, max_age_s=3600.0, max_lines=5) as store:
+    with open_store(kind, max_age_s=3600.0, max_lines=5) as store:
         honest = [chat(A, n, NOW_US - 10 + n) for n in range(1, 4)]
         ahead = [chat(B, n, NOW_US + 10**15 + n) for n in range(1, 7)]
         for m in honest + ahead:
@@ -223,8 +241,9 @@ def test_lines_in_the_future_never_lift_the_floor_and_are_pruned() -> None:
         assert [m.id for m in store.recent(ROOM, 100)] == [m.id for m in honest]
 
 
-def test_other_rooms_are_pruned_on_their_own() -> None:
-    with Store.open(None, max_lines=2) as store:
+@KINDS
+def test_other_rooms_are_pruned_on_their_own(kind: str) -> None:
+    with open_store(kind, max_lines=2) as store:
         for n in range(1, 4):
             store.add(chat(A, n, NOW_US + n, room="one"))
             store.add(chat(A, n, NOW_US + n, room="two"))
@@ -232,10 +251,11 @@ def test_other_rooms_are_pruned_on_their_own() -> None:
         assert store.count("one") == 2 and store.count("two") == 2
 
 
+@KINDS
 @settings(max_examples=50, deadline=None)
-@given(st.dictionaries(st.sampled_from([A, B]), st.sets(st.integers(1, 40), min_size=1)))
-def test_summary_runs_are_exact(held: dict[str, set[int]]) -> None:
-    with Store.open(None) as store:
+@given(held=st.dictionaries(st.sampled_from([A, B]), st.sets(st.integers(1, 40), min_size=1)))
+def test_summary_runs_are_exact(kind: str, held: dict[str, set[int]]) -> None:
+    with open_store(kind) as store:
         for origin, numbers in held.items():
             for n in numbers:
                 store.add(chat(origin, n, NOW_US + n))
@@ -249,8 +269,9 @@ def test_summary_runs_are_exact(held: dict[str, set[int]]) -> None:
             assert h.hi_hlc == NOW_US + h.hi
 
 
-def test_received_lines_in_memory_are_seen_by_every_query() -> None:
-    with Store.open(None) as store:
+@KINDS
+def test_received_lines_in_memory_are_seen_by_every_query(kind: str) -> None:
+    with open_store(kind) as store:
         lines = [chat(A, n, NOW_US + n) for n in (1, 2, 3)]
         for msg in lines:
             assert store.add(msg)
@@ -274,11 +295,12 @@ def test_received_lines_still_in_memory_are_written_on_close(tmp_path: Path) -> 
         assert store.holds(msg) and store.count(ROOM) == 1
 
 
-def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+@KINDS
+def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """A flood of fresh names cannot grow the first-key table without end, and it never
     forgets the names of the members present (nor a name just used)."""
     monkeypatch.setattr(store_mod, "MAX_NAMES", 50)
-    with Store.open(None) as store:
+    with Store.open(None) if kind == "sqlite" else MemoryStore(max_names=50) as store:
         store.remember_name("alice", "a" * 64)
         store.remember_name("bob", "b" * 64)
         for i in range(500):
@@ -291,3 +313,47 @@ def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
         for i in range(500, 530):
             store.remember_name(f"fake{i}", f"{i:064x}", keep=lambda: {"alice"})
         assert store.first_key("fake460") is not None, "a name touched lately is kept"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add", "add", "prune", "replace"]),
+            st.sampled_from([A, B, "c" * 16]),
+            st.integers(1, 12),
+            st.sampled_from([-5_000, -1, 0, 1, 2, 5_000]),
+        ),
+        max_size=60,
+    )
+)
+def test_the_memory_store_answers_as_the_sqlite_store_does(
+    ops: list[tuple[str, str, int, int]],
+) -> None:
+    """Random adds, equivocation replacements and prunes on both stores (a window of 8 lines and
+    an hour): every query answers the same."""
+    sql = Store.open(None, max_age_s=3600.0, max_lines=8)
+    mem = MemoryStore(max_age_s=3600.0, max_lines=8)
+    try:
+        for op, origin, line, dt_s in ops:
+            if op == "prune":
+                assert sql.prune(NOW_S) == mem.prune(NOW_S)
+                continue
+            msg = chat(origin, line, NOW_US + dt_s * 10**6)
+            held = sql.line_id(ROOM, origin, line)
+            assert held == mem.line_id(ROOM, origin, line)
+            if op == "replace" and held is not None:
+                sql.replace(held, msg)
+                mem.replace(held, msg)
+            elif held is None:
+                assert sql.add(msg) == mem.add(msg)
+        now = NOW_S + 1
+        assert sql.count(ROOM) == mem.count(ROOM)
+        assert sql.floor(ROOM, now) == mem.floor(ROOM, now)
+        assert [m.id for m in sql.recent(ROOM, 100)] == [m.id for m in mem.recent(ROOM, 100)]
+        assert sql.summary(ROOM) == mem.summary(ROOM)
+        have = {h.origin: (h.lo, h.hi) for h in sql.summary(ROOM)[:1]}
+        since = sql.floor(ROOM, now)
+        assert sql.missing(ROOM, have, since, 5) == mem.missing(ROOM, have, since, 5)
+    finally:
+        sql.close()
