@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 
 from p2pchat import flood, history, identity, names, wire
+from p2pchat.core.admission import SIGNATURE_REASONS, Admission
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
 from p2pchat.errors import (
@@ -99,10 +100,6 @@ a sync sent while a burst is in flight fetches the whole burst a second time."""
 
 PRUNE_INTERVAL_S = 10.0
 """How often the store drops lines that fell out of the history window."""
-
-REORDER_ALLOWANCE = 64
-"""A message (other than a chat line) whose ``seq`` is this far below the
-highest seen from its origin is an old one replayed: dropped."""
 
 MAX_ORIGINS = 4096
 """Most origins each per-origin table keeps (keys, highest seq, rate
@@ -407,8 +404,7 @@ class Node:
             self._store.close()
             raise
         self.node_id = self._identity.node_id
-        self._max_seq: OrderedDict[str, int] = OrderedDict()  # origin -> highest seq seen
-        self._keys: OrderedDict[str, str] = OrderedDict()  # origin -> its public key
+        self._admission = Admission(self.node_id, self._wire_room, MAX_ORIGINS)
         self._dh_keys: OrderedDict[str, str] = OrderedDict()  # origin -> its X25519 key
         self._bad_sigs: dict[Link, int] = {}
         self._floor_cache = (float("-inf"), 0)  # (monotonic time, floor hlc)
@@ -465,7 +461,7 @@ class Node:
             0,
         )
         self._queue_drops = 0
-        self._frames_refused: dict[str, int] = {}
+        self._frames_refused = self._admission.refused  # one table of reasons (core.admission)
         self._links_refused: dict[str, int] = {}
         self._rate_limited: dict[str, int] = {}
         self._listeners: list[Listener] = []
@@ -1357,50 +1353,46 @@ class Node:
 
     def _refused(self, reason: str) -> str:
         """Count a refused message under ``reason``; returns ``reason``."""
-        self._frames_refused[reason] = self._frames_refused.get(reason, 0) + 1
-        return reason
+        return self._admission.refuse(reason)
 
     def _admit(self, link: Link, msg: wire.FloodMessage, wall_s: float) -> str | None:
-        """The checks every flooded message and every catch-up line passes,
-        in this order, before anything about it is kept (``docs/protocol.md``
-        §6.1): room; key and signature (:meth:`_authentic`); our own origin
-        (an authentic copy of our own message, dropped quietly); clock (no
-        more than ``wire.MAX_CLOCK_SKEW_S`` ahead of ``wall_s``); replay
-        (:meth:`_replayed`).  Changes nothing but counters.
+        """The checks every flooded message and every catch-up line passes
+        before anything about it is kept (:class:`~p2pchat.core.admission.
+        Admission`, ``docs/protocol.md`` §6.1); a signature failure also
+        counts against ``link`` (``BAD_SIGNATURES_PER_LINK``).
 
         Returns:
             None if the message passed, else the reason it was refused
-            (counted in ``/stats`` under that reason, except ``own``).
+            (counted in ``/stats`` under that reason), or ``"own"``.
         """
-        if msg.room != self._wire_room:
-            return self._refused("wrong_room")
-        if not self._authentic(link, msg):
-            return "signature"
-        if msg.origin == self.node_id:
-            # Our own message, signed by us, back from the mesh (after the
-            # seen-cache forgot it): nothing to do.  A copy that claims our
-            # origin with another key failed the signature check above.
+        reason = self._admission.check(msg, wall_s, self._live_floor, self._last_seq)
+        if reason == "own":
             self._counts["duplicates_dropped"] += 1
-            return "own"
-        ahead = wall_s + wire.MAX_CLOCK_SKEW_S
-        if msg.ts > ahead or (isinstance(msg, wire.Chat) and msg.hlc > ahead * 1e6):
-            return self._refused("future")
-        if self._replayed(msg):
-            return self._refused("replayed")
-        return None
+        elif reason in SIGNATURE_REASONS:
+            self._penalise(link, msg, reason)
+        return reason
+
+    def _last_seq(self, origin: str) -> int:
+        """The ``seq`` of the latest message the roster heard from ``origin`` (-1 if none)."""
+        member = self._roster.get(origin)
+        return member.name_seq if member is not None else -1
+
+    def _live_floor(self) -> int:
+        """The lowest clock a live line may carry not to be a replay (µs):
+        the window's floor, cached for 1 s (it scans), but never above the
+        seen-cache's age: lines younger than that are judged by the
+        seen-cache and the store, so a flood of valid lines that fills the
+        window cannot make honest lines still in flight look like replays."""
+        now = time.monotonic()
+        if now - self._floor_cache[0] > 1.0:
+            wall = time.time()
+            recent = int((wall - self.config.seen_max_age_s) * 1e6)
+            self._floor_cache = (now, min(self._store.floor(self._wire_room, wall), recent))
+        return self._floor_cache[1]
 
     def _admitted(self, msg: wire.FloodMessage) -> None:
-        """Keep what an admitted message tells about its origin: its key (so
-        the next message skips the id check) and its highest ``seq``."""
-        self._keys[msg.origin] = msg.key
-        self._keys.move_to_end(msg.origin)
-        while len(self._keys) > MAX_ORIGINS:
-            self._keys.popitem(last=False)
-        if msg.seq > self._max_seq.get(msg.origin, 0):
-            self._max_seq[msg.origin] = msg.seq
-            self._max_seq.move_to_end(msg.origin)
-            while len(self._max_seq) > MAX_ORIGINS:
-                self._max_seq.popitem(last=False)
+        """Keep what an admitted message tells about its origin."""
+        self._admission.admitted(msg)
 
     def _equivocation(self, msg: wire.Chat, held: str, events: list[Event]) -> None:
         """``msg`` carries the origin and line number of the line ``held``
@@ -1936,50 +1928,16 @@ class Node:
 
     # -- identity: signatures, replays, names (lock held) -------------------------------
 
-    def _authentic(self, link: Link, msg: wire.FloodMessage) -> bool:
-        """Check the origin's key and signature (``docs/protocol.md`` §7.3);
-        count and penalise a failure (``BAD_SIGNATURES_PER_LINK``)."""
-        if not msg.key or not msg.sig:
-            reason = "unsigned"
-        elif self._keys.get(msg.origin) != msg.key and identity.node_id_of(msg.key) != msg.origin:
-            reason = "wrong_key"  # (a key seen with this origin before was checked then)
-        elif not identity.verify(msg.key, msg.sig, wire.signing_bytes(msg)):
-            reason = "bad_signature"
-        else:
-            return True
-        self._frames_refused[reason] = self._frames_refused.get(reason, 0) + 1
+    def _penalise(self, link: Link, msg: wire.FloodMessage, reason: str) -> None:
+        """A message on ``link`` failed its signature check (already counted
+        under ``reason``): log it, and close the link after
+        ``BAD_SIGNATURES_PER_LINK`` such messages."""
         bad = self._bad_sigs.get(link, 0) + 1
         self._bad_sigs[link] = bad
         if bad == 1 or bad % 100 == 0:
             log.warning("dropped %s %s from %s: %s", wire.kind(msg), msg.id, link.address, reason)
         if bad >= BAD_SIGNATURES_PER_LINK:
             link.close(f"{bad} messages failed their signature")
-        return False
-
-    def _replayed(self, msg: wire.FloodMessage) -> bool:
-        """An old message sent again, after the seen-cache forgot its id: a
-        line below the window's floor and older than the seen-cache's age; a
-        ``leave`` not newer than every
-        message heard from its origin (a leave is an origin's last word, so
-        an old one cannot make a present member leave); any other message
-        ``REORDER_ALLOWANCE`` below the highest ``seq`` of its origin.
-        Changes nothing."""
-        if isinstance(msg, wire.Chat) and msg.hlc:
-            now = time.monotonic()
-            if now - self._floor_cache[0] > 1.0:  # the floor query scans: once a second
-                wall = time.time()
-                # Lines younger than the seen-cache's age are judged by the
-                # seen-cache and the store, not by the window's floor: a flood
-                # of valid lines that fills the window must not make honest
-                # lines still in flight look like replays.
-                recent = int((wall - self.config.seen_max_age_s) * 1e6)
-                self._floor_cache = (now, min(self._store.floor(self._wire_room, wall), recent))
-            return msg.hlc < self._floor_cache[1]
-        highest = self._max_seq.get(msg.origin, 0)
-        if isinstance(msg, wire.Leave):
-            member = self._roster.get(msg.origin)
-            return msg.seq <= max(highest, member.name_seq if member else 0)
-        return msg.seq + REORDER_ALLOWANCE < highest
 
     def _remember_name(self, name: str, key: str) -> tuple[str, str]:
         """Trust on first use: the first key seen with ``name`` (NFC) is
@@ -2052,7 +2010,11 @@ class Node:
                 first = self._store.first_key(m.name)
                 if first_like is not None and first != first_like:
                     first = None
-                key = self._identity.key if m.node == self.node_id else self._keys.get(m.node, "")
+                key = (
+                    self._identity.key
+                    if m.node == self.node_id
+                    else self._admission.keys.get(m.node, "")
+                )
                 out.append(
                     KeyInfo(
                         node=m.node,
