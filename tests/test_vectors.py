@@ -331,6 +331,35 @@ def test_doc_patterns_are_the_reference_patterns() -> None:
             assert f"`{pattern}`" in cells[f.name], (kind, f.name, pattern)
 
 
+def doc_number(n: float) -> str:
+    """A bound as the tables write it: ``2^53``, ``1e11``, ``3600``."""
+    if n == 2**53:
+        return "2^53"
+    return f"{n:g}".replace("e+", "e")
+
+
+def test_doc_ranges_are_the_reference_ranges() -> None:
+    """Every numeric range and length limit the reference checks is written
+    in the field's row (``lo..hi``; the largest length as a number)."""
+    for kind, cls in TYPES.items():
+        info = msgspec.inspect.type_info(cls)
+        assert isinstance(info, msgspec.inspect.StructType)
+        cells = {name: " | ".join(rest).replace(",", "") for _, name, rest in doc_rows(kind)}
+        for f in info.fields:
+            want: list[str] = []
+            t = f.type
+            if isinstance(t, msgspec.inspect.ListType):
+                want.append(str(t.max_length))
+                t = t.item_type
+            if isinstance(t, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+                if t.ge is not None and t.le is not None:
+                    want.append(f"{doc_number(t.ge)}..{doc_number(t.le)}")
+            elif isinstance(t, msgspec.inspect.StrType) and t.max_length is not None:
+                want.append(str(t.max_length))
+            for text in want:
+                assert text in cells[f.name], (kind, f.name, text, cells[f.name])
+
+
 def test_doc_complete_json_examples_decode() -> None:
     """Every one-line JSON example of the document that has no ``…`` in it
     is a valid frame body."""
