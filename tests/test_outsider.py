@@ -1,0 +1,353 @@
+"""A node written from ``docs/protocol.md`` alone is accepted by ours.
+
+An independent client once had its ``join`` and every ``presence`` dropped
+as bad signatures: the document's tables left out fields the reference
+signs (``dh``, ``every``) and did not say that ``ts`` and ``every`` are
+signed as floats, so the client was timed out of the roster 10 s after it
+joined.  Here an "outsider" does what that client did, from the document
+only: the field order, defaults and JSON types come from the tables of
+section 5 (parsed from the file), the encoding from section 5.18, the
+handshake from section 4; keys and signatures from ``cryptography``.
+Nothing of ``p2pchat`` builds or reads its frames; the node it talks to is
+ours, in-process on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import socket
+import struct
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import LOOPBACK, Cluster, wait_for
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from p2pchat.events import JoinEvent, LeaveEvent
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+
+# -- section 5, read from the document -----------------------------------------
+
+
+def doc_table(kind: str) -> list[tuple[str, str, str]]:
+    """``(field, JSON type, default as JSON text)`` of a flooded type, in
+    signed order: the rows of section 5.4, then those of the type's section
+    (``### 5.N `kind```), by their *Pos*.  A required field's default is ``—``."""
+
+    def rows(heading: re.Pattern[str]) -> list[tuple[int, str, str, str]]:
+        lines = DOC[DOC.index("## 5. Message reference") : DOC.index("## 6. Error")].splitlines()
+        start = next(i for i, line in enumerate(lines) if heading.match(line))
+        out = []
+        for line in lines[start + 1 :]:
+            if line.startswith("#"):
+                break
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("|") and cells[0].isdigit():
+                out.append((int(cells[0]), cells[1].strip("`"), cells[2], cells[4].strip("`")))
+        return out
+
+    common = rows(re.compile(r"^### 5\.\d+ Common fields"))
+    own = rows(re.compile(rf"^### 5\.\d+ `{kind}`"))
+    table = sorted(common + own)
+    assert [pos for pos, *_ in table] == list(range(1, len(table) + 1))
+    return [(name, json_type, default) for _, name, json_type, default in table]
+
+
+# -- section 5.18, by hand ------------------------------------------------------
+
+
+def doc_float(x: float) -> str:
+    """A float as section 5.18 writes it: the shortest round-trip digits
+    (Python's repr gives them), positional from 0.00001 to below 10^16 with
+    at least one digit after the point, else ``2.5e-7`` style."""
+    if x == 0:
+        return "-0.0" if math.copysign(1.0, x) < 0 else "0.0"
+    sign = "-" if x < 0 else ""
+    shortest = Decimal(repr(abs(x)))  # only its digits and exponent are used
+    digits = "".join(map(str, shortest.as_tuple().digits)).rstrip("0") or "0"
+    first = shortest.adjusted()  # decimal exponent of the first digit
+    if 1e-5 <= abs(x) < 1e16:
+        if first >= 0:
+            whole = digits[: first + 1].ljust(first + 1, "0")
+            return f"{sign}{whole}.{digits[first + 1 :] or '0'}"
+        return f"{sign}0.{'0' * (-first - 1)}{digits}"
+    rest = f".{digits[1:]}" if len(digits) > 1 else ""
+    return f"{sign}{digits[0]}{rest}e{first}"
+
+
+def doc_string(s: str) -> str:
+    """A string as section 5.18 writes it."""
+    return json.dumps(s, ensure_ascii=False)
+
+
+def doc_value(json_type: str, value: Any) -> str:
+    if json_type == "number":
+        return doc_float(float(value))
+    if json_type == "integer":
+        return str(int(value))
+    if json_type == "boolean":
+        return "true" if value else "false"
+    if json_type == "string":
+        return doc_string(value)
+    if json_type == "array of strings":
+        return "[" + ",".join(doc_string(v) for v in value) + "]"
+    raise AssertionError(f"no rule for {json_type}")
+
+
+def doc_encode(kind: str, fields: dict[str, Any], hops: int, sig: str) -> bytes:
+    """The message ``kind`` with ``fields`` (``type``, ``hops`` and ``sig``
+    aside; optional ones may be left out) as section 5.18 writes it."""
+    values = dict(fields, type=kind, hops=hops, sig=sig)
+    parts = []
+    for name, json_type, default in doc_table(kind):
+        if name in values:
+            value = values[name]
+        else:
+            assert default != "—", f"{kind}.{name} is required"
+            value = json.loads(default)
+        parts.append(f"{doc_string(name)}:{doc_value(json_type, value)}")
+    return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+
+class Outsider:
+    """A peer made from the document: its own keys, its own frames."""
+
+    def __init__(self, port: int, room: str) -> None:
+        self.private = Ed25519PrivateKey.generate()
+        raw = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key = raw.hex()
+        self.node_id = hashlib.sha256(raw).hexdigest()[:16]
+        self.dh = (
+            X25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            .hex()
+        )
+        self.room = room
+        self.seq = 0
+        self.buf = b""
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=5.0)
+
+    def send_body(self, body: bytes) -> None:
+        self.sock.sendall(struct.pack("!I", len(body)) + body)
+
+    def read_frame(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if len(self.buf) >= 4:
+                (n,) = struct.unpack("!I", self.buf[:4])
+                if len(self.buf) >= 4 + n:
+                    body, self.buf = self.buf[4 : 4 + n], self.buf[4 + n :]
+                    obj: dict[str, Any] = json.loads(body)
+                    return obj
+            if time.monotonic() > deadline:
+                pytest.fail("no frame from the node")
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                pytest.fail("the node closed the link")
+            self.buf += data
+
+    def drain(self) -> None:
+        """Read and drop what the node sent meanwhile (keepalives, presences)."""
+        self.sock.settimeout(0.0)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def handshake(self) -> dict[str, Any]:
+        """Section 4: both hellos, both proofs; checks the node's proof."""
+        nonce = os.urandom(16).hex()
+        hello = {
+            "type": "hello",
+            "version": 1,
+            "node": self.node_id,
+            "name": "outsider",
+            "room": self.room,
+            "port": 0,
+            "features": [],
+            "nonce": nonce,
+            "key": self.key,
+        }
+        self.send_body(json.dumps(hello, separators=(",", ":")).encode())
+        theirs = self.read_frame()
+        assert theirs["type"] == "hello", theirs
+        assert hashlib.sha256(bytes.fromhex(theirs["key"])).hexdigest()[:16] == theirs["node"]
+        mine = f"p2pchat link proof v1\n{theirs['nonce']}\n{self.node_id}\n{theirs['node']}\n"
+        sig = self.private.sign((mine + self.room).encode()).hex()
+        self.send_body(json.dumps({"type": "proof", "sig": sig}).encode())
+        proof = self.read_frame()
+        assert proof["type"] == "proof", proof
+        signed = f"p2pchat link proof v1\n{nonce}\n{theirs['node']}\n{self.node_id}\n{self.room}"
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(theirs["key"])).verify(
+            bytes.fromhex(proof["sig"]), signed.encode()
+        )
+        return theirs
+
+    def flood(self, kind: str, ts: float, **own: Any) -> None:
+        """Sign and send a new flooded message, as section 5.18 says."""
+        self.seq += 1
+        fields = {
+            "id": os.urandom(16).hex(),
+            "origin": self.node_id,
+            "seq": self.seq,
+            "name": "outsider",
+            "room": self.room,
+            "ts": ts,
+            "key": self.key,
+            **own,
+        }
+        sig = self.private.sign(doc_encode(kind, fields, hops=0, sig="")).hex()
+        self.send_body(doc_encode(kind, fields, hops=16, sig=sig))
+
+    def keepalive(self) -> None:
+        self.send_body(b'{"type":"keepalive"}')
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- tests ----------------------------------------------------------------------
+
+
+FLOATS = [
+    0.0,
+    3.0,
+    0.1,
+    6.0,
+    1732245123.457,
+    1732245100.0,
+    1e11,
+    0.00001,
+    9.99e-6,
+    1e-6,
+    2.5e-7,
+    1e16,
+    9999999999999998.0,
+    1.5e16,
+    0.30000000000000004,
+    123456.789e-10,
+    -0.0,
+]
+
+
+def test_doc_float_rule_is_the_reference_encoders() -> None:
+    rng = random.Random(12)
+    values = list(FLOATS)
+    for _ in range(20000):
+        values.append(rng.random() * 10 ** rng.randint(-12, 22))
+        values.append(round(rng.random() * 1e11, rng.randint(0, 6)))
+        values.append(float(rng.randint(0, 10**12)))
+    for x in values:
+        assert doc_float(x) == msgspec.json.encode(x).decode(), x
+
+
+def test_doc_string_rule_is_the_reference_encoders() -> None:
+    rng = random.Random(13)
+    pool = [chr(c) for c in range(0x30)] + list('"\\/\x7f\x80\x9f\u2028\u2029éß€👋\ufeff')
+    for _ in range(5000):
+        s = "".join(rng.choice(pool) for _ in range(rng.randint(0, 12)))
+        assert doc_string(s).encode() == msgspec.json.encode(s), repr(s)
+
+
+def test_doc_tables_give_every_signed_field() -> None:
+    """The fields the independent client missed are in the tables, in
+    order, with their types and defaults."""
+    join = doc_table("join")
+    assert join[-1] == ("dh", "string", '""')
+    presence = [row[0] for row in doc_table("presence")]
+    assert presence[-4:] == ["addrs", "port", "dh", "every"]
+    assert doc_table("presence")[-1] == ("every", "number", "0.0")
+    assert ("ts", "number", "—") in join
+
+
+def test_outsider_join_and_presences_are_accepted(cluster: Cluster) -> None:
+    """The outsider joins and then sends only presences: it becomes a member
+    and is never timed out (member timeout 2 s, watched for 4.5 s)."""
+    node = cluster.add("host", member_timeout_s=2.0)
+    outsider = Outsider(node.port, cluster.room)
+    try:
+        outsider.handshake()
+        # A whole ts: signed as 1732245100.0-style, never as an integer.
+        outsider.flood("join", float(int(time.time())), dh=outsider.dh)
+        wait_for(
+            lambda: any(m.node == outsider.node_id for m in node.snapshot().members),
+            5.0,
+            "the outsider to become a member",
+        )
+        end = time.monotonic() + 4.5
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            ts = time.time() if n % 2 else float(int(time.time()))
+            if n % 3 == 0:  # optional fields left out: signed with their defaults
+                outsider.flood("presence", ts)
+            else:
+                outsider.flood("presence", ts, addrs=[], port=0, dh=outsider.dh, every=0.25)
+            outsider.keepalive()
+            outsider.drain()
+            time.sleep(0.25)  # the outsider's presence interval
+        stats = node.stats()
+        refused = {k: v for k, v in stats.frames_refused.items() if v}
+        assert refused == {}
+        assert any(m.node == outsider.node_id for m in node.snapshot().members)
+        rec = cluster.recorders[0]
+        joins = [e for e in rec.events if isinstance(e, JoinEvent) and e.origin == outsider.node_id]
+        leaves = [
+            e for e in rec.events if isinstance(e, LeaveEvent) and e.origin == outsider.node_id
+        ]
+        assert [e.via for e in joins] == ["join"] and leaves == []
+    finally:
+        outsider.close()
+
+
+def test_presence_signed_without_dh_and_every_is_refused(cluster: Cluster) -> None:
+    """What the independent client did: signed bytes that leave out the
+    fields the document once forgot.  The node drops it as a bad signature
+    (the check that the test above passes for a reason)."""
+    node = cluster.add("host")
+    outsider = Outsider(node.port, cluster.room)
+    try:
+        outsider.handshake()
+        outsider.seq += 1
+        fields = {
+            "type": "presence",
+            "id": os.urandom(16).hex(),
+            "origin": outsider.node_id,
+            "seq": outsider.seq,
+            "name": "outsider",
+            "room": cluster.room,
+            "ts": int(time.time()),
+            "hops": 0,
+            "key": outsider.key,
+            "sig": "",
+            "addrs": [],
+            "port": 0,
+        }
+        signed = json.dumps(fields, separators=(",", ":")).encode()
+        fields.update(hops=16, sig=outsider.private.sign(signed).hex())
+        outsider.send_body(json.dumps(fields, separators=(",", ":")).encode())
+        wait_for(
+            lambda: node.stats().frames_refused.get("bad_signature", 0) == 1,
+            5.0,
+            "the node to refuse the presence as a bad signature",
+        )
+        assert not any(m.node == outsider.node_id for m in node.snapshot().members)
+    finally:
+        outsider.close()
