@@ -116,6 +116,11 @@ class OriginOrder(Generic[T]):
         """The number of lines held now."""
         return len(self._held)
 
+    def last_shown(self, origin: str) -> int | None:
+        """The highest line number of ``origin`` shown so far, or None if
+        none was (or the origin was forgotten: see ``max_origins``)."""
+        return self._top.get(origin)
+
     def held(self, origin: str) -> int:
         """The number of lines of ``origin`` held now."""
         return len(self._by_origin.get(origin, ()))
