@@ -155,9 +155,11 @@ def test_a_catch_up_line_fills_the_gap_in_its_place_then_the_held_line_follows()
     order: OriginOrder[str] = OriginOrder(hold_s=HOLD)
     assert order.offer("erin", 2, "two", 0.0, prev_held=False) == []
     assert order.next_deadline() == HOLD
+    assert order.last_shown("erin") is None and order.held("erin") == 1
     out = order.offer("erin", 1, "one", 0.3, prev_held=False, live=False)
     assert [(r.item, r.earlier) for r in out] == [("one", False), ("two", False)]
     assert order.next_deadline() is None
+    assert order.last_shown("erin") == 2 and len(order) == 0
     # A catch-up line nothing waits for is an earlier line.
     out = order.offer("bob", 4, "old", 0.4, prev_held=False, live=False)
     assert [(r.item, r.earlier) for r in out] == [("old", True)]
