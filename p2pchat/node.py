@@ -96,6 +96,12 @@ ORDER_HOLD_S = 1.0
 """Longest a live line waits, unshown, for its origin's previous line (see
 :mod:`p2pchat.core.order`); the gap is fetched before then (``GAP_GRACE_S``)."""
 
+IN_PLACE_FRESH_S = 10.0
+"""A catch-up line shown in its place (before a held live line of its origin)
+is still marked as an earlier line when its origin said it more than this
+long ago (by the line's ``ts``): a node that joins while someone speaks gets
+that origin's older lines this way, and they are earlier lines."""
+
 GAP_GRACE_S = 0.3
 """How long a line may stay missing behind a later line of its origin before
 it is fetched: lines overtake each other when the broadcast tree changes (a
@@ -1584,10 +1590,13 @@ class Node:
 
     def _show(self, shown: list[Release[wire.Chat]], events: list[Event]) -> None:
         """Report the lines :attr:`_order` released, in its order; one shown
-        out of its place (or by catch-up with nothing waiting for it) is an
-        earlier line (``history=True``)."""
+        out of its place (or by catch-up with nothing waiting for it, or by
+        catch-up and said more than ``IN_PLACE_FRESH_S`` ago) is an earlier
+        line (``history=True``)."""
+        old = time.time() - IN_PLACE_FRESH_S
         for r in shown:
-            events.append(self._message_event(r.item, self_=False, history=r.earlier))
+            earlier = r.earlier or (not r.live and r.item.ts < old)
+            events.append(self._message_event(r.item, self_=False, history=earlier))
 
     def send_direct(self, to: str, text: str, action: bool = False) -> MessageEvent:
         """Send a direct message, encrypted end to end, to one member.  Any thread.

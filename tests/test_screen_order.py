@@ -168,3 +168,40 @@ def test_a_sender_that_leaves_gaps_cannot_make_the_node_hold_more_than_the_cap(
     assert node.stats().rate_limited.get("order_held") == extra
     assert [m.text for m in rec.messages()] == [f"l{n}" for n in numbers]
     assert not any(m.history for m in rec.messages())
+
+
+def test_old_lines_that_fill_the_gap_by_catch_up_are_in_place_but_marked_earlier(
+    cluster: Cluster,
+) -> None:
+    # A node joins while someone speaks: that origin's live line waits for
+    # its older lines, which come by catch-up. They are shown before it, but
+    # as what they are: earlier lines (said an hour ago).
+    node = cluster.add("alice", link=FAST_LINK)
+    peer = RawPeer(node.port)
+    try:
+        peer.hello(cluster.room, features=["history"])
+        now_us = int(wire.now_ts() * 1e6)
+        hour_ago = wire.now_ts() - 3600
+        third = peer.message(wire.Chat, cluster.room, text="third", line=3, hlc=now_us)
+        old = [
+            peer.message(
+                wire.Chat,
+                cluster.room,
+                text=t,
+                line=n,
+                hlc=int(hour_ago * 1e6) + n,
+                ts=hour_ago + n,
+            )
+            for n, t in ((1, "first"), (2, "second"))
+        ]
+        peer.send(wire.encode_frame(third))
+        peer.send(wire.encode_frame(wire.Lines(batch=1, lines=old)))  # type: ignore[arg-type]
+        rec = cluster.recorders[0]
+        wait_for(keep_alive(peer, lambda: len(rec.messages()) == 3), 5, "three lines shown")
+        assert [(m.text, m.history) for m in rec.messages()] == [
+            ("first", True),
+            ("second", True),
+            ("third", False),
+        ]
+    finally:
+        peer.close()

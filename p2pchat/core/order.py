@@ -60,10 +60,13 @@ class Release(Generic[T]):
         earlier: show it marked as an earlier line: it came by catch-up with
             nothing of its origin waiting for it, or a later line of its
             origin was shown before it (it came after the hold's bound).
+        live: as offered (False: it came by catch-up; the caller may still
+            mark an old one as earlier when it is shown in its place).
     """
 
     item: T
     earlier: bool
+    live: bool = True
 
 
 @dataclass(slots=True)
@@ -72,6 +75,7 @@ class _Held(Generic[T]):
     line: int
     item: T
     deadline: float
+    live: bool
 
 
 class OriginOrder(Generic[T]):
@@ -151,18 +155,18 @@ class OriginOrder(Generic[T]):
             self._top.move_to_end(origin)
         if not live and not held:
             self._shown(origin, line)
-            return [Release(item, True)]
+            return [Release(item, True, live)]
         if top is not None and line <= top:
-            return [Release(item, True)]  # a later line of its origin was shown
+            return [Release(item, True, live)]  # a later line of its origin was shown
         if held is not None and line in held:
             return []
         below = held is not None and min(held) < line
         if not below and (line == 1 or line - 1 == top or prev_held):
-            out = [Release(item, False)]
+            out = [Release(item, False, live)]
             self._shown(origin, line)
             self._cascade(origin, out)
             return out
-        entry = _Held(origin, line, item, now + self.hold_s)
+        entry = _Held(origin, line, item, now + self.hold_s, live)
         self._held[(origin, line)] = entry
         self._by_origin.setdefault(origin, {})[line] = entry
         out = []
@@ -222,7 +226,7 @@ class OriginOrder(Generic[T]):
         for n in sorted(k for k in held if k <= line):
             entry = held.pop(n)
             del self._held[(origin, n)]
-            out.append(Release(entry.item, False))
+            out.append(Release(entry.item, False, entry.live))
             self._shown(origin, n)
         self._cascade(origin, out)
 
@@ -234,7 +238,8 @@ class OriginOrder(Generic[T]):
         while top is not None and top + 1 in held:
             top += 1
             del self._held[(origin, top)]
-            out.append(Release(held.pop(top).item, False))
+            entry = held.pop(top)
+            out.append(Release(entry.item, False, entry.live))
         if top is not None:
             self._shown(origin, top)
         if not held:
