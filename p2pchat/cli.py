@@ -934,6 +934,14 @@ class Output:
                     if line is not None and isinstance(ev, MessageEvent) and ev.history:
                         self._hold_earlier(ev, line)
                         return
+                    if isinstance(ev, MessageEvent) and any(
+                        key[1] == ev.origin for key, _ in self._earlier
+                    ):
+                        # A live line of an origin whose earlier lines wait for
+                        # the end of their catch-up: those first, so that its
+                        # lines are printed in the order it said them.
+                        for held in self._take_earlier_locked(force=True):
+                            self._put(held)
                 if line is not None:
                     self._put(line)
         except Exception:
@@ -986,12 +994,16 @@ class Output:
     def _take_earlier(self, force: bool) -> list[str]:
         """The earlier lines to print now (the catch-up is over, or ``force``)."""
         with self._lock:
-            due = self._earlier_due
-            if due is None or (not force and time.monotonic() < due):
-                return []
-            held = sorted(self._earlier)
-            count = self._earlier_count
-            self._earlier, self._earlier_count, self._earlier_due = [], 0, None
+            return self._take_earlier_locked(force)
+
+    def _take_earlier_locked(self, force: bool) -> list[str]:
+        """:meth:`_take_earlier` with ``_lock`` held by the caller."""
+        due = self._earlier_due
+        if due is None or (not force and time.monotonic() < due):
+            return []
+        held = sorted(self._earlier)
+        count = self._earlier_count
+        self._earlier, self._earlier_count, self._earlier_due = [], 0, None
         lines = [line for _, line in held]
         if count > len(lines):
             lines.insert(

@@ -210,7 +210,10 @@ class Stats(Event):
             ``handshake_timeout``, ``keepalive_timeout``, ``protocol_error``,
             ``queue_full``).
         rate_limited: flooded messages dropped by a token bucket: ``link``
-            (per link) or ``origin`` (per origin node).
+            (per link) or ``origin`` (per origin node); also ``members_full``
+            (newcomers not added to a full roster) and ``order_held`` (lines
+            shown before their predecessor came and before the 1 s hold ran
+            out, because the held lines reached a cap).
         queue_drops: links dropped because their send queue was full.
         links: links up now; members: members in the room, us included;
         seen_cache: ids in the seen-cache.

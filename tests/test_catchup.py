@@ -14,7 +14,7 @@ from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, Recorder, wai
 from p2pchat import wire
 from p2pchat.core.history_store import MemoryStore
 from p2pchat.errors import StoreError
-from p2pchat.node import GAP_GRACE_S, Node, NodeConfig
+from p2pchat.node import GAP_GRACE_S, ORDER_HOLD_S, Node, NodeConfig
 
 
 def history_texts(node: Node, n: int = 1000) -> list[str]:
@@ -193,7 +193,16 @@ def test_a_gap_in_an_origins_lines_is_fetched_soon(cluster: Cluster) -> None:
         assert isinstance(sync, wire.Sync), "the node asks for the missing lines within seconds"
         have = {h.origin: (h.lo, h.hi) for h in sync.have}
         assert have[peer.node_id] == (3, 3)
-        # Answer with lines 1 and 2: they are shown as earlier lines, in order.
+        # Line 3 waits unshown for line 2, but not longer than ORDER_HOLD_S.
+        rec = cluster.recorders[0]
+        keepalive = wire.encode_frame(wire.Keepalive())
+
+        def third_shown() -> bool:
+            peer.send(keepalive)  # the link stays up meanwhile
+            return rec.texts() == ["third"]
+
+        wait_for(third_shown, ORDER_HOLD_S + 2, "line 3 shown")
+        # Answer with lines 1 and 2 after that: they are shown as earlier lines, in order.
         lines = [
             peer.message(wire.Chat, cluster.room, text=t, line=n, hlc=line3.hlc - 10 + n)
             for n, t in ((1, "first"), (2, "second"))
@@ -201,7 +210,6 @@ def test_a_gap_in_an_origins_lines_is_fetched_soon(cluster: Cluster) -> None:
         peer.send(wire.encode_frame(wire.Lines(batch=1, lines=lines)))  # type: ignore[arg-type]
         assert read_frames(peer, 1, timeout_s=3.0, kind=wire.Ack) == [wire.Ack(batch=1)]
         assert history_texts(node) == ["first", "second", "third"]
-        rec = cluster.recorders[0]
         assert [(m.text, m.history) for m in rec.messages()] == [
             ("third", False),
             ("first", True),

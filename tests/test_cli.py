@@ -1088,3 +1088,43 @@ def test_a_long_catch_up_shows_only_its_latest_earlier_lines_in_order(
     assert [line.split(") ", 1)[1] for line in lines[3:]] == [
         f"bob: old {n}" for n in range(71, 121)
     ]
+
+
+def test_an_origins_earlier_lines_are_printed_before_its_next_live_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node that links while erin speaks gets erin's first line by catch-up
+    # and the next one live a moment later: the terminal shows them in order.
+    monkeypatch.setenv("COLUMNS", "80")
+    out = cli.Output(json_mode=False)
+    printed = ""
+
+    def erin(n: int, text: str, history: bool) -> MessageEvent:
+        return MessageEvent(
+            id=f"{n:032x}",
+            origin=B_ID,
+            name="erin",
+            text=text,
+            ts=1_700_000_000.0 + n,
+            self=False,
+            seq=n,
+            history=history,
+            hlc=1_700_000_000_000_000 + n,
+            line=n,
+        )
+
+    try:
+        out.on_event(erin(1, "one", True))
+        out.on_event(_msg("alice is not erin"))  # another origin's live line does not wait
+        out.on_event(erin(2, "two", False))
+        deadline = time.monotonic() + 5
+        while "erin: two" not in printed and time.monotonic() < deadline:
+            printed += capsys.readouterr().out
+            time.sleep(0.02)
+    finally:
+        out.close()
+    printed += capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0] == "alice: alice is not erin"
+    assert lines[1].startswith("(earlier ") and lines[1].endswith(") erin: one")
+    assert lines[2] == "erin: two"
