@@ -69,8 +69,8 @@ class Lan:
                 for member in comp:
                     comps[member] = comp
         for name, ov in self.nodes.items():  # a few presences a second each
-            comp = sorted(comps[name])
-            for member in self.rng.sample(comp, min(4, len(comp))):
+            heard = sorted(comps[name])
+            for member in self.rng.sample(heard, min(4, len(heard))):
                 ov.learn(member, ["127.0.0.1"], 1, self.now)
         dials = 0
         order = sorted(self.nodes)
