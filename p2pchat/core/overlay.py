@@ -170,7 +170,10 @@ class Overlay:
         Returns:
             the peer whose link to drop now to stay within ``max_active``
             (a random inbound one other than ``peer``), ``peer`` itself if
-            no other may be dropped (refuse the newcomer), or None.
+            it is inbound and no other may be dropped (refuse the newcomer),
+            or None.  A link this node dialled is never refused: beyond the
+            max it drops an inbound one (at once), or is kept if there is none
+            (static peers may exceed the max).
         """
         self.active[peer] = inbound
         known = self.passive.get(peer)
@@ -180,7 +183,10 @@ class Overlay:
         if len(self.active) <= self.max_active:
             return None
         others = sorted(p for p, i in self.active.items() if i and p != peer)
-        if not others or now - self._last_evict < self.evict_interval_s:
+        if not inbound:  # a link we dialled (a static peer, or dials that crossed)
+            if not others:
+                return None  # over the max by static peers only: kept
+        elif not others or now - self._last_evict < self.evict_interval_s:
             del self.active[peer]
             return peer
         self._last_evict = now
