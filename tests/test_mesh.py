@@ -10,7 +10,7 @@ from conftest import FAST_LINK, Cluster, unique_room, unique_service_type, wait_
 from p2pchat.events import NickEvent, PeerUp
 
 
-def build(cluster: Cluster, n: int, edges: list[tuple[int, int]], **overrides: object) -> None:
+def build(cluster: Cluster, n: int, edges: list[tuple[int, int]], **overrides: int) -> None:
     """Start ``n`` nodes; for each edge (i, j) with i < j, node j dials node i."""
     for j in range(n):
         peers = [cluster.nodes[i] for (i, jj) in edges if jj == j]
