@@ -161,7 +161,8 @@ class NodeConfig:
             ``links_refused.overlay_full``) or is refused with ``busy``.  At
             most ``passive_max`` known peers are kept to dial from.  Static
             ``peers`` are dialled at start, and again whenever the node has
-            fewer than ``active_target`` links.
+            fewer than ``active_target`` links.  ``active_target=0``: a fixed
+            topology; the node dials its static peers only (always).
         max_links_per_address: most inbound sockets from one remote IP
             address, still in the handshake or linked.  Checked when the
             socket is accepted, before any thread starts for it: one more is
@@ -722,8 +723,10 @@ class Node:
         return node_id in self._links
 
     def wants_links(self) -> bool:
-        """True while the node has fewer links than the overlay's target.  Any thread."""
-        return len(self._links) < self.config.active_target
+        """True while the node has fewer links than the overlay's target, or
+        always with a target of 0 (a fixed topology: static peers only).  Any thread."""
+        target = self.config.active_target
+        return target == 0 or len(self._links) < target
 
     def snapshot(self) -> Snapshot:
         """Members of the room and the links that are up, for /who and /peers."""

@@ -84,8 +84,9 @@ class Overlay:
     Args:
         me: this node's id (never put in a view).
         rng: the source of every random choice.
-        target, max_active, max_passive: the views' sizes (``1 <= target <=
-            max_active``).
+        target, max_active, max_passive: the views' sizes (``0 <= target <=
+            max_active``).  A target of 0 dials nobody (no fill, no
+            replacement, no merge): a fixed topology of static peers.
         retry_s, retry_max_s, max_failures: redial backoff of a passive peer.
         evict_interval_s: least time between two links dropped for newcomers.
         merge_interval_s: least time between two dials of non-members above
@@ -111,8 +112,8 @@ class Overlay:
     _last_merge: float = float("-inf")
 
     def __post_init__(self) -> None:
-        if not 1 <= self.target <= self.max_active:
-            raise ValueError("need 1 <= target <= max_active")
+        if not 0 <= self.target <= self.max_active:
+            raise ValueError("need 0 <= target <= max_active")
 
     # -- what the node learns -----------------------------------------------------
 
@@ -234,6 +235,8 @@ class Overlay:
         Returns:
             peer ids (each at most once; none active or in ``dialing``).
         """
+        if self.target == 0:
+            return []
         pending = sum(1 for p in dialing if p not in self.active)
         have = len(self.active) + pending
         ready = sorted(
