@@ -147,8 +147,8 @@ class NodeConfig:
         member_timeout_s: silence after which a member is timed out.
         redial_min_s, redial_max_s: redial backoff bounds.
         dial_timeout_s: TCP connect timeout per address.
-        mdns_dial_delay_s: how long the node with the higher id waits for the
-            lower one to dial before it dials itself.
+        mdns_dial_delay_s: unused since the bounded overlay picks who dials
+            (kept so that old settings still load).
         max_links: most links at once, whatever the overlay says; a hello
             beyond them is refused with ``busy`` (``links_refused.busy``).
             At most ``2 * max_links`` inbound sockets are held in all.
