@@ -109,11 +109,20 @@ def idle_figures(nodes: Sequence[NodeProcess], seconds: float) -> dict[str, floa
 
 
 def one_run(
-    n: int, k: int, seconds: float, settle_s: float, seed: int, code: Path, mdns: bool = False
+    n: int,
+    k: int,
+    seconds: float,
+    settle_s: float,
+    seed: int,
+    code: Path,
+    mdns: bool = False,
+    lines: int = 0,
 ) -> dict[str, float]:
     """Start the room, wait for it to form, measure the idle window.
     ``mdns``: the nodes find each other by mDNS on 127.0.0.1 (a service
-    type of this run only) instead of ``--peer``."""
+    type of this run only) instead of ``--peer``.  ``lines``: chat lines
+    each node sends before the settling time (so that duplicates prune the
+    broadcast tree, as in a room that has talked)."""
     rng = random.Random(seed)
     room = f"idle-{secrets.token_hex(3)}"
     service_type = f"_p2pi{secrets.token_hex(4)}._tcp.local."
@@ -137,6 +146,9 @@ def one_run(
             return all(ids - {str(p.node_id)} <= p.members() for p in nodes)
 
         formed_s = wait_until(formed, 60.0, "every node sees every other", nodes, settle_s=0)
+        for i in range(lines):
+            for node in nodes:
+                node.send_line(f"line {i} from {node.label}")
         pump_for(nodes, settle_s)
         figures = idle_figures(nodes, seconds)
         figures["formed_s"] = round(formed_s, 2)
@@ -153,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=10.0, help="seconds let pass before it")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mdns", action="store_true", help="find peers by mDNS on 127.0.0.1")
+    p.add_argument("--lines", type=int, default=0, help="chat lines per node before the idle")
     p.add_argument("--code", type=Path, default=REPO, help="checkout whose p2pchat to run")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args(argv)
@@ -160,7 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--nodes must be 2..60, --k at least 1, --seconds positive")
     try:
         figures = one_run(
-            args.nodes, args.k, args.seconds, args.settle, args.seed, args.code, args.mdns
+            args.nodes,
+            args.k,
+            args.seconds,
+            args.settle,
+            args.seed,
+            args.code,
+            args.mdns,
+            args.lines,
         )
     except WaitFailed as exc:
         print(f"bench_idle.py: {exc}", file=sys.stderr)
@@ -172,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in figures.items():
         print(f"  {key:24} {value:10.2f}")
     if args.json:
-        head = {"nodes": args.nodes, "mdns": args.mdns, "code": str(args.code)}
+        head = {"nodes": args.nodes, "mdns": args.mdns, "lines": args.lines, "code": str(args.code)}
         print(json.dumps({**head, **figures}))
     return 0
 
