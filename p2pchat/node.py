@@ -161,7 +161,8 @@ class NodeConfig:
             ``links_refused.overlay_full``) or is refused with ``busy``.  At
             most ``passive_max`` known peers are kept to dial from.  Static
             ``peers`` are dialled at start, and again whenever the node has
-            fewer than ``active_target`` links.  ``active_target=0``: a fixed
+            fewer than ``active_target`` links.  At most 2 dials of the
+            overlay are under way at once.  ``active_target=0``: a fixed
             topology; the node dials its static peers only (always).
         max_links_per_address: most inbound sockets from one remote IP
             address, still in the handshake or linked.  Checked when the
@@ -215,7 +216,7 @@ class NodeConfig:
     dial_timeout_s: float = 3.0
     mdns_dial_delay_s: float = 1.5
     max_links: int = 64
-    active_target: int = 6
+    active_target: int = 5
     active_max: int = 12
     passive_max: int = 64
     max_links_per_address: int = 16

@@ -137,7 +137,8 @@ def one_run(
                 argv += ["--no-mdns"]
                 for i in rng.sample(range(j), min(j, k)):
                     argv += ["--peer", f"{LOOPBACK}:{nodes[i].port}"]
-            node = NodeProcess.spawn(argv, f"n{j}", cwd=str(REPO), env=env_with_path(code))
+            # cwd: `python -m` puts it first on sys.path, so it picks the code.
+            node = NodeProcess.spawn(argv, f"n{j}", cwd=str(code), env=env_with_path(code))
             nodes.append(node)
             wait_until(lambda: nodes[-1].ready_event is not None, 30.0, "ready", nodes, settle_s=0)
 

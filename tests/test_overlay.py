@@ -9,7 +9,7 @@ import random
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from p2pchat.core.overlay import DEFAULT_MAX_ACTIVE, Overlay
+from p2pchat.core.overlay import DEFAULT_MAX_ACTIVE, DEFAULT_TARGET, Overlay
 
 
 class Lan:
@@ -130,8 +130,8 @@ def test_random_joins_connect_within_bounded_degree(
         if not together:
             lan.round()
     lan.settle(200)
-    if n > 7:  # every node filled its view to the target (or beyond)
-        assert min(len(p) for p in lan.links.values()) >= 6 or not mdns
+    if n > DEFAULT_TARGET + 1 and mdns:  # every node filled its view to the target
+        assert min(len(p) for p in lan.links.values()) >= DEFAULT_TARGET
 
 
 @settings(max_examples=15, deadline=None)

@@ -10,9 +10,10 @@ idle room's presences flooded over N-1 links at every node.
 The rules kept from the paper, and what this LAN version changes:
 
 * **Fill** (the paper's join and neighbour request): while the active view is
-  below ``target``, dial random passive peers.  A link that fails (not one we
-  dropped ourselves) is replaced by one random passive peer even at or above
-  the target (below ``max_active``): the paper's fixed-size active view,
+  below ``target``, dial random passive peers, at most ``max_pending`` at
+  once.  A link that fails (not one we dropped ourselves) is replaced by one
+  random passive peer even at or above the target (below ``max_active``):
+  the paper's fixed-size active view,
   which is what keeps the overlay connected when a node that joined two parts
   dies.
 * **Accept**: an inbound link is taken while the active view holds fewer than
@@ -47,15 +48,22 @@ import random
 from collections.abc import Collection, Container, Iterable
 from dataclasses import dataclass, field
 
-DEFAULT_TARGET = 6
-"""Links a node dials up to (HyParView's log N + c: ln 1000 + 1 ~ 8; 6 keeps
-a random overlay of a few hundred nodes connected with a wide margin)."""
+DEFAULT_TARGET = 5
+"""Links a node dials up to: HyParView's log N + c (the paper's active view
+is 5 for 10,000 nodes).  Inbound links come on top: in a room started all at
+once a node ends with about 8 (in memory, 60 to 200 nodes), at most
+``DEFAULT_MAX_ACTIVE``."""
 
 DEFAULT_MAX_ACTIVE = 12
 """Most links a node holds (inbound beyond it: one dropped, or ``busy``)."""
 
 DEFAULT_MAX_PASSIVE = 64
 """Most known peers kept to repair from."""
+
+DEFAULT_MAX_PENDING = 2
+"""Most dials of the overlay under way at once: a node dials a few peers,
+then sees which inbound links came meanwhile, so a room started at once does
+not end with every node at twice the target."""
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Overlay:
             max_active``).  A target of 0 dials nobody (no fill, no
             replacement, no merge): a fixed topology of static peers.
         retry_s, retry_max_s, max_failures: redial backoff of a passive peer.
+        max_pending: most dials under way at once.
         evict_interval_s: least time between two links dropped for newcomers.
         merge_interval_s: least time between two dials of non-members above
             the target.
@@ -103,6 +112,7 @@ class Overlay:
     retry_s: float = 2.0
     retry_max_s: float = 30.0
     max_failures: int = 5
+    max_pending: int = DEFAULT_MAX_PENDING
     evict_interval_s: float = 1.0
     merge_interval_s: float = 5.0
     active: dict[str, bool] = field(default_factory=dict)  # peer -> inbound
@@ -249,6 +259,7 @@ class Overlay:
         if self._replace and ready:  # failed links: replaced even above the target
             want += max(0, min(self._replace, self.max_active - have - want))
             self._replace = 0
+        want = min(want, max(0, self.max_pending - pending))
         picked = ready[:want]
         rest = ready[want:]
         if (
