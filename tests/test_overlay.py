@@ -217,3 +217,20 @@ def test_passive_view_is_bounded_and_keeps_static_peers() -> None:
     for _ in range(10):
         ov.dial_failed("s", 0.0)
     assert "s" in ov.passive  # static: dialled for as long as the node runs
+
+
+def test_a_view_full_of_inbound_links_still_dials_its_own() -> None:
+    """Peers that dialled first cannot be all of a node's links: it dials
+    ``min_outbound`` peers of its own choice, each pushing out an inbound link."""
+    ov = Overlay("me", random.Random(5), target=5, max_active=6, evict_interval_s=60.0)
+    for i in range(6):
+        assert ov.link_up(f"in{i}", inbound=True, now=0.0) is None
+    for i in range(3):
+        ov.learn(f"p{i}", ["127.0.0.1"], 1, 0.0)
+    picked = ov.to_dial(1.0, set(), {f"p{i}" for i in range(3)})
+    assert len(picked) == 2
+    for p in picked:
+        victim = ov.link_up(p, inbound=False, now=1.0)
+        assert victim is not None and victim.startswith("in")
+    assert len(ov.active) == 6 and sum(not i for i in ov.active.values()) == 2
+    assert ov.to_dial(2.0, set(), {f"p{i}" for i in range(3)}) == []

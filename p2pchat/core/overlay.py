@@ -16,6 +16,9 @@ The rules kept from the paper, and what this LAN version changes:
   the paper's fixed-size active view,
   which is what keeps the overlay connected when a node that joined two parts
   dies.
+* **Own choice**: at least ``min_outbound`` of the links are ones the node
+  dialled itself (to random known peers), whatever came in: peers that dial
+  a node first cannot be all its links (an eclipse by inbound links).
 * **Accept**: an inbound link is taken while the active view holds fewer than
   ``max_active``.  Beyond that, as the paper does on a join to a full view, it
   is taken and a random other *inbound* link is dropped (links this node
@@ -97,6 +100,7 @@ class Overlay:
             replacement, no merge): a fixed topology of static peers.
         retry_s, retry_max_s, max_failures: redial backoff of a passive peer.
         max_pending: most dials under way at once.
+        min_outbound: links this node dialled that it keeps at least.
         evict_interval_s: least time between two links dropped for newcomers.
         merge_interval_s: least time between two dials of non-members above
             the target.
@@ -113,6 +117,7 @@ class Overlay:
     retry_max_s: float = 30.0
     max_failures: int = 5
     max_pending: int = DEFAULT_MAX_PENDING
+    min_outbound: int = 2
     evict_interval_s: float = 1.0
     merge_interval_s: float = 5.0
     active: dict[str, bool] = field(default_factory=dict)  # peer -> inbound
@@ -255,9 +260,12 @@ class Overlay:
             if p not in self.active and p not in dialing and k.not_before <= now
         )
         self.rng.shuffle(ready)
-        want = max(0, self.target - have)
+        outbound = sum(1 for inbound in self.active.values() if not inbound)
+        # Own choices even in a full view: their links push out inbound ones.
+        need_out = min(self.target, self.min_outbound) - outbound - pending
+        want = max(0, self.target - have, need_out)
         if self._replace and ready:  # failed links: replaced even above the target
-            want += max(0, min(self._replace, self.max_active - have - want))
+            want = max(want, min(self._replace, self.max_active - have))
             self._replace = 0
         want = min(want, max(0, self.max_pending - pending))
         picked = ready[:want]
