@@ -202,10 +202,13 @@ def test_unheard_peers_are_dialled_to_merge_parts() -> None:
     ov = Overlay("me", random.Random(3), target=1, max_active=4, merge_interval_s=5.0)
     ov.learn("a", ["127.0.0.1"], 1, 0.0)
     ov.learn("b", ["127.0.0.1"], 1, 0.0)
+    ov.learn("c", ["127.0.0.1"], 1, 0.0)
     ov.link_up("a", inbound=False, now=0.0)
-    assert ov.to_dial(1.0, set(), {"a", "b"}) == []
-    assert ov.to_dial(1.0, set(), {"a"}) == ["b"]  # b is not heard: another part
-    assert ov.to_dial(2.0, set(), {"a"}) == []  # one merge dial per interval
+    assert ov.to_dial(1.0, set(), {"a"}) == []  # b and c may be newcomers: not yet
+    assert ov.to_dial(10.0, set(), {"a", "b", "c"}) == []
+    assert ov.to_dial(10.0, set(), {"a", "c"}) == ["b"]  # b is not heard: another part
+    assert ov.to_dial(11.0, set(), {"a"}) == []  # one merge dial per interval
+    assert len(ov.to_dial(15.0, set(), {"a"})) == 1  # the next interval
 
 
 def test_passive_view_is_bounded_and_keeps_static_peers() -> None:

@@ -27,10 +27,11 @@ The rules kept from the paper, and what this LAN version changes:
   ``evict_interval_s``, and a newcomer beyond that is refused with ``busy``
   and dials someone else.  The dropped peer is below its target at once and
   dials another passive peer: newcomers always get in.
-* **Merge**: a passive peer that is not a member of the room (its presence is
-  not heard, so it is in another part of the room, or new) is dialled even
-  when the active view is at the target, one at a time, at most one such dial
-  per ``merge_interval_s``: two parts that mDNS shows each other but that
+* **Merge**: a passive peer known for ``merge_after_s`` that is not a member
+  of the room (nothing of it heard, so it is in another part of the room) is
+  dialled even when the active view is at the target, one at a time, at most
+  one such dial per ``merge_interval_s`` (a newcomer is not one: its join
+  reaches every node through its first links): two parts that mDNS shows each other but that
   formed apart (nodes started together) join.  The paper's shuffle, which
   refreshes the passive views, is not needed: mDNS and presences keep them
   fresh.
@@ -79,6 +80,7 @@ class Known:
         static: named by ``--peer`` (never forgotten or given away).
         failures: dials in a row that failed.
         not_before: earliest time (seconds) to dial it again.
+        since: when it was first learnt (seconds).
     """
 
     addrs: list[str]
@@ -86,6 +88,7 @@ class Known:
     static: bool = False
     failures: int = 0
     not_before: float = float("-inf")
+    since: float = float("-inf")
 
 
 @dataclass
@@ -104,6 +107,8 @@ class Overlay:
         evict_interval_s: least time between two links dropped for newcomers.
         merge_interval_s: least time between two dials of non-members above
             the target.
+        merge_after_s: how long a peer must be known, and no member, before
+            it is dialled as one.
 
     Thread: the caller's, under the caller's lock.
     """
@@ -120,6 +125,7 @@ class Overlay:
     min_outbound: int = 2
     evict_interval_s: float = 1.0
     merge_interval_s: float = 5.0
+    merge_after_s: float = 10.0
     active: dict[str, bool] = field(default_factory=dict)  # peer -> inbound
     passive: dict[str, Known] = field(default_factory=dict)
     _replace: int = 0  # failed links still to replace (above the target)
@@ -155,8 +161,7 @@ class Overlay:
             if not others:
                 return
             del self.passive[self.rng.choice(sorted(others))]
-        self.passive[peer] = Known(addrs, port, static)
-        del now  # kept in the signature: a later policy may age entries
+        self.passive[peer] = Known(addrs, port, static, since=now)
 
     def forget(self, peer: str) -> None:
         """The peer is gone (an mDNS goodbye): out of the passive view
@@ -275,7 +280,11 @@ class Overlay:
             and pending == 0
             and now - self._last_merge >= self.merge_interval_s
         ):
-            strangers = [p for p in rest if p not in members]
+            strangers = [
+                p
+                for p in rest
+                if p not in members and now - self.passive[p].since >= self.merge_after_s
+            ]
             if strangers:
                 self._last_merge = now
                 picked.append(strangers[0])
