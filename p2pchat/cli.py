@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-mdns",
         action="store_true",
-        help="no mDNS discovery: link to the --peer peers only",
+        help="no mDNS discovery: find peers by --peer (and the addresses their presences give)",
     )
     p.add_argument(
         "--json",

@@ -43,6 +43,7 @@ from p2pchat import flood, history, identity, names, wire
 from p2pchat.core.admission import SIGNATURE_REASONS, Admission
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.order import OriginOrder, Release
+from p2pchat.core.overlay import Overlay
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
 from p2pchat.errors import (
     LineTooLong,
@@ -160,11 +161,23 @@ class NodeConfig:
         member_timeout_s: silence after which a member is timed out.
         redial_min_s, redial_max_s: redial backoff bounds.
         dial_timeout_s: TCP connect timeout per address.
-        mdns_dial_delay_s: how long the node with the higher id waits for the
-            lower one to dial before it dials itself.
-        max_links: most links at once; a hello beyond them is refused with
-            ``busy`` (``links_refused.busy``).  At most ``2 * max_links``
-            inbound sockets are held in all.
+        mdns_dial_delay_s: unused since the bounded overlay picks who dials
+            (kept so that old settings still load).
+        max_links: most links at once, whatever the overlay says; a hello
+            beyond them is refused with ``busy`` (``links_refused.busy``).
+            At most ``2 * max_links`` inbound sockets are held in all.
+        active_target, active_max, passive_max: the bounded overlay
+            (:mod:`p2pchat.core.overlay`, ``docs/protocol.md`` §8): the node
+            dials peers it knows (from mDNS, ``peers`` and presences) while
+            it has fewer than ``active_target`` links, replaces a link that
+            fails, and holds at most ``active_max``: an inbound link beyond
+            it drops a random other inbound one (at most one a second,
+            ``links_refused.overlay_full``) or is refused with ``busy``.  At
+            most ``passive_max`` known peers are kept to dial from.  Static
+            ``peers`` are dialled at start, and again whenever the node has
+            fewer than ``active_target`` links.  At most 2 dials of the
+            overlay are under way at once.  ``active_target=0``: a fixed
+            topology; the node dials its static peers only (always).
         max_links_per_address: most inbound sockets from one remote IP
             address, still in the handshake or linked.  Checked when the
             socket is accepted, before any thread starts for it: one more is
@@ -217,6 +230,9 @@ class NodeConfig:
     dial_timeout_s: float = 3.0
     mdns_dial_delay_s: float = 1.5
     max_links: int = 64
+    active_target: int = 5
+    active_max: int = 12
+    passive_max: int = 64
     max_links_per_address: int = 16
     max_handshakes_per_address: int = 4
     max_handshakes: int = 32
@@ -289,6 +305,10 @@ class _Dialer:
     or until it gives up (a peer that is this node, or a discovered peer
     unreachable for ``give_up_s``).  Every other failure (a refusal such as
     ``busy``, a link that could not be set up, a timeout) only backs off.
+    A static peer known by its id is redialled only while the node has fewer
+    links than the overlay's target.  ``once``: a dial the overlay asked for
+    (:meth:`Node._fill_overlay`): one attempt, the outcome reported to the
+    overlay, and the thread ends with the link.
     """
 
     def __init__(
@@ -300,8 +320,10 @@ class _Dialer:
         node_id: str = "",
         first_delay_s: float = 0.0,
         give_up_s: float | None = None,
+        once: bool = False,
     ) -> None:
         self.node = node
+        self.once = once
         self.key = key
         self.addresses = addresses
         self.port = port
@@ -324,9 +346,16 @@ class _Dialer:
             return
         while not self.stopped.is_set():
             if self.node_id and self.node.has_link(self.node_id):
+                if self.once:
+                    break
                 # Linked (dialled by the peer): sleep until that link goes down.
                 # The timeout is only a safety net; an idle thread costs a wake-up.
                 last_ok = time.monotonic()
+                self.wake.wait(IDLE_CHECK_S)
+                self.wake.clear()
+                continue
+            if self.node_id and not self.once and not self.node.wants_links():
+                # A static peer, and the overlay has its links: no need of it now.
                 self.wake.wait(IDLE_CHECK_S)
                 self.wake.clear()
                 continue
@@ -334,6 +363,9 @@ class _Dialer:
                 sock, host = dial(list(self.addresses), self.port, cfg.dial_timeout_s)
             except OSError as exc:
                 log.debug("dial %s:%s failed: %s", self.addresses, self.port, exc)
+                if self.once:
+                    self.node._overlay_dial_failed(self.node_id, "")
+                    break
                 if self.give_up_s is not None and time.monotonic() - last_ok > self.give_up_s:
                     log.info("giving up on %s after %.0f s", self.key, self.give_up_s)
                     break
@@ -344,6 +376,9 @@ class _Dialer:
                 link = self.node._adopt(sock, "out", (host, self.port))
                 if link is None:
                     if self.node.closing:
+                        break
+                    if self.once:
+                        self.node._overlay_dial_failed(self.node_id, "")
                         break
                     # Not adopted (no slot, or any other passing reason): this
                     # is a failed dial like any other; back off and dial again.
@@ -363,11 +398,16 @@ class _Dialer:
                         code = link.refused.code if link.refused else ""
                         if link.refusal is not None:
                             code = code or link.refusal.code
+                        if self.once:
+                            self.node._overlay_dial_failed(self.node_id, code)
+                            break
                         if code == "self":
                             log.info("%s is this node; not dialling it again", self.key)
                             break
                         if code in ("room", "version"):
                             backoff = cfg.redial_max_s
+                    if self.once:
+                        break
             jitter = random.uniform(0.8, 1.2)
             if self.stopped.wait(backoff * jitter):
                 break
@@ -453,6 +493,13 @@ class Node:
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
         self._all_links: set[Link] = set()
         self._dialers: dict[str, _Dialer] = {}
+        self._overlay = Overlay(
+            self.node_id,
+            random.Random(),
+            target=config.active_target,
+            max_active=config.active_max,
+            max_passive=config.passive_max,
+        )
         self._noticed: set[tuple[str, str]] = set()
         self._flagged: set[tuple[str, str]] = set()  # (origin, name) already flagged
         self._started_at = time.monotonic()
@@ -698,6 +745,12 @@ class Node:
         """True if a link to ``node_id`` is up."""
         return node_id in self._links
 
+    def wants_links(self) -> bool:
+        """True while the node has fewer links than the overlay's target, or
+        always with a target of 0 (a fixed topology: static peers only).  Any thread."""
+        target = self.config.active_target
+        return target == 0 or len(self._links) < target
+
     def snapshot(self) -> Snapshot:
         """Members of the room and the links that are up, for /who and /peers."""
         now = time.monotonic()
@@ -925,6 +978,11 @@ class Node:
             )
         if len(self._links) >= self.config.max_links and hello.node not in self._links:
             return wire.Refuse(code="busy", reason=f"too many links ({self.config.max_links})")
+        if link.direction == "in" and hello.node not in self._links:
+            with self._lock:
+                full = not self._overlay.room_for(time.monotonic())
+            if full:  # the overlay's bound (core/overlay.py): dial someone else
+                return wire.Refuse(code="busy", reason=f"too many links ({self.config.active_max})")
         if self._secret is not None:  # every frame after the hellos is sealed
             link.cipher = self._secret.link_cipher(
                 link.hello.nonce, hello.nonce, link.direction == "out"
@@ -980,38 +1038,64 @@ class Node:
         if peer.version != wire.PROTOCOL_VERSION:
             log.info("ignoring %s: protocol version %s", peer.name, peer.version)
             return
-        delay = 0.0 if self.node_id < peer.node_id else self.config.mdns_dial_delay_s
         with self._lock:
-            self._dial_node_locked(peer.node_id, list(peer.addresses), peer.port, delay)
+            self._dial_node_locked(peer.node_id, list(peer.addresses), peer.port, 0.0)
 
     def _dial_node_locked(self, node_id: str, addrs: list[str], port: int, delay: float) -> None:
-        """Make sure a dialler for ``node_id`` runs (it gives up after 120 s
-        without a link).  The caller holds ``self._lock``."""
+        """A peer and where it listens: into the overlay's passive view, and
+        dial whom the overlay wants now (:meth:`_fill_overlay`).  ``delay``
+        is unused (the overlay picks who dials).  The caller holds
+        ``self._lock``."""
+        del delay
         if self._closed:
             return
         dialer = self._dialers.get(node_id)
         if dialer is not None and not dialer.stopped.is_set():
             dialer.addresses = addrs
             dialer.port = port
+        self._overlay.learn(node_id, addrs, port, time.monotonic())
+        self._fill_overlay(time.monotonic())
+
+    def _fill_overlay(self, now: float) -> None:
+        """Dial the peers the overlay asks for (:meth:`Overlay.to_dial
+        <p2pchat.core.overlay.Overlay.to_dial>`), each once.  The latest
+        presences' addresses join the passive view first.  Lock held."""
+        if self._closed:
             return
-        if len(self._dialers) >= self.config.max_known_peers:
-            return
-        dialer = _Dialer(
-            self, node_id, addrs, port, node_id=node_id, first_delay_s=delay, give_up_s=120.0
-        )
-        self._dialers[node_id] = dialer
-        dialer.thread.start()
+        for n, origin in enumerate(reversed(self._member_addrs)):
+            if n >= 8:
+                break
+            if origin not in self._overlay.passive:
+                addrs, port = self._member_addrs[origin]
+                self._overlay.learn(origin, addrs, port, now)
+        dialing = {d.node_id for d in self._dialers.values() if d.node_id}
+        for pid in self._overlay.to_dial(now, dialing, self._roster):
+            known = self._overlay.address(pid)
+            if known is None or len(self._dialers) >= self.config.max_known_peers:
+                continue
+            dialer = _Dialer(self, pid, known[0], known[1], node_id=pid, once=True)
+            self._dialers[pid] = dialer
+            dialer.thread.start()
+
+    def _overlay_dial_failed(self, node_id: str, code: str) -> None:
+        """A dial the overlay asked for got no link (``code``: the peer's
+        refusal, or empty).  Dialler thread."""
+        with self._lock:
+            if code == "self":
+                self._overlay.forget(node_id)
+            else:
+                self._overlay.dial_failed(node_id, time.monotonic())
 
     def _relink(self, node_id: str) -> None:
         """A member went silent: if its presence told us where it listens,
-        dial it, so that two parts of the mesh whose only joining node died
-        find each other again.  Router thread, lock held."""
+        keep it in the overlay's passive view: it is no member now, so the
+        overlay dials it (merge), and two parts of the room whose only
+        joining node died find each other again.  Router thread, lock held."""
         known = self._member_addrs.pop(node_id, None)
         if known is None or node_id in self._links:
             return
         addrs, port = known
-        delay = 0.0 if self.node_id < node_id else self.config.mdns_dial_delay_s
-        self._dial_node_locked(node_id, addrs, port, delay)
+        self._dial_node_locked(node_id, addrs, port, 0.0)
 
     def _advertised_addresses(self) -> list[str]:
         """IPv4 addresses for our presence: the ``interfaces``, or all of them."""
@@ -1024,6 +1108,7 @@ class Node:
 
     def _lost(self, node_id: str) -> None:
         with self._lock:
+            self._overlay.forget(node_id)
             dialer = self._dialers.get(node_id)
         if dialer is not None:
             dialer.stop()
@@ -1178,6 +1263,8 @@ class Node:
             self._bad_sigs.pop(link, None)
             if link.peer is not None and self._links.get(link.peer.node) is link:
                 del self._links[link.peer.node]
+                self._overlay.link_down(link.peer.node, now)
+                self._fill_overlay(now)
                 for dialer in self._dialers.values():
                     if dialer.node_id == link.peer.node:
                         dialer.wake.set()  # dial again now, not at its next check
@@ -1232,6 +1319,9 @@ class Node:
             self._links[pid] = link
             self._tree_link_up(link, existing)
             self._history_link_up(link, existing)
+            self._overlay_link_up(link)
+            return
+        if self._overlay_link_up(link):
             return
         self._links[pid] = link
         self._tree_link_up(link, None)
@@ -1242,6 +1332,29 @@ class Node:
             join = wire.Join(dh=self._identity.dh, **self._envelope_locked())
             self._flood_own(self._signed(join), events)
         self._presence_soon(time.monotonic())
+
+    def _overlay_link_up(self, link: Link) -> bool:
+        """Tell the overlay of a link that is up (before it is registered,
+        or when it replaced another to the same peer); drop the link it says
+        must go to stay within ``active_max`` (closed, counted in
+        ``links_refused``: ``overlay_full`` for another link dropped for a
+        newcomer, ``busy`` for the newcomer itself).  Lock held.
+
+        Returns:
+            True if ``link`` itself was dropped.
+        """
+        assert link.peer is not None
+        pid = link.peer.node
+        victim = self._overlay.link_up(pid, link.direction == "in", time.monotonic())
+        if victim is None:
+            return False
+        code = "busy" if victim == pid else "overlay_full"
+        self._links_refused[code] = self._links_refused.get(code, 0) + 1
+        dropped = link if victim == pid else self._links.get(victim)
+        if dropped is not None:  # closed now: a peer that never reads the end cannot linger
+            log.info("overlay full: dropping the link to %s", victim)
+            dropped.close("overlay full")
+        return victim == pid
 
     def _tree_link_up(self, link: Link, replaced: Link | None) -> None:
         if self._tree is None:
@@ -1747,6 +1860,7 @@ class Node:
 
     def _tick(self, now: float, events: list[Event]) -> None:
         self._seen.expire(now)
+        self._fill_overlay(now)
         self._history_timers(now)
         for member in self._roster.expire(now):
             self._relink(member.node)

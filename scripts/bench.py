@@ -438,7 +438,15 @@ def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "tree
                     drops.append(ev.reason)
         check_mesh()
 
-    config = NodeConfig(name=f"n{index}", room=room, port=0, interfaces=[HOST], broadcast=broadcast)
+    # active_target=0: the topology under test, and no link of the overlay's own (§8.1).
+    config = NodeConfig(
+        name=f"n{index}",
+        room=room,
+        port=0,
+        interfaces=[HOST],
+        broadcast=broadcast,
+        active_target=0,
+    )
     node = CountingNode(config, discovery=None, on_event=on_event)
     cpu0 = [cpu_seconds()]
 

@@ -918,6 +918,9 @@ class LiveFuzz:
             "interfaces": ["127.0.0.1"],
             "redial_min_s": 0.1,
             "redial_max_s": 1.0,
+            # The topology under test stays as built (the honest node and the watcher
+            # linked to the target only): no overlay dials to presence addresses.
+            "active_target": 0,
         }
         # The target's rate limits are raised so that cases reach the checks
         # behind them (the limits have tests of their own).

@@ -158,9 +158,10 @@ def test_hop_limit_ends_stray_frames(cluster: Cluster) -> None:
     on afterwards (for numbered lines it may: by design, a line too short of
     hops still spreads by catch-up).  Fails if flood.py stops lowering the
     hop limit, or relays a line whose limit is used up."""
-    alice = cluster.add("alice", link=FAST_LINK)
-    bob = cluster.add("bob", peers=[alice], link=FAST_LINK)
-    carol = cluster.add("carol", peers=[bob], link=FAST_LINK)
+    # A fixed line (no overlay dials): carol reaches alice only through bob.
+    alice = cluster.add("alice", link=FAST_LINK, active_target=0)
+    bob = cluster.add("bob", peers=[alice], link=FAST_LINK, active_target=0)
+    carol = cluster.add("carol", peers=[bob], link=FAST_LINK, active_target=0)
     cluster.wait_all_know_each_other()
     raw = RawPeer(alice.port)
     try:

@@ -10,11 +10,11 @@ from conftest import FAST_LINK, Cluster, unique_room, unique_service_type, wait_
 from p2pchat.events import NickEvent, PeerUp
 
 
-def build(cluster: Cluster, n: int, edges: list[tuple[int, int]]) -> None:
+def build(cluster: Cluster, n: int, edges: list[tuple[int, int]], target: int = 6) -> None:
     """Start ``n`` nodes; for each edge (i, j) with i < j, node j dials node i."""
     for j in range(n):
         peers = [cluster.nodes[i] for (i, jj) in edges if jj == j]
-        cluster.add(f"node{j}", peers=peers)
+        cluster.add(f"node{j}", peers=peers, active_target=target)
 
 
 def chat_round(cluster: Cluster, texts_per_node: int = 2) -> None:
@@ -40,7 +40,8 @@ def chat_round(cluster: Cluster, texts_per_node: int = 2) -> None:
 
 
 def test_line_of_four(cluster: Cluster) -> None:
-    build(cluster, 4, [(0, 1), (1, 2), (2, 3)])
+    # A fixed line (no overlay dials): node0 reaches node3 only through the others.
+    build(cluster, 4, [(0, 1), (1, 2), (2, 3)], target=0)
     cluster.wait_all_know_each_other()
     # node0 and node3 are not linked directly, yet hear each other.
     assert not cluster.nodes[0].has_link(cluster.nodes[3].node_id)
