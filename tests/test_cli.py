@@ -1,4 +1,4 @@
-"""Tests of the terminal front end, p2pchat/cli.py.
+"""Tests of the terminal front end, the p2pchat/cli/ package.
 
 * Argument parsing and validation, rendering, and command handling against a
   fake node, all in-process.
@@ -34,6 +34,7 @@ import pytest
 from conftest import unique_room, unique_service_type
 
 from p2pchat import cli
+from p2pchat.cli import args, output, render, scripted, session
 from p2pchat.discovery import MdnsDiscovery
 from p2pchat.errors import LineTooLong, UsageError
 from p2pchat.events import (
@@ -68,7 +69,7 @@ UNICODE_TEXT = "Привет, мир! 你好，世界 🎉👍🏽 👩‍💻 c
 
 
 def test_defaults() -> None:
-    opts = cli.parse_args(["--name", "alice"])
+    opts = args.parse_args(["--name", "alice"])
     assert opts.name == "alice"
     assert opts.room == "lobby"
     assert opts.port == DEFAULT_PORT
@@ -82,13 +83,13 @@ def test_defaults() -> None:
 
 
 def test_explicit_port_means_no_fallback() -> None:
-    assert cli.parse_args(["--port", str(DEFAULT_PORT)]).port_fallback is False
-    opts = cli.parse_args(["--port", "0"])
+    assert args.parse_args(["--port", str(DEFAULT_PORT)]).port_fallback is False
+    opts = args.parse_args(["--port", "0"])
     assert (opts.port, opts.port_fallback) == (0, False)
 
 
 def test_options() -> None:
-    opts = cli.parse_args(
+    opts = args.parse_args(
         [
             "--name=Борис",
             "--room",
@@ -133,7 +134,7 @@ def test_options() -> None:
     ],
 )
 def test_parse_peer(text: str, expected: tuple[str, int]) -> None:
-    assert cli.parse_peer(text) == expected
+    assert args.parse_peer(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -141,13 +142,13 @@ def test_parse_peer(text: str, expected: tuple[str, int]) -> None:
 )
 def test_parse_peer_rejects(text: str) -> None:
     with pytest.raises(UsageError):
-        cli.parse_peer(text)
+        args.parse_peer(text)
 
 
 @pytest.mark.parametrize("text", ["nope", "10.0.0", "::1", "0.0.0.0", "300.1.1.1"])
 def test_parse_interface_rejects(text: str) -> None:
     with pytest.raises(UsageError):
-        cli.parse_interface(text)
+        args.parse_interface(text)
 
 
 @pytest.mark.parametrize(
@@ -186,20 +187,20 @@ def test_bad_usage_exits_2_with_one_line(
 
 
 def test_names_at_the_limits_are_fine() -> None:
-    assert cli.parse_args(["--name", "a" * 32, "--room", "r" * 48]).name == "a" * 32
-    assert cli.validate_name("x") == "x"
-    assert cli.validate_name("👩‍💻 dev") == "👩‍💻 dev"  # ZWJ sequences are fine (like wire.py)
+    assert args.parse_args(["--name", "a" * 32, "--room", "r" * 48]).name == "a" * 32
+    assert args.validate_name("x") == "x"
+    assert args.validate_name("👩‍💻 dev") == "👩‍💻 dev"  # ZWJ sequences are fine (like wire.py)
     # The CLI refuses exactly what the node (and the wire) refuse.
     for bad in ["", " x", "x\n", "a" * 33, "a\x00b"]:
         with pytest.raises(UsageError):
             check_label(bad, "name", 32)
         with pytest.raises(UsageError):
-            cli.validate_name(bad)
+            args.validate_name(bad)
     # Names only: no '#', nothing invisible (docs/protocol.md section 5).
     for bad in ["alice#2d96", "alice\u200b", "\u202ealice"]:
         with pytest.raises(UsageError):
-            cli.validate_name(bad)
-    assert cli.validate_name("jose\u0301") == "jos\u00e9"
+            args.validate_name(bad)
+    assert args.validate_name("jose\u0301") == "jos\u00e9"
 
 
 def test_scripted_mode_needs_a_name(
@@ -242,7 +243,7 @@ def _msg(text: str, action: bool = False, display: str = "", mine: bool = False)
 
 
 def test_render_events() -> None:
-    r = cli.Renderer()
+    r = render.Renderer()
     assert r.render(_msg("hello")) == "alice: hello"
     assert r.render(_msg("hello", mine=True)) == "alice: hello"
     # An action starts one column right: "* " at column 0 is this node's own news.
@@ -268,7 +269,7 @@ def test_render_events() -> None:
 
 
 def test_render_cleans_control_characters() -> None:
-    r = cli.Renderer()
+    r = render.Renderer()
     line = r.render(_msg("evil \x1b[2J\x1b]0;title\x07 text\x9b1m\ttab"))
     assert line is not None
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line)
@@ -282,15 +283,15 @@ def test_format_who_and_peers() -> None:
         MemberInfo(node="c" * 16, name="carol", display="carol", linked=False, self=False),
         MemberInfo(node=A_ID, name="alice", display="alice", linked=False, self=True),
     ]
-    line = cli.format_who("lobby", members)
+    line = render.format_who("lobby", members)
     assert line.startswith("-- 3 in lobby: alice (you), bob*, carol")
     assert "linked directly" in line
-    assert cli.format_peers([]) == ["-- no direct links"]
+    assert render.format_peers([]) == ["-- no direct links"]
     links = [LinkInfo(peer=B_ID, name="bob", address="10.0.0.2:7420", direction="in", uptime_s=75)]
-    out = cli.format_peers(links)
+    out = render.format_peers(links)
     assert len(out) == 2 and "bob" in out[1] and "10.0.0.2:7420" in out[1] and "in" in out[1]
     assert "1m15s" in out[1]
-    assert [cli.format_duration(s) for s in (0, 59.9, 60, 3599, 3600, 7322)] == [
+    assert [render.format_duration(s) for s in (0, 59.9, 60, 3599, 3600, 7322)] == [
         "0s",
         "59s",
         "1m00s",
@@ -405,7 +406,7 @@ def _run_fake(
     *extra: str,
 ) -> tuple[int, FakeNode, list[str], str]:
     FakeNode.instances = []
-    monkeypatch.setattr(cli, "Node", FakeNode)
+    monkeypatch.setattr(session, "Node", FakeNode)
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     status = cli.main(["--name", "alice", "--no-mdns", "--port", "0", *extra])
     captured = capsys.readouterr()
@@ -501,7 +502,7 @@ def test_node_is_built_from_the_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     FakeNode.instances = []
-    monkeypatch.setattr(cli, "Node", FakeNode)  # never binds anything
+    monkeypatch.setattr(session, "Node", FakeNode)  # never binds anything
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     stype = unique_service_type()
     argv = ["--name", "a", "--room", "r", "--interface", LOOPBACK, "--peer", "10.0.0.2"]
@@ -530,7 +531,7 @@ class BrokenNode(FakeNode):
 def test_unexpected_error_exits_1(
     level: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "Node", BrokenNode)
+    monkeypatch.setattr(session, "Node", BrokenNode)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert cli.main(["--name", "x", *NO_MDNS, "--log-level", level]) == 1
     err = capsys.readouterr().err
@@ -888,12 +889,12 @@ def test_interactive_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) 
 
 
 def test_data_dir_options(tmp_path: Path) -> None:
-    opts = cli.parse_args(["--name", "a"])
-    assert opts.data_dir == cli.default_data_dir()
+    opts = args.parse_args(["--name", "a"])
+    assert opts.data_dir == args.default_data_dir()
     assert opts.data_dir.startswith(os.environ["XDG_DATA_HOME"])  # conftest keeps tests out
     assert (opts.history_days, opts.history_lines) == (7.0, 10_000)
-    assert cli.parse_args(["--name", "a", "--ephemeral"]).data_dir is None
-    opts = cli.parse_args(
+    assert args.parse_args(["--name", "a", "--ephemeral"]).data_dir is None
+    opts = args.parse_args(
         [
             "--name",
             "a",
@@ -920,7 +921,7 @@ def test_data_dir_options(tmp_path: Path) -> None:
 )
 def test_bad_history_options(argv: list[str], words: str) -> None:
     with pytest.raises(UsageError, match=words):
-        cli.parse_args(["--name", "a", *argv])
+        args.parse_args(["--name", "a", *argv])
 
 
 def test_history_command_with_a_fake_node(
@@ -943,10 +944,10 @@ def test_history_is_shown_with_times_and_earlier_lines_are_marked() -> None:
     old = MessageEvent(
         id="0" * 32, origin=B_ID, name="bob", text="hi", ts=ts, self=False, seq=1, history=True
     )
-    assert cli.Renderer().render(old) == f"(earlier {cli.format_clock(ts)}) bob: hi"
-    assert cli.format_clock(ts).startswith("14:02")
-    assert cli.format_history("lobby", []) == ["-- no lines yet in lobby"]
-    shown = cli.format_history("lobby", [old, _msg("waves", action=True)])
+    assert render.Renderer().render(old) == f"(earlier {render.format_clock(ts)}) bob: hi"
+    assert render.format_clock(ts).startswith("14:02")
+    assert render.format_history("lobby", []) == ["-- no lines yet in lobby"]
+    shown = render.format_history("lobby", [old, _msg("waves", action=True)])
     assert shown[0] == "-- the last 2 lines of lobby:"
     assert shown[1].endswith("bob: hi") and shown[2].endswith("* alice waves")
 
@@ -1033,7 +1034,7 @@ def test_scripted_input_lines_from_a_pipe() -> None:
     """The scripted mode's reader: whole lines only, a wait that ends, the end of input."""
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb", buffering=0) as stream:
-        reader = cli._LineReader(stream)
+        reader = scripted._LineReader(stream)
         assert reader.readline(0.05) is None  # nothing yet: the wait ends
         os.write(write_fd, b"one\ntw")
         assert reader.readline(1.0) == "one\n"
@@ -1050,7 +1051,7 @@ def test_a_long_catch_up_shows_only_its_latest_earlier_lines_in_order(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "80")
-    out = cli.Output(json_mode=False)
+    out = output.Output(json_mode=False)
     printed = ""
     try:
         order = list(range(1, 121))
@@ -1096,7 +1097,7 @@ def test_an_origins_earlier_lines_are_printed_before_its_next_live_line(
     # A node that links while erin speaks gets erin's first line by catch-up
     # and the next one live a moment later: the terminal shows them in order.
     monkeypatch.setenv("COLUMNS", "80")
-    out = cli.Output(json_mode=False)
+    out = output.Output(json_mode=False)
     printed = ""
 
     def erin(n: int, text: str, history: bool) -> MessageEvent:

@@ -37,7 +37,8 @@ from test_hostile import (
     refused_before,
 )
 
-from p2pchat import cli, wire
+from p2pchat import wire
+from p2pchat.cli import output, render
 from p2pchat.errors import UsageError
 from p2pchat.events import Event, MessageEvent, Notice
 from p2pchat.node import Node, NodeConfig
@@ -91,7 +92,7 @@ def test_a_cyrillic_look_alike_is_shown_with_its_fingerprint_and_raises_a_notice
     assert whois[pair.b.node_id].first and not whois[raw.node_id].first
 
     # /whois and /who in A's text view.
-    who = cli.format_who(pair.room, pair.a.snapshot().members)
+    who = render.format_who(pair.room, pair.a.snapshot().members)
     assert f"bob#{pair.b.node_id[:4]}" in who and f"{FAKE_BOB}#{raw.node_id[:4]}" in who
 
     # A name first seen with bob's key: the look-alike stays flagged even
@@ -207,7 +208,7 @@ def _padded_lines(name: str) -> list[tuple[str, str, bool]]:
 def _terminal_rows(line: str, width: int) -> list[str]:
     """The rows an 80-column terminal shows for ``line``: it wraps at the
     last column, and a wide character that does not fit starts the next row.
-    Widths counted as cli.wrap_rows counts them (high)."""
+    Widths counted as render.wrap_rows counts them (high)."""
     rows, row, used = [], "", 0
     for ch in line:
         cells = 1 if ch < "\u1100" else 2
@@ -226,7 +227,7 @@ def test_a_padded_line_never_makes_a_row_that_starts_like_a_system_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "80")
-    out = cli.Output(json_mode=False)
+    out = output.Output(json_mode=False)
     events: list[Event] = []
 
     def on_event(ev: Event) -> None:
@@ -276,14 +277,14 @@ def test_a_padded_line_never_makes_a_row_that_starts_like_a_system_line(
     printed += capsys.readouterr().out
     rows = printed.splitlines()
     # The first rows of A's own lines (everything but chat lines), as A rendered them.
-    renderer = cli.Renderer()
+    renderer = render.Renderer()
     own = {
-        cli.wrap_rows(line, 80)[0]
+        render.wrap_rows(line, 80)[0]
         for ev in events
         if not isinstance(ev, MessageEvent) and (line := renderer.render(ev)) is not None
     }
     for row in (r for line in rows for r in _terminal_rows(line, 80)):
-        if row.startswith(cli.SYSTEM_MARKS):
+        if row.startswith(render.SYSTEM_MARKS):
             assert row in own, f"a peer's row looks like a system line: {row!r}"
     assert " * raw left" in rows  # the action, one column right
     assert not any(row.startswith("* bob left") for row in rows)
@@ -291,17 +292,17 @@ def test_a_padded_line_never_makes_a_row_that_starts_like_a_system_line(
 
 
 def test_wrap_rows_indents_every_continuation_and_fits_the_width() -> None:
-    assert cli.wrap_rows("bob: hi", 80) == ["bob: hi"]
-    rows = cli.wrap_rows("bob: " + "word " * 40 + "* bob left", 80)
-    assert len(rows) > 1 and all(r.startswith(cli.WRAP_INDENT) for r in rows[1:])
-    assert rows[-1].startswith(cli.WRAP_INDENT + "word") and rows[-1].endswith(" * bob left")
+    assert render.wrap_rows("bob: hi", 80) == ["bob: hi"]
+    rows = render.wrap_rows("bob: " + "word " * 40 + "* bob left", 80)
+    assert len(rows) > 1 and all(r.startswith(render.WRAP_INDENT) for r in rows[1:])
+    assert rows[-1].startswith(render.WRAP_INDENT + "word") and rows[-1].endswith(" * bob left")
     assert all(len(r) <= 79 for r in rows)
     assert all(not r.endswith(" ") for r in rows)  # broken at blanks
-    long_word = cli.wrap_rows("x" * 200, 80)
+    long_word = render.wrap_rows("x" * 200, 80)
     assert [len(r) for r in long_word] == [79, 79, 4 + 46]
-    wide = cli.wrap_rows("\u4f60" * 100, 80)  # 2 cells each
+    wide = render.wrap_rows("\u4f60" * 100, 80)  # 2 cells each
     assert [len(r) for r in wide] == [39, 4 + 37, 4 + 24]
-    assert cli.wrap_rows("y" * 30, 5) == ["y" * 19, "    " + "y" * 11]  # at least 20 wide
+    assert render.wrap_rows("y" * 30, 5) == ["y" * 19, "    " + "y" * 11]  # at least 20 wide
 
 
 def test_peer_rows_never_start_like_the_nodes_own_lines() -> None:
@@ -312,10 +313,10 @@ def test_peer_rows_never_start_like_the_nodes_own_lines() -> None:
         "[private] x",
         "(earlier 1",
     ]:
-        assert cli.peer_row(start) == " " + start
-    assert cli.peer_row("bob: hi") == "bob: hi"
-    assert cli.peer_row("*bob: hi") == "*bob: hi"
-    r = cli.Renderer()
+        assert render.peer_row(start) == " " + start
+    assert render.peer_row("bob: hi") == "bob: hi"
+    assert render.peer_row("*bob: hi") == "*bob: hi"
+    r = render.Renderer()
     ev = MessageEvent(
         id="0" * 32,
         origin="b" * 16,

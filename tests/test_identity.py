@@ -14,7 +14,8 @@ import msgspec
 import pytest
 from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, wait_for
 
-from p2pchat import cli, identity, wire
+from p2pchat import identity, wire
+from p2pchat.cli import render
 from p2pchat.errors import StoreError, UsageError
 from p2pchat.events import KeyInfo, MessageEvent, Notice, PeerDown
 from p2pchat.identity import KEY_FILE, Identity
@@ -259,7 +260,7 @@ def test_two_keys_with_one_name_are_told_apart_and_the_newcomer_is_flagged(
     keys = {k.node: k for k in carol.whois("alice")}
     assert keys[alice.node_id].first and not keys[impostor.node_id].first
     assert keys[alice.node_id].fingerprint.startswith(alice.node_id)
-    shown = cli.format_whois("alice", list(keys.values()))
+    shown = render.format_whois("alice", list(keys.values()))
     assert any("NOT the first key" in line for line in shown)
 
     # The first alice stays "alice"; the flag stays on the newcomer even alone.
@@ -272,8 +273,8 @@ def test_two_keys_with_one_name_are_told_apart_and_the_newcomer_is_flagged(
 
 def test_whois_formats() -> None:
     me = KeyInfo(node="a" * 16, name="a", display="a", fingerprint="a" * 64, first=True, self=True)
-    assert cli.format_whois("a", [me]) == [f"-- a: {' '.join(['aaaa'] * 16)} (you)"]
-    assert cli.format_whois("zed", []) == ["-- nobody called zed is in the room"]
+    assert render.format_whois("a", [me]) == [f"-- a: {' '.join(['aaaa'] * 16)} (you)"]
+    assert render.format_whois("zed", []) == ["-- nobody called zed is in the room"]
 
 
 def send_direct_when_ready(node: Node, to: str, text: str) -> MessageEvent:
@@ -309,8 +310,8 @@ def test_a_direct_message_is_read_only_by_its_recipient(
     wait_for(lambda: secret in rec_bob.texts(), 10, "bob's direct message")
     got = next(m for m in rec_bob.messages() if m.text == secret)
     assert got.private and not got.self and got.origin == alice.node_id
-    assert cli.Renderer().render(got) == f"[private] alice: {secret}"
-    assert cli.Renderer().render(mine) == f"[private to bob] alice: {secret}"
+    assert render.Renderer().render(got) == f"[private] alice: {secret}"
+    assert render.Renderer().render(mine) == f"[private to bob] alice: {secret}"
     # The relay carried it but cannot read it, and neither can a capture.
     line = alice.send("a public line after it")
     wait_for(

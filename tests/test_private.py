@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, wait_for
 
-from p2pchat import cli, wire
+from p2pchat import wire
+from p2pchat.cli import args
 from p2pchat.discovery import FoundPeer, LocalService
 from p2pchat.errors import UsageError
 from p2pchat.privacy import RoomSecret
@@ -165,17 +166,17 @@ def test_the_mdns_record_of_a_private_room_names_only_its_tag(cluster: Cluster) 
 def test_the_secret_comes_from_a_file_or_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(cli.SECRET_ENV, raising=False)
-    assert cli.parse_args(["--name", "a"]).secret is None
+    monkeypatch.delenv(args.SECRET_ENV, raising=False)
+    assert args.parse_args(["--name", "a"]).secret is None
     secret_file = tmp_path / "secret"
     secret_file.write_bytes(b"s3cret\n")
-    opts = cli.parse_args(["--name", "a", "--secret-file", str(secret_file)])
+    opts = args.parse_args(["--name", "a", "--secret-file", str(secret_file)])
     assert opts.secret == b"s3cret"
     assert "s3cret" not in repr(opts)
-    monkeypatch.setenv(cli.SECRET_ENV, "from env")
-    assert cli.parse_args(["--name", "a"]).secret == b"from env"
+    monkeypatch.setenv(args.SECRET_ENV, "from env")
+    assert args.parse_args(["--name", "a"]).secret == b"from env"
     secret_file.write_bytes(b"\n")
     with pytest.raises(UsageError, match="is empty"):
-        cli.parse_args(["--name", "a", "--secret-file", str(secret_file)])
+        args.parse_args(["--name", "a", "--secret-file", str(secret_file)])
     with pytest.raises(UsageError, match="cannot read the secret file"):
-        cli.parse_args(["--name", "a", "--secret-file", str(tmp_path / "missing")])
+        args.parse_args(["--name", "a", "--secret-file", str(tmp_path / "missing")])

@@ -17,16 +17,10 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import prompt as pt_prompt
 
-from p2pchat.cli import (
-    COMMANDS,
-    Options,
-    Output,
-    _close,
-    _Stopper,
-    handle_line,
-    make_node,
-    validate_name,
-)
+from p2pchat.cli.args import Options, validate_name
+from p2pchat.cli.commands import COMMANDS, handle_line
+from p2pchat.cli.output import Output
+from p2pchat.cli.session import Stopper, close, make_node
 from p2pchat.errors import UsageError
 
 
@@ -90,7 +84,7 @@ def run_interactive(opts: Options) -> int:
         completer=_CommandCompleter(),
         complete_while_typing=True,
     )
-    stopper = _Stopper()
+    stopper = Stopper()
     stopper.app = session.app
     with patch_stdout(raw=True):
         out = Output(json_mode=False, interactive=True)
@@ -113,7 +107,7 @@ def run_interactive(opts: Options) -> int:
                 except KeyboardInterrupt:
                     pass  # Ctrl+C outside the prompt (while starting, say): leave too
                 finally:
-                    _close(node, stopper, out)
+                    close(node, stopper, out)
         finally:
             out.close()
     return 0
