@@ -1140,6 +1140,20 @@ class Node:
             except Exception:
                 log.exception("on_event callback failed")
 
+    def _deadlines(self) -> tuple[float | None, float | None, float | None]:
+        """The router's next graft, held-line and gap deadlines (monotonic s),
+        read under the state lock: link readers change the tables they come
+        from meanwhile (read without it, the router once died of a dict that
+        changed size)."""
+        with self._lock:
+            try:
+                graft_at = self._tree.next_deadline() if self._tree is not None else None
+                gap_at = next(iter(self._gaps.values()))[0] if self._gaps else None
+                return graft_at, self._order.next_deadline(), gap_at
+            except Exception:
+                log.exception("router: internal error reading the deadlines")
+                return None, None, None
+
     def _route(self) -> None:
         next_tick = 0.0
         announce_at: float | None = None  # when to send the batched ihaves
@@ -1148,15 +1162,10 @@ class Node:
             wake = min(next_tick, self._next_presence) if self._joined else next_tick
             if announce_at is not None:
                 wake = min(wake, announce_at)
-            graft_at = self._tree.next_deadline() if self._tree is not None else None
-            if graft_at is not None:
-                wake = min(wake, graft_at)
-            show_at = self._order.next_deadline()
-            if show_at is not None:
-                wake = min(wake, show_at)
-            gap_at = next(iter(self._gaps.values()))[0] if self._gaps else None
-            if gap_at is not None:
-                wake = min(wake, gap_at)
+            graft_at, show_at, gap_at = self._deadlines()
+            for at in (graft_at, show_at, gap_at):
+                if at is not None:
+                    wake = min(wake, at)
             timeout = max(0.0, wake - now)
             try:
                 item = self._inbox.get(timeout=timeout)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import FAST_LINK, Cluster, RawPeer, unique_service_type, wait_for
+from conftest import Cluster, RawPeer, unique_service_type, wait_for
 
 from p2pchat.node import Node
 
@@ -47,10 +47,12 @@ def one_room(nodes: list[Node], what: str, timeout_s: float) -> None:
 def test_twenty_nodes_over_mdns_are_one_room_with_bounded_links(cluster: Cluster) -> None:
     stype = unique_service_type()
     for i in range(20):
-        cluster.add(f"n{i:02}", mdns_type=stype, link=FAST_LINK, member_timeout_s=6.0)
+        cluster.add(f"n{i:02}", mdns_type=stype, member_timeout_s=6.0)
     one_room(cluster.nodes, "20 nodes", 40.0)
+    # A link dropped to make room closes asynchronously: for a moment a node may
+    # still count it, so the bound is awaited, not read once.
+    at_most_12(cluster.nodes)
     degrees = [len(n.snapshot().links) for n in cluster.nodes]
-    assert max(degrees) <= 12, degrees
     assert sum(degrees) < 20 * 19 * 0.75, degrees  # not a full mesh
     # Four nodes leave (their links go): the rest repair from the passive view.
     for node in cluster.nodes[:4]:
@@ -62,7 +64,15 @@ def test_twenty_nodes_over_mdns_are_one_room_with_bounded_links(cluster: Cluster
         "the 4 who left to be gone from every roster",
     )
     one_room(rest, "16 nodes after 4 left", 20.0)
-    assert max(len(n.snapshot().links) for n in rest) <= 12
+    at_most_12(rest)
+
+
+def at_most_12(nodes: list[Node]) -> None:
+    wait_for(
+        lambda: max(len(n.snapshot().links) for n in nodes) <= 12,
+        10.0,
+        "every node at 12 links or fewer",
+    )
 
 
 def test_a_crowd_of_peers_cannot_push_a_node_past_active_max(
@@ -91,4 +101,4 @@ def test_a_crowd_of_peers_cannot_push_a_node_past_active_max(
     # An honest node that dials alice still gets in (it drops an inbound link).
     b = cluster.add("bob", peers=[a])
     wait_for(lambda: a.has_link(b.node_id), 10.0, "bob's link to alice")
-    assert len(a.snapshot().links) <= 4
+    wait_for(lambda: len(a.snapshot().links) <= 4, 5.0, "alice back at 4 links or fewer")
