@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from p2pchat import wire
+from p2pchat.core.history_store import newest_missing
 from p2pchat.errors import LocalError, RemoteProtocolError, StoreError
 
 log = logging.getLogger(__name__)
@@ -619,15 +620,7 @@ class Store:
                 "ORDER BY hlc DESC, origin DESC, line DESC",
                 (room, since_hlc),
             ).fetchall()
-        out: list[str] = []
-        for msg_id, origin, line in rows:
-            run = have.get(origin)
-            if run is None or line < run[0] or line > run[1]:
-                out.append(msg_id)
-                if len(out) >= limit:
-                    break
-        out.reverse()
-        return out
+        return newest_missing(((str(i), str(o), int(n)) for i, o, n in rows), have, limit)
 
     def get(self, ids: Sequence[str]) -> list[wire.Chat]:
         """The lines with these ids, in the order given; unknown ids skipped."""

@@ -22,8 +22,9 @@ dropped by :meth:`HistoryStore.prune`.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from p2pchat import history, wire
@@ -133,6 +134,25 @@ class HistoryStore(Protocol):
     def close(self) -> None:
         """Release the store.  Idempotent."""
         ...
+
+
+def newest_missing(
+    rows: Iterable[tuple[str, str, int]], have: Mapping[str, tuple[int, int]], limit: int
+) -> list[str]:
+    """Of numbered lines given as ``(id, origin, line)``, newest first, the
+    ids a peer with version vector ``have`` (origin -> (lo, hi)) may lack: of
+    an origin it does not list, or numbered outside its run; the newest
+    ``limit`` of them, returned oldest first (both stores answer ``missing``
+    with it)."""
+    out: list[str] = []
+    for msg_id, origin, line in rows:
+        run = have.get(origin)
+        if run is None or line < run[0] or line > run[1]:
+            out.append(msg_id)
+            if len(out) >= limit:
+                break
+    out.reverse()
+    return out
 
 
 _Key = tuple[int, str, int, str]  # (hlc, origin, line, id): the agreed order, then id
@@ -303,19 +323,10 @@ class MemoryStore:
         """Ids of the numbered lines of ``room`` with clock >= ``since_hlc``
         that a peer with version vector ``have`` may lack: the newest
         ``limit`` of them, oldest first."""
-        out: list[str] = []
-        for hlc, origin, line, msg_id in reversed(self._order.get(room, [])):
-            if hlc < since_hlc:
-                break
-            if line <= 0:
-                continue
-            run = have.get(origin)
-            if run is None or line < run[0] or line > run[1]:
-                out.append(msg_id)
-                if len(out) >= limit:
-                    break
-        out.reverse()
-        return out
+        newest_first = itertools.takewhile(
+            lambda k: k[0] >= since_hlc, reversed(self._order.get(room, []))
+        )
+        return newest_missing(((k[3], k[1], k[2]) for k in newest_first if k[2] > 0), have, limit)
 
     def get(self, ids: Sequence[str]) -> list[wire.Chat]:
         """The lines with these ids, in the order given; unknown ids skipped."""
