@@ -296,6 +296,17 @@ class NodeProcess:
                 current.discard(str(e.get("origin")))
         return current
 
+    def links_now(self) -> set[str]:
+        """The ids of the peers this node has a link to now: its ``peer_up``
+        and ``peer_down`` events replayed in order."""
+        up: set[str] = set()
+        for e in self.events:
+            if e.get("event") == "peer_up":
+                up.add(str(e.get("peer")))
+            elif e.get("event") == "peer_down":
+                up.discard(str(e.get("peer")))
+        return up
+
     def linked(self) -> set[str]:
         """The ids of the peers this node has had a direct link with."""
         return {str(e.get("peer")) for e in self.of("peer_up")}

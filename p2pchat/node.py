@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 
 from p2pchat import flood, history, identity, names, wire
-from p2pchat.core.admission import SIGNATURE_REASONS, Admission
+from p2pchat.core.admission import SIGNATURE_REASONS, Admission, BoundedMap
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.order import OriginOrder, Release
 from p2pchat.core.overlay import Overlay
@@ -461,7 +461,7 @@ class Node:
             raise
         self.node_id = self._identity.node_id
         self._admission = Admission(self.node_id, self._wire_room, MAX_ORIGINS)
-        self._dh_keys: OrderedDict[str, str] = OrderedDict()  # origin -> its X25519 key
+        self._dh_keys: BoundedMap[str, str] = BoundedMap(MAX_ORIGINS)  # origin -> X25519 key
         self._bad_sigs: dict[Link, int] = {}
         self._floor_cache = (float("-inf"), 0)  # (monotonic time, floor hlc)
         # The first prune runs now: it also drops lines stamped in the future
@@ -477,7 +477,7 @@ class Node:
         self._order: OriginOrder[wire.Chat] = OriginOrder(hold_s=ORDER_HOLD_S)
         self._store_version = 0  # bumped on every line stored
         self._inserts_since_prune = 0
-        self._next_prune = 0.0
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL_S  # pruned just above
         self._name = name
         self._discovery = discovery
         self._on_event = on_event or (lambda ev: None)
@@ -485,11 +485,11 @@ class Node:
         self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=16)  # wakes the router
         self._seen = flood.SeenCache(config.seen_max_entries, config.seen_max_age_s)
         self._roster = Roster(self.node_id, name, config.member_timeout_s, config.max_members)
-        self._equivocators: OrderedDict[str, str] = OrderedDict()  # origin -> its key
+        self._equivocators: BoundedMap[str, str] = BoundedMap(MAX_ORIGINS)  # origin -> key
         # (origin, line) -> the line dropped for another under that number
-        self._evidence: OrderedDict[tuple[str, int], wire.Chat] = OrderedDict()
+        self._evidence: BoundedMap[tuple[str, int], wire.Chat] = BoundedMap(MAX_ORIGINS)
         self._remember_name(name, self._identity.key)
-        self._left: OrderedDict[str, int] = OrderedDict()  # origin -> seq of its leave
+        self._left: BoundedMap[str, int] = BoundedMap(MAX_ORIGINS)  # origin -> its leave's seq
         self._links: dict[str, Link] = {}  # peer id -> the link flooding uses
         self._all_links: set[Link] = set()
         self._dialers: dict[str, _Dialer] = {}
@@ -508,8 +508,8 @@ class Node:
         )
         self._send_lock = threading.Lock()
         self._link_buckets: dict[Link, flood.TokenBucket] = {}
-        self._origin_buckets: OrderedDict[str, flood.TokenBucket] = OrderedDict()
-        self._member_addrs: OrderedDict[str, tuple[list[str], int]] = OrderedDict()
+        self._origin_buckets: BoundedMap[str, flood.TokenBucket] = BoundedMap(MAX_ORIGINS)
+        self._member_addrs: BoundedMap[str, tuple[list[str], int]] = BoundedMap(MAX_ORIGINS)
         self._tree: TreeState[Link] | None = TreeState() if config.broadcast == "tree" else None
         self._router_woken = False
         self._addrs: list[str] = []
@@ -1039,14 +1039,12 @@ class Node:
             log.info("ignoring %s: protocol version %s", peer.name, peer.version)
             return
         with self._lock:
-            self._dial_node_locked(peer.node_id, list(peer.addresses), peer.port, 0.0)
+            self._dial_node_locked(peer.node_id, list(peer.addresses), peer.port)
 
-    def _dial_node_locked(self, node_id: str, addrs: list[str], port: int, delay: float) -> None:
+    def _dial_node_locked(self, node_id: str, addrs: list[str], port: int) -> None:
         """A peer and where it listens: into the overlay's passive view, and
-        dial whom the overlay wants now (:meth:`_fill_overlay`).  ``delay``
-        is unused (the overlay picks who dials).  The caller holds
-        ``self._lock``."""
-        del delay
+        dial whom the overlay wants now (:meth:`_fill_overlay`).  The caller
+        holds ``self._lock``."""
         if self._closed:
             return
         dialer = self._dialers.get(node_id)
@@ -1095,7 +1093,7 @@ class Node:
         if known is None or node_id in self._links:
             return
         addrs, port = known
-        self._dial_node_locked(node_id, addrs, port, 0.0)
+        self._dial_node_locked(node_id, addrs, port)
 
     def _advertised_addresses(self) -> list[str]:
         """IPv4 addresses for our presence: the ``interfaces``, or all of them."""
@@ -1480,25 +1478,16 @@ class Node:
         # -- admitted: from here on, state changes.
         if ob is None:
             burst = 2 * cfg.origin_burst
-            ob = self._origin_buckets[msg.origin] = flood.TokenBucket(
-                cfg.origin_rate_per_s, burst, now
-            )
+            ob = flood.TokenBucket(cfg.origin_rate_per_s, burst, now)
             ob.take(now)
-            while len(self._origin_buckets) > MAX_ORIGINS:
-                self._origin_buckets.popitem(last=False)
+            self._origin_buckets.put(msg.origin, ob)
         else:
             self._origin_buckets.move_to_end(msg.origin)
         self._admitted(msg)
         if isinstance(msg, wire.Presence | wire.Join) and msg.dh:
-            self._dh_keys[msg.origin] = msg.dh
-            self._dh_keys.move_to_end(msg.origin)
-            while len(self._dh_keys) > MAX_ORIGINS:
-                self._dh_keys.popitem(last=False)
+            self._dh_keys.put(msg.origin, msg.dh)
         if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
-            self._member_addrs[msg.origin] = (list(msg.addrs), msg.port)
-            self._member_addrs.move_to_end(msg.origin)
-            while len(self._member_addrs) > MAX_ORIGINS:
-                self._member_addrs.popitem(last=False)
+            self._member_addrs.put(msg.origin, (list(msg.addrs), msg.port))
         if isinstance(msg, wire.Chat) and msg.line > 1:
             self._check_gap(link, msg)  # before storing it: then the store answers from memory
         self._forward(msg, link, events)
@@ -1569,16 +1558,10 @@ class Node:
         else:
             keep, lose = held, msg
         if lose is not None:
-            self._evidence[key] = lose
-            self._evidence.move_to_end(key)
-            while len(self._evidence) > MAX_ORIGINS:
-                self._evidence.popitem(last=False)
+            self._evidence.put(key, lose)
         origin = msg.origin
         first = origin not in self._equivocators
-        self._equivocators[origin] = msg.key
-        self._equivocators.move_to_end(origin)
-        while len(self._equivocators) > MAX_ORIGINS:
-            self._equivocators.popitem(last=False)
+        self._equivocators.put(origin, msg.key)
         self._roster.flagged.add(origin)
         if first:
             shown = self._roster.display(origin, msg.name)
@@ -1603,7 +1586,8 @@ class Node:
         if len(lines) == len(ids) or not self._evidence:
             return lines
         found = {m.id: m for m in lines}
-        extra = {m.id: m for m in self._evidence.values() if m.id in set(ids)}
+        wanted = set(ids)
+        extra = {m.id: m for m in self._evidence.values() if m.id in wanted}
         return [m for m in (found.get(i) or extra.get(i) for i in ids) if m is not None]
 
     def _count_limited(self, kind: str, who: str) -> None:
@@ -1653,9 +1637,7 @@ class Node:
             if stale:
                 return
             member = self._roster.remove(origin)
-            self._left[origin] = msg.seq
-            while len(self._left) > MAX_ORIGINS:
-                self._left.popitem(last=False)
+            self._left.put(origin, msg.seq)
             if member is not None:
                 events.append(
                     LeaveEvent(
@@ -2152,7 +2134,7 @@ class Node:
         """The names of the members present and their ``"#" + skeleton``
         entries (kept when the first-key table is full)."""
         members = self._roster.members()
-        return {m.name for m in members} | {"#" + names.skeleton(m.name) for m in members}
+        return {m.name for m in members} | {"#" + m.skeleton for m in members}
 
     def _check_name(self, msg: wire.FloodMessage, events: list[Event]) -> None:
         """Flag a key that claims a name, or a look-alike of one (the same

@@ -41,7 +41,6 @@ Thread-safety: every method takes the store's lock; any thread may call.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sqlite3
@@ -50,7 +49,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from p2pchat import wire
+from p2pchat import history, wire
 from p2pchat.core.history_store import newest_missing
 from p2pchat.errors import LocalError, RemoteProtocolError, StoreError
 
@@ -541,21 +540,21 @@ class Store:
             ).fetchall()
         # origin -> [lo, hi, hi_hlc, newest hlc, run still open (1/0)]
         runs: dict[str, list[int]] = {}
-        digests: dict[str, Any] = {}
+        run_ids: dict[str, list[str]] = {}  # origin -> the ids of its run lo..hi
         for origin, line, hlc, msg_id in rows:
             run = runs.get(origin)
             if run is None:
                 runs[origin] = [line, line, hlc, hlc, 1]
-                digests[origin] = hashlib.sha256(msg_id.encode())
+                run_ids[origin] = [msg_id]
                 continue
             if run[4] and line == run[1] + 1:
                 run[1], run[2] = line, hlc
-                digests[origin].update(msg_id.encode())
+                run_ids[origin].append(msg_id)
             elif line != run[1]:  # a gap: the run from lo ends here
                 run[4] = 0
             run[3] = max(run[3], hlc)
         return [
-            wire.Have(origin, run[0], run[1], run[2], digests[origin].hexdigest()[:16])
+            wire.Have(origin, run[0], run[1], run[2], history.run_digest(run_ids[origin]))
             for origin, run in sorted(runs.items(), key=lambda kv: kv[1][3], reverse=True)[
                 :max_origins
             ]

@@ -57,17 +57,6 @@ def _netns_lab() -> Any:
     return importlib.import_module("netns_lab")
 
 
-def _current_links(node: NodeProcess) -> set[str]:
-    """The peers ``node`` has a link to now (``peer_up`` minus ``peer_down``)."""
-    up: set[str] = set()
-    for e in node.events:
-        if e.get("event") == "peer_up":
-            up.add(str(e.get("peer")))
-        elif e.get("event") == "peer_down":
-            up.discard(str(e.get("peer")))
-    return up
-
-
 def one_run(n_hosts: int, stagger_s: float = 0.0) -> dict[str, float]:
     """Start ``n_hosts`` nodes in their namespaces, ``stagger_s`` seconds
     apart (0: at once); return the figures (s).
@@ -111,7 +100,7 @@ def one_run(n_hosts: int, stagger_s: float = 0.0) -> dict[str, float]:
 
             wait_until(meshed, MESH_DEADLINE_S, "every node sees every other", nodes, settle_s=0)
             done = time.monotonic()
-            now = {str(n.node_id): _current_links(n) for n in nodes}
+            now = {str(n.node_id): n.links_now() for n in nodes}
             links = {frozenset((a, b)) for a, peers in now.items() for b in peers}
             return {
                 "ready_s": last_ready - first,

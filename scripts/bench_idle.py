@@ -50,18 +50,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
-def current_links(node: NodeProcess) -> set[str]:
-    """The peers ``node`` has a link to now: its ``peer_up`` and
-    ``peer_down`` events replayed in order."""
-    up: set[str] = set()
-    for e in node.events:
-        if e.get("event") == "peer_up":
-            up.add(str(e.get("peer")))
-        elif e.get("event") == "peer_down":
-            up.discard(str(e.get("peer")))
-    return up
-
-
 def read_stats(nodes: Sequence[NodeProcess], timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """Ask every node for ``/stats``; return each node's newest reply."""
     before = [len(n.of("stats")) for n in nodes]
@@ -102,7 +90,7 @@ def idle_figures(nodes: Sequence[NodeProcess], seconds: float) -> dict[str, floa
     for key, values in per.items():
         out[key] = round(statistics.median(values), 2)
         out[key + "_max"] = round(max(values), 2)
-    links = [len(current_links(n)) for n in nodes]
+    links = [len(n.links_now()) for n in nodes]
     out["links_median"] = float(statistics.median(links))
     out["links_max"] = float(max(links))
     return out
