@@ -47,8 +47,10 @@ from p2pchat.core.overlay import Overlay
 from p2pchat.core.state import LinkUp, Shared
 from p2pchat.errors import LineTooLong, UsageError
 from p2pchat.events import KeyInfo, MessageEvent, NickEvent, PeerDown, PeerUp
+from p2pchat.flood import SeenCache
 from p2pchat.identity import Identity
 from p2pchat.privacy import RoomSecret
+from p2pchat.roster import Roster
 
 TICK_S = 0.5
 """Period of the housekeeping tick: seen-cache expiry, overlay, catch-up
@@ -172,6 +174,27 @@ class Protocol:
     def closed(self) -> bool:
         """True once :meth:`leave` ran."""
         return self.s.closed
+
+    @property
+    def roster(self) -> Roster:
+        """The members of the room (us included)."""
+        return self.s.roster
+
+    @property
+    def seen(self) -> SeenCache:
+        """The seen-cache of message ids."""
+        return self.s.seen
+
+    def stats_counts(self) -> dict[str, dict[str, int] | int]:
+        """The core's counters: ``duplicates_dropped``, ``catchup_in``,
+        ``catchup_out`` and the dicts ``frames_refused``, ``links_refused``,
+        ``rate_limited`` (by reason), as ``/stats`` shows them."""
+        s = self.s
+        out: dict[str, dict[str, int] | int] = dict(s.counts)
+        out["frames_refused"] = dict(s.frames_refused)
+        out["links_refused"] = dict(s.links_refused)
+        out["rate_limited"] = self.rate_limited_counts()
+        return out
 
     def link_info(self, link: LinkId) -> LinkUp | None:
         """What the core knows of a registered link, or None."""
