@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -46,7 +45,9 @@ from p2pchat.core.direct import check_direct_text
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.membership import PRESENCE_SHARE_S
 from p2pchat.core.protocol import Protocol, check_config, check_text
+from p2pchat.core.slots import Held, inbound_refusal
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, IN_PLACE_FRESH_S, MAX_ORIGINS, ORDER_HOLD_S
+from p2pchat.dialer import Dialer
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
 from p2pchat.errors import LocalError, StartupError, UsageError
 from p2pchat.events import (
@@ -63,7 +64,7 @@ from p2pchat.events import (
 from p2pchat.flood import TokenBucket
 from p2pchat.identity import Identity
 from p2pchat.store import Store
-from p2pchat.transport import Link, Listener, PortInUse, dial
+from p2pchat.transport import Link, Listener, PortInUse
 
 __all__ = [
     "BAD_SIGNATURES_PER_LINK",
@@ -84,130 +85,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IDLE_CHECK_S = 5.0
-"""How often an idle dialler thread looks up without being woken (a safety net)."""
-
 ROUTER_MAX_SLEEP_S = 5.0
 """Longest the router sleeps without looking at the core's next deadline."""
-
-
-class _Dialer:
-    """Dials one peer with backoff while there is no link to it.
-
-    ``addresses``/``port`` may be updated by discovery.  Runs on its own
-    thread ``p2pchat-dial-<key>`` until :meth:`stop`, until the node closes,
-    or until it gives up (a peer that is this node, or a discovered peer
-    unreachable for ``give_up_s``).  Every other failure (a refusal such as
-    ``busy``, a link that could not be set up, a timeout) only backs off.
-    A static peer known by its id is redialled only while the node has fewer
-    links than the overlay's target.  ``once``: a dial the overlay asked for
-    (:meth:`Node._fill_overlay`): one attempt, the outcome reported to the
-    overlay when the thread ends (:meth:`Node._dialer_done`), and the thread
-    ends with the link.
-    """
-
-    def __init__(
-        self,
-        node: Node,
-        key: str,
-        addresses: list[str],
-        port: int,
-        node_id: str = "",
-        first_delay_s: float = 0.0,
-        give_up_s: float | None = None,
-        once: bool = False,
-    ) -> None:
-        self.node = node
-        self.once = once
-        self.key = key
-        self.addresses = addresses
-        self.port = port
-        self.node_id = node_id
-        self.first_delay_s = first_delay_s
-        self.give_up_s = give_up_s
-        self.outcome = (False, "")  # a once-dial's (linked, refusal code), reported when it ends
-        self.stopped = threading.Event()
-        self.wake = threading.Event()  # set by stop() and when the peer's link goes down
-        self.thread = threading.Thread(target=self._run, name=f"p2pchat-dial-{key}", daemon=True)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.wake.set()
-
-    def _run(self) -> None:
-        cfg = self.node.config
-        backoff = cfg.redial_min_s
-        last_ok = time.monotonic()
-        if self.first_delay_s and self.stopped.wait(self.first_delay_s):
-            return
-        while not self.stopped.is_set():
-            if self.node_id and self.node.has_link(self.node_id):
-                if self.once:
-                    break
-                # Linked (dialled by the peer): sleep until that link goes down.
-                # The timeout is only a safety net; an idle thread costs a wake-up.
-                last_ok = time.monotonic()
-                self.wake.wait(IDLE_CHECK_S)
-                self.wake.clear()
-                continue
-            if self.node_id and not self.once and not self.node.wants_links():
-                # A static peer, and the overlay has its links: no need of it now.
-                self.wake.wait(IDLE_CHECK_S)
-                self.wake.clear()
-                continue
-            try:
-                sock, host = dial(list(self.addresses), self.port, cfg.dial_timeout_s)
-            except OSError as exc:
-                log.debug("dial %s:%s failed: %s", self.addresses, self.port, exc)
-                if self.once:
-                    break  # outcome: failed, no code
-                if self.give_up_s is not None and time.monotonic() - last_ok > self.give_up_s:
-                    log.info("giving up on %s after %.0f s", self.key, self.give_up_s)
-                    break
-            else:
-                if self.stopped.is_set():
-                    sock.close()
-                    break
-                link = self.node._adopt(sock, "out", (host, self.port))
-                if link is None:
-                    if self.node.closing:
-                        break
-                    if self.once:
-                        break  # outcome: failed, no code
-                    # Not adopted (no slot, or any other passing reason): this
-                    # is a failed dial like any other; back off and dial again.
-                    log.debug("dial %s:%s: link not adopted", host, self.port)
-                else:
-                    while not link.done.wait(IDLE_CHECK_S):  # closing the node ends the link
-                        if self.stopped.is_set():
-                            break
-                    if link.peer is not None:
-                        self.node_id = link.peer.node
-                    lived = time.monotonic() - (link.up_at or time.monotonic())
-                    if lived > 10.0:
-                        backoff = cfg.redial_min_s
-                    if link.up_at is not None:
-                        last_ok = time.monotonic()
-                    if link.refused is not None or link.peer is None:
-                        code = link.refused.code if link.refused else ""
-                        if link.refusal is not None:
-                            code = code or link.refusal.code
-                        if self.once:
-                            self.outcome = (False, code)
-                            break
-                        if code == "self":
-                            log.info("%s is this node; not dialling it again", self.key)
-                            break
-                        if code in ("room", "version"):
-                            backoff = cfg.redial_max_s
-                    if self.once:
-                        self.outcome = (True, "")
-                        break
-            jitter = random.uniform(0.8, 1.2)
-            if self.stopped.wait(backoff * jitter):
-                break
-            backoff = min(backoff * 2, cfg.redial_max_s)
-        self.node._dialer_done(self)
 
 
 class Node:
@@ -266,7 +145,7 @@ class Node:
         self._draining: threading.Thread | None = None
         self._wake = threading.Event()  # wakes the router
         self._all_links: set[Link] = set()
-        self._dialers: dict[str, _Dialer] = {}
+        self._dialers: dict[str, Dialer] = {}
         self._noticed: set[tuple[str, str]] = set()
         self._started_at = time.monotonic()
         self._own_bucket = flood_bucket(config)
@@ -506,7 +385,7 @@ class Node:
         with self._lock:
             if key in self._dialers or len(self._dialers) >= self.config.max_known_peers:
                 return
-            dialer = _Dialer(self, key, [host], port)
+            dialer = Dialer(self, key, [host], port)
             self._dialers[key] = dialer
         dialer.thread.start()
 
@@ -665,12 +544,12 @@ class Node:
     def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
         """Listener thread: adopt an inbound socket, or refuse it at once."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._adopt(sock, "in", remote)
+        self.adopt(sock, "in", remote)
 
-    def _adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
+    def adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
         """Start a link on a connected socket (its reader and writer threads).
 
-        An inbound socket over a limit of :meth:`_inbound_refusal` is refused
+        An inbound socket over a limit of :func:`~p2pchat.core.slots.inbound_refusal` is refused
         here, before any thread starts for it: it gets a ``refuse`` (best
         effort, never blocking) and is closed.  An outbound one is never
         refused here.  Listener or dialler thread.
@@ -684,7 +563,19 @@ class Node:
             if self._core.closed:
                 sock.close()
                 return None
-            refusal = self._inbound_refusal(remote[0]) if direction == "in" else None
+            refusal = (
+                inbound_refusal(
+                    self.config,
+                    (
+                        Held(k.remote[0], k.up_at is None)
+                        for k in self._all_links
+                        if k.direction == "in"
+                    ),
+                    remote[0],
+                )
+                if direction == "in"
+                else None
+            )
             if refusal is not None:
                 code = refusal[0]
                 refused = self._core.s.links_refused
@@ -708,39 +599,6 @@ class Node:
             return None
         link.start()
         return link
-
-    def _inbound_refusal(self, ip: str) -> tuple[str, str] | None:
-        """Why a socket just accepted from ``ip`` must be refused, as
-        ``(links_refused counter, reason for the peer)``, or None to take it.
-
-        Counts the inbound sockets the node holds (outbound ones never
-        count): from ``ip`` at most ``max_links_per_address``; still in the
-        handshake at most ``max_handshakes_per_address`` from ``ip`` and
-        ``max_handshakes`` in all; at most ``2 * max_links`` in all.  The
-        caller holds the lock.
-        """
-        cfg = self.config
-        inbound = from_ip = shaking = shaking_from_ip = 0
-        for link in self._all_links:
-            if link.direction != "in":
-                continue
-            inbound += 1
-            in_handshake = link.up_at is None
-            shaking += in_handshake
-            if link.remote[0] == ip:
-                from_ip += 1
-                shaking_from_ip += in_handshake
-        if from_ip >= cfg.max_links_per_address:
-            return "busy", f"too many links from {ip} ({cfg.max_links_per_address})"
-        if shaking_from_ip >= cfg.max_handshakes_per_address:
-            return "handshake_busy", (
-                f"too many handshakes from {ip} ({cfg.max_handshakes_per_address})"
-            )
-        if shaking >= cfg.max_handshakes:
-            return "handshake_busy", f"too many handshakes ({cfg.max_handshakes})"
-        if inbound >= 2 * cfg.max_links:
-            return "busy", f"too many links ({cfg.max_links})"
-        return None
 
     # LinkOwner callbacks: on link reader threads.
 
@@ -852,7 +710,7 @@ class Node:
         with self._lock:
             busy = action.node in self._dialers or self._core.closed
             if not busy:
-                dialer = _Dialer(
+                dialer = Dialer(
                     self,
                     action.node,
                     list(action.addrs),
@@ -866,7 +724,7 @@ class Node:
         else:
             dialer.thread.start()
 
-    def _dialer_done(self, dialer: _Dialer) -> None:
+    def dialer_done(self, dialer: Dialer) -> None:
         """A dialler thread ends: a dial of the overlay reports its outcome."""
         with self._lock:
             if self._dialers.get(dialer.key) is dialer:
