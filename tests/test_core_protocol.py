@@ -415,3 +415,43 @@ def test_own_lines_are_numbered_from_one_and_on_after_a_restart() -> None:
     net.tick_all(1.0)
     assert [e.line for e in again.messages()] == [4]
     assert [e.line for e in b.messages() if e.text == "four"] == [4]
+
+
+def test_a_leave_replayed_after_its_node_came_back_does_not_remove_it() -> None:
+    net = CoreNet(seen_max_age_s=20.0)
+    a, b, c = line_of(net, "a", "b", "c")
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, c)
+    assert isinstance(link, Link)
+    net.leave(a)
+    net.tick_all(1.0)
+    (old_leave,) = mallory.got(wire.Leave)  # mallory kept a copy as it passed
+    back = net.add("a", store=a.store, identity=a.identity)  # a restarts with its store
+    assert isinstance(net.connect(back, b), Link)
+    net.tick_all(SETTLE_S)
+    assert [e.reason for e in c.of(LeaveEvent)] == ["quit"]
+    net.tick_all(25.0)  # the seen-cache forgot the leave
+    assert old_leave.id not in c.core.seen
+    mallory.send(link.out, old_leave)
+    net.tick_all(1.0)
+    assert c.stats()["frames_refused"]["replayed"] == 1
+    for node in (b, c):
+        assert [e.reason for e in node.of(LeaveEvent)] == ["quit"]  # the real one only
+        assert a.node_id in {m.node for m in node.core.roster.members()}
+
+
+def test_a_long_catch_up_goes_in_acknowledged_batches_and_arrives_whole() -> None:
+    net = CoreNet()
+    a, b, c = line_of(net, "a", "b", "c")
+    net.cut(b, c)
+    pasted = [f"line {n}" for n in range(1, 601)]  # more than two batches of 256
+    for text in pasted:
+        net.say(a, text)
+    net.tick_all(1.0)
+    assert c.texts() == []
+    assert isinstance(net.connect(b, c), Link)
+    net.tick_all(3.0)
+    assert c.texts() == pasted  # every line, once, in its origin's order
+    assert all(e.history for e in c.messages())  # said while c was away
+    assert c.stats()["catchup_in"] == 600
+    assert c.history() == b.history() == a.history()
