@@ -19,7 +19,10 @@ queue of encoded frames (a test may drop or copy a frame in flight); :meth:`Core
 delivers the frame queued first over all links.  A node's actions are carried out at once,
 in order: ``Send`` queues, ``Emit`` is recorded in :attr:`CoreNode.events`, ``Close`` ends
 the link on both sides, ``Retire`` ends it once the frames queued before it are delivered,
-``Dial`` is recorded only (:attr:`CoreNode.dials`; tests link nodes with :meth:`connect`).
+``Dial`` is recorded (:attr:`CoreNode.dials`) and carried out as a :meth:`connect` to the node
+of that id, at the next :meth:`CoreNet.step`, with ``dial_done`` when it fails or its link ends
+(``honour_dials=False``: recorded only).  Peers are learnt only from :meth:`CoreNet.found` (a
+node's presences name no address here), so a test that never calls it links nodes by hand.
 
 :class:`RawPeer` is a hostile peer: a key of its own, a handshake like anyone's, and frames
 built by hand with :mod:`p2pchat.wire` and signed with its key.
@@ -126,7 +129,7 @@ class CoreNode(Party):
         core: the protocol core.
         store: its history store.
         events: every event the core emitted, in order.
-        dials: every ``Dial`` the core asked for (not carried out).
+        dials: every ``Dial`` the core asked for.
         refused: refusals this node got when it dialled (``Refused``).
         gone: True once it left or crashed (no more ticks).
     """
@@ -234,11 +237,17 @@ class CoreNet:
     Args:
         seed: seeds every core's ``random.Random`` and the net's own.
         room: the room every node joins unless told otherwise.
+        honour_dials: carry out the cores' ``Dial`` actions (else only record them).
         config: :class:`NodeConfig` fields for every node (``add`` may override).
     """
 
-    def __init__(self, seed: int = 1, room: str = "lobby", **config: Any) -> None:
+    def __init__(
+        self, seed: int = 1, room: str = "lobby", honour_dials: bool = True, **config: Any
+    ) -> None:
         self.rng = random.Random(seed)
+        self.honour_dials = honour_dials
+        self._dials: deque[tuple[CoreNode, Dial]] = deque()  # to carry out, in order
+        self._dialled: dict[int, tuple[CoreNode, str]] = {}  # link -> (dialler, node id)
         self.room = room
         self.config = config
         self.now = 0.0
@@ -440,6 +449,7 @@ class CoreNet:
         state = self.links.pop(number, None)
         if state is None:
             return
+        dialled = self._dialled.pop(number, None)
         for end in (state.ends.out, state.ends.into):
             self.queues.pop(end, None)
             self.decoders.pop(end, None)
@@ -448,6 +458,33 @@ class CoreNet:
             if end in state.up and isinstance(party, CoreNode) and not party.gone:
                 reason = reasons.get(end.owner, "peer closed the link")
                 self._act(party, party.core.link_down(end, reason, self.now, self.wall))
+        if dialled is not None and not dialled[0].gone:
+            node, peer = dialled
+            self._act(node, node.core.dial_done(peer, self.now, linked=True))
+
+    def found(self, node: CoreNode, peer: Party) -> None:
+        """``node`` learns where ``peer`` listens (as from mDNS or ``--peer``): ``found``;
+        the dials it asks for are carried out at the next step."""
+        port = 7000 + list(self.parties).index(peer.name)  # an address for the record only
+        self._act(node, node.core.found(peer.node_id, ["127.0.0.1"], port, self.now))
+
+    def _dial(self, node: CoreNode, dial: Dial) -> None:
+        """Carry out a ``Dial``: connect to the party of that node id; ``dial_done`` now if
+        it fails, when the link ends if it came up."""
+        if node.gone:
+            return
+        target = next((p for p in self.parties.values() if p.node_id == dial.node), None)
+        if target is None or (isinstance(target, CoreNode) and target.gone):
+            self._act(node, node.core.dial_done(dial.node, self.now, linked=False))
+            return
+        result = self.connect(node, target)
+        if isinstance(result, Refused):
+            code = result.code if result.by == target.name else ""
+            self._act(node, node.core.dial_done(dial.node, self.now, linked=False, code=code))
+        elif result.out.number in self.links:
+            self._dialled[result.out.number] = (node, dial.node)
+        else:  # up and already ended (the tie-break closed it at once)
+            self._act(node, node.core.dial_done(dial.node, self.now, linked=True))
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -483,7 +520,11 @@ class CoreNet:
         return taken
 
     def step(self) -> bool:
-        """Deliver the frame queued first over every link; False if none is queued."""
+        """Carry out the oldest ``Dial`` waiting, else deliver the frame queued first over
+        every link; False if there was nothing to do."""
+        if self._dials:
+            self._dial(*self._dials.popleft())
+            return True
         first: End | None = None
         first_serial = 0
         for end, q in self.queues.items():
@@ -613,3 +654,5 @@ class CoreNet:
                     state.retired.add(action.link)
             elif isinstance(action, Dial):
                 node.dials.append(action)
+                if self.honour_dials:
+                    self._dials.append((node, action))

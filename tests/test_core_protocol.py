@@ -73,6 +73,26 @@ def test_two_links_between_two_nodes_one_stays_the_one_the_lower_id_dialled(
     assert shown(bob) == [("alice", "one link", False)]
 
 
+def test_nodes_that_find_each_other_dial_each_other_and_keep_one_link_a_pair() -> None:
+    net = CoreNet(seed=7)
+    nodes = [net.add(n) for n in ("a", "b", "c", "d")]
+    for node in nodes:  # as mDNS shows every node to every other, at once
+        for other in nodes:
+            if other is not node:
+                net.found(node, other)
+    net.tick_all(SETTLE_S)
+    assert sum(len(n.dials) for n in nodes) >= 6  # both ends of some pairs dialled
+    assert len(net.links) == 6  # one link per pair: crossed dials were retired
+    for node in nodes:
+        others = {n.node_id for n in nodes} - {node.node_id}
+        assert node.core.links.keys() == others
+        assert sorted(e.peer for e in node.of(PeerUp)) == sorted(others)  # once each
+        assert node.of(PeerDown) == []
+    net.say(nodes[0], "all here?")
+    net.tick_all(1.0)
+    assert all(n.texts() == ["all here?"] for n in nodes)
+
+
 # -- the handshake policy ------------------------------------------------------------------
 
 
