@@ -193,6 +193,26 @@ def test_chat_crosses_a_line_of_five_nodes_exactly_once() -> None:
     assert all(h == histories[0] for h in histories) and len(histories[0]) == 5
 
 
+def test_lines_typed_before_the_first_link_come_up_in_order_at_every_peer() -> None:
+    net = CoreNet()
+    a, b, c = line_of(net, "a", "b", "c")
+    erin = net.add("erin")
+    net.say(erin, "one")  # no link yet: stored, sent to nobody
+    net.say(erin, "two")
+    assert isinstance(net.connect(erin, a), Link)
+    for text in ("three", "four"):  # then one line each 0.3 s
+        net.tick_all(0.3)
+        net.say(erin, text)
+    net.tick_all(2.0)
+    for node in (a, b, c):  # the first two by catch-up (earlier lines), in order
+        assert [(e.text, e.history) for e in node.messages() if e.origin == erin.node_id] == [
+            ("one", True),
+            ("two", True),
+            ("three", False),
+            ("four", False),
+        ], node
+
+
 def test_lines_typed_on_both_sides_of_a_cut_reach_everyone_after_it_heals() -> None:
     net = CoreNet()
     a, b, c, d = line_of(net, "a", "b", "c", "d")
