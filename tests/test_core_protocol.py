@@ -9,13 +9,16 @@ the ``/stats`` counters.  Hostile peers (:class:`corenet.RawPeer`) build their f
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 import pytest
 from corenet import CoreNet, CoreNode, Link, Refused
 
 from p2pchat import wire
 from p2pchat.core.antientropy import GAP_GRACE_S
 from p2pchat.core.protocol import TICK_S
-from p2pchat.core.state import ORDER_HOLD_S
+from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, ORDER_HOLD_S
 from p2pchat.events import JoinEvent, LeaveEvent, MessageEvent, PeerDown, PeerUp
 from p2pchat.identity import Identity
 
@@ -495,3 +498,59 @@ def test_a_long_catch_up_goes_in_acknowledged_batches_and_arrives_whole() -> Non
     assert all(e.history for e in c.messages())  # said while c was away
     assert c.stats()["catchup_in"] == 600
     assert c.history() == b.history() == a.history()
+
+
+@pytest.mark.parametrize(
+    ("reason", "forge"),
+    [
+        ("unsigned", lambda m, _: msgspec.structs.replace(m, sig="")),
+        ("wrong_key", lambda m, other: msgspec.structs.replace(m, key=other.key)),
+        ("bad_signature", lambda m, _: msgspec.structs.replace(m, text="changed on the way")),
+        ("wrong_room", lambda m, _: msgspec.structs.replace(m, room="attic")),
+    ],
+)
+def test_a_forged_line_is_shown_nowhere_and_counted_by_its_reason(reason: str, forge: Any) -> None:
+    net = CoreNet()
+    a, b = line_of(net, "a", "b")
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, b)
+    assert isinstance(link, Link)
+    mallory.send(link.out, forge(mallory.chat("forged", line=1), Identity.generate()))
+    net.tick_all(1.0)
+    assert b.stats()["frames_refused"] == {reason: 1}
+    assert a.stats()["frames_refused"] == {}  # not passed on
+    assert a.texts() == [] and b.texts() == [] and b.history() == []
+    assert net.end(mallory, b) == link.out  # one forgery does not end the link
+
+
+def test_a_line_stamped_in_the_future_is_refused() -> None:
+    net = CoreNet()
+    a, b = line_of(net, "a", "b")
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, b)
+    assert isinstance(link, Link)
+    ahead = net.wall + wire.MAX_CLOCK_SKEW_S + 5.0
+    mallory.send(link.out, mallory.chat("from the future", line=1, ts=ahead))
+    mallory.send(link.out, mallory.chat("so is my clock", line=2, hlc=int(ahead * 1e6)))
+    net.tick_all(1.0)
+    assert b.stats()["frames_refused"] == {"future": 2}
+    assert a.texts() == [] and b.texts() == [] and b.history() == []
+
+
+def test_a_link_that_brings_ten_bad_signatures_is_closed() -> None:
+    net = CoreNet()
+    a, b = line_of(net, "a", "b")
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, b)
+    assert isinstance(link, Link)
+    for n in range(1, BAD_SIGNATURES_PER_LINK):
+        mallory.send(link.out, msgspec.structs.replace(mallory.chat("x", line=n), text="y"))
+    net.tick_all(1.0)
+    assert mallory.name in net.linked(b)  # nine: still linked
+    mallory.send(link.out, msgspec.structs.replace(mallory.chat("x", line=10), text="y"))
+    net.tick_all(1.0)
+    assert mallory.name not in net.linked(b) and net.ends_between(b, mallory) == []
+    assert b.stats()["frames_refused"] == {"bad_signature": BAD_SIGNATURES_PER_LINK}
+    (down,) = b.of(PeerDown)
+    assert down.peer == mallory.node_id and "failed their signature" in down.reason
+    assert a.node_id in b.core.links  # the honest link stays
