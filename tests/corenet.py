@@ -624,6 +624,10 @@ class CoreNet:
         self._act(node, actions)
         return ev
 
+    def rename(self, node: CoreNode, name: str) -> None:
+        """``node``'s user types ``/nick name`` (``set_name``)."""
+        self._act(node, node.core.set_name(name, self.now, self.wall))
+
     def leave(self, node: CoreNode) -> None:
         """``node`` quits: its ``leave`` goes out, then its links close and it stops."""
         self._act(node, node.core.leave(self.now, self.wall))

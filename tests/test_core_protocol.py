@@ -19,7 +19,7 @@ from p2pchat import wire
 from p2pchat.core.antientropy import GAP_GRACE_S
 from p2pchat.core.protocol import TICK_S
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, ORDER_HOLD_S
-from p2pchat.events import JoinEvent, LeaveEvent, MessageEvent, PeerDown, PeerUp
+from p2pchat.events import JoinEvent, LeaveEvent, MessageEvent, NickEvent, PeerDown, PeerUp
 from p2pchat.identity import Identity
 
 SETTLE_S = 2.0
@@ -554,3 +554,30 @@ def test_a_link_that_brings_ten_bad_signatures_is_closed() -> None:
     (down,) = b.of(PeerDown)
     assert down.peer == mallory.node_id and "failed their signature" in down.reason
     assert a.node_id in b.core.links  # the honest link stays
+
+
+def test_a_member_renamed_to_another_members_name_is_shown_apart() -> None:
+    net = CoreNet()
+    alice, bob, carol = line_of(net, "alice", "bob", "carol")
+    net.rename(bob, "alice")
+    net.say(bob, "trust me")
+    net.tick_all(1.0)
+    for node in (alice, carol):
+        assert [(e.old, e.new) for e in node.of(NickEvent)] == [("bob", "alice")]
+        (line,) = node.messages()
+        assert (line.display, line.text) == (f"alice#{bob.node_id[:4]}", "trust me")
+        (notice,) = [t for t in node.notices() if t.startswith(f"alice#{bob.node_id[:4]}")]
+        assert "first saw with another key" in notice
+
+
+def test_a_pasted_block_of_200_lines_reaches_every_node_whole_and_in_order() -> None:
+    net = CoreNet()
+    nodes = line_of(net, "a", "b", "c", "d")
+    block = [f"row {n:03}" for n in range(200)]
+    for text in block:
+        net.say(nodes[0], text)
+    net.tick_all(1.0)
+    for node in nodes:
+        assert node.texts() == block, node
+        assert not any(e.history for e in node.messages())
+        assert node.stats()["rate_limited"] == {}
