@@ -130,8 +130,8 @@ class CoreNode(Party):
         store: its history store.
         events: every event the core emitted, in order.
         dials: every ``Dial`` the core asked for.
-        refused: refusals this node got when it dialled (``Refused``).
-        gone: True once it left or crashed (no more ticks).
+        refused: its handshakes that the other side refused (``Refused``).
+        gone: True once it left or crashed (no more ticks or frames).
     """
 
     def __init__(self, name: str, ident: Identity, core: Protocol, store: MemoryStore) -> None:
@@ -627,6 +627,17 @@ class CoreNet:
     def rename(self, node: CoreNode, name: str) -> None:
         """``node``'s user types ``/nick name`` (``set_name``)."""
         self._act(node, node.core.set_name(name, self.now, self.wall))
+
+    def crash(self, node: CoreNode) -> None:
+        """``node`` stops at once, saying nothing: its links end (``connection reset`` at
+        the other ends) and it runs no more.  Its store and identity may start it again
+        (:meth:`add`)."""
+        node.gone = True
+        for state in list(self.links.values()):
+            owners = (state.ends.out.owner, state.ends.into.owner)
+            if node.name in owners:
+                reasons = {o: "connection reset" for o in owners if o != node.name}
+                self._end_link(state.ends.out.number, reasons)
 
     def leave(self, node: CoreNode) -> None:
         """``node`` quits: its ``leave`` goes out, then its links close and it stops."""

@@ -449,8 +449,9 @@ def test_own_lines_are_numbered_from_one_and_on_after_a_restart() -> None:
     net.tick_all(1.0)
     assert [(e.line, e.self) for e in a.messages()] == [(1, True), (2, True), (3, True)]
     assert [(e.line, e.text) for e in b.messages()] == [(1, "one"), (2, "two"), (3, "three")]
-    # a restarts with its store (a new Protocol, the same lines): numbering goes on
-    net.leave(a)
+    # a crashes and restarts with its store (a new Protocol, the same lines): numbering goes on
+    net.crash(a)
+    assert [(e.peer, e.reason) for e in b.of(PeerDown)] == [(a.node_id, "connection reset")]
     again = net.add("a", store=a.store, identity=a.identity)
     assert isinstance(net.connect(again, b), Link)
     net.tick_all(SETTLE_S)
