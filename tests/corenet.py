@@ -322,7 +322,7 @@ class CoreNet:
         anything and proves with its key), then ``link_up`` on both ends unless ``up`` is
         False (then call :meth:`up` on each end).  ``hello``: fields overriding a raw
         dialler's hello.  A refusal is counted in the refusing node's ``links_refused``
-        under its code, as the shell does, and kept in the dialler's ``refused``."""
+        under its code, as the shell does, and kept in the other node's ``refused``."""
         self._numbers += 1
         n = self._numbers
         out, into = End(dialler.name, dialled.name, n), End(dialled.name, dialler.name, n)
