@@ -582,3 +582,27 @@ def test_a_pasted_block_of_200_lines_reaches_every_node_whole_and_in_order() -> 
         assert node.texts() == block, node
         assert not any(e.history for e in node.messages())
         assert node.stats()["rate_limited"] == {}
+
+
+# -- the presence tree ---------------------------------------------------------------------
+
+
+def test_an_idle_room_sends_each_presence_to_each_node_about_once() -> None:
+    # 8 nodes, every one linked to every other: without a tree of their own, presences
+    # came over each of a node's 7 links (6 duplicates each, for ever: only chat lines pruned).
+    net = CoreNet(seed=5)
+    nodes = [net.add(f"n{i}") for i in range(8)]
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1 :]:
+            net.connect(a, b)
+    net.tick_all(60.0)  # the presence tree forms from the first duplicates
+    dups = [n.stats()["duplicates_dropped"] for n in nodes]
+    heard = {n.core.node_id: len(n.core.roster) for n in nodes}
+    net.tick_all(60.0)
+    # Each node hears 7 others, one presence each per 3 s: 140 in the minute.
+    new_dups = [n.stats()["duplicates_dropped"] - d for n, d in zip(nodes, dups, strict=True)]
+    assert all(heard[n.core.node_id] == 8 for n in nodes)
+    assert max(new_dups) <= 14, new_dups  # at most one in ten arrives twice
+    net.say(nodes[0], "still one room")
+    net.run_until_quiet()
+    assert all(n.texts(others_only=True) == ["still one room"] for n in nodes[1:])
