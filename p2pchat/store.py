@@ -400,7 +400,7 @@ class Store:
         with self._mutex:
             self._seq += 1
             seq = self._seq
-            if self._db is None:
+            if self._db is None or self._closed:
                 return seq
             ask = self._seq_asked - seq < SEQ_BLOCK // 2
             if ask:
