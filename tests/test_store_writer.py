@@ -162,7 +162,8 @@ def test_add_own_waits_for_its_commit_while_others_do_not(
     sender.start()
     try:
         assert not returned.wait(0.3), "add_own returned before its line was on disk"
-        assert prompt(lambda: store.add(chat(B, 5, NOW_US + 5)))  # a link thread goes on
+        late = chat(B, 5, NOW_US + 5)
+        assert prompt(lambda: store.add(late))  # a link thread goes on
         assert prompt(lambda: store.has_line(ROOM, B, 4))
         prompt(store.flush)
         stall.gate.set()
@@ -175,6 +176,8 @@ def test_add_own_waits_for_its_commit_while_others_do_not(
     assert own.id in disk, "on disk when add_own returns"
     assert {m.id for m in received} <= disk, "with the received lines added before it"
     assert store.holds(own) and store.next_line(ROOM) == 2 and store.last_hlc == own.hlc
+    assert store.get([m.id for m in [*received, own]]) == [*received, own], "read back from disk"
+    assert [m.id for m in store.recent(ROOM, 2)] == [late.id, own.id]
 
 
 def test_a_refused_commit_refuses_the_own_line_and_keeps_received_lines_in_memory(
