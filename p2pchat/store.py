@@ -261,8 +261,9 @@ class Store:
         self._lines: dict[str, int] = {}  # room -> the number of our last own line
         self._writer: threading.Thread | None = None
         self.writer_stalls = 0
-        """How many times :meth:`flush` gave up waiting for a place in the
-        writer's full queue (the disk is too slow); read by any thread."""
+        """How many times a hand-over to the writer (:meth:`flush`, :meth:`add_own`,
+        :meth:`close`) gave up waiting for a place in its full queue: the disk
+        is too slow (logged each time).  For ``/stats``; read by any thread."""
         if db is not None and path is not None:
             self._load(db)
             self._reader = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
