@@ -333,7 +333,7 @@ def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch, kind: str) -
         assert store.first_key("fake460") is not None, "a name touched lately is kept"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)  # on disk: each example costs a few fsyncs
 @given(
     ops=st.lists(
         st.tuples(
