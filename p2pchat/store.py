@@ -71,10 +71,10 @@ newer p2pchat made, or that is damaged, is refused with a
 
 Thread-safety: every method takes ``Store._mutex`` (held for work in
 memory and for the reads of :meth:`get` and :meth:`recent`, never for a
-write or a commit); any thread may call.  Lock order: ``Store._handoff`` (the hand-over
-of batches, held while waiting for a place in the queue) before
-``Store._mutex``; the writer takes only ``Store._mutex``, briefly, after a
-commit.
+write or a commit); any thread may call.  Lock order: ``_Writer._handoff``
+(the hand-over of batches, held while waiting for a place in the queue)
+before ``Store._mutex``; the writer thread takes only ``Store._mutex``,
+briefly, after a commit.
 """
 
 from __future__ import annotations
@@ -220,6 +220,188 @@ class _Batch:
         self.error: str | None = None
 
 
+def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes]:
+    """The ``lines`` row of ``msg``, in :data:`_INSERT_LINE`'s order."""
+    return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_body(msg))
+
+
+class _Writer:
+    """The writer thread of an on-disk store (``p2pchat-store-writer``) and
+    the queue of batches that feeds it.
+
+    Args:
+        db: the connection it alone writes on (closed when it stops).
+        commit: commits ``db`` (the fsync; :meth:`Store._commit`).
+        committed: called on the writer thread after each transaction with
+            its operations and the error that refused it (None: committed).
+    """
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        commit: Callable[[sqlite3.Connection], None],
+        committed: Callable[[list[_Op], str | None], None],
+    ) -> None:
+        self._db = db
+        self._commit = commit
+        self._committed = committed
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(WRITER_QUEUE)
+        self._handoff = threading.Lock()  # hands batches to the queue one thread at a time
+        self._overflow: list[_Batch] = []  # taken, not yet queued: the queue was full
+        self._stopping = False  # told to stop (under _handoff)
+        self.stalls = 0
+        """How many hand-overs gave up waiting for a place in the full queue."""
+        self._thread = threading.Thread(target=self._loop, name=WRITER_THREAD, daemon=True)
+        self._thread.start()
+
+    def hand_over(self, take: Callable[[], _Batch | None], wait: float, stop: bool = False) -> bool:
+        """Queue the batch ``take()`` returns (called under the hand-over
+        lock, so batches are queued in the order they were taken) behind
+        those taken before (any thread; the caller holds no lock of the
+        store's).
+
+        Args:
+            take: gives the changes waiting in the store, or None.
+            wait: seconds to wait for the hand-over lock and for a place in a
+                full queue; 0 = do not wait.
+            stop: then tell the thread to stop.
+
+        Returns:
+            True if everything was queued; False if the queue stayed full
+            (logged when ``wait`` > 0: the batches wait for the next call),
+            another thread held the hand-over with ``wait`` = 0, or the
+            writer was stopped.
+        """
+        deadline = time.monotonic() + wait
+        got = self._handoff.acquire(timeout=wait) if wait > 0 else self._handoff.acquire(False)
+        if not got:
+            return False
+        try:
+            if self._stopping:
+                return False
+            batch = take()
+            if batch is not None:
+                self._overflow.append(batch)
+            while self._overflow:
+                try:
+                    left = deadline - time.monotonic()
+                    if left > 0:
+                        self._queue.put(self._overflow[0], timeout=left)
+                    else:
+                        self._queue.put_nowait(self._overflow[0])
+                except queue.Full:
+                    if wait > 0:
+                        self.stalls += 1
+                        log.warning(
+                            "the store's writer is behind (%d batches queued, %d waiting); "
+                            "waited %.1f s, the lines stay in memory until the next flush",
+                            self._queue.qsize(),
+                            len(self._overflow),
+                            wait,
+                        )
+                    return False
+                self._overflow.pop(0)
+            if stop:
+                self._stopping = True
+                self._queue.put(None, timeout=max(0.001, deadline - time.monotonic()))
+            return True
+        except queue.Full:
+            log.error("could not tell the store's writer to stop: its queue stays full")
+            return False
+        finally:
+            self._handoff.release()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end (after ``hand_over(..., stop=True)``);
+        True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        """The thread: commit the batches as they come, all those waiting in
+        one transaction, until told to stop; then close the connection."""
+        stop = False
+        while not stop:
+            batches = [self._queue.get()]
+            while batches[-1] is not None:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batches[-1] is None
+            work = [b for b in batches if b is not None]
+            if work:
+                self._write(work)
+        self._db.close()
+
+    def _write(self, batches: list[_Batch]) -> None:
+        """Run ``batches`` in one transaction and commit it.  An error is
+        logged and the transaction rolled back: those changes reach only
+        memory (the batches carry the error)."""
+        db = self._db
+        ops = [op for b in batches for op in b.ops]
+        error: str | None = None
+        try:
+            for kind, group in itertools.groupby(ops, key=lambda op: op[0]):
+                self._run(kind, [op[1] for op in group])
+            self._commit(db)
+        except Exception as exc:  # disk full, read-only, I/O: never kill the writer
+            error = str(exc) or type(exc).__name__
+            lines = sum(1 for op in ops if op[0] == "line")
+            log.error(
+                "could not write %d lines (%d changes) to the store: %s", lines, len(ops), error
+            )
+            with contextlib.suppress(sqlite3.Error):
+                db.rollback()
+        self._committed(ops, error)
+        for b in batches:
+            b.error = error
+            b.done.set()
+
+    def _run(self, kind: str, args: list[Any]) -> None:
+        """Apply a run of operations of one ``kind`` (see :data:`_Op`)."""
+        db = self._db
+        if kind == "line":
+            db.executemany(_INSERT_LINE, [_row(m) for m in args])
+        elif kind == "del":
+            db.executemany("DELETE FROM lines WHERE id = ?", [(i,) for i in args])
+        elif kind == "meta":
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", args)
+        elif kind == "name":
+            db.executemany("INSERT OR IGNORE INTO names (name, key) VALUES (?, ?)", args)
+        elif kind == "touch":
+            db.executemany(
+                "UPDATE names SET rowid = (SELECT MAX(rowid) FROM names) + 1 WHERE name = ?",
+                [(n,) for n in args],
+            )
+        elif kind == "unname":
+            db.executemany("DELETE FROM names WHERE name = ?", [(n,) for n in args])
+        elif kind == "prune":
+            for now_s, max_age_s, max_lines in args:
+                self._prune(now_s, max_age_s, max_lines)
+        else:  # pragma: no cover - a bug
+            raise AssertionError(f"unknown store operation {kind!r}")
+
+    def _prune(self, now_s: float, max_age_s: float, max_lines: int) -> None:
+        """The rule of :meth:`MemoryStore.prune` on disk (ties broken by id, as there)."""
+        db = self._db
+        cutoff = int((now_s - max_age_s) * 1e6)
+        ahead = int((now_s + wire.MAX_CLOCK_SKEW_S) * 1e6)
+        db.execute("DELETE FROM lines WHERE hlc < ? OR hlc > ?", (cutoff, ahead))
+        rooms = [
+            r[0]
+            for r in db.execute(
+                "SELECT room FROM lines GROUP BY room HAVING COUNT(*) > ?", (max_lines,)
+            )
+        ]
+        for room in rooms:
+            db.execute(
+                "DELETE FROM lines WHERE id IN (SELECT id FROM lines WHERE room = ? "
+                "ORDER BY hlc DESC, origin DESC, line DESC, id DESC LIMIT -1 OFFSET ?)",
+                (room, max_lines),
+            )
+
+
 class Store:
     """The SQLite store of one node (see the module docstring).
 
@@ -247,11 +429,7 @@ class Store:
         self._reader: sqlite3.Connection | None = None  # reads bodies (under _mutex)
         self._mutex = threading.Lock()
         self._written = threading.Condition(self._mutex)  # the writer committed a batch
-        self._handoff = threading.Lock()  # hands batches to the queue one thread at a time
         self._next = _Batch()  # operations not yet handed to the writer (under _mutex)
-        self._overflow: list[_Batch] = []  # taken, not yet queued: the queue was full
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(WRITER_QUEUE)
-        self._stopping = False  # the writer was told to stop (under _handoff)
         self._closed = False
         self._names: OrderedDict[str, str] = OrderedDict()  # least recently used first
         self._seq = 0
@@ -259,19 +437,12 @@ class Store:
         self._seq_asked = 0  # the ceiling handed to the writer
         self._last_hlc = 0
         self._lines: dict[str, int] = {}  # room -> the number of our last own line
-        self._writer: threading.Thread | None = None
-        self.writer_stalls = 0
-        """How many times a hand-over to the writer (:meth:`flush`, :meth:`add_own`,
-        :meth:`close`) gave up waiting for a place in its full queue: the disk
-        is too slow (logged each time).  For ``/stats``; read by any thread."""
+        self._writer: _Writer | None = None
         if db is not None and path is not None:
             self._load(db)
             self._reader = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
             self._reader.execute("PRAGMA query_only = ON")
-            self._writer = threading.Thread(
-                target=self._write_loop, args=(db,), name=WRITER_THREAD, daemon=True
-            )
-            self._writer.start()
+            self._writer = _Writer(db, lambda db: self._commit(db), self._committed)
 
     def _load(self, db: sqlite3.Connection) -> None:
         """Read the database into memory and reserve a block of sequence
@@ -464,11 +635,6 @@ class Store:
             return self._lines.get(room, 0) + 1
 
     # -- lines ------------------------------------------------------------------------
-
-    @staticmethod
-    def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes]:
-        """The ``lines`` row of ``msg``, in :data:`_INSERT_LINE`'s order."""
-        return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_body(msg))
 
     def add_own(self, msg: wire.Chat) -> None:
         """Store a line of ours and wait until it is committed to disk (the
@@ -719,156 +885,45 @@ class Store:
     # -- the writer -------------------------------------------------------------------
 
     def _hand_over(self, wait: float, stop: bool = False) -> bool:
-        """Give the changes waiting in memory to the writer, as one batch
-        behind those handed before (any thread; caller holds no lock).
-
-        Args:
-            wait: seconds to wait for the hand-over lock and for a place in a
-                full queue; 0 = do not wait.
-            stop: then tell the writer to stop (:meth:`close`).
-
-        Returns:
-            True if everything was queued; False if the queue stayed full
-            (logged when ``wait`` > 0: the changes stay for the next call),
-            another thread held the hand-over with ``wait`` = 0, or the
-            writer was stopped.
-        """
+        """Give the changes waiting in memory to the writer as one batch
+        (see :meth:`_Writer.hand_over`); True at once for an ephemeral store."""
         if self._writer is None:
             return True
-        deadline = time.monotonic() + wait
-        got = self._handoff.acquire(timeout=wait) if wait > 0 else self._handoff.acquire(False)
-        if not got:
-            return False
-        try:
-            if self._stopping:
-                return False
-            with self._mutex:
-                if self._next.ops:
-                    self._overflow.append(self._next)
-                    self._next = _Batch()
-            while self._overflow:
-                try:
-                    left = deadline - time.monotonic()
-                    if left > 0:
-                        self._queue.put(self._overflow[0], timeout=left)
-                    else:
-                        self._queue.put_nowait(self._overflow[0])
-                except queue.Full:
-                    if wait > 0:
-                        self.writer_stalls += 1
-                        log.warning(
-                            "the store's writer is behind (%d batches queued, %d waiting); "
-                            "waited %.1f s, the lines stay in memory until the next flush",
-                            self._queue.qsize(),
-                            len(self._overflow),
-                            wait,
-                        )
-                    return False
-                self._overflow.pop(0)
-            if stop:
-                self._stopping = True
-                self._queue.put(None, timeout=max(0.001, deadline - time.monotonic()))
-            return True
-        except queue.Full:
-            log.error("could not tell the store's writer to stop: its queue stays full")
-            return False
-        finally:
-            self._handoff.release()
+        return self._writer.hand_over(self._take, wait, stop)
 
-    def _write_loop(self, db: sqlite3.Connection) -> None:
-        """The writer thread: commit the batches as they come, all those
-        waiting in one transaction, until told to stop; then close ``db``."""
-        stop = False
-        while not stop:
-            batches = [self._queue.get()]
-            while batches[-1] is not None:
-                try:
-                    batches.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = batches[-1] is None
-            work = [b for b in batches if b is not None]
-            if work:
-                self._write(db, work)
-        db.close()
+    def _take(self) -> _Batch | None:
+        """The batch of changes waiting, replaced by an empty one, or None."""
+        with self._mutex:
+            if not self._next.ops:
+                return None
+            batch, self._next = self._next, _Batch()
+            return batch
 
-    def _write(self, db: sqlite3.Connection, batches: list[_Batch]) -> None:
-        """Run ``batches`` in one transaction and commit it (writer thread).
-        An error is logged and the transaction rolled back: those changes
-        reach only memory (the batches carry the error)."""
-        ops = [op for b in batches for op in b.ops]
-        error: str | None = None
-        try:
-            for kind, group in itertools.groupby(ops, key=lambda op: op[0]):
-                self._run(db, kind, [op[1] for op in group])
-            self._commit(db)
-        except Exception as exc:  # disk full, read-only, I/O: never kill the writer
-            error = str(exc) or type(exc).__name__
-            lines = sum(1 for op in ops if op[0] == "line")
-            log.error(
-                "could not write %d lines (%d changes) to the store: %s", lines, len(ops), error
-            )
-            with contextlib.suppress(sqlite3.Error):
-                db.rollback()
+    def _committed(self, ops: list[_Op], error: str | None) -> None:
+        """After the writer's transaction of ``ops`` (writer thread): what is
+        on disk now is read from there (a refused batch stays in memory)."""
         ceiling = max(
             (int(p[1]) for k, p in ops if k == "meta" and p[0] == "seq_ceiling"), default=0
         )
         with self._written:
-            if error is None:  # on disk now: read from there (a refused batch stays here)
+            if error is None:
                 self._seq_durable = max(self._seq_durable, ceiling)
                 for msg_id, line in ((a.id, a) for kind, a in ops if kind == "line"):
                     if self._bodies.get(msg_id) is line:  # not added again since
                         del self._bodies[msg_id]
             self._written.notify_all()
-        for b in batches:
-            b.error = error
-            b.done.set()
-
-    def _run(self, db: sqlite3.Connection, kind: str, args: list[Any]) -> None:
-        """Apply a run of operations of one ``kind`` (see :data:`_Op`) on ``db``."""
-        if kind == "line":
-            db.executemany(_INSERT_LINE, [self._row(m) for m in args])
-        elif kind == "del":
-            db.executemany("DELETE FROM lines WHERE id = ?", [(i,) for i in args])
-        elif kind == "meta":
-            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", args)
-        elif kind == "name":
-            db.executemany("INSERT OR IGNORE INTO names (name, key) VALUES (?, ?)", args)
-        elif kind == "touch":
-            db.executemany(
-                "UPDATE names SET rowid = (SELECT MAX(rowid) FROM names) + 1 WHERE name = ?",
-                [(n,) for n in args],
-            )
-        elif kind == "unname":
-            db.executemany("DELETE FROM names WHERE name = ?", [(n,) for n in args])
-        elif kind == "prune":
-            for now_s, max_age_s, max_lines in args:
-                self._prune_disk(db, now_s, max_age_s, max_lines)
-        else:  # pragma: no cover - a bug
-            raise AssertionError(f"unknown store operation {kind!r}")
-
-    @staticmethod
-    def _prune_disk(db: sqlite3.Connection, now_s: float, max_age_s: float, max_lines: int) -> None:
-        """The rule of :meth:`MemoryStore.prune` on disk (ties broken by id, as there)."""
-        cutoff = int((now_s - max_age_s) * 1e6)
-        ahead = int((now_s + wire.MAX_CLOCK_SKEW_S) * 1e6)
-        db.execute("DELETE FROM lines WHERE hlc < ? OR hlc > ?", (cutoff, ahead))
-        rooms = [
-            r[0]
-            for r in db.execute(
-                "SELECT room FROM lines GROUP BY room HAVING COUNT(*) > ?", (max_lines,)
-            )
-        ]
-        for room in rooms:
-            db.execute(
-                "DELETE FROM lines WHERE id IN (SELECT id FROM lines WHERE room = ? "
-                "ORDER BY hlc DESC, origin DESC, line DESC, id DESC LIMIT -1 OFFSET ?)",
-                (room, max_lines),
-            )
 
     def _commit(self, db: sqlite3.Connection) -> None:
         """Commit the writer's transaction (the fsync; tests slow it down)."""
         db.commit()
+
+    @property
+    def writer_stalls(self) -> int:
+        """How many times a hand-over to the writer (:meth:`flush`,
+        :meth:`add_own`, :meth:`close`) gave up waiting for a place in its full
+        queue: the disk is too slow (logged each time).  For ``/stats``; any
+        thread."""
+        return 0 if self._writer is None else self._writer.stalls
 
     def close(self) -> None:
         """Hand over what waits, let the writer commit everything (at most
@@ -884,8 +939,7 @@ class Store:
             deadline = time.monotonic() + CLOSE_WAIT_S
             if not self._hand_over(CLOSE_WAIT_S, stop=True):
                 log.error("could not hand the last changes to the store's writer")
-            self._writer.join(max(0.0, deadline - time.monotonic()))
-            if self._writer.is_alive():
+            if not self._writer.join(max(0.0, deadline - time.monotonic())):
                 log.error("the store's writer did not finish within %g s", CLOSE_WAIT_S)
         with self._mutex:
             if self._reader is not None:
