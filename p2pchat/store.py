@@ -403,9 +403,11 @@ class _Writer:
 
 
 class Store:
-    """The SQLite store of one node (see the module docstring).
+    """The store of one node: an index in memory, SQLite behind it, written by
+    the writer thread (see the module docstring).
 
-    Build it with :meth:`open`; close it with :meth:`close` (idempotent).
+    Build it with :meth:`open`; close it with :meth:`close` (idempotent; it
+    stops the writer thread, so every store opened must be closed).
     Clock values (``hlc``) are integers, microseconds since the Unix epoch;
     ``now_s`` arguments are wall-clock seconds (``time.time()``).
     """
@@ -418,7 +420,6 @@ class Store:
         max_age_s: float,
         max_lines: int,
     ) -> None:
-        self._db = db  # the writer's connection (None: ephemeral); only the writer uses it
         self._path = path
         self._lock_file = lock
         # The window's lines, for every query: on disk, only their ids, rooms,
@@ -594,7 +595,7 @@ class Store:
 
     def _op(self, op: _Op) -> None:
         """Queue a change for the writer (caller holds the mutex)."""
-        if self._db is not None:
+        if self._on_disk:
             self._next.ops.append(op)
 
     def _indexed(self, msg: wire.Chat) -> wire.Chat:
@@ -612,7 +613,7 @@ class Store:
         with self._mutex:
             self._seq += 1
             seq = self._seq
-            if self._db is None or self._closed:
+            if not self._on_disk or self._closed:
                 return seq
             ask = self._seq_asked - seq < SEQ_BLOCK // 2
             if ask:
@@ -651,7 +652,7 @@ class Store:
             if self._closed:
                 raise LocalError("could not save the line: the store is closed")
             last = max(self._last_hlc, msg.hlc)
-            if self._db is None:
+            if not self._on_disk:
                 self._mem.add(msg)
                 self._lines[msg.room] = msg.line
                 self._last_hlc = last
