@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import FAST_LINK, Cluster, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -353,3 +353,42 @@ def test_the_disk_after_close_holds_what_memory_held(ops: list[tuple[str, str, i
             assert again.summary(ROOM) == mem.summary(ROOM)
             assert again.floor(ROOM, later) == mem.floor(ROOM, later)
             assert again.next_line(ROOM) == mem.next_line(ROOM)
+
+
+def _has(cluster: Cluster, i: int, text: str) -> bool:
+    return text in cluster.recorders[i].texts()
+
+
+def test_a_node_whose_disk_stalls_still_relays_and_shows_lines(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice - bob - carol, bob on disk: bob's commits hang, and lines still reach bob and carol
+    at once (bob's link readers, router and /history never wait on his disk)."""
+    gate = threading.Event()
+    stalled = threading.Event()
+    real = Store._commit
+
+    def commit(self: Store, db: sqlite3.Connection) -> None:
+        stalled.set()
+        gate.wait(30.0)
+        real(self, db)
+
+    monkeypatch.setattr(Store, "_commit", commit)
+    try:
+        a = cluster.add("alice", link=FAST_LINK)
+        b = cluster.add("bob", peers=[a], link=FAST_LINK, data_dir=str(tmp_path / "bob"))
+        cluster.add("carol", peers=[b], link=FAST_LINK)
+        cluster.wait_all_know_each_other()
+        a.send("one")
+        wait_for(stalled.is_set, 10.0, "bob's writer to start a commit")
+        texts = [f"while bob's disk hangs {i}" for i in range(5)]
+        for text in texts:
+            start = time.monotonic()
+            a.send(text)
+            wait_for(partial(_has, cluster, 1, text), 3.0, "bob to get it")
+            wait_for(partial(_has, cluster, 2, text), 3.0, "carol to get it")
+            assert time.monotonic() - start < 3.0
+        wait_for(lambda: [m.text for m in b.history(5)] == texts, 3.0, "bob's /history")
+        assert stalled.is_set() and not gate.is_set(), "all of it while bob's commit hung"
+    finally:
+        gate.set()
