@@ -9,11 +9,14 @@ from conftest import Cluster, wait_for
 from p2pchat import wire
 from p2pchat.tree import TreeState
 
+A = "0123456789abcdef"
+"""The origin of the lines below."""
 
-def chat(n: int, hops: int = 16) -> wire.Chat:
+
+def chat(n: int, hops: int = 16, origin: str = A) -> wire.Chat:
     return wire.Chat(
         id=f"{n:032x}",
-        origin="0123456789abcdef",
+        origin=origin,
         seq=n,
         name="a",
         room="lobby",
@@ -32,8 +35,8 @@ def test_a_copy_of_a_line_first_taken_by_catch_up_prunes_nothing() -> None:
     link was pruned this way waited on grafts for every line after)."""
     t: TreeState[str] = TreeState()
     t.link_up("a")
-    assert t.duplicate("a", chat(7).id, 0.0) is False
-    assert t.muted == set()
+    assert t.duplicate("a", chat(7).id, 0.0) is None
+    assert t.muted_for(A) == set()
 
 
 def test_links_start_eager_and_a_duplicate_prunes_only_what_we_receive() -> None:
@@ -42,16 +45,17 @@ def test_links_start_eager_and_a_duplicate_prunes_only_what_we_receive() -> None
         t.link_up(link)
     split = t.new_message(chat(1), "a", now=0.0)
     assert sorted(split.eager) == ["b", "c"] and split.lazy == []
-    assert t.duplicate("b", chat(1).id, 0.0) is True  # b: stop pushing to us
-    assert t.duplicate("b", chat(1).id, 0.5) is False  # its pushes in flight: no second prune
-    assert t.muted == {"b"}
-    assert "b" in t.eager, "we push to b until b prunes us"
-    t.pruned("b")
+    assert t.duplicate("b", chat(1).id, 0.0) == A  # b: stop pushing A's messages to us
+    assert t.duplicate("b", chat(1).id, 0.5) is None  # its pushes in flight: no second prune
+    assert t.muted_for(A) == {"b"}
+    assert "b" in t.eager_for(A), "we push to b until b prunes us"
+    t.pruned("b", A)
     split = t.new_message(chat(2), "a", now=0.1)
     assert split.eager == ["c"] and split.lazy == ["b"]
     assert t.take_announcements() == {"b": [(chat(2).id, 16)]}
     assert t.take_announcements() == {}
-    assert t.duplicate("b", chat(3).id, 2.0) is True, "still pushing long after: told again"
+    t.new_message(chat(3), "a", now=2.0)
+    assert t.duplicate("b", chat(3).id, 2.0) == A, "still pushing long after: told again"
 
 
 def test_missing_announced_id_is_grafted_from_the_announcer() -> None:
@@ -64,10 +68,10 @@ def test_missing_announced_id_is_grafted_from_the_announcer() -> None:
     assert t.next_deadline() == 1.0
     assert t.due_grafts(0.5) == {}
     assert t.due_grafts(1.0) == {"b": [chat(5).id]}
-    assert t.muted == set()  # grafting asks b to push to us again
+    assert t.muted_for(A) == set()  # grafting asks b to push to us again
     # The line was only late: it comes over a, and then b's answer comes second.
     t.new_message(chat(5), "a", now=1.05)
-    assert t.duplicate("b", chat(5).id, 1.1) is False, "the answer to our graft prunes nothing"
+    assert t.duplicate("b", chat(5).id, 1.1) is None, "the answer to our graft prunes nothing"
     assert t.due_grafts(10.0) == {}  # it arrived: nothing more to graft
 
 
@@ -82,15 +86,15 @@ def test_graft_returns_cached_messages_and_link_down_forgets() -> None:
     t: TreeState[str] = TreeState(cache_entries=2)
     t.link_up("a")
     t.link_up("b")
-    t.pruned("b")
+    t.pruned("b", A)
     for n in (1, 2, 3):
         t.new_message(chat(n), None, now=float(n))
     assert [m.id for m in t.grafted([chat(1).id, chat(3).id], "b")] == [chat(3).id]
-    assert "b" in t.eager
+    assert "b" in t.eager_for(A)
     t.announced([chat(9).id], "a", seen=set(), now=0.0)
     t.link_down("a")
     assert t.due_grafts(100.0) == {}
-    assert "a" not in t.eager and "a" not in t.lazy
+    assert "a" not in t.eager_for(A) and "a" not in t.lazy_for(A)
 
 
 def test_a_lazy_link_one_hop_shorter_is_grafted_and_the_next_line_prunes_the_old() -> None:
@@ -98,17 +102,17 @@ def test_a_lazy_link_one_hop_shorter_is_grafted_and_the_next_line_prunes_the_old
     for link in "pq":
         t.link_up(link)
     t.new_message(chat(1, hops=12), "p", now=0.0)  # arrived over p with 13 hops left
-    assert t.duplicate("q", chat(1).id, 0.0) is True  # q's copy came second: q, stop
+    assert t.duplicate("q", chat(1).id, 0.0) == A  # q's copy came second: q, stop
     # q announces it with 14 hops left: one hop shorter than p's way.
     cut = t.announced([chat(1).id], "q", seen={chat(1).id}, now=2.0, hops=[14])
     assert cut is not None and (cut.link, cut.msg_id) == ("q", chat(1).id)
-    assert t.muted == set()  # both push to us now
+    assert t.muted_for(A) == set()  # both push to us now
     # The copy the graft brings back is expected: no prune for it.
-    assert t.duplicate("q", chat(1).id, 2.0) is False
+    assert t.duplicate("q", chat(1).id, 2.0) is None
     # The next line comes over q first; p's copy, second, prunes p.
     t.new_message(chat(2, hops=13), "q", now=3.0)
-    assert t.duplicate("p", chat(2).id, 3.0) is True
-    assert t.muted == {"p"}
+    assert t.duplicate("p", chat(2).id, 3.0) == A
+    assert t.muted_for(A) == {"p"}
 
 
 def test_no_shortcut_for_an_equal_way_too_soon_or_without_hop_counts() -> None:
@@ -134,12 +138,12 @@ def test_a_push_that_crossed_our_prune_prunes_no_other_link() -> None:
     for link in "pq":
         t.link_up(link)
     t.new_message(chat(1), "q", now=0.0)
-    assert t.duplicate("p", chat(1).id, 0.0) is True  # p brought line 1 second: p, stop
+    assert t.duplicate("p", chat(1).id, 0.0) == A  # p brought line 1 second: p, stop
     # Line 2 was already on its way from p: it arrives first, over the link just pruned.
     t.new_message(chat(2), "p", now=0.001)
     # q's copy comes second; pruning q as well would leave nobody pushing to us.
-    assert t.duplicate("q", chat(2).id, 0.002) is False
-    assert t.muted == {"p"}
+    assert t.duplicate("q", chat(2).id, 0.002) is None
+    assert t.muted_for(A) == {"p"}
 
 
 def test_a_node_whose_copies_all_come_second_is_still_pushed_to() -> None:
@@ -150,8 +154,31 @@ def test_a_node_whose_copies_all_come_second_is_still_pushed_to() -> None:
         t.link_up(link)
     t.new_message(chat(1), "a", now=0.0)
     for link in "abc":
-        t.pruned(link)
-    assert t.eager == set() and t.muted == set(), "everyone still pushes to it"
+        t.pruned(link, A)
+    assert t.eager_for(A) == set() and t.muted_for(A) == set(), "everyone still pushes to it"
+
+
+def test_a_prune_stops_the_pushes_of_one_origin_only() -> None:
+    # One tree shared by every origin fell apart when many spoke: a copy of A's line that
+    # came second pruned a link B's lines needed (issue 12, the simulator).
+    b_origin = "fedcba9876543210"
+    t: TreeState[str] = TreeState()
+    for link in "pq":
+        t.link_up(link)
+    t.pruned("p", A)
+    split_a = t.new_message(chat(1), None, now=0.0)
+    split_b = t.new_message(chat(2, origin=b_origin), None, now=0.0)
+    assert (sorted(split_a.eager), split_a.lazy) == (["q"], ["p"])
+    assert (sorted(split_b.eager), split_b.lazy) == (["p", "q"], [])
+    # A copy of B's line second over q prunes q for B only.
+    t.new_message(chat(3, origin=b_origin), "p", now=1.0)
+    assert t.duplicate("q", chat(3).id, 1.0) == b_origin
+    assert t.muted_for(b_origin) == {"q"} and t.muted_for(A) == set()
+    # An older peer's prune names no origin: every origin's pushes stop.
+    t.pruned("q")
+    assert t.eager_for(A) == set() and t.eager_for(b_origin) == {"p"}
+    assert [m.id for m in t.grafted([chat(1).id], "q")] == [chat(1).id]
+    assert t.eager_for(A) == {"q"}, "a graft asks for pushes of its ids' origins again"
 
 
 # -- in-process meshes ---------------------------------------------------------------------
