@@ -220,6 +220,9 @@ class Stats(Event):
         stored_lines: lines of the room in the store (the history window).
         catchup_in, catchup_out: lines received and sent by catch-up
             (anti-entropy), new ones only for ``catchup_in``.
+        store_stalls: times the store's writer thread was so far behind (a
+            disk stalled for seconds) that handing it a batch gave up after
+            1 s (the batch waits for the next hand-over; nothing is lost).
     """
 
     kind: ClassVar[str] = "stats"
@@ -239,3 +242,4 @@ class Stats(Event):
     stored_lines: int = 0
     catchup_in: int = 0
     catchup_out: int = 0
+    store_stalls: int = 0

@@ -373,6 +373,7 @@ class Node:
                 stored_lines=self._store.count(self._core.wire_room),
                 catchup_in=s.counts["catchup_in"],
                 catchup_out=s.counts["catchup_out"],
+                store_stalls=getattr(self._store, "writer_stalls", 0),
             )
 
     def set_name(self, name: str) -> None:
