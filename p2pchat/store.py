@@ -731,6 +731,11 @@ class Store:
         with self._mutex:
             return self._mem.in_window(room, hlc, now_s)
 
+    def top_lines(self, room: str) -> dict[str, int]:
+        """Per origin with numbered lines in ``room``, the highest line number held."""
+        with self._mutex:
+            return self._mem.top_lines(room)
+
     def summary(self, room: str, max_origins: int = wire.MAX_SYNC_ORIGINS) -> list[wire.Have]:
         """Our version vector of ``room`` for a ``sync``: per origin with
         numbered lines, the run ``lo..hi`` held from its lowest line on, with

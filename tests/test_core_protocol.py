@@ -606,3 +606,25 @@ def test_an_idle_room_sends_each_presence_to_each_node_about_once() -> None:
     net.say(nodes[0], "still one room")
     net.run_until_quiet()
     assert all(n.texts(others_only=True) == ["still one room"] for n in nodes[1:])
+
+
+def test_after_a_restart_an_older_line_that_comes_live_is_shown_as_earlier() -> None:
+    # The simulator found it: the order buffer started empty after a restart, so a line
+    # older than lines of its origin shown before the crash was shown as a new one.
+    net = CoreNet()
+    (b,) = line_of(net, "b")
+    mallory = net.hostile("mallory", wire_name="mal")
+    link = net.connect(mallory, b)
+    assert isinstance(link, Link)
+    two = mallory.chat("two", 2)  # kept back: it comes after the restart
+    for line, text in ((1, "one"), (3, "three")):
+        mallory.send(link.out, mallory.chat(text, line))
+    net.tick_all(ORDER_HOLD_S + 1.0)  # "three" waits for "two", then is shown
+    assert [(t, h) for _, t, h in shown(b)] == [("one", False), ("three", False)]
+    net.crash(b)
+    again = net.add("b", store=b.store, identity=b.identity)
+    link = net.connect(mallory, again)
+    assert isinstance(link, Link)
+    mallory.send(link.out, two)
+    net.tick_all(1.0)
+    assert [(t, h) for _, t, h in shown(again)] == [("two", True)], "an earlier line"

@@ -112,6 +112,10 @@ class HistoryStore(Protocol):
         """The ids of ``origin``'s lines ``lo..hi``, in line order, or None unless all held."""
         ...
 
+    def top_lines(self, room: str) -> dict[str, int]:
+        """Per origin with numbered lines in ``room``, the highest line number held."""
+        ...
+
     def missing(
         self, room: str, have: Mapping[str, tuple[int, int]], since_hlc: int, limit: int
     ) -> list[str]:
@@ -308,6 +312,10 @@ class MemoryStore:
             out.append((newest, wire.Have(origin, lo, hi, hi_hlc, history.run_digest(run))))
         out.sort(key=lambda t: (-t[0], t[1].origin))  # as the SQLite store: ties by origin
         return [h for _, h in out[:max_origins]]
+
+    def top_lines(self, room: str) -> dict[str, int]:
+        """Per origin with numbered lines in ``room``, the highest line number held."""
+        return {o: max(by) for (r, o), by in self._numbered.items() if r == room and by}
 
     def run_ids(self, room: str, origin: str, lo: int, hi: int) -> list[str] | None:
         """The ids of ``origin``'s lines ``lo..hi``, in line order, or None

@@ -206,6 +206,12 @@ class OriginOrder(Generic[T]):
         self._now = max(self._now, now)
         return self._now
 
+    def seed(self, origin: str, line: int) -> None:
+        """Count ``origin``'s lines up to ``line`` as shown (a node that
+        restarts: the lines its store holds were shown before), so that an
+        older line that comes live is shown as an earlier line."""
+        self._shown(origin, line)
+
     def _shown(self, origin: str, line: int) -> None:
         top = self._top.get(origin)
         if top is None or line > top:

@@ -140,6 +140,11 @@ class Protocol:
         s = self.s = Shared(config, identity, store, rng, self.wire_room, now, wall, verify)
         s.name = name
         s.roster.rename_self(name)
+        # A restart: the lines the store holds were shown before (a line of an
+        # origin older than those that comes live is shown as an earlier line).
+        tops = store.top_lines(self.wire_room)
+        for origin in sorted(tops, key=tops.__getitem__)[-s.order.max_origins :]:
+            s.order.seed(origin, tops[origin])
         self.node_id = s.node_id
         self.port = port
         self.addrs = list(addrs)
