@@ -1,0 +1,249 @@
+"""What the simulator watches, and the invariants it checks at the end.
+
+:class:`Observer` is told of every frame and every event of every node (by
+:class:`p2pchat.sim.lan.Lan`, on the simulator's one thread) and keeps
+counters; :meth:`Observer.invariants` and :meth:`Observer.figures` turn them
+into the JSON report.  The invariants (each true or false, with samples of
+what broke):
+
+* ``exactly_once``: every line an honest node sent was shown (a
+  ``MessageEvent``, live or as an earlier line) exactly once by every
+  honest node that runs at the end, counted over its restarts;
+* ``fifo``: on every node's live view (``history`` False) the lines of one
+  origin come in increasing ``line`` order;
+* ``history_identical``: ``/history`` (``Protocol.history``) is the same
+  list on every honest node at the end;
+* ``no_future_lines``: no honest node showed a line of the future-clock
+  attacker (and no hostile line claiming an honest origin).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Any
+
+from p2pchat import wire
+from p2pchat.core.actions import Emit
+from p2pchat.events import MessageEvent
+from p2pchat.sim.lan import Host, Lan, Watcher
+
+SAMPLES = 5
+"""Examples kept of each broken invariant."""
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Observer(Watcher):
+    """Counters over a run (see the module docstring).
+
+    Args:
+        hosts: number of hosts (honest and hostile), indexed as the LAN's.
+    """
+
+    def __init__(self, hosts: int) -> None:
+        self.shown: list[Counter[str]] = [Counter() for _ in range(hosts)]
+        self.live_last: list[dict[str, int]] = [{} for _ in range(hosts)]
+        self.chat_ids: list[set[str]] = [set() for _ in range(hosts)]
+        self.frames_in = [0] * hosts
+        self.bytes_in = [0] * hosts
+        self.frames_out = 0
+        self.bytes_out = 0
+        self.chat_frames = 0
+        self.chat_bytes = 0
+        self.chat_copies = 0
+        self.chat_dups = 0
+        self.kinds: Counter[str] = Counter()
+        self.honest_lines: dict[str, tuple[int, float]] = {}  # id -> (host idx, sent at)
+        self.last_shown: dict[str, float] = {}  # honest line id -> last first-show time
+        self.shows = 0
+        self.first_shows = 0  # (honest host, honest line) pairs shown at least once
+        self.history_shows = 0
+        self.fifo_broken: list[dict[str, Any]] = []
+        self.fifo_count = 0
+        self.hostile_kind: dict[str, str] = {}  # hostile node id -> attack
+        self.hostile_shown: Counter[str] = Counter()
+        self.heal_at: float | None = None
+        self.converge_s: float | None = None
+        self.max_state = {"members": 0, "seen": 0, "store_lines": 0}
+        self.trace = hashlib.sha256()
+
+    # -- the LAN's callbacks ----------------------------------------------------------
+
+    def on_send(self, host: Host, frame: bytes) -> None:
+        """Count a frame put on a link."""
+        self.frames_out += 1
+        self.bytes_out += len(frame)
+
+    def on_frame(self, host: Host, msg: wire.Message, frame: bytes, now: float) -> None:
+        """Count a frame received: by kind, and chat copies and duplicates."""
+        if not host.honest:
+            return
+        i = host.idx
+        self.frames_in[i] += 1
+        self.bytes_in[i] += len(frame)
+        kind = type(msg)
+        self.kinds[kind.__name__] += 1
+        if kind is wire.Chat:
+            lines: list[wire.Chat] = [msg]  # type: ignore[list-item]
+        elif kind is wire.Lines:
+            lines = msg.lines  # type: ignore[union-attr]
+        else:
+            return
+        self.chat_frames += 1
+        self.chat_bytes += len(frame)
+        ids = self.chat_ids[i]
+        for line in lines:
+            self.chat_copies += 1
+            if line.id in ids:
+                self.chat_dups += 1
+            else:
+                ids.add(line.id)
+
+    def on_emit(self, host: Host, action: Emit, now: float) -> None:
+        """Count a line shown, check per-origin order, note convergence."""
+        ev = action.event
+        if type(ev) is not MessageEvent or ev.private:
+            return
+        i = host.idx
+        self.trace.update(f"{now:.6f} {i} {ev.id} {int(ev.history)}\n".encode())
+        if ev.self and not ev.history and host.honest and ev.id not in self.honest_lines:
+            self.honest_lines[ev.id] = (i, now)
+        shown = self.shown[i]
+        shown[ev.id] += 1
+        self.shows += 1
+        if ev.history:
+            self.history_shows += 1
+        elif ev.line > 0:
+            last = self.live_last[i]
+            if ev.line <= last.get(ev.origin, 0):
+                self.fifo_count += 1
+                if len(self.fifo_broken) < SAMPLES:
+                    self.fifo_broken.append(
+                        {
+                            "node": i,
+                            "origin": ev.origin,
+                            "line": ev.line,
+                            "after": last[ev.origin],
+                            "t": round(now, 6),
+                        }
+                    )
+            else:
+                last[ev.origin] = ev.line
+        kind = self.hostile_kind.get(ev.origin)
+        if kind is not None:
+            self.hostile_shown[kind] += 1
+        sent = self.honest_lines.get(ev.id)
+        if sent is not None and shown[ev.id] == 1:
+            self.first_shows += host.honest
+            self.last_shown[ev.id] = now
+            if self.heal_at is not None and sent[1] < self.heal_at <= now:
+                since = now - self.heal_at
+                if self.converge_s is None or since > self.converge_s:
+                    self.converge_s = since
+
+    def sample_state(self, lan: Lan) -> None:
+        """Note the largest per-node state now (honest nodes that run)."""
+        top = self.max_state
+        for host in lan.hosts:
+            core = host.core
+            if core is None:
+                continue
+            top["members"] = max(top["members"], len(core.roster))
+            top["seen"] = max(top["seen"], len(core.seen))
+            top["store_lines"] = max(top["store_lines"], host.store.count(core.wire_room))
+
+    # -- the end --------------------------------------------------------------------
+
+    def delivered_all(self, honest: list[Host]) -> bool:
+        """True if every honest line was shown by every honest host (compares
+        two counts: cheap enough to ask often)."""
+        return self.first_shows >= len(self.honest_lines) * len(honest)
+
+    def invariants(self, lan: Lan, honest: list[Host], history_n: int) -> dict[str, Any]:
+        """Check the invariants on the honest hosts that run at the end."""
+        live = [h for h in honest if h.core is not None]
+        missing = dupes = 0
+        samples: list[dict[str, Any]] = []
+        for host in live:
+            shown = self.shown[host.idx]
+            for line_id in self.honest_lines:
+                n = shown.get(line_id, 0)
+                if n != 1:
+                    missing += n == 0
+                    dupes += n > 1
+                    if len(samples) < SAMPLES:
+                        samples.append({"node": host.idx, "line": line_id, "shown": n})
+        histories: dict[tuple[str, ...], list[int]] = {}
+        for host in live:
+            assert host.core is not None
+            ids = tuple(ev.id for ev in host.core.history(history_n))
+            histories.setdefault(ids, []).append(host.idx)
+        variants = sorted(histories.items(), key=lambda kv: -len(kv[1]))
+        history_len = len(variants[0][0]) if variants else 0
+        return {
+            "exactly_once": {
+                "ok": missing == 0 and dupes == 0,
+                "missing": missing,
+                "duplicated": dupes,
+                "samples": samples,
+            },
+            "fifo": {
+                "ok": self.fifo_count == 0,
+                "broken": self.fifo_count,
+                "samples": self.fifo_broken,
+            },
+            "history_identical": {
+                "ok": len(variants) <= 1,
+                "variants": len(variants),
+                "lines": history_len,
+                "nodes_per_variant": [len(v[1]) for v in variants[:SAMPLES]],
+            },
+            "no_future_lines": {
+                "ok": self.hostile_shown.get("future", 0) == 0,
+                "shown": self.hostile_shown.get("future", 0),
+            },
+        }
+
+    def figures(self, honest: list[Host], lines: int, idle: dict[str, float]) -> dict[str, Any]:
+        """The run's figures: frames, bytes and duplicates per node per line,
+        latency to the last node, convergence, largest state, idle frames."""
+        n = max(1, len(honest))
+        per = max(1, n * max(1, lines))
+        lat = [
+            self.last_shown[i] - sent
+            for i, (_, sent) in self.honest_lines.items()
+            if i in self.last_shown
+        ]
+        frames = [self.frames_in[h.idx] for h in honest]
+        return {
+            "frames_per_node_per_line": round(self.chat_frames / per, 3),
+            "bytes_per_node_per_line": round(self.chat_bytes / per, 1),
+            "duplicates_per_node_per_line": round(self.chat_dups / per, 3),
+            "all_frames_per_node": round(sum(frames) / n, 1),
+            "max_frames_per_node": max(frames, default=0),
+            "frames_by_kind": dict(sorted(self.kinds.items())),
+            "shown_as_earlier": self.history_shows,
+            "latency_to_last_node_s": {
+                "p50": round(_percentile(lat, 0.5), 4),
+                "p99": round(_percentile(lat, 0.99), 4),
+                "max": round(max(lat, default=0.0), 4),
+            },
+            "converge_after_heal_s": (
+                None if self.converge_s is None else round(self.converge_s, 4)
+            ),
+            "max_state": dict(self.max_state),
+            "idle": idle,
+        }
+
+    def idle_mark(self, honest: list[Host]) -> tuple[int, int]:
+        """Frames and bytes received by the honest hosts so far."""
+        return (
+            sum(self.frames_in[h.idx] for h in honest),
+            sum(self.bytes_in[h.idx] for h in honest),
+        )

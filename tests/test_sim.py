@@ -1,0 +1,221 @@
+"""The simulator (p2pchat/sim/): small rooms keep the invariants, one seed
+gives one run, partitions heal, crashed nodes come back, hostile nodes are
+refused, random schedules keep the invariants, and a 200-node run with
+partitions and crashes passes.  The invariant checks themselves are tested
+on stand-in cores that break them on purpose (tests/sim_fake.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sim_fake import NaiveCore
+
+from p2pchat import wire
+from p2pchat.core.actions import Action, Emit
+from p2pchat.events import MessageEvent
+from p2pchat.sim import SimConfig, run
+from p2pchat.sim.api import CoreFactory
+from p2pchat.sim.scenario import parse_latency
+
+CORE: CoreFactory = NaiveCore
+
+
+def sim(core: CoreFactory | None = None, **kw: Any) -> dict[str, Any]:
+    """Run a small room on ``core`` (default: the one under test)."""
+    kw.setdefault("idle_s", 3.0)
+    return run(SimConfig(**kw), core or CORE)
+
+
+def broken(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report["invariants"].items() if not v["ok"]}
+
+
+@pytest.mark.parametrize("nodes", [5, 10, 20])
+def test_a_small_room_shows_every_line_once_in_order_everywhere(nodes: int) -> None:
+    report = sim(nodes=nodes, lines=40, seed=nodes)
+    assert report["ok"], broken(report)
+    assert report["run"]["lines_sent"] == 40
+    assert report["invariants"]["history_identical"]["lines"] == 40
+    assert report["figures"]["frames_per_node_per_line"] >= 1.0
+
+
+def test_one_seed_gives_one_run_event_for_event() -> None:
+    cfg: dict[str, Any] = {
+        "nodes": 12,
+        "lines": 30,
+        "partitions": 1,
+        "crashes": 1,
+        "cuts": 2,
+        "late": 1,
+        "hostile": ["replay", "equivocate"],
+    }
+    first = json.dumps(sim(seed=7, **cfg), sort_keys=True)
+    assert first == json.dumps(sim(seed=7, **cfg), sort_keys=True)
+    other = sim(seed=8, **cfg)
+    assert other["run"]["trace"] != json.loads(first)["run"]["trace"]
+
+
+def test_a_partition_heals_and_the_halves_converge() -> None:
+    report = sim(nodes=12, lines=60, rate=10.0, partitions=1, partition_s=3.0, seed=3)
+    assert report["ok"], broken(report)
+    converge = report["figures"]["converge_after_heal_s"]
+    assert converge is not None and 0.0 < converge < 10.0
+    assert report["figures"]["shown_as_earlier"] > 0
+
+
+def test_crashed_nodes_restart_with_their_store_and_catch_up() -> None:
+    report = sim(nodes=10, lines=60, rate=10.0, crashes=3, down_s=2.0, seed=4)
+    assert report["run"]["crashes"] == 3
+    assert report["ok"], broken(report)
+
+
+def test_late_joiners_and_cut_links() -> None:
+    report = sim(nodes=10, lines=40, late=3, cuts=4, seed=5)
+    assert report["ok"], broken(report)
+
+
+@pytest.mark.parametrize("topology", ["full", "line", "ring", "random-k"])
+def test_given_topologies(topology: str) -> None:
+    report = sim(nodes=8, lines=20, topology=topology, seed=6)
+    assert report["ok"], broken(report)
+
+
+def test_hostile_nodes_are_refused_and_the_room_still_agrees() -> None:
+    report = sim(nodes=10, lines=40, seed=9, hostile=["replay", "members", "future", "equivocate"])
+    assert report["ok"], broken(report)
+    hostile = report["hostile"]
+    assert all(h["frames_sent"] > 0 for h in hostile.values())
+    assert hostile["future"]["shown_by_honest"] == 0
+    assert hostile["replay"]["shown_by_honest"] == 0
+    assert report["core_stats"]["frames_refused"]["future"] > 0
+
+
+def test_latency_specs() -> None:
+    import random
+
+    rng = random.Random(1)
+    assert parse_latency("fixed:2")(rng) == 0.002
+    assert 0.001 <= parse_latency("uniform:1:3")(rng) <= 0.003
+    assert parse_latency("exp:5")(rng) >= 0
+    for bad in ("fixed", "uniform:3:1", "exp:-1", "gauss:1:2", "fixed:x"):
+        with pytest.raises(ValueError):
+            parse_latency(bad)
+
+
+# -- the checks catch a core that breaks them ------------------------------------------
+
+
+class DoubleShow(NaiveCore):
+    """Shows every received line twice."""
+
+    def receive(self, link: Any, msg: wire.Message, now: float, wall: float) -> list[Action]:
+        out = super().receive(link, msg, now, wall)
+        return out + [a for a in out if isinstance(a, Emit) and isinstance(a.event, MessageEvent)]
+
+
+class Backwards(NaiveCore):
+    """Numbers its lines downwards and never holds or marks a late one."""
+
+    down = 500
+
+    def send_line(self, text: str, action: bool, now: float, wall: float) -> list[Action]:
+        self.down -= 1
+        self.store._own_lines[self.wire_room] = self.down
+        return super().send_line(text, action, now, wall)
+
+    def _accept(
+        self, msg: wire.Chat, link: Any, now: float, wall: float, history: bool
+    ) -> list[Action]:
+        self.live_last.clear()
+        return super()._accept(msg, link, now, wall, history)
+
+
+class Forgetful(NaiveCore):
+    """Sends nothing to a new link (no catch-up) and forwards nothing."""
+
+    def link_up(self, *args: Any, **kw: Any) -> list[Action]:
+        super().link_up(*args, **kw)
+        return []
+
+    def _forward(self, msg: wire.Chat | wire.Presence, came: Any) -> list[Action]:
+        return []
+
+
+def test_a_line_shown_twice_breaks_exactly_once() -> None:
+    report = sim(DoubleShow, nodes=5, lines=10)
+    assert not report["ok"]
+    assert report["invariants"]["exactly_once"]["duplicated"] > 0
+
+
+def test_lines_out_of_order_break_fifo() -> None:
+    report = sim(Backwards, nodes=5, lines=10, senders=1)
+    assert not report["ok"]
+    assert report["invariants"]["fifo"]["broken"] > 0
+
+
+def test_lost_lines_break_exactly_once_and_history() -> None:
+    report = sim(Forgetful, nodes=8, lines=10, topology="line")
+    assert not report["ok"]
+    assert report["invariants"]["exactly_once"]["missing"] > 0
+    assert not report["invariants"]["history_identical"]["ok"]
+
+
+# -- random schedules ------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    nodes=st.integers(3, 9),
+    lines=st.integers(0, 25),
+    partitions=st.integers(0, 1),
+    crashes=st.integers(0, 2),
+    cuts=st.integers(0, 3),
+    late=st.integers(0, 2),
+    latency=st.sampled_from(["fixed:1", "uniform:0.5:20", "exp:5"]),
+)
+def test_random_small_schedules_keep_the_invariants(
+    seed: int,
+    nodes: int,
+    lines: int,
+    partitions: int,
+    crashes: int,
+    cuts: int,
+    late: int,
+    latency: str,
+) -> None:
+    report = sim(
+        seed=seed,
+        nodes=nodes,
+        lines=lines,
+        partitions=partitions,
+        crashes=crashes,
+        cuts=cuts,
+        late=late,
+        latency=latency,
+        partition_s=2.0,
+        down_s=1.5,
+        idle_s=1.0,
+    )
+    assert report["ok"], broken(report)
+
+
+def test_two_hundred_nodes_with_partitions_and_crashes() -> None:
+    report = sim(
+        nodes=200,
+        lines=100,
+        seed=1,
+        partitions=2,
+        partition_s=3.0,
+        crashes=5,
+        cuts=5,
+        late=5,
+        rate=10.0,
+    )
+    assert report["ok"], broken(report)
+    assert report["run"]["crashes"] == 5
+    assert report["figures"]["converge_after_heal_s"] is not None
