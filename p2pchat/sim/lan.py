@@ -120,9 +120,6 @@ class Watcher:
     def on_frame(self, host: Host, msg: wire.Message, frame: bytes, now: float) -> None:
         """A frame reached ``host`` and decoded."""
 
-    def on_send(self, host: Host, frame: bytes) -> None:
-        """``host`` put a frame on a link."""
-
 
 class Lan:
     """The virtual LAN and its clock.
@@ -151,6 +148,8 @@ class Lan:
         self.events = 0
         self.anomalies: dict[str, int] = {}
         self.bad_frames = 0
+        self.frames_sent = 0
+        self.bytes_sent = 0
         self.links_up = 0
         self.dials = 0
         self.dials_refused: dict[str, int] = {}
@@ -295,7 +294,8 @@ class Lan:
         if t < end.last_arrival:
             t = end.last_arrival
         end.last_arrival = t
-        self.watcher.on_send(end.host, frame)
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
         heapq.heappush(self._heap, (t, next(self._seq), self._deliver, (end.peer, frame)))
 
     def decode(self, frame: bytes) -> wire.Message | None:
@@ -381,6 +381,33 @@ class Lan:
         for e in (end, peer):
             if e is not None and e.alive:
                 self._down(e, reason)
+
+    def overlay(self) -> dict[str, float]:
+        """The link graph of the honest hosts that run: how many connected
+        parts it has, and the most and mean links a host has."""
+        live = [h for h in self.hosts if h.core is not None]
+        if not live:
+            return {"parts": 0, "max_links": 0, "mean_links": 0.0}
+        parts, seen = 0, set()
+        for start in live:
+            if start.idx in seen:
+                continue
+            parts += 1
+            seen.add(start.idx)
+            todo = [start]
+            while todo:
+                host = todo.pop()
+                for end in host.ends.values():
+                    peer = end.peer.host if end.peer is not None else None
+                    if peer is not None and peer.core is not None and peer.idx not in seen:
+                        seen.add(peer.idx)
+                        todo.append(peer)
+        degrees = [sum(1 for e in h.ends.values() if e.peer and e.peer.host.honest) for h in live]
+        return {
+            "parts": parts,
+            "max_links": max(degrees),
+            "mean_links": round(sum(degrees) / len(degrees), 2),
+        }
 
     def links(self) -> list[End]:
         """Every live link once (the dialler's end), in a repeatable order."""

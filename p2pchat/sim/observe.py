@@ -14,7 +14,9 @@ what broke):
 * ``history_identical``: ``/history`` (``Protocol.history``) is the same
   list on every honest node at the end;
 * ``no_future_lines``: no honest node showed a line of the future-clock
-  attacker (and no hostile line claiming an honest origin).
+  attacker;
+* ``overlay_connected`` (checked by :mod:`p2pchat.sim.scenario`): the links
+  between the honest nodes that run form one connected graph at the end.
 """
 
 from __future__ import annotations
@@ -52,8 +54,6 @@ class Observer(Watcher):
         self.chat_ids: list[set[str]] = [set() for _ in range(hosts)]
         self.frames_in = [0] * hosts
         self.bytes_in = [0] * hosts
-        self.frames_out = 0
-        self.bytes_out = 0
         self.chat_frames = 0
         self.chat_bytes = 0
         self.chat_copies = 0
@@ -70,15 +70,10 @@ class Observer(Watcher):
         self.hostile_shown: Counter[str] = Counter()
         self.heal_at: float | None = None
         self.converge_s: float | None = None
-        self.max_state = {"members": 0, "seen": 0, "store_lines": 0}
+        self.max_state = {"members": 0, "seen": 0, "store_lines": 0, "links": 0}
         self.trace = hashlib.sha256()
 
     # -- the LAN's callbacks ----------------------------------------------------------
-
-    def on_send(self, host: Host, frame: bytes) -> None:
-        """Count a frame put on a link."""
-        self.frames_out += 1
-        self.bytes_out += len(frame)
 
     def on_frame(self, host: Host, msg: wire.Message, frame: bytes, now: float) -> None:
         """Count a frame received: by kind, and chat copies and duplicates."""
@@ -157,6 +152,7 @@ class Observer(Watcher):
             top["members"] = max(top["members"], len(core.roster))
             top["seen"] = max(top["seen"], len(core.seen))
             top["store_lines"] = max(top["store_lines"], host.store.count(core.wire_room))
+            top["links"] = max(top["links"], len(host.ends))
 
     # -- the end --------------------------------------------------------------------
 

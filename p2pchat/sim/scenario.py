@@ -316,6 +316,7 @@ class Run:
         lan.run(lan.now + cfg.idle_s)
         frames1, bytes1 = obs.idle_mark(self.honest)
         obs.sample_state(lan)
+        overlay = lan.overlay()
         per = max(1.0, cfg.idle_s) * len(self.honest)
         idle = {
             "frames_per_node_per_s": round((frames1 - frames0) / per, 3),
@@ -324,6 +325,7 @@ class Run:
         lines_n = len(obs.honest_lines)
         history_n = lines_n + 100 * len(cfg.hostile) + 10
         invariants = obs.invariants(lan, self.honest, history_n)
+        invariants["overlay_connected"] = {"ok": overlay["parts"] <= 1, "parts": overlay["parts"]}
         stats: dict[str, Any] = {}
         for host in self.honest:
             if host.core is not None:
@@ -331,7 +333,7 @@ class Run:
         return {
             "ok": all(v["ok"] for v in invariants.values()),
             "invariants": invariants,
-            "figures": obs.figures(self.honest, lines_n, idle),
+            "figures": {**obs.figures(self.honest, lines_n, idle), "overlay_at_end": overlay},
             "run": {
                 "lines_sent": lines_n,
                 "sim_s": round(lan.now, 3),
@@ -342,6 +344,8 @@ class Run:
                 "dials_failed": dict(sorted(lan.dials_refused.items())),
                 "crashes": self.crashed,
                 "bad_frames": lan.bad_frames,
+                "frames_sent": lan.frames_sent,
+                "bytes_sent": lan.bytes_sent,
                 "anomalies": dict(sorted(lan.anomalies.items())),
                 "trace": obs.trace.hexdigest()[:16],
             },
