@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 
@@ -61,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, bool, bool]:
     p.add_argument(
         "--no-sig-cache", action="store_true", help="every node checks every signature itself"
     )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="error",
+        help="the nodes' log messages shown on stderr (default: errors only)",
+    )
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.add_argument("--timing", action="store_true", help="add the wall time to the report")
     a = p.parse_args(argv)
@@ -99,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, bool, bool]:
         broadcast=a.broadcast,
         sig_cache=not a.no_sig_cache,
     )
+    logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("p2pchat").setLevel(a.log_level.upper())
     return cfg, a.json, a.timing
 
 

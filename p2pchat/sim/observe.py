@@ -59,6 +59,11 @@ class Observer(Watcher):
         self.chat_copies = 0
         self.chat_dups = 0
         self.kinds: Counter[str] = Counter()
+        self.hosts = hosts
+        self.got: dict[str, bytearray] = {}  # flooded id (not chat) -> who got a copy
+        self.copies: Counter[str] = Counter()  # by kind: copies received
+        self.unique: Counter[str] = Counter()  # by kind: (node, message) pairs
+        self.delays: list[float] = []  # every show of an honest line by another node
         self.honest_lines: dict[str, tuple[int, float]] = {}  # id -> (host idx, sent at)
         self.last_shown: dict[str, float] = {}  # honest line id -> last first-show time
         self.shows = 0
@@ -89,6 +94,15 @@ class Observer(Watcher):
         elif kind is wire.Lines:
             lines = msg.lines  # type: ignore[union-attr]
         else:
+            if isinstance(msg, wire.Flooded):
+                name = kind.__name__
+                self.copies[name] += 1
+                got = self.got.get(msg.id)
+                if got is None:
+                    got = self.got[msg.id] = bytearray(self.hosts)
+                if not got[i]:
+                    got[i] = 1
+                    self.unique[name] += 1
             return
         self.chat_frames += 1
         self.chat_bytes += len(frame)
@@ -137,6 +151,8 @@ class Observer(Watcher):
         if sent is not None and shown[ev.id] == 1:
             self.first_shows += host.honest
             self.last_shown[ev.id] = now
+            if sent[0] != i:
+                self.delays.append(now - sent[1])
             if self.heal_at is not None and sent[1] < self.heal_at <= now:
                 since = now - self.heal_at
                 if self.converge_s is None or since > self.converge_s:
@@ -224,11 +240,21 @@ class Observer(Watcher):
             "all_frames_per_node": round(sum(frames) / n, 1),
             "max_frames_per_node": max(frames, default=0),
             "frames_by_kind": dict(sorted(self.kinds.items())),
+            "copies_per_node_per_message": {
+                k: round(self.copies[k] / max(1, self.unique[k]), 3) for k in sorted(self.copies)
+            },
             "shown_as_earlier": self.history_shows,
             "latency_to_last_node_s": {
                 "p50": round(_percentile(lat, 0.5), 4),
                 "p99": round(_percentile(lat, 0.99), 4),
                 "max": round(max(lat, default=0.0), 4),
+            },
+            "latency_s": {
+                "p50": round(_percentile(self.delays, 0.5), 4),
+                "p99": round(_percentile(self.delays, 0.99), 4),
+                "over_0.5s": round(
+                    sum(1 for d in self.delays if d > 0.5) / max(1, len(self.delays)), 3
+                ),
             },
             "converge_after_heal_s": (
                 None if self.converge_s is None else round(self.converge_s, 4)

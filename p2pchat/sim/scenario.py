@@ -214,11 +214,15 @@ class Run:
         self.lan.start(host)
         self.discover(host)
 
-    def _crash(self, host: Host) -> None:
-        if host.core is not None:
-            self.crashed += 1
-            self.lan.crash(host)
-            self.lan.at(self.lan.now + self.cfg.down_s, self._start, host)
+    def _crash(self) -> None:
+        up = [h for h in self.honest if h.core is not None]
+        if len(up) < 2:
+            self.lan.note("crash_skipped")
+            return
+        host = self.lan.rng.choice(up)
+        self.crashed += 1
+        self.lan.crash(host)
+        self.lan.at(self.lan.now + self.cfg.down_s, self._start, host)
 
     def _partition(self, side: set[int]) -> None:
         for host in self.honest:
@@ -283,7 +287,7 @@ class Run:
             lan.at(rng.uniform(t0, t0 + span), self._cut)
         for _ in range(cfg.crashes):
             at = rng.uniform(t0, t0 + span)
-            lan.at(at, self._crash, rng.choice(self.honest))
+            lan.at(at, self._crash)
             self.end_of_schedule = max(self.end_of_schedule, at + cfg.down_s)
         for attack in cfg.hostile:
             host = lan.add_host(identity_from(rng), self.honest[0].config, honest=False)
