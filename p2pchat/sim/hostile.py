@@ -8,7 +8,7 @@ then sends frames it builds with :mod:`p2pchat.wire` and signs with its
 * ``replay``: keeps every chat and lines frame it receives and sends them
   all again, on every link, every ``period`` seconds;
 * ``members``: floods ``presence`` messages of freshly made keys (fake
-  members), ``rate`` a second;
+  members), :data:`FAKES_PER_ROUND` a round;
 * ``future``: chat lines dated an hour ahead (``ts`` and ``hlc``);
 * ``equivocate``: an origin that signs two lines under one number, one
   sent on its first link, the other on its second.
@@ -30,6 +30,9 @@ from p2pchat.sim.lan import End, Host, Lan
 
 ATTACKS = ("replay", "members", "future", "equivocate")
 """The attack names ``--hostile`` takes."""
+
+FAKES_PER_ROUND = 5
+"""Fake members the ``members`` attacker makes per round."""
 
 FUTURE_S = 3600.0
 """How far ahead the future-clock attacker dates its lines, seconds."""
@@ -66,7 +69,10 @@ class Attacker:
         self.room = ""
         self.features: list[str] = []
         self.kept: list[bytes] = []
+        self.targets: list[Host] = []
+        self.want = 2
         self.sent = 0
+        self.fakes = 0
         self.refused: dict[str, int] = {}
         host.on_frame = self.on_frame
 
@@ -108,22 +114,23 @@ class Attacker:
         return True
 
     def start(self, targets: list[Host], at: float, until: float, links: int = 2) -> None:
-        """At ``at``, link to the first ``links`` of ``targets`` that take the
-        link, then attack every :attr:`period` until ``until``."""
-
-        def begin() -> None:
-            linked = 0
-            for target in targets:
-                if linked >= links:
-                    break
-                linked += self.connect(target)
-            self._round(until)
-
-        self.lan.at(at, begin)
+        """From ``at`` to ``until``: every :attr:`period`, link again (to the
+        next of ``targets`` that takes it) while under ``links`` links, as a
+        persistent attacker would, and attack."""
+        self.targets = targets
+        self.want = links
+        self.lan.at(at, self._round, until)
 
     def _round(self, until: float) -> None:
         if self.lan.now > until:
             return
+        tries = 0
+        while len(self.links()) < self.want and tries < len(self.targets):
+            tries += 1
+            target = self.targets.pop(0)
+            self.targets.append(target)
+            if not any(e.peer_node == target.node_id for e in self.links()):
+                self.connect(target)
         self.act()
         self.lan.at(self.lan.now + self.period, self._round, until)
 
@@ -152,22 +159,24 @@ class Attacker:
                 for frame in self.kept[-200:]:
                     self._send(end, frame)
         elif self.attack == "members":
-            fake = identity_from(self.rng)
-            msg = wire.Presence(
-                id=self._id(),
-                origin=fake.node_id,
-                seq=1,
-                name=f"fake{self.sent}",
-                room=self.room,
-                ts=self.lan.wall,
-                hops=wire.DEFAULT_HOP_LIMIT,
-                key=fake.key,
-                addrs=[],
-                port=0,
-            )
-            frame = wire.encode_frame(_signed(msg, fake.sign))
-            for end in ends:
-                self._send(end, frame)
+            for _ in range(FAKES_PER_ROUND):
+                fake = identity_from(self.rng)
+                msg = wire.Presence(
+                    id=self._id(),
+                    origin=fake.node_id,
+                    seq=1,
+                    name=f"fake{self.fakes}",
+                    room=self.room,
+                    ts=self.lan.wall,
+                    hops=wire.DEFAULT_HOP_LIMIT,
+                    key=fake.key,
+                    addrs=[],
+                    port=0,
+                )
+                self.fakes += 1
+                frame = wire.encode_frame(_signed(msg, fake.sign))
+                for end in ends:
+                    self._send(end, frame)
         elif self.attack == "future":
             frame = wire.encode_frame(self._chat("from the future", self.lan.wall + FUTURE_S))
             for end in ends:

@@ -153,6 +153,7 @@ class Lan:
         self.links_up = 0
         self.dials = 0
         self.dials_refused: dict[str, int] = {}
+        self.closes: dict[str, int] = {}  # Close actions by reason
         self._heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._lids = itertools.count(1)
@@ -251,6 +252,7 @@ class Lan:
                 self._dial(host, action)
             elif type(action) is Close:
                 end = host.ends.get(action.link)  # type: ignore[call-overload]
+                self.closes[action.reason] = self.closes.get(action.reason, 0) + 1
                 if end is not None:
                     self.close(end, action.reason)
             elif type(action) is Retire:

@@ -10,8 +10,8 @@ one seed gives one run, event for event.  Phases, in virtual seconds:
 2. **traffic**: ``lines`` lines at ``rate`` lines/s from ``senders`` nodes,
    with the faults (partitions and their heals, link cuts, crashes and
    restarts, late joiners) spread over the same span;
-3. **settle**: runs until every honest line is shown everywhere (at most
-   ``settle_s``);
+3. **settle**: runs until every honest line is shown everywhere and the
+   overlay is one connected graph (at most ``settle_s``);
 4. **idle** (``idle_s``): nothing typed; frames counted per node per second.
 
 Then the invariants are checked (:mod:`p2pchat.sim.observe`).
@@ -313,7 +313,9 @@ class Run:
         self.schedule()
         lan.run(self.end_of_schedule)
         settle_end = lan.now + cfg.settle_s
-        while lan.now < settle_end and not obs.delivered_all(self.honest):
+        while lan.now < settle_end and not (
+            obs.delivered_all(self.honest) and lan.overlay()["parts"] <= 1
+        ):
             lan.run(min(settle_end, lan.now + 0.5))
         settled_at = lan.now
         frames0, bytes0 = obs.idle_mark(self.honest)
@@ -346,6 +348,7 @@ class Run:
                 "links_up": lan.links_up,
                 "dials": lan.dials,
                 "dials_failed": dict(sorted(lan.dials_refused.items())),
+                "closes": dict(sorted(lan.closes.items())),
                 "crashes": self.crashed,
                 "bad_frames": lan.bad_frames,
                 "frames_sent": lan.frames_sent,
