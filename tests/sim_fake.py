@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -39,7 +40,9 @@ class NaiveCore:
         rng: random.Random,
         port: int,
         addrs: list[str],
+        verify: Callable[[str, str, bytes], bool] | None = None,
     ) -> None:
+        self.verify = verify or keys.verify
         self.config = config
         self.me = identity
         self.store = store
@@ -184,7 +187,7 @@ class NaiveCore:
         if msg.ts > wall + wire.MAX_CLOCK_SKEW_S:
             self.refused["future"] += 1
             return False
-        if keys.node_id_of(msg.key) != msg.origin or not keys.verify(
+        if keys.node_id_of(msg.key) != msg.origin or not self.verify(
             msg.key, msg.sig, wire.signing_bytes(msg)
         ):
             self.refused["bad_signature"] += 1
@@ -256,6 +259,12 @@ class NaiveCore:
             # Anti-entropy, naively: our newest lines to one random link.
             link = sorted(self.links)[self.rng.randrange(len(self.links))]  # type: ignore[type-var]
             out.append(Send(link, wire.encode_frame(wire.Lines(batch=1, lines=recent))))
+        strangers = sorted(n for n in self.known if n not in self.roster and n not in self.peers)
+        if strangers and not self.dialing and len(self.peers) < 2 * TARGET:
+            # Merge: a known peer never heard of is in another part of the room.
+            node = strangers[self.rng.randrange(len(strangers))]
+            self.dialing.add(node)
+            out.append(Dial(node, tuple(self.known[node][0]), self.known[node][1]))
         return [*out, *self._fill(now)]
 
     def next_deadline(self) -> float:

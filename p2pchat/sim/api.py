@@ -10,7 +10,7 @@ epoch seconds (a fixed origin plus ``now``).  Links are the simulator's ints.
 from __future__ import annotations
 
 import random
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from typing import Any, Literal, Protocol
 
 from p2pchat import wire
@@ -125,7 +125,7 @@ class Core(Protocol):
 
 class CoreFactory(Protocol):
     """Makes one node's core: ``Protocol(config, identity, store, now=...,
-    wall=..., rng=..., port=..., addrs=...)`` has this shape."""
+    wall=..., rng=..., port=..., addrs=..., verify=...)`` has this shape."""
 
     def __call__(
         self,
@@ -138,6 +138,8 @@ class CoreFactory(Protocol):
         rng: random.Random,
         port: int,
         addrs: list[str],
+        verify: Callable[[str, str, bytes], bool] | None = None,
     ) -> Core:
-        """A new core for a node starting (or restarting) at ``now``."""
+        """A new core for a node starting (or restarting) at ``now``;
+        ``verify`` checks signatures (``identity.verify`` when None)."""
         ...

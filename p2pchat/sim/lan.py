@@ -129,6 +129,7 @@ class Lan:
         latency: draws one link's one-way latency in seconds.
         make_core: builds a node's core (:class:`p2pchat.sim.api.CoreFactory`).
         watcher: told of every frame and event.
+        verify: the signature check every core gets (None: its default).
     """
 
     def __init__(
@@ -137,8 +138,10 @@ class Lan:
         latency: Callable[[random.Random], float],
         make_core: CoreFactory,
         watcher: Watcher,
+        verify: Callable[[str, str, bytes], bool] | None = None,
     ) -> None:
         self.rng = rng
+        self.verify = verify
         self.latency = latency
         self.make_core = make_core
         self.watcher = watcher
@@ -216,6 +219,7 @@ class Lan:
             rng=random.Random(self.rng.getrandbits(64)),
             port=host.config.port,
             addrs=[host.addr],
+            verify=self.verify,
         )
         self._resched(host)
 
