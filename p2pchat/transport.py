@@ -30,10 +30,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from p2pchat import wire
+from p2pchat.core.config import LinkConfig as LinkConfig
 from p2pchat.errors import LinkRefused, RemoteProtocolError, StartupError, VersionMismatch
 from p2pchat.privacy import LinkCipher
 
@@ -46,24 +46,6 @@ _STOP = object()  # writer sentinel: stop now
 _FLUSH = object()  # writer sentinel: send the rest of a frame a caller began
 
 _link_numbers = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class LinkConfig:
-    """Timing and size limits of a link.
-
-    Attributes:
-        handshake_timeout_s: seconds to receive the peer's ``hello``.
-        keepalive_interval_s: send a keepalive after this many idle seconds.
-        link_timeout_s: a link with nothing received for this long is dead;
-            also the timeout of every socket send.
-        send_queue_frames: capacity of the send queue, in frames.
-    """
-
-    handshake_timeout_s: float = 5.0
-    keepalive_interval_s: float = 2.0
-    link_timeout_s: float = 6.0
-    send_queue_frames: int = 1024
 
 
 class LinkOwner(Protocol):

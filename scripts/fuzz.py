@@ -813,7 +813,7 @@ class _AttackLink:
         # target has taken what we sent (a frame is handled on the link's
         # reader thread before the next one is read).
         deadline = time.monotonic() + 5.0
-        while (remote := target._links.get(identity.node_id)) is None:
+        while (remote := target._core.links.get(identity.node_id)) is None:
             if self.closed.is_set() or time.monotonic() > deadline:
                 self.close()
                 raise ConnectionError("the target did not bring the link up")

@@ -18,10 +18,10 @@ import msgspec
 from p2pchat import identity as keys
 from p2pchat import wire
 from p2pchat.core.actions import Action, Close, Dial, Emit, LinkId, Send
+from p2pchat.core.config import NodeConfig
 from p2pchat.core.history_store import MemoryStore
 from p2pchat.events import MessageEvent
 from p2pchat.identity import Identity
-from p2pchat.node import NodeConfig
 
 TARGET = 3
 

@@ -28,6 +28,7 @@ from conftest import FAST_LINK, Cluster, RawPeer, Recorder, wait_for
 
 from p2pchat import node as node_mod
 from p2pchat import wire
+from p2pchat.core import antientropy
 from p2pchat.events import LeaveEvent, Notice
 from p2pchat.identity import Identity
 from p2pchat.node import Node, NodeConfig
@@ -294,7 +295,7 @@ def test_an_equivocating_sender_cannot_split_the_room(
     """Mallory signs two texts under one origin, seq and line number and gives one to each of
     alice and bob with hop limit 1.  Both end with the same one (the lower id), flag mallory,
     and neither shows the other text."""
-    monkeypatch.setattr(node_mod, "SYNC_INTERVAL_S", 1.0)
+    monkeypatch.setattr(antientropy, "SYNC_INTERVAL_S", 1.0)
     a = cluster.add("alice", link=SLOW_LINK)
     b = cluster.add("bob", peers=[a], link=SLOW_LINK)
     cluster.wait_all_know_each_other()
@@ -375,7 +376,7 @@ def test_a_line_with_hop_limit_one_still_reaches_the_whole_room_by_catch_up(
     """The hop limit is not signed, so a relay (or the sender) can set it to 1 to keep a line
     from most of the room; the line still spreads, by anti-entropy (here the periodic sync,
     shortened to 1 s), so it cannot be hidden from part of the room."""
-    monkeypatch.setattr(node_mod, "SYNC_INTERVAL_S", 1.0)
+    monkeypatch.setattr(antientropy, "SYNC_INTERVAL_S", 1.0)
     a, b, c = three_honest(cluster)
     mallory = raw_peers(a, cluster.room, ["history"])
     line = chat_from(mallory.identity, cluster.room, "for alice only", 1, 1, now_hlc(), hops=1)

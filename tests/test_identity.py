@@ -134,7 +134,7 @@ def test_old_messages_replayed_are_dropped(cluster: Cluster) -> None:
             peer.send(wire.encode_frame(peer.message(wire.Presence, cluster.room)))
         wait_for(lambda: "said once" in rec.texts(), 5, "the line")
         wait_for(
-            lambda: line.id not in node._seen and old_presence.id not in node._seen,
+            lambda: line.id not in node._core.s.seen and old_presence.id not in node._core.s.seen,
             5,
             "the seen-cache to forget them",
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import pytest
 from conftest import FAST_LINK, Cluster, unique_room, unique_service_type, wait_for
 
 from p2pchat.events import NickEvent, PeerUp
+from p2pchat.transport import Link
 
 
 def build(cluster: Cluster, n: int, edges: list[tuple[int, int]], target: int = 6) -> None:
@@ -138,7 +140,7 @@ def test_dead_link_detected_and_relinked(cluster: Cluster) -> None:
     b = cluster.add("bob", peers=[a], link=FAST_LINK)
     cluster.wait_all_know_each_other()
     # Cut the link under the node's feet (as a pulled cable would end it).
-    link = next(iter(b._links.values()))
+    link = cast(Link, next(iter(b._core.links.values())))
     link.close("test cut")
     wait_for(
         lambda: sum(isinstance(e, PeerUp) for e in cluster.recorders[1].events) >= 2,

@@ -192,11 +192,11 @@ def test_big_rooms_space_their_presences_out() -> None:
 
     node = Node(NodeConfig(name="me", room="lobby", port=0, interfaces=["127.0.0.1"]))
     try:
-        assert node._presence_every() == 3.0  # a room of one: the configured interval
+        assert node._core.members.presence_every() == 3.0  # a room of one: the configured interval
         for i in range(29):
-            node._roster.heard(f"{i:016x}", f"n{i}", now=0.0)
+            node._core.s.roster.heard(f"{i:016x}", f"n{i}", now=0.0)
         # 30 members: about one presence per PRESENCE_SHARE_S from the whole room.
-        assert node._presence_every() == 30 * PRESENCE_SHARE_S == 6.0
+        assert node._core.members.presence_every() == 30 * PRESENCE_SHARE_S == 6.0
     finally:
         node.close()
 

@@ -19,9 +19,9 @@ from p2pchat.core.actions import Action, Emit
 from p2pchat.events import MessageEvent
 from p2pchat.sim import SimConfig, run
 from p2pchat.sim.api import CoreFactory
-from p2pchat.sim.scenario import parse_latency
+from p2pchat.sim.scenario import parse_latency, real_core
 
-CORE: CoreFactory = NaiveCore
+CORE: CoreFactory = real_core()
 
 
 def sim(core: CoreFactory | None = None, **kw: Any) -> dict[str, Any]:
@@ -40,7 +40,8 @@ def test_a_small_room_shows_every_line_once_in_order_everywhere(nodes: int) -> N
     assert report["ok"], broken(report)
     assert report["run"]["lines_sent"] == 40
     assert report["invariants"]["history_identical"]["lines"] == 40
-    assert report["figures"]["frames_per_node_per_line"] >= 1.0
+    # Each node but the sender gets at least one frame with each line.
+    assert report["figures"]["frames_per_node_per_line"] >= (nodes - 1) / nodes
 
 
 def test_one_seed_gives_one_run_event_for_event() -> None:
@@ -205,17 +206,20 @@ def test_random_small_schedules_keep_the_invariants(
 
 
 def test_two_hundred_nodes_with_partitions_and_crashes() -> None:
+    # Short phases: the room's presences cost N^2 frames per simulated second.
     report = sim(
         nodes=200,
-        lines=100,
+        lines=60,
         seed=1,
         partitions=2,
-        partition_s=3.0,
-        crashes=5,
+        partition_s=1.5,
+        crashes=4,
+        down_s=1.5,
         cuts=5,
-        late=5,
-        rate=10.0,
+        late=4,
+        warmup_s=3.0,
+        idle_s=1.0,
     )
     assert report["ok"], broken(report)
-    assert report["run"]["crashes"] == 5
+    assert report["run"]["crashes"] == 4
     assert report["figures"]["converge_after_heal_s"] is not None

@@ -274,8 +274,8 @@ def test_a_graft_for_a_line_no_longer_cached_is_answered_from_the_store(cluster:
 
     node = cluster.add("alice", link=FAST_LINK)
     said = node.send("still here")
-    assert node._tree is not None
-    node._tree._cache.clear()  # as a busy minute would
+    assert node._core.broadcast.tree is not None
+    node._core.broadcast.tree._cache.clear()  # as a busy minute would
     peer = RawPeer(node.port)
     try:
         peer.hello(cluster.room, features=["tree"])

@@ -96,6 +96,9 @@ class Admission:
         room: our room as it is on the wire (a private room's tag).
         max_origins: most origins each per-origin table keeps.
         skew_s: how far ahead of our wall clock a message may be stamped.
+        verify: the signature check, ``(key hex, sig hex, signed bytes) ->
+            bool`` (default :func:`p2pchat.identity.verify`; the simulator
+            passes one with a cache shared by its nodes).
 
     Attributes:
         refused: counts of refusals by reason (keys of :data:`REASONS`);
@@ -110,8 +113,10 @@ class Admission:
         room: str,
         max_origins: int = DEFAULT_MAX_ORIGINS,
         skew_s: float = wire.MAX_CLOCK_SKEW_S,
+        verify: Callable[[str, str, bytes], bool] | None = None,
     ) -> None:
         self.self_id = self_id
+        self.verify = verify or identity.verify
         self.room = room
         self.skew_s = skew_s
         self.refused: dict[str, int] = {}
@@ -131,7 +136,7 @@ class Admission:
             return "unsigned"
         if self.keys.get(msg.origin) != msg.key and identity.node_id_of(msg.key) != msg.origin:
             return "wrong_key"  # (a key admitted with this origin before was checked then)
-        if not identity.verify(msg.key, msg.sig, wire.signing_bytes(msg)):
+        if not self.verify(msg.key, msg.sig, wire.signing_bytes(msg)):
             return "bad_signature"
         return None
 

@@ -15,10 +15,10 @@ from typing import Any, Literal, Protocol
 
 from p2pchat import wire
 from p2pchat.core.actions import Action, LinkId
+from p2pchat.core.config import NodeConfig
 from p2pchat.core.history_store import MemoryStore
 from p2pchat.events import MessageEvent
 from p2pchat.identity import Identity
-from p2pchat.node import NodeConfig
 
 
 class Core(Protocol):

@@ -24,10 +24,10 @@ from typing import Any
 
 from p2pchat import wire
 from p2pchat.core.actions import Action, Close, Dial, Emit, Retire, Send
+from p2pchat.core.config import NodeConfig
 from p2pchat.core.history_store import MemoryStore
 from p2pchat.errors import P2PChatError, RemoteProtocolError
 from p2pchat.identity import Identity
-from p2pchat.node import NodeConfig
 from p2pchat.sim.api import Core, CoreFactory
 
 WALL0 = 1_800_000_000.0

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from p2pchat import identity
-from p2pchat.node import NodeConfig
+from p2pchat.core.config import NodeConfig
+from p2pchat.core.protocol import Protocol
 from p2pchat.sim.api import CoreFactory
 from p2pchat.sim.hostile import Attacker, identity_from
 from p2pchat.sim.lan import Host, Lan
@@ -119,8 +119,7 @@ def parse_latency(spec: str) -> Callable[[random.Random], float]:
 
 def real_core() -> CoreFactory:
     """The product's core, :class:`p2pchat.core.protocol.Protocol`."""
-    module = importlib.import_module("p2pchat.core.protocol")
-    return cast(CoreFactory, module.Protocol)
+    return Protocol
 
 
 SIG_CACHE_ENTRIES = 1 << 16

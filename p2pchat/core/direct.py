@@ -1,0 +1,165 @@
+"""Direct messages: a line sealed to one member's X25519 key (``/msg``).
+
+A ``direct`` message floods like any other (so it reaches a member with no
+link to us) but only its addressee can open it (:func:`p2pchat.identity.
+seal`, ``docs/protocol.md`` §5.10).  Members announce their X25519 key in
+their ``join`` and ``presence`` (``dh``).
+
+Pure: no sockets, threads or clock (see :mod:`p2pchat.core.state`).
+"""
+
+from __future__ import annotations
+
+from p2pchat import names, wire
+from p2pchat.core.admission import BoundedMap
+from p2pchat.core.state import MAX_ORIGINS, Shared
+from p2pchat.errors import LineTooLong, UsageError
+from p2pchat.events import MessageEvent
+from p2pchat.identity import seal
+
+
+def check_direct_text(text: str) -> None:
+    """Check the text of a direct message of ours.
+
+    Raises:
+        UsageError: empty, or control characters.
+        LineTooLong: more than ``wire.MAX_TEXT_CHARS`` code points.
+    """
+    if not text.strip() or wire.has_control_chars(text):
+        raise UsageError("a direct message needs text without control characters")
+    if len(text) > wire.MAX_TEXT_CHARS:
+        raise LineTooLong(f"line is {len(text)} characters; the limit is {wire.MAX_TEXT_CHARS}.")
+
+
+class Directs:
+    """Sealing, opening and addressing direct messages.
+
+    Args:
+        s: the core's shared state.
+    """
+
+    def __init__(self, s: Shared) -> None:
+        self.s = s
+        self.dh_keys: BoundedMap[str, str] = BoundedMap(MAX_ORIGINS)  # origin -> X25519 key
+
+    def heard(self, msg: wire.FloodMessage) -> None:
+        """Keep the direct-message key an admitted ``join`` or ``presence`` announces."""
+        if isinstance(msg, wire.Presence | wire.Join) and msg.dh:
+            self.dh_keys.put(msg.origin, msg.dh)
+
+    def seal(self, to: str, text: str, action: bool) -> tuple[wire.Direct, MessageEvent]:
+        """Our direct message to the member ``to`` stands for, and its event.
+
+        Raises:
+            UsageError: see :meth:`resolve`; the member has not announced a
+                key for direct messages yet; the text is empty or has
+                control characters.
+            LineTooLong: more than ``wire.MAX_TEXT_CHARS`` code points.
+        """
+        s = self.s
+        check_direct_text(text)
+        node = self.resolve(to)
+        dh = self.dh_keys.get(node)
+        if dh is None:
+            raise UsageError(
+                f"{s.roster.display(node)} has not announced a key for direct "
+                "messages yet; try again in a few seconds"
+            )
+        env = s.envelope()
+        aad = f"{env['id']}:{s.node_id}:{node}".encode()
+        eph, box = seal(dh, bytes([int(action)]) + text.encode("utf-8"), aad)
+        msg = s.signed(wire.Direct(to=node, eph=eph, box=box, **env))
+        ev = MessageEvent(
+            id=msg.id,
+            origin=s.node_id,
+            name=s.name,
+            text=text,
+            ts=msg.ts,
+            self=True,
+            seq=msg.seq,
+            action=action,
+            display=s.name,
+            private=True,
+            to=node,
+            to_display=s.roster.display(node),
+        )
+        return msg, ev
+
+    def resolve(self, who: str) -> str:
+        """The node id of the one other member ``who`` stands for.
+
+        ``name#abcd``: the member whose node id (the first hex digits of its
+        key fingerprint) starts with the hex digits after the last ``#`` and
+        whose name looks like ``name`` (:func:`p2pchat.names.confusable`);
+        never a member whose name merely reads so (``#`` is not allowed in
+        names).  A bare name: the member with exactly that name (in NFC), only
+        when no other member's name looks like it.  Else a prefix of at least
+        4 hex digits of a node id.
+
+        Raises:
+            UsageError: nobody, or more than one member, answers to ``who``;
+                or members with look-alike names need their ``#abcd``.
+        """
+        s = self.s
+        who = names.normalise(who)
+        others = [m for m in s.roster.members() if m.node != s.node_id]
+        if "#" in who:
+            name, _, prefix = who.rpartition("#")
+            prefix = prefix.lower()
+            if not 4 <= len(prefix) <= 16 or prefix.strip("0123456789abcdef"):
+                raise UsageError(
+                    f"in {who!r}, '#' must be followed by 4 to 16 hex digits of a key "
+                    "fingerprint, as /who shows them"
+                )
+            found = [
+                m
+                for m in others
+                if m.node.startswith(prefix) and (not name or names.confusable(name, m.name))
+            ]
+        else:
+            found = [m for m in others if m.name == who]
+            alike = [m for m in s.roster.lookalikes(s.node_id, who) if m.name != who]
+            if alike:
+                shown = ", ".join(sorted(s.roster.display(m.node) for m in found + alike))
+                raise UsageError(
+                    f"names look like {who!r} ({shown}): say which, with its #fingerprint"
+                )
+            if not found and len(who) >= 4 and not who.strip("0123456789abcdef"):
+                found = [m for m in others if m.node.startswith(who)]
+        if not found:
+            raise UsageError(f"nobody called {who!r} is in the room (/who lists them)")
+        if len(found) > 1:
+            names_ = ", ".join(sorted(s.roster.display(m.node) for m in found))
+            raise UsageError(f"{len(found)} members are called {who!r}: say which ({names_})")
+        return found[0].node
+
+    def open(self, msg: wire.Direct) -> MessageEvent | None:
+        """The event of a direct message to us, or None (counted as
+        ``undecryptable``) if it does not open or holds no valid line."""
+        s = self.s
+        aad = f"{msg.id}:{msg.origin}:{msg.to}".encode()
+        plain = s.identity.open(msg.eph, msg.box, aad)
+        text = ""
+        if plain:
+            try:
+                text = plain[1:].decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""
+        if not text.strip() or wire.has_control_chars(text) or len(text) > wire.MAX_TEXT_CHARS:
+            s.admission.refuse("undecryptable")
+            return None
+        assert plain is not None
+        return MessageEvent(
+            id=msg.id,
+            origin=msg.origin,
+            name=msg.name,
+            text=text,
+            ts=msg.ts,
+            self=False,
+            seq=msg.seq,
+            action=plain[0] == 1,
+            display=s.roster.display(msg.origin, msg.name),
+            private=True,
+            to=s.node_id,
+            to_display=s.name,
+        )
