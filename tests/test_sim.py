@@ -7,6 +7,9 @@ on stand-in cores that break them on purpose (tests/sim_fake.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -32,6 +35,17 @@ def sim(core: CoreFactory | None = None, **kw: Any) -> dict[str, Any]:
 
 def broken(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report["invariants"].items() if not v["ok"]}
+
+
+def broken_but_for_crash_holds(report: dict[str, Any]) -> dict[str, Any]:
+    """The broken invariants, less the core's known bug that
+    test_a_line_held_on_screen_at_a_crash_is_shown_after_the_restart pins
+    (only lines stored but not shown at a crash missing, nothing else)."""
+    out = broken(report)
+    once = out.get("exactly_once")
+    if once and not once["duplicated"] and once["missing"] == once["missing_stored_at_crash"]:
+        del out["exactly_once"]
+    return out
 
 
 @pytest.mark.parametrize("nodes", [5, 10, 20])
@@ -93,6 +107,47 @@ def test_hostile_nodes_are_refused_and_the_room_still_agrees() -> None:
     assert hostile["future"]["shown_by_honest"] == 0
     assert hostile["replay"]["shown_by_honest"] == 0
     assert report["core_stats"]["frames_refused"]["future"] > 0
+
+
+def run_cli(*args: str, hash_seed: str = "0") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    return subprocess.run(
+        [sys.executable, "-m", "p2pchat.sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def test_the_cli_prints_the_report_and_exits_0_when_it_holds() -> None:
+    args = ("--nodes", "8", "--lines", "12", "--seed", "2", "--partitions", "1", "--json")
+    first = run_cli(*args, hash_seed="1")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["ok"] and report["run"]["lines_sent"] == 12
+    # Another process, another string hash seed: the same run, event for event.
+    assert run_cli(*args, hash_seed="2").stdout == first.stdout
+    short = run_cli("--nodes", "4", "--lines", "3")
+    assert short.returncode == 0 and "exactly_once: ok" in short.stdout
+
+
+def test_the_cli_refuses_bad_options() -> None:
+    for args in (["--nodes", "1"], ["--hostile", "nuke"], ["--latency", "gauss:1"]):
+        done = run_cli(*args)
+        assert done.returncode == 2, args
+        assert "error" in done.stderr
+
+
+def test_a_cost_per_frame_makes_queues_and_latency() -> None:
+    burst: dict[str, Any] = {"nodes": 10, "lines": 200, "rate": 1e5, "senders": 1, "seed": 2}
+    free = sim(**burst)
+    busy = sim(**burst, cpu_us=300.0)
+    assert free["ok"] and busy["ok"], (broken(free), broken(busy))
+    # 200 lines reach a node as 200 frames or more: at least 60 ms of work each.
+    assert busy["figures"]["latency_to_last_node_s"]["max"] > 0.06
+    assert free["figures"]["latency_to_last_node_s"]["max"] < 0.05
 
 
 def test_latency_specs() -> None:
@@ -202,6 +257,28 @@ def test_random_small_schedules_keep_the_invariants(
         down_s=1.5,
         idle_s=1.0,
     )
+    assert not broken_but_for_crash_holds(report), broken(report)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug (found by the simulator, told to the lead): a line held by the order "
+    "buffer (its predecessor missing) is stored at once; if the node crashes before showing "
+    "it, the restarted node finds it stored, catch-up skips it, and it is never shown",
+)
+def test_a_line_held_on_screen_at_a_crash_is_shown_after_the_restart() -> None:
+    # Node 3 gets origin 0's line 3 before line 2 and crashes within the hold.
+    report = sim(
+        seed=84456012,
+        nodes=8,
+        lines=17,
+        crashes=1,
+        cuts=3,
+        latency="fixed:1",
+        down_s=1.5,
+        idle_s=1.0,
+    )
+    assert report["invariants"]["exactly_once"]["missing_stored_at_crash"] == 0
     assert report["ok"], broken(report)
 
 

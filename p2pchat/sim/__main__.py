@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, bool, bool]:
     p.add_argument("--idle-s", type=float, default=d.idle_s)
     p.add_argument("--broadcast", choices=("tree", "flood"), default=d.broadcast)
     p.add_argument(
+        "--cpu-us",
+        type=float,
+        default=d.cpu_us,
+        help="virtual µs a node takes per frame, one frame at a time (0: none)",
+    )
+    p.add_argument(
         "--no-sig-cache", action="store_true", help="every node checks every signature itself"
     )
     p.add_argument(
@@ -105,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, bool, bool]:
         idle_s=a.idle_s,
         broadcast=a.broadcast,
         sig_cache=not a.no_sig_cache,
+        cpu_us=a.cpu_us,
     )
     logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("p2pchat").setLevel(a.log_level.upper())

@@ -6,6 +6,8 @@ were scheduled and one seed gives one run, event for event.  Nothing here
 reads the real clock or the OS's randomness: all draws come from the
 ``random.Random`` given to :class:`Lan`.
 
+Hosts handle frames in no virtual time, unless ``cpu_s`` is set: then each
+frame costs that much, one at a time per host (a queue forms under load).
 Links are TCP-like: each link has one latency (drawn when it comes up, the
 same both ways), frames in one direction arrive in the order they were sent
 (FIFO), and a link that breaks drops what was in flight.  A link has an int
@@ -36,7 +38,7 @@ WALL0 = 1_800_000_000.0
 DIAL_TIMEOUT_S = 3.0
 """How long a dial to an address cut off by a partition takes to fail."""
 
-DECODE_CACHE_MAX = 200_000
+DECODE_CACHE_MAX = 50_000
 """Decoded frames kept (a frame forwarded to many links is decoded once)."""
 
 
@@ -96,6 +98,7 @@ class Host:
     started: bool = False
     tick_at: float = math.inf
     last_tick: float = -1.0
+    busy_until: float = 0.0
     ends: dict[int, End] = field(default_factory=dict)
     on_frame: Callable[[End, wire.Message, bytes], None] | None = None
 
@@ -130,6 +133,9 @@ class Lan:
         make_core: builds a node's core (:class:`p2pchat.sim.api.CoreFactory`).
         watcher: told of every frame and event.
         verify: the signature check every core gets (None: its default).
+        cpu_s: virtual seconds an honest host takes to handle one frame (0:
+            none); a host handles its frames one at a time, in arrival order,
+            so a busy node queues them as a real one does.
     """
 
     def __init__(
@@ -139,9 +145,11 @@ class Lan:
         make_core: CoreFactory,
         watcher: Watcher,
         verify: Callable[[str, str, bytes], bool] | None = None,
+        cpu_s: float = 0.0,
     ) -> None:
         self.rng = rng
         self.verify = verify
+        self.cpu_s = cpu_s
         self.latency = latency
         self.make_core = make_core
         self.watcher = watcher
@@ -324,6 +332,19 @@ class Lan:
         return decoded
 
     def _deliver(self, end: End, frame: bytes) -> None:
+        if not end.alive:
+            return
+        host = end.host
+        if self.cpu_s and host.honest:
+            # The host handles one frame at a time: this one is done (and
+            # its effects happen) after the frames before it and its own cost.
+            done = max(self.now, host.busy_until) + self.cpu_s
+            host.busy_until = done
+            heapq.heappush(self._heap, (done, next(self._seq), self._handle, (end, frame)))
+            return
+        self._handle(end, frame)
+
+    def _handle(self, end: End, frame: bytes) -> None:
         if not end.alive:
             return
         host = end.host

@@ -8,7 +8,9 @@ what broke):
 
 * ``exactly_once``: every line an honest node sent was shown (a
   ``MessageEvent``, live or as an earlier line) exactly once by every
-  honest node that runs at the end, counted over its restarts;
+  honest node that runs at the end, counted over its restarts (of the lines
+  missing, ``missing_stored_at_crash`` counts those a node had stored but
+  not shown when it crashed);
 * ``fifo``: on every node's live view (``history`` False) the lines of one
   origin come in increasing ``line`` order;
 * ``history_identical``: ``/history`` (``Protocol.history``) is the same
@@ -73,6 +75,7 @@ class Observer(Watcher):
         self.fifo_count = 0
         self.hostile_kind: dict[str, str] = {}  # hostile node id -> attack
         self.hostile_shown: Counter[str] = Counter()
+        self.unshown_at_crash: dict[int, set[str]] = {}
         self.heal_at: float | None = None
         self.converge_s: float | None = None
         self.max_state = {"members": 0, "seen": 0, "store_lines": 0, "links": 0}
@@ -158,6 +161,16 @@ class Observer(Watcher):
                 if self.converge_s is None or since > self.converge_s:
                     self.converge_s = since
 
+    def crashing(self, host: Host) -> None:
+        """``host`` is about to crash: note the honest lines its store holds
+        that it has not shown (a restart finds them stored, so nothing
+        brings them to its screen again: ``missing_stored_at_crash``)."""
+        shown = self.shown[host.idx]
+        unshown = [i for i in self.honest_lines if not shown.get(i)]
+        held = {m.id for m in host.store.get(unshown)}
+        if held:
+            self.unshown_at_crash.setdefault(host.idx, set()).update(held)
+
     def sample_state(self, lan: Lan) -> None:
         """Note the largest per-node state now (honest nodes that run)."""
         top = self.max_state
@@ -180,17 +193,22 @@ class Observer(Watcher):
     def invariants(self, lan: Lan, honest: list[Host], history_n: int) -> dict[str, Any]:
         """Check the invariants on the honest hosts that run at the end."""
         live = [h for h in honest if h.core is not None]
-        missing = dupes = 0
+        missing = dupes = held = 0
         samples: list[dict[str, Any]] = []
         for host in live:
             shown = self.shown[host.idx]
+            stored_unshown = self.unshown_at_crash.get(host.idx, set())
             for line_id in self.honest_lines:
                 n = shown.get(line_id, 0)
                 if n != 1:
                     missing += n == 0
                     dupes += n > 1
+                    held += n == 0 and line_id in stored_unshown
                     if len(samples) < SAMPLES:
-                        samples.append({"node": host.idx, "line": line_id, "shown": n})
+                        sample = {"node": host.idx, "line": line_id, "shown": n}
+                        if line_id in stored_unshown:
+                            sample["stored_unshown_at_crash"] = True
+                        samples.append(sample)
         histories: dict[tuple[str, ...], list[int]] = {}
         for host in live:
             assert host.core is not None
@@ -202,6 +220,7 @@ class Observer(Watcher):
             "exactly_once": {
                 "ok": missing == 0 and dupes == 0,
                 "missing": missing,
+                "missing_stored_at_crash": held,
                 "duplicated": dupes,
                 "samples": samples,
             },

@@ -67,6 +67,8 @@ class SimConfig:
         broadcast: the nodes' broadcast (``tree`` or ``flood``).
         sig_cache: share one cache of signature checks between all nodes
             (a check's answer does not depend on who asks).
+        cpu_us: microseconds a node takes to handle one frame (0: none), one
+            frame at a time per node, so that load makes queues.
     """
 
     nodes: int = 20
@@ -92,6 +94,7 @@ class SimConfig:
     idle_s: float = 10.0
     broadcast: str = "tree"
     sig_cache: bool = True
+    cpu_us: float = 0.0
 
 
 def parse_latency(spec: str) -> Callable[[random.Random], float]:
@@ -151,6 +154,7 @@ class Run:
             functools.lru_cache(maxsize=SIG_CACHE_ENTRIES)(identity.verify)
             if cfg.sig_cache
             else None,
+            cfg.cpu_us / 1e6,
         )
         self.honest: list[Host] = []
         for i in range(cfg.nodes):
@@ -215,6 +219,7 @@ class Run:
             return
         host = self.lan.rng.choice(up)
         self.crashed += 1
+        self.obs.crashing(host)
         self.lan.crash(host)
         self.lan.at(self.lan.now + self.cfg.down_s, self._start, host)
 
