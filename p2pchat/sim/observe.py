@@ -254,6 +254,7 @@ class Observer(Watcher):
         frames = [self.frames_in[h.idx] for h in honest]
         return {
             "frames_per_node_per_line": round(self.chat_frames / per, 3),
+            "line_copies_per_node_per_line": round(self.chat_copies / per, 3),
             "bytes_per_node_per_line": round(self.chat_bytes / per, 1),
             "duplicates_per_node_per_line": round(self.chat_dups / per, 3),
             "all_frames_per_node": round(sum(frames) / n, 1),
