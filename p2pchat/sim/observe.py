@@ -190,6 +190,19 @@ class Observer(Watcher):
         two counts: cheap enough to ask often)."""
         return self.first_shows >= len(self.honest_lines) * len(honest)
 
+    @staticmethod
+    def history_variants(
+        live: list[Host], history_n: int
+    ) -> list[tuple[tuple[str, ...], list[int]]]:
+        """The distinct ``/history`` lists (line ids) of the running hosts,
+        each with the hosts that show it, the most common first."""
+        histories: dict[tuple[str, ...], list[int]] = {}
+        for host in live:
+            if host.core is not None:
+                ids = tuple(ev.id for ev in host.core.history(history_n))
+                histories.setdefault(ids, []).append(host.idx)
+        return sorted(histories.items(), key=lambda kv: -len(kv[1]))
+
     def invariants(self, lan: Lan, honest: list[Host], history_n: int) -> dict[str, Any]:
         """Check the invariants on the honest hosts that run at the end."""
         live = [h for h in honest if h.core is not None]
@@ -209,12 +222,7 @@ class Observer(Watcher):
                         if line_id in stored_unshown:
                             sample["stored_unshown_at_crash"] = True
                         samples.append(sample)
-        histories: dict[tuple[str, ...], list[int]] = {}
-        for host in live:
-            assert host.core is not None
-            ids = tuple(ev.id for ev in host.core.history(history_n))
-            histories.setdefault(ids, []).append(host.idx)
-        variants = sorted(histories.items(), key=lambda kv: -len(kv[1]))
+        variants = self.history_variants(live, history_n)
         history_len = len(variants[0][0]) if variants else 0
         return {
             "exactly_once": {

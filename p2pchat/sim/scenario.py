@@ -10,11 +10,13 @@ one seed gives one run, event for event.  Phases, in virtual seconds:
 2. **traffic**: ``lines`` lines at ``rate`` lines/s from ``senders`` nodes,
    with the faults (partitions and their heals, link cuts, crashes and
    restarts, late joiners) spread over the same span;
-3. **settle**: runs until every honest line is shown everywhere and the
-   overlay is one connected graph (at most ``settle_s``);
+3. **settle**: runs until every honest line is shown everywhere, the
+   overlay is one connected graph and ``/history`` is the same on every
+   node (at most ``settle_s``);
 4. **idle** (``idle_s``): nothing typed; frames counted per node per second.
 
-Then the invariants are checked (:mod:`p2pchat.sim.observe`).
+Then, after settling again if the idle time changed something (at most
+``settle_s`` more), the invariants are checked (:mod:`p2pchat.sim.observe`).
 """
 
 from __future__ import annotations
@@ -301,6 +303,20 @@ class Run:
 
     # -- the run ----------------------------------------------------------------------
 
+    def history_n(self) -> int:
+        """How many lines of ``/history`` to compare: all the room's lines."""
+        return len(self.obs.honest_lines) + 100 * len(self.cfg.hostile) + 10
+
+    def _settled(self) -> bool:
+        """Every line everywhere, one connected overlay, one ``/history``
+        (the costlier checks only once the cheaper hold)."""
+        obs, lan = self.obs, self.lan
+        return (
+            obs.delivered_all(self.honest)
+            and lan.overlay()["parts"] <= 1
+            and len(obs.history_variants(self.honest, self.history_n())) <= 1
+        )
+
     def go(self) -> dict[str, Any]:
         """Run it and return the report (a JSON-ready dict; ``ok`` is True
         iff every invariant holds)."""
@@ -308,14 +324,17 @@ class Run:
         self.schedule()
         lan.run(self.end_of_schedule)
         settle_end = lan.now + cfg.settle_s
-        while lan.now < settle_end and not (
-            obs.delivered_all(self.honest) and lan.overlay()["parts"] <= 1
-        ):
+        while lan.now < settle_end and not self._settled():
             lan.run(min(settle_end, lan.now + 0.5))
         settled_at = lan.now
         frames0, bytes0 = obs.idle_mark(self.honest)
         lan.run(lan.now + cfg.idle_s)
         frames1, bytes1 = obs.idle_mark(self.honest)
+        # Anything in flight at the first check (an attacker's last frames)
+        # may have changed a node since: settle again before judging.
+        settle_end = lan.now + cfg.settle_s
+        while lan.now < settle_end and not self._settled():
+            lan.run(min(settle_end, lan.now + 0.5))
         obs.sample_state(lan)
         overlay = lan.overlay()
         per = max(1.0, cfg.idle_s) * len(self.honest)
@@ -324,8 +343,7 @@ class Run:
             "bytes_per_node_per_s": round((bytes1 - bytes0) / per, 1),
         }
         lines_n = len(obs.honest_lines)
-        history_n = lines_n + 100 * len(cfg.hostile) + 10
-        invariants = obs.invariants(lan, self.honest, history_n)
+        invariants = obs.invariants(lan, self.honest, self.history_n())
         invariants["overlay_connected"] = {"ok": overlay["parts"] <= 1, "parts": overlay["parts"]}
         stats: dict[str, Any] = {}
         for host in self.honest:
@@ -339,6 +357,7 @@ class Run:
                 "lines_sent": lines_n,
                 "sim_s": round(lan.now, 3),
                 "settled_at_s": round(settled_at, 3),
+                "settle_s": round(settled_at - self.end_of_schedule, 3),
                 "events": lan.events,
                 "links_up": lan.links_up,
                 "dials": lan.dials,
