@@ -191,13 +191,18 @@ class Backwards(NaiveCore):
 
 
 class Forgetful(NaiveCore):
-    """Sends nothing to a new link (no catch-up) and forwards nothing."""
+    """Sends nothing to a new link (no catch-up), forwards nothing, and
+    has no timers (no anti-entropy)."""
 
     def link_up(self, *args: Any, **kw: Any) -> list[Action]:
         super().link_up(*args, **kw)
         return []
 
     def _forward(self, msg: wire.Chat | wire.Presence, came: Any) -> list[Action]:
+        return []
+
+    def tick(self, now: float, wall: float) -> list[Action]:
+        self.next_tick = now + self.config.presence_interval_s
         return []
 
 
