@@ -140,7 +140,8 @@ class Node:
         self._lock = threading.RLock()  # the core's state, and the tables below
         self._own_line_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._outbox: deque[Action] = deque()  # filled under _lock, in the core's order
+        # Filled under _lock, in the core's order; emptied by _drain without it.
+        self._outbox: deque[Action] = deque()
         self._out_lock = threading.Lock()
         self._draining: threading.Thread | None = None
         self._wake = threading.Event()  # wakes the router
@@ -176,18 +177,21 @@ class Node:
         """Carry out the queued actions, oldest first, one thread at a time
         (so frames and events keep the core's order).  Without the state
         lock: a send only queues a frame; an event callback may call
-        :meth:`snapshot`.  A callback that feeds the node again on this
-        thread leaves its actions to the loop already draining."""
-        if self._draining is threading.current_thread():
+        :meth:`snapshot`.  The outbox is appended to under the state lock (in
+        the core's order) and popped here without it (a deque's ``append``
+        and ``popleft`` are atomic).  A callback that feeds the node again on
+        this thread leaves its actions to the loop already draining."""
+        outbox = self._outbox
+        if not outbox or self._draining is threading.current_thread():
             return
         with self._out_lock:
             self._draining = threading.current_thread()
             try:
                 while True:
-                    with self._lock:
-                        if not self._outbox:
-                            return
-                        action = self._outbox.popleft()
+                    try:
+                        action = outbox.popleft()
+                    except IndexError:
+                        return
                     try:
                         self._act(action)
                     except Exception:
@@ -637,9 +641,15 @@ class Node:
         self, link: Link, msg: wire.FloodMessage | wire.TreeMessage | wire.HistoryMessage
     ) -> None:
         """A decoded frame: the core takes it on the link's reader thread,
-        under the state lock.  A reader busy here reads no more, which pushes
-        back on the peer through TCP."""
-        self._call(lambda now, wall: self._core.receive(link, msg, now, wall))
+        under the state lock (:meth:`_call`, written out: the hot path).  A
+        reader busy here reads no more, which pushes back on the peer through TCP."""
+        core = self._core
+        with self._lock:
+            self._outbox.extend(core.receive(link, msg, time.monotonic(), time.time()))
+            if core.s.wake:
+                core.s.wake = False
+                self._wake.set()
+        self._drain()
 
     def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
         """The link ended: fold its counters in, tell the core (and surface

@@ -93,6 +93,10 @@ class TreeState(Generic[L]):
         optimize_hops: hops an announcing link must save for a shortcut
             (0 switches the optimisation off).
         optimize_interval_s: seconds between two shortcuts, at least.
+        spare_muted: do not prune for a copy whose first copy came over a
+            link we pruned (see :meth:`duplicate`); off for a tree whose
+            origins push their own messages on every link (``push_all``):
+            there the first copy comes over pruned links as a rule.
     """
 
     def __init__(
@@ -102,7 +106,9 @@ class TreeState(Generic[L]):
         cache_age_s: float = 60.0,
         optimize_hops: int = DEFAULT_OPTIMIZE_HOPS,
         optimize_interval_s: float = DEFAULT_OPTIMIZE_INTERVAL_S,
+        spare_muted: bool = True,
     ) -> None:
+        self.spare_muted = spare_muted
         self.graft_timeout_s = graft_timeout_s
         self.cache_entries = cache_entries
         self.cache_age_s = cache_age_s
@@ -147,7 +153,9 @@ class TreeState(Generic[L]):
 
     # -- messages -----------------------------------------------------------------
 
-    def new_message(self, msg: FloodMessage, came_from: L | None, now: float) -> Split[L]:
+    def new_message(
+        self, msg: FloodMessage, came_from: L | None, now: float, push_all: bool = False
+    ) -> Split[L]:
         """A message seen for the first time (ours, or received on ``came_from``).
 
         Args:
@@ -155,6 +163,9 @@ class TreeState(Generic[L]):
                 down); announcements carry its ``hops``.
             came_from: the link it came on, None for our own.
             now: monotonic seconds.
+            push_all: push it on every tree link, lazy ones too (nothing is
+                announced): an origin's own message on a tree shared by many
+                origins, whose links were pruned for others' messages.
 
         Returns:
             The tree links to push it to and to announce it to (never
@@ -163,6 +174,8 @@ class TreeState(Generic[L]):
         self._missing.pop(msg.id, None)
         self._cache[msg.id] = (now, msg, came_from)
         self._trim_cache(now)
+        if push_all:
+            return Split(eager=[x for x in self.eager | self.lazy if x != came_from], lazy=[])
         split: Split[L] = Split(
             eager=[x for x in self.eager if x != came_from],
             lazy=[x for x in self.lazy if x != came_from],
@@ -195,7 +208,7 @@ class TreeState(Generic[L]):
             self._muted[came_from] = now
             return True
         first = self._cache.get(msg_id)
-        if first is None or (first[2] is not None and first[2] in self._muted):
+        if first is None or (self.spare_muted and first[2] is not None and first[2] in self._muted):
             return False
         self._muted[came_from] = now
         return True
@@ -261,6 +274,10 @@ class TreeState(Generic[L]):
         self._muted.pop(link, None)
         self._expect(link, msg_id)
         return Shortcut(link=link, msg_id=msg_id)
+
+    def cached(self, msg_id: str) -> bool:
+        """True if ``msg_id`` is in the cache that answers grafts."""
+        return msg_id in self._cache
 
     def grafted(self, ids: list[str], link: L) -> list[FloodMessage]:
         """The peer on ``link`` sent ``graft``: push to it from now on, and

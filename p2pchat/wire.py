@@ -154,7 +154,13 @@ class Keepalive(msgspec.Struct, tag_field="type", tag="keepalive", frozen=True):
 MessageIds = Annotated[list[MessageId], msgspec.Meta(min_length=1, max_length=256)]
 
 
-class IHave(msgspec.Struct, tag_field="type", tag="ihave", frozen=True):
+TreeName = Literal["", "presence"]
+"""Which broadcast tree a tree frame is about: ``""`` the tree of chat lines
+and every other flooded message, ``"presence"`` the tree of presences
+(``docs/protocol.md`` §7.1).  Peers that leave it out mean ``""``."""
+
+
+class IHave(msgspec.Struct, tag_field="type", tag="ihave", frozen=True, omit_defaults=True):
     """Tree broadcast (feature ``tree``): "I have these messages" on a lazy
     link, so that the receiver can graft the link if one never reaches it.
 
@@ -163,12 +169,14 @@ class IHave(msgspec.Struct, tag_field="type", tag="ihave", frozen=True):
         hops: for each id, the ``hops`` its copy would carry on this link
             (empty from senders that leave it out; ignored unless it has one
             entry per id).
+        tree: the tree the ids were announced on (:data:`TreeName`).
     """
 
     ids: MessageIds
     hops: Annotated[
         list[Annotated[int, msgspec.Meta(ge=0, le=255)]], msgspec.Meta(max_length=256)
     ] = []
+    tree: TreeName = ""
 
 
 class Graft(msgspec.Struct, tag_field="type", tag="graft", frozen=True):
@@ -177,8 +185,11 @@ class Graft(msgspec.Struct, tag_field="type", tag="graft", frozen=True):
     ids: MessageIds
 
 
-class Prune(msgspec.Struct, tag_field="type", tag="prune", frozen=True):
-    """Tree broadcast: "I got that message twice; announce, don't push, to me"."""
+class Prune(msgspec.Struct, tag_field="type", tag="prune", frozen=True, omit_defaults=True):
+    """Tree broadcast: "I got that message twice; announce, don't push, to me",
+    on the tree ``tree`` (:data:`TreeName`)."""
+
+    tree: TreeName = ""
 
 
 class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):

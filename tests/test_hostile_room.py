@@ -309,18 +309,25 @@ def test_an_equivocating_sender_cannot_split_the_room(
     to_a.send(wire.encode_frame(one))
     to_b.send(wire.encode_frame(two))
     keep = min(one, two, key=lambda m: m.id)
+
+    def reported(rec: Recorder) -> bool:
+        return any(isinstance(e, Notice) and "under one number" in e.text for e in rec.events)
+
     alive_wait(
         [to_a, to_b],
         lambda: keep.id in history_ids(a) and keep.id in history_ids(b),
         DELIVERY_S,
         "alice and bob keep the same one of the two lines",
     )
+    # The notice reaches the front end once the node has carried out its actions (after
+    # its state lock is released): it may come a moment after /history changed.
+    alive_wait(
+        [to_a, to_b], lambda: reported(rec_a) and reported(rec_b), DELIVERY_S, "the lie is reported"
+    )
     assert history_ids(a) == history_ids(b)
     for node, rec in ((a, rec_a), (b, rec_b)):
         shown = {t for t in rec.texts() if t.startswith("meet at")}
         assert len(shown) <= 1, "nobody shows both texts"
-        notices = [e for e in rec.events if isinstance(e, Notice) and "under one number" in e.text]
-        assert notices, "the lie is reported"
         assert refused(node, "equivocation") >= 1
         assert any(k.equivocated for k in node.whois("mallory"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from typing import Any
@@ -151,8 +152,6 @@ def test_a_cost_per_frame_makes_queues_and_latency() -> None:
 
 
 def test_latency_specs() -> None:
-    import random
-
     rng = random.Random(1)
     assert parse_latency("fixed:2")(rng) == 0.002
     assert 0.001 <= parse_latency("uniform:1:3")(rng) <= 0.003
@@ -272,19 +271,23 @@ def test_random_small_schedules_keep_the_invariants(
     "it, the restarted node finds it stored, catch-up skips it, and it is never shown",
 )
 def test_a_line_held_on_screen_at_a_crash_is_shown_after_the_restart() -> None:
-    # Node 3 gets origin 0's line 3 before line 2 and crashes within the hold.
-    report = sim(
-        seed=84456012,
-        nodes=8,
-        lines=17,
-        crashes=1,
-        cuts=3,
-        latency="fixed:1",
-        down_s=1.5,
-        idle_s=1.0,
-    )
-    assert report["invariants"]["exactly_once"]["missing_stored_at_crash"] == 0
-    assert report["ok"], broken(report)
+    # Small rooms with crashes (the same 60 schedules every time, not a pinned seed, so
+    # that the test keeps failing while the bug lasts whatever the core draws): a node
+    # that got lines of an origin before their predecessor crashes within the hold.
+    rng = random.Random(5)
+    for _ in range(60):
+        report = sim(
+            seed=rng.getrandbits(32),
+            nodes=rng.randint(4, 10),
+            lines=rng.randint(10, 30),
+            crashes=rng.randint(1, 3),
+            cuts=rng.randint(0, 4),
+            latency=rng.choice(["fixed:1", "uniform:0.5:20"]),
+            down_s=1.5,
+            idle_s=1.0,
+        )
+        assert report["invariants"]["exactly_once"]["missing_stored_at_crash"] == 0
+        assert report["ok"], broken(report)
 
 
 def test_two_hundred_nodes_with_partitions_and_crashes() -> None:

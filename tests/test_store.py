@@ -8,6 +8,8 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,9 @@ from p2pchat.core.history_store import MemoryStore
 from p2pchat.errors import StoreError
 from p2pchat.store import DB_NAME, Store
 
-KINDS = pytest.mark.parametrize("kind", ["sqlite", "memory"])
-"""The rule tests run against both stores: SQLite (the product) and the core's in-memory one."""
+KINDS = pytest.mark.parametrize("kind", ["sqlite", "ephemeral", "memory"])
+"""The rule tests run against every store: SQLite on disk (the product: an index in memory, the
+lines' bodies read back from disk), the product's ephemeral store, and the core's in-memory one."""
 
 ROOM = "lobby"
 A = "a" * 16
@@ -35,7 +38,22 @@ def open_store(
 ) -> Store | MemoryStore:
     if kind == "memory":
         return MemoryStore(max_age_s, max_lines)
-    return Store.open(None, max_age_s, max_lines)
+    if kind == "ephemeral":
+        return Store.open(None, max_age_s, max_lines)
+    return Store.open(tempfile.mkdtemp(prefix="store-", dir=_scratch), max_age_s, max_lines)
+
+
+_scratch: str | None = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def scratch() -> Iterator[None]:
+    """A directory for the on-disk stores of this module's tests, removed at the end."""
+    global _scratch
+    with tempfile.TemporaryDirectory(prefix="store-test-") as path:
+        _scratch = path
+        yield
+        _scratch = None
 
 
 def chat(origin: str, line: int, hlc: int, room: str = ROOM, text: str = "hi") -> wire.Chat:
@@ -300,7 +318,7 @@ def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch, kind: str) -
     """A flood of fresh names cannot grow the first-key table without end, and it never
     forgets the names of the members present (nor a name just used)."""
     monkeypatch.setattr(store_mod, "MAX_NAMES", 50)
-    with Store.open(None) if kind == "sqlite" else MemoryStore(max_names=50) as store:
+    with MemoryStore(max_names=50) if kind == "memory" else open_store(kind) as store:
         store.remember_name("alice", "a" * 64)
         store.remember_name("bob", "b" * 64)
         for i in range(500):
@@ -315,11 +333,11 @@ def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch, kind: str) -
         assert store.first_key("fake460") is not None, "a name touched lately is kept"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)  # on disk: each example costs a few fsyncs
 @given(
     ops=st.lists(
         st.tuples(
-            st.sampled_from(["add", "add", "add", "prune", "replace"]),
+            st.sampled_from(["add", "add", "add", "prune", "replace", "flush"]),
             st.sampled_from([A, B, "c" * 16]),
             st.integers(1, 12),
             st.sampled_from([-5_000, -1, 0, 1, 2, 5_000]),
@@ -330,14 +348,18 @@ def test_the_names_table_is_capped(monkeypatch: pytest.MonkeyPatch, kind: str) -
 def test_the_memory_store_answers_as_the_sqlite_store_does(
     ops: list[tuple[str, str, int, int]],
 ) -> None:
-    """Random adds, equivocation replacements and prunes on both stores (a window of 8 lines and
-    an hour): every query answers the same."""
-    sql = Store.open(None, max_age_s=3600.0, max_lines=8)
+    """Random adds, equivocation replacements, prunes and flushes (handing lines to the writer) on
+    both stores (a window of 8 lines and an hour): every query answers the same, and the lines
+    read back (from disk or from memory, committed or not) are the lines added."""
+    sql = open_store("sqlite", max_age_s=3600.0, max_lines=8)
     mem = MemoryStore(max_age_s=3600.0, max_lines=8)
     try:
         for op, origin, line, dt_s in ops:
             if op == "prune":
                 assert sql.prune(NOW_S) == mem.prune(NOW_S)
+                continue
+            if op == "flush":
+                sql.flush()
                 continue
             msg = chat(origin, line, NOW_US + dt_s * 10**6)
             held = sql.line_id(ROOM, origin, line)
@@ -350,7 +372,9 @@ def test_the_memory_store_answers_as_the_sqlite_store_does(
         now = NOW_S + 1
         assert sql.count(ROOM) == mem.count(ROOM)
         assert sql.floor(ROOM, now) == mem.floor(ROOM, now)
-        assert [m.id for m in sql.recent(ROOM, 100)] == [m.id for m in mem.recent(ROOM, 100)]
+        assert sql.recent(ROOM, 100) == mem.recent(ROOM, 100)
+        ids = [m.id for m in mem.recent(ROOM, 100)]
+        assert sql.get(ids[::-1]) == mem.get(ids[::-1])
         assert sql.summary(ROOM) == mem.summary(ROOM)
         have = {h.origin: (h.lo, h.hi) for h in sql.summary(ROOM)[:1]}
         since = sql.floor(ROOM, now)

@@ -258,8 +258,20 @@ class AntiEntropy:
             ids += [i for i in conflicts if i not in listed]
         state.push.reset(ids)
         self.pump(link, state)
-        if history.behind(self.summary(), msg.have, floor):
+        ours = self.summary()
+        if history.behind(ours, msg.have, floor) or self.waits_below(ours, msg.have):
             self.want_sync(link)
+
+    def waits_below(self, ours: list[wire.Have], theirs: list[wire.Have]) -> bool:
+        """True if the peer holds a line below our lowest of an origin whose
+        later line waits unshown for its predecessor (a line lost before the
+        neighbour we asked got it: ``behind`` sees only runs reaching past
+        ours, so it was fetched at the next periodic sync, 30 s later)."""
+        order = self.s.order
+        if not len(order):
+            return False
+        lowest = {h.origin: h.lo for h in ours}
+        return any(h.lo < lowest.get(h.origin, 0) and order.held(h.origin) for h in theirs)
 
     def conflicts(self, theirs: list[wire.Have]) -> list[str]:
         """The ids of our lines that a peer holds under the same numbers but

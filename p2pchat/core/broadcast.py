@@ -40,26 +40,41 @@ class Broadcast:
         self.members = members
         self.history = history
         self.directs = directs
-        self.tree: TreeState[LinkId] | None = TreeState() if s.config.broadcast == "tree" else None
+        tree = s.config.broadcast == "tree"
+        # Two Plumtree instances: one for chat lines and every other flooded
+        # message, one for presences.  Duplicates prune each its own tree:
+        # presences come from every node all the time, and pruning the chat
+        # tree on them cut links the lines needed (docs/performance.md), but
+        # on a tree of their own they are pushed to each node about once.
+        self.tree: TreeState[LinkId] | None = TreeState() if tree else None
+        self.ptree: TreeState[LinkId] | None = TreeState(spare_muted=False) if tree else None
         self.announce_at: float | None = None  # when to send the batched ihaves
         self.link_buckets: dict[LinkId, flood.TokenBucket] = {}
         self.origin_buckets: BoundedMap[str, flood.TokenBucket] = BoundedMap(MAX_ORIGINS)
 
     # -- links ------------------------------------------------------------------------
 
+    def _trees(self) -> list[TreeState[LinkId]]:
+        return [t for t in (self.tree, self.ptree) if t is not None]
+
+    def _tree_of(self, msg: wire.FloodMessage) -> tuple[TreeState[LinkId] | None, wire.TreeName]:
+        """The tree ``msg`` travels on, and its name on the wire."""
+        if isinstance(msg, wire.Presence):
+            return self.ptree, "presence"
+        return self.tree, ""
+
     def link_up(self, link: LinkId, peer: wire.Hello, replaced: LinkId | None) -> None:
         """A link is up (``replaced``: the link to the same peer it replaces)."""
-        if self.tree is None:
-            return
-        if replaced is not None:
-            self.tree.link_down(replaced)
-        if "tree" in peer.features:
-            self.tree.link_up(link)
+        for tree in self._trees():
+            if replaced is not None:
+                tree.link_down(replaced)
+            if "tree" in peer.features:
+                tree.link_up(link)
 
     def link_down(self, link: LinkId) -> None:
         """A link is gone."""
-        if self.tree is not None:
-            self.tree.link_down(link)
+        for tree in self._trees():
+            tree.link_down(link)
         self.link_buckets.pop(link, None)
 
     # -- received -----------------------------------------------------------------------
@@ -94,15 +109,12 @@ class Broadcast:
             # A copy of a message already taken: dropped unread (the first
             # copy passed every check).  Only this link's tree state changes.
             s.counts["duplicates_dropped"] += 1
-            # Only chat lines prune: presence comes from every node, and copies of
-            # several origins' messages pruned at once can cut a cycle twice.
-            tree = self.tree
-            if (
-                tree is not None
-                and isinstance(msg, wire.Chat)
-                and tree.duplicate(link, msg.id, now)
-            ):
-                s.send_msg(link, wire.Prune())
+            # Chat lines prune the chat tree and presences the presence tree;
+            # the rare joins, nicks, leaves and direct messages prune nothing.
+            if isinstance(msg, wire.Chat | wire.Presence):
+                tree, name = self._tree_of(msg)
+                if tree is not None and tree.duplicate(link, msg.id, now):
+                    s.send_msg(link, wire.Prune(tree=name))
             return
         if s.admit(link, msg) is not None:
             return
@@ -147,9 +159,12 @@ class Broadcast:
         if decision.forward is not None:
             frame = wire.encode_frame(decision.forward)
             targets: list[LinkId] = list(decision.to)
-            tree = self.tree
+            tree, _ = self._tree_of(decision.forward)
             if tree is not None:
-                split = tree.new_message(decision.forward, came_from, now)
+                # Our own presence goes to every link: on a tree shared by every
+                # origin, our links may be pruned for others' presences.
+                own_presence = came_from is None and tree is self.ptree
+                split = tree.new_message(decision.forward, came_from, now, own_presence)
                 lazy = set(split.lazy)
                 targets = [t for t in targets if t not in lazy]
                 if lazy:
@@ -190,56 +205,67 @@ class Broadcast:
     def receive_tree(self, link: LinkId, peer: wire.Hello, msg: wire.TreeMessage) -> None:
         """An ``ihave``, ``graft`` or ``prune`` from a peer (``peer``: its hello)."""
         s = self.s
-        tree = self.tree
-        if tree is None or "tree" not in peer.features:
+        if self.tree is None or self.ptree is None or "tree" not in peer.features:
             log.info("ignored %s: tree broadcast not agreed", wire.kind(msg))
             return
         if isinstance(msg, wire.IHave):
+            tree = self.ptree if msg.tree == "presence" else self.tree
             shortcut = tree.announced(msg.ids, link, s.seen, s.now, msg.hops)
             if shortcut is not None:
                 # A shorter way to the origin (tree.py: dynamic tree optimisation).
                 s.send_msg(shortcut.link, wire.Graft(ids=[shortcut.msg_id]))
             self._announce_soon()
         elif isinstance(msg, wire.Graft):
-            cached = tree.grafted(msg.ids, link)
+            # A graft names no tree: each id is the tree's whose cache holds it.
+            presences = {i for i in msg.ids if self.ptree.cached(i)}
+            lines = [i for i in msg.ids if i not in presences]
+            cached = self.ptree.grafted(list(presences), link) if presences else []
+            if lines:
+                cached += self.tree.grafted(lines, link)
             for m in cached:
                 s.send_msg(link, m)
             if len(cached) < len(msg.ids):
                 # Lines that fell out of the tree's cache (a busy minute) are
                 # answered from the store: a graft is a node's repair path.
                 have = {m.id for m in cached}
-                for line in s.store.get([i for i in msg.ids if i not in have]):
+                for line in s.store.get([i for i in lines if i not in have]):
                     s.send_msg(link, line)
+        elif msg.tree == "presence":
+            self.ptree.pruned(link)
         else:
-            tree.pruned(link)
+            self.tree.pruned(link)
 
     def next_deadline(self) -> float | None:
-        """When the tree wants a tick next (announcements, grafts), or None."""
-        if self.tree is None:
-            return None
-        graft_at = self.tree.next_deadline()
-        if self.announce_at is None:
-            return graft_at
-        return self.announce_at if graft_at is None else min(graft_at, self.announce_at)
+        """When the trees want a tick next (announcements, grafts), or None."""
+        at = self.announce_at
+        for tree in self._trees():
+            graft_at = tree.next_deadline()
+            if graft_at is not None and (at is None or graft_at < at):
+                at = graft_at
+        return at
 
     def timers(self) -> None:
         """Send the batched announcements once due, and the grafts that are due."""
-        tree = self.tree
-        if tree is None:
-            return
         s = self.s
         now = s.now
-        graft_at = tree.next_deadline()
+        due = [t.next_deadline() for t in self._trees()]
+        graft_due = any(d is not None and now >= d for d in due)
         announce = self.announce_at is not None and now >= self.announce_at
-        if not announce and (graft_at is None or now < graft_at):
+        if not announce and not graft_due:
             return
         if announce:
             self.announce_at = None
-        for link, announced in tree.take_announcements().items():
-            for i in range(0, len(announced), MAX_TREE_BATCH):
-                batch = announced[i : i + MAX_TREE_BATCH]
-                ihave = wire.IHave(ids=[a[0] for a in batch], hops=[a[1] for a in batch])
-                s.send_msg(link, ihave)
-        for link, ids in tree.due_grafts(now).items():
-            for i in range(0, len(ids), MAX_TREE_BATCH):
-                s.send_msg(link, wire.Graft(ids=ids[i : i + MAX_TREE_BATCH]))
+        names: tuple[wire.TreeName, wire.TreeName] = ("", "presence")
+        for tree, name in zip((self.tree, self.ptree), names, strict=True):
+            if tree is None:
+                continue
+            for link, announced in tree.take_announcements().items():
+                for i in range(0, len(announced), MAX_TREE_BATCH):
+                    batch = announced[i : i + MAX_TREE_BATCH]
+                    ihave = wire.IHave(
+                        ids=[a[0] for a in batch], hops=[a[1] for a in batch], tree=name
+                    )
+                    s.send_msg(link, ihave)
+            for link, ids in tree.due_grafts(now).items():
+                for i in range(0, len(ids), MAX_TREE_BATCH):
+                    s.send_msg(link, wire.Graft(ids=ids[i : i + MAX_TREE_BATCH]))

@@ -343,6 +343,8 @@ class Protocol:
         dropped = up.link if victim == pid else s.links.get(victim)
         if dropped is not None:  # closed now: a peer that never reads the end cannot linger
             s.close(dropped, "overlay full")
+            if victim != pid:  # gone from /peers and the tree at once, not when its end is read
+                self._forget_link(dropped, "overlay full")
         return victim == pid
 
     def receive(self, link: LinkId, msg: wire.Message, now: float, wall: float) -> list[Action]:
@@ -350,7 +352,7 @@ class Protocol:
         s = self._begin(now, wall)
         if isinstance(msg, wire.IHave | wire.Graft | wire.Prune):
             peer = self._peers.get(link)
-            if peer is not None:
+            if peer is not None and link in s.up:  # not from a link dropped or replaced
                 self.broadcast.receive_tree(link, peer, msg)
         elif isinstance(msg, wire.Sync | wire.Lines | wire.Ack):
             self.history_.receive(link, msg)
@@ -364,6 +366,13 @@ class Protocol:
         """A link ended (``reason``, as the user sees it)."""
         s = self._begin(now, wall)
         self._peers.pop(link, None)
+        self._forget_link(link, reason)
+        return s.take()
+
+    def _forget_link(self, link: LinkId, reason: str) -> None:
+        """Drop a link's tree, catch-up and penalty state; if it is the link
+        to its peer, unregister it (the overlay, ``peer_down``)."""
+        s = self.s
         self.broadcast.link_down(link)
         self.history_.link_down(link)
         s.bad_sigs.pop(link, None)
@@ -371,7 +380,7 @@ class Protocol:
         if up is not None and s.links.get(up.peer.node) == link:
             pid = up.peer.node
             del s.links[pid]
-            self.overlay.link_down(pid, now)
+            self.overlay.link_down(pid, s.now)
             self._fill_overlay()
             s.emit(
                 PeerDown(
@@ -381,7 +390,6 @@ class Protocol:
                     name=s.roster.display(pid, up.peer.name),
                 )
             )
-        return s.take()
 
     # -- peers to link to (the overlay) --------------------------------------------------------
 
