@@ -181,9 +181,8 @@ class Lan:
         """Run ``fn(*args)`` at virtual time ``t`` (not before now)."""
         heapq.heappush(self._heap, (max(t, self.now), next(self._seq), fn, args))
 
-    def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
-        """Run events up to virtual time ``until`` (or until ``stop()`` is
-        true, asked once per event), then set the clock to ``until``."""
+    def run(self, until: float) -> None:
+        """Run the events up to virtual time ``until``, then set the clock to it."""
         heap = self._heap
         pop = heapq.heappop
         while heap and heap[0][0] <= until:
@@ -191,8 +190,6 @@ class Lan:
             self.now = t
             self.events += 1
             fn(*args)
-            if stop is not None and stop():
-                return
         self.now = max(self.now, until)
 
     def note(self, what: str) -> None:
@@ -408,33 +405,6 @@ class Lan:
         for e in (end, peer):
             if e is not None and e.alive:
                 self._down(e, reason)
-
-    def overlay(self) -> dict[str, float]:
-        """The link graph of the honest hosts that run: how many connected
-        parts it has, and the most and mean links a host has."""
-        live = [h for h in self.hosts if h.core is not None]
-        if not live:
-            return {"parts": 0, "max_links": 0, "mean_links": 0.0}
-        parts, seen = 0, set()
-        for start in live:
-            if start.idx in seen:
-                continue
-            parts += 1
-            seen.add(start.idx)
-            todo = [start]
-            while todo:
-                host = todo.pop()
-                for end in host.ends.values():
-                    peer = end.peer.host if end.peer is not None else None
-                    if peer is not None and peer.core is not None and peer.idx not in seen:
-                        seen.add(peer.idx)
-                        todo.append(peer)
-        degrees = [sum(1 for e in h.ends.values() if e.peer and e.peer.host.honest) for h in live]
-        return {
-            "parts": parts,
-            "max_links": max(degrees),
-            "mean_links": round(sum(degrees) / len(degrees), 2),
-        }
 
     def links(self) -> list[End]:
         """Every live link once (the dialler's end), in a repeatable order."""

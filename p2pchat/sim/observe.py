@@ -297,3 +297,31 @@ class Observer(Watcher):
             sum(self.frames_in[h.idx] for h in honest),
             sum(self.bytes_in[h.idx] for h in honest),
         )
+
+
+def overlay(lan: Lan) -> dict[str, float]:
+    """The link graph of the honest hosts that run: how many connected
+    parts it has, and the most and mean links a host has."""
+    live = [h for h in lan.hosts if h.core is not None]
+    if not live:
+        return {"parts": 0, "max_links": 0, "mean_links": 0.0}
+    parts, seen = 0, set()
+    for start in live:
+        if start.idx in seen:
+            continue
+        parts += 1
+        seen.add(start.idx)
+        todo = [start]
+        while todo:
+            host = todo.pop()
+            for end in host.ends.values():
+                peer = end.peer.host if end.peer is not None else None
+                if peer is not None and peer.core is not None and peer.idx not in seen:
+                    seen.add(peer.idx)
+                    todo.append(peer)
+    degrees = [sum(1 for e in h.ends.values() if e.peer and e.peer.host.honest) for h in live]
+    return {
+        "parts": parts,
+        "max_links": max(degrees),
+        "mean_links": round(sum(degrees) / len(degrees), 2),
+    }

@@ -34,7 +34,7 @@ from p2pchat.core.protocol import Protocol
 from p2pchat.sim.api import CoreFactory
 from p2pchat.sim.hostile import Attacker, identity_from
 from p2pchat.sim.lan import Host, Lan
-from p2pchat.sim.observe import Observer
+from p2pchat.sim.observe import Observer, overlay
 
 TOPOLOGIES = ("mdns", "full", "random-k", "line", "ring")
 """What each node finds at start: an mDNS-like random sample, everyone, or
@@ -313,7 +313,7 @@ class Run:
         obs, lan = self.obs, self.lan
         return (
             obs.delivered_all(self.honest)
-            and lan.overlay()["parts"] <= 1
+            and overlay(lan)["parts"] <= 1
             and len(obs.history_variants(self.honest, self.history_n())) <= 1
         )
 
@@ -336,7 +336,7 @@ class Run:
         while lan.now < settle_end and not self._settled():
             lan.run(min(settle_end, lan.now + 0.5))
         obs.sample_state(lan)
-        overlay = lan.overlay()
+        graph = overlay(lan)
         per = max(1.0, cfg.idle_s) * len(self.honest)
         idle = {
             "frames_per_node_per_s": round((frames1 - frames0) / per, 3),
@@ -344,7 +344,7 @@ class Run:
         }
         lines_n = len(obs.honest_lines)
         invariants = obs.invariants(lan, self.honest, self.history_n())
-        invariants["overlay_connected"] = {"ok": overlay["parts"] <= 1, "parts": overlay["parts"]}
+        invariants["overlay_connected"] = {"ok": graph["parts"] <= 1, "parts": graph["parts"]}
         stats: dict[str, Any] = {}
         for host in self.honest:
             if host.core is not None:
@@ -352,7 +352,7 @@ class Run:
         return {
             "ok": all(v["ok"] for v in invariants.values()),
             "invariants": invariants,
-            "figures": {**obs.figures(self.honest, lines_n, idle), "overlay_at_end": overlay},
+            "figures": {**obs.figures(self.honest, lines_n, idle), "overlay_at_end": graph},
             "run": {
                 "lines_sent": lines_n,
                 "sim_s": round(lan.now, 3),
