@@ -12,7 +12,9 @@ what broke):
   missing, ``missing_stored_at_crash`` counts those a node had stored but
   not shown when it crashed);
 * ``fifo``: on every node's live view (``history`` False) the lines of one
-  origin come in increasing ``line`` order;
+  origin come in increasing ``line`` order, over its restarts too (of the
+  breaks, ``broken_across_restart`` counts those where the later line was
+  shown before a restart and the earlier one after it);
 * ``history_identical``: ``/history`` (``Protocol.history``) is the same
   list on every honest node at the end;
 * ``no_future_lines``: no honest node showed a line of the future-clock
@@ -52,7 +54,8 @@ class Observer(Watcher):
 
     def __init__(self, hosts: int) -> None:
         self.shown: list[Counter[str]] = [Counter() for _ in range(hosts)]
-        self.live_last: list[dict[str, int]] = [{} for _ in range(hosts)]
+        # per host: origin -> (last line shown live, the incarnation that showed it)
+        self.live_last: list[dict[str, tuple[int, int]]] = [{} for _ in range(hosts)]
         self.chat_ids: list[set[str]] = [set() for _ in range(hosts)]
         self.frames_in = [0] * hosts
         self.bytes_in = [0] * hosts
@@ -73,6 +76,7 @@ class Observer(Watcher):
         self.history_shows = 0
         self.fifo_broken: list[dict[str, Any]] = []
         self.fifo_count = 0
+        self.fifo_across_restart = 0
         self.hostile_kind: dict[str, str] = {}  # hostile node id -> attack
         self.hostile_shown: Counter[str] = Counter()
         self.unshown_at_crash: dict[int, set[str]] = {}
@@ -133,20 +137,24 @@ class Observer(Watcher):
             self.history_shows += 1
         elif ev.line > 0:
             last = self.live_last[i]
-            if ev.line <= last.get(ev.origin, 0):
+            before = last.get(ev.origin)
+            if before is not None and ev.line <= before[0]:
                 self.fifo_count += 1
+                across = before[1] != host.epoch
+                self.fifo_across_restart += across
                 if len(self.fifo_broken) < SAMPLES:
                     self.fifo_broken.append(
                         {
                             "node": i,
                             "origin": ev.origin,
                             "line": ev.line,
-                            "after": last[ev.origin],
+                            "after": before[0],
+                            "after_restart": across,
                             "t": round(now, 6),
                         }
                     )
             else:
-                last[ev.origin] = ev.line
+                last[ev.origin] = (ev.line, host.epoch)
         kind = self.hostile_kind.get(ev.origin)
         if kind is not None:
             self.hostile_shown[kind] += 1
@@ -235,6 +243,7 @@ class Observer(Watcher):
             "fifo": {
                 "ok": self.fifo_count == 0,
                 "broken": self.fifo_count,
+                "broken_across_restart": self.fifo_across_restart,
                 "samples": self.fifo_broken,
             },
             "history_identical": {
