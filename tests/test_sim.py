@@ -39,17 +39,13 @@ def broken(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def broken_but_for_crash_holds(report: dict[str, Any]) -> dict[str, Any]:
-    """The broken invariants, less the core's two known restart bugs that the
-    strict xfails below pin: lines stored but not shown at a crash never
-    shown, and a line shown live after a restart though a later line of its
-    origin was shown before the crash (nothing else)."""
+    """The broken invariants, less the core's known restart bug that the
+    strict xfail below pins: lines stored but not shown at a crash are never
+    shown (nothing else)."""
     out = broken(report)
     once = out.get("exactly_once")
     if once and not once["duplicated"] and once["missing"] == once["missing_stored_at_crash"]:
         del out["exactly_once"]
-    fifo = out.get("fifo")
-    if fifo and fifo["broken"] == fifo["broken_across_restart"]:
-        del out["fifo"]
     return out
 
 
@@ -294,12 +290,6 @@ def test_a_line_held_on_screen_at_a_crash_is_shown_after_the_restart() -> None:
         assert report["ok"], broken(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (found by the simulator, told to the lead): after a restart the order "
-    "buffer starts empty, so a line older than lines of its origin shown before the crash "
-    "(and stored) is shown live, not as an earlier line",
-)
 def test_after_a_restart_an_older_line_is_shown_as_earlier() -> None:
     # Node 2 showed lines 3-6 of an origin (line 2 missing), crashed, and after its
     # restart shows line 2 live.  A pinned schedule: if the core's random draws change,
