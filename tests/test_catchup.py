@@ -192,8 +192,9 @@ def test_a_gap_in_an_origins_lines_is_fetched_soon(cluster: Cluster) -> None:
         peer.send(wire.encode_frame(line3))
         (sync,) = read_frames(peer, 1, timeout_s=3.0, kind=wire.Sync)
         assert isinstance(sync, wire.Sync), "the node asks for the missing lines within seconds"
+        # Line 3 is held unshown, and stored only when shown: the sync does not list it yet.
         have = {h.origin: (h.lo, h.hi) for h in sync.have}
-        assert have[peer.node_id] == (3, 3)
+        assert peer.node_id not in have
         # Line 3 waits unshown for line 2, but not longer than ORDER_HOLD_S.
         rec = cluster.recorders[0]
         keepalive = wire.encode_frame(wire.Keepalive())

@@ -38,17 +38,6 @@ def broken(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report["invariants"].items() if not v["ok"]}
 
 
-def broken_but_for_crash_holds(report: dict[str, Any]) -> dict[str, Any]:
-    """The broken invariants, less the core's known restart bug that the
-    strict xfail below pins: lines stored but not shown at a crash are never
-    shown (nothing else)."""
-    out = broken(report)
-    once = out.get("exactly_once")
-    if once and not once["duplicated"] and once["missing"] == once["missing_stored_at_crash"]:
-        del out["exactly_once"]
-    return out
-
-
 @pytest.mark.parametrize("nodes", [5, 10, 20])
 def test_a_small_room_shows_every_line_once_in_order_everywhere(nodes: int) -> None:
     report = sim(nodes=nodes, lines=40, seed=nodes)
@@ -261,15 +250,9 @@ def test_random_small_schedules_keep_the_invariants(
         down_s=1.5,
         idle_s=1.0,
     )
-    assert not broken_but_for_crash_holds(report), broken(report)
+    assert not broken(report), broken(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (found by the simulator, told to the lead): a line held by the order "
-    "buffer (its predecessor missing) is stored at once; if the node crashes before showing "
-    "it, the restarted node finds it stored, catch-up skips it, and it is never shown",
-)
 def test_a_line_held_on_screen_at_a_crash_is_shown_after_the_restart() -> None:
     # Small rooms with crashes (the same 60 schedules every time, not a pinned seed, so
     # that the test keeps failing while the bug lasts whatever the core draws): a node

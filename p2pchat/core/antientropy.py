@@ -79,6 +79,7 @@ class AntiEntropy:
         self.next_prune = s.now + PRUNE_INTERVAL_S  # the node pruned at start
         # (origin, line) -> the line dropped for another under that number
         self.evidence: BoundedMap[tuple[str, int], wire.Chat] = BoundedMap(MAX_ORIGINS)
+        s.store_released = self.store_line  # held live lines, stored when shown
 
     # -- links ------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class AntiEntropy:
         """A live line whose predecessor we lack: fetch it unless it comes
         within ``GAP_GRACE_S`` (then it was only overtaken)."""
         key = (msg.origin, msg.line - 1)
-        if key in self.gaps or self.s.store.has_line(self.s.wire_room, *key):
+        if key in self.gaps or self.s.has_line(*key):
             return
         self.gaps[key] = (self.s.now + GAP_GRACE_S, link)
         self.s.wake = True
@@ -200,7 +201,7 @@ class AntiEntropy:
             if due > now:
                 break  # in the order of their due times (one grace for all)
             del self.gaps[key]
-            if not s.store.has_line(s.wire_room, *key):
+            if not s.has_line(*key):
                 # From the link that showed the gap, or any other if it is gone.
                 target = link if link in self.links else next(iter(self.links), None)
                 state = self.links.get(target) if target is not None else None
@@ -339,7 +340,7 @@ class AntiEntropy:
                 continue  # too old for our window: neither kept nor shown
             if s.store.holds(msg) or s.admit(link, msg) is not None:
                 continue
-            held = s.store.line_id(s.wire_room, msg.origin, msg.line)
+            held = s.line_id(msg.origin, msg.line)
             if held is not None and held != msg.id:
                 self.equivocation(msg, held)
                 continue

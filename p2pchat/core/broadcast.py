@@ -111,7 +111,7 @@ class Broadcast:
                 s.seen.add(msg.id, now)
                 s.counts["duplicates_dropped"] += 1
                 return
-            held = s.store.line_id(s.wire_room, msg.origin, msg.line)
+            held = s.line_id(msg.origin, msg.line)
             if held is not None and held != msg.id:
                 self.history.equivocation(msg, held)
                 return
@@ -169,13 +169,14 @@ class Broadcast:
         self.members.heard(msg)
         if isinstance(msg, wire.Chat):
             s.clock.observe(msg.hlc)
-            self.history.store_line(msg)
             if msg.line < 1:  # an unnumbered line: nothing to order it by
+                self.history.store_line(msg)
                 s.emit(s.message_event(msg, self_=False))
                 return
             # Shown in its origin's order: held (up to ORDER_HOLD_S) while its
-            # previous line is missing; the store has it at once all the same.
+            # previous line is missing, and stored when shown (Shared.show).
             prev = msg.line > 1 and s.store.has_line(s.wire_room, msg.origin, msg.line - 1)
+            s.hold_unstored(msg)
             s.show(s.order.offer(msg.origin, msg.line, msg, s.now, prev_held=prev))
 
     # -- the tree (Plumtree) ---------------------------------------------------------------

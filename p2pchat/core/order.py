@@ -25,7 +25,8 @@ catch-up.  :class:`OriginOrder` decides when each line is *shown*:
 The class is pure: no clock (``now`` is passed in, seconds of a monotonic
 clock, never decreasing; a smaller ``now`` is taken as the largest seen), no
 threads; the node calls it under its lock.  The store is not its business: the
-node stores a line at once; only what is shown waits.
+node stores a held line when it is shown (``Shared.show``), so that a node that
+stops meanwhile fetches it again after its restart.
 """
 
 from __future__ import annotations

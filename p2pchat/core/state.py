@@ -135,6 +135,13 @@ class Shared:
         self.next_presence = 0.0
         self.last_presence = 0.0
         self.store_version = 0  # bumped on every line stored
+        # Live lines the order buffer holds, not stored until they are shown
+        # (a node that crashes meanwhile fetches them again by catch-up and
+        # shows them then, rather than finding them stored and never shown):
+        # id -> line, and (origin, line) -> id.
+        self.unshown: dict[str, wire.Chat] = {}
+        self.unshown_at: dict[tuple[str, int], str] = {}
+        self.store_released: Callable[[wire.Chat], object] = lambda msg: None
         # Set when a timer may have moved earlier than the shell's planned
         # tick (a held line, a gap, announcements, a presence soon): the
         # shell then asks next_deadline() again and clears it.
@@ -244,6 +251,33 @@ class Shared:
 
     # -- the screen -------------------------------------------------------------------
 
+    def hold_unstored(self, msg: wire.Chat) -> None:
+        """``msg`` is held by the order buffer: it is stored when shown."""
+        self.unshown[msg.id] = msg
+        self.unshown_at[(msg.origin, msg.line)] = msg.id
+
+    def store_unshown(self, msg_id: str) -> None:
+        """Store a held line now (it is shown, or another line claims its number)."""
+        msg = self.unshown.pop(msg_id, None)
+        if msg is not None:
+            del self.unshown_at[(msg.origin, msg.line)]
+            self.store_released(msg)
+
+    def line_id(self, origin: str, line: int) -> str | None:
+        """The id of the line ``origin`` numbered ``line`` that we hold,
+        stored or held unshown (a held one is stored now: the caller is about
+        to compare it with another line under that number)."""
+        held = self.unshown_at.get((origin, line))
+        if held is not None:
+            self.store_unshown(held)
+        return self.store.line_id(self.wire_room, origin, line)
+
+    def has_line(self, origin: str, line: int) -> bool:
+        """True if we hold line ``line`` of ``origin``, stored or held unshown."""
+        return (origin, line) in self.unshown_at or self.store.has_line(
+            self.wire_room, origin, line
+        )
+
     def message_event(self, msg: wire.Chat, self_: bool, history: bool = False) -> MessageEvent:
         """The event of a chat line, as the front end shows it."""
         return MessageEvent(
@@ -267,6 +301,8 @@ class Shared:
         catch-up and said more than ``IN_PLACE_FRESH_S`` ago) is an earlier
         line (``history=True``)."""
         old = self.wall - IN_PLACE_FRESH_S
+        for r in shown:
+            self.store_unshown(r.item.id)
         if len(self.order):
             self.wake = True  # a line waits for its predecessor: the hold's deadline
         for r in shown:
