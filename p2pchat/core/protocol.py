@@ -305,10 +305,8 @@ class Protocol:
         existing = s.links.get(pid)
         if existing is not None and existing != link:
             lower = min(self.node_id, pid)
-            old = s.up[existing]
-            old_dialer = self.node_id if old.direction == "out" else pid
-            new_dialer = self.node_id if direction == "out" else pid
-            if old_dialer == lower and new_dialer != lower:
+            old_dialer = s.up[existing].dialled_by(self.node_id)
+            if old_dialer == lower and up.dialled_by(self.node_id) != lower:
                 s.out.append(Retire(link))
                 return s.take()
             s.out.append(Retire(existing))

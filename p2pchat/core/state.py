@@ -71,10 +71,9 @@ class LinkUp:
     address: str
     up_at: float
 
-    @property
-    def dialer(self) -> str:
-        """The node id of the side that dialled (for the tie-break), given ours."""
-        return "" if self.direction == "out" else self.peer.node
+    def dialled_by(self, self_id: str) -> str:
+        """The node id of the side that dialled (for the tie-break), ``self_id`` being ours."""
+        return self_id if self.direction == "out" else self.peer.node
 
 
 class Shared:
