@@ -166,12 +166,16 @@ class Node:
         """Run one input of the core under the state lock (``fn(now, wall)``),
         then carry out its actions.  Never called with the lock held."""
         with self._lock:
-            actions = fn(time.monotonic(), time.time())
-            self._outbox.extend(actions)
-            if self._core.s.wake:  # a timer moved earlier: the router looks again
-                self._core.s.wake = False
-                self._wake.set()
+            self._queue(fn(time.monotonic(), time.time()))
         self._drain()
+
+    def _queue(self, actions: list[Action]) -> None:
+        """Queue the actions of one input of the core, and wake the router if
+        one of the core's timers moved earlier.  Lock held."""
+        self._outbox.extend(actions)
+        if self._core.s.wake:
+            self._core.s.wake = False
+            self._wake.set()
 
     def _drain(self) -> None:
         """Carry out the queued actions, oldest first, one thread at a time
@@ -342,7 +346,7 @@ class Node:
         self._wait_own_token()
         with self._lock:
             ev, actions = self._core.send_direct(to, text, action, time.monotonic(), time.time())
-            self._outbox.extend(actions)
+            self._queue(actions)
         self._drain()
         return ev
 
@@ -642,14 +646,10 @@ class Node:
         self, link: Link, msg: wire.FloodMessage | wire.TreeMessage | wire.HistoryMessage
     ) -> None:
         """A decoded frame: the core takes it on the link's reader thread,
-        under the state lock (:meth:`_call`, written out: the hot path).  A
+        under the state lock (:meth:`_call`, without its closure: the hot path).  A
         reader busy here reads no more, which pushes back on the peer through TCP."""
-        core = self._core
         with self._lock:
-            self._outbox.extend(core.receive(link, msg, time.monotonic(), time.time()))
-            if core.s.wake:
-                core.s.wake = False
-                self._wake.set()
+            self._queue(self._core.receive(link, msg, time.monotonic(), time.time()))
         self._drain()
 
     def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
