@@ -296,12 +296,15 @@ def send_direct_when_ready(node: Node, to: str, text: str) -> MessageEvent:
 def test_a_direct_message_is_read_only_by_its_recipient(
     cluster: Cluster, cables: list[Cable]
 ) -> None:
-    alice = cluster.add("alice", link=FAST_LINK)
-    relay = cluster.add("relay", link=FAST_LINK)
+    # A fixed line alice - relay - bob (active_target=0: no overlay links besides): with a
+    # link of her own to bob, alice's lines could reach the relay that way and be only
+    # announced over the cable (one broadcast tree per origin), and the capture would miss them.
+    alice = cluster.add("alice", link=FAST_LINK, active_target=0)
+    relay = cluster.add("relay", link=FAST_LINK, active_target=0)
     cable = Cable(relay.port)
     cables.append(cable)
     alice.add_peer(LOOPBACK, cable.port)  # every frame alice exchanges crosses the cable
-    bob = cluster.add("bob", peers=[relay], link=FAST_LINK)
+    bob = cluster.add("bob", peers=[relay], link=FAST_LINK, active_target=0)
     cluster.wait_all_know_each_other()
     secret = "meet me at the blue door at 3"
     mine = send_direct_when_ready(alice, "bob", secret)
