@@ -328,8 +328,10 @@ class Run:
             lan.run(min(settle_end, lan.now + 0.5))
         settled_at = lan.now
         frames0, bytes0 = obs.idle_mark(self.honest)
+        kinds0 = dict(obs.kinds)
         lan.run(lan.now + cfg.idle_s)
         frames1, bytes1 = obs.idle_mark(self.honest)
+        kinds1 = dict(obs.kinds)
         # Anything in flight at the first check (an attacker's last frames)
         # may have changed a node since: settle again before judging.
         settle_end = lan.now + cfg.settle_s
@@ -341,6 +343,11 @@ class Run:
         idle = {
             "frames_per_node_per_s": round((frames1 - frames0) / per, 3),
             "bytes_per_node_per_s": round((bytes1 - bytes0) / per, 1),
+            "frames_by_kind_per_node_per_s": {
+                k: round((n - kinds0.get(k, 0)) / per, 3)
+                for k, n in sorted(kinds1.items())
+                if n > kinds0.get(k, 0)
+            },
         }
         lines_n = len(obs.honest_lines)
         invariants = obs.invariants(lan, self.honest, self.history_n())
