@@ -42,6 +42,10 @@ class Member:
     name_seq: int = -1
     timeout_s: float = 0.0  # 0: the roster's own
     skeleton: str = field(default="", compare=False)
+    suspect_until: float = float("inf")
+    """When a suspected member is removed unless it refutes (monotonic s)."""
+    suspect_seq: int = -1
+    """The ``seq`` a ``presence.gone`` reported it at; a newer message refutes."""
 
 
 class Roster:
@@ -164,6 +168,8 @@ class Roster:
         if is_new:
             return True, None
         member.last_seen = now
+        if seq is not None and seq > member.suspect_seq:
+            member.suspect_until = float("inf")  # alive after all: refuted
         if seq is not None:
             if seq < member.name_seq:
                 return False, None
@@ -210,12 +216,29 @@ class Roster:
             self._drop(member)
         return member
 
+    def suspect(self, node: str, seq: int, until: float) -> bool:
+        """A peer reports ``node``'s link to it broken at ``seq`` (a
+        ``presence.gone``, ``docs/protocol.md`` §9): unless a message newer
+        than ``seq`` has come from it, ``node`` is removed at ``until``
+        (monotonic s) by :meth:`expire`, or earlier if already suspected.
+        Any message from it with a higher ``seq`` refutes.  Returns True if
+        the member is suspected now (False: unknown, ourselves, or the
+        report is older than what we heard)."""
+        member = self._members.get(node)
+        if member is None or node == self.self_id or seq < member.name_seq:
+            return False
+        member.suspect_seq = max(member.suspect_seq, seq)
+        member.suspect_until = min(member.suspect_until, until)
+        return True
+
     def expire(self, now: float) -> list[Member]:
-        """Remove and return members silent for more than ``timeout_s``."""
+        """Remove and return members silent for more than ``timeout_s``, and
+        the suspected members whose time is up (:meth:`suspect`)."""
         gone = [
             m
             for m in self._members.values()
-            if m.node != self.self_id and now - m.last_seen > (m.timeout_s or self.timeout_s)
+            if m.node != self.self_id
+            and (now - m.last_seen > (m.timeout_s or self.timeout_s) or now >= m.suspect_until)
         ]
         for m in gone:
             self._drop(m)

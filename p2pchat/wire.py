@@ -79,10 +79,14 @@ MAX_CLOCK_SKEW_S: Final = 60.0
 many seconds ahead of the receiver's wall clock is refused (reason
 ``future``), never stored: clocks of a room must agree within a minute."""
 
-MAX_PRESENCE_EVERY_S: Final = 10.0
-"""The longest presence interval a node announces, and the most a receiver
-takes from a ``presence``'s ``every`` (larger values are clamped): a member
-is timed out after three missed intervals, so within 30 s at most."""
+MAX_PRESENCE_EVERY_S: Final = 3600.0
+"""The longest presence interval a ``presence``'s ``every`` may say.  Rooms
+space presences out with their size (``docs/protocol.md`` §9), so a member
+that crashed is reported by its neighbours (``presence.gone``), not only
+timed out after three missed intervals."""
+
+MAX_GONE: Final = 16
+"""Most members one ``presence`` reports gone."""
 
 MAX_SYNC_ORIGINS: Final = 800
 """Most origins one ``sync`` lists (keeps the frame well under the size limit)."""
@@ -261,6 +265,16 @@ _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPv4 = Annotated[str, msgspec.Meta(pattern=f"^{_OCTET}\\.{_OCTET}\\.{_OCTET}\\.{_OCTET}$")]
 
 
+class Lost(msgspec.Struct, array_like=True, frozen=True):
+    """One entry of ``presence.gone``, sent as ``[node, seq]``: the sender's
+    link to member ``node`` broke (not by a ``leave``) and it has no other;
+    ``seq`` is the highest ``seq`` it heard from that node (``docs/protocol.md``
+    §9).  Receivers suspect the node; the node refutes with any newer message."""
+
+    node: NodeId
+    seq: Seq
+
+
 class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     """Periodic "still here" from the origin (see ``docs/protocol.md``).
 
@@ -272,6 +286,8 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
         every: seconds until the origin's next presence at the latest
             (optional; 0 = the default 3 s).  Rooms of many nodes space their
             presences out; receivers time a member out after several missed.
+        gone: members whose link to the origin broke (optional, at most
+            :data:`MAX_GONE`): suspected until they refute (§9).
     A node that loses touch with a member dials these, so that the parts of
     a mesh re-link when the node that joined them dies.
     """
@@ -279,7 +295,10 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     addrs: Annotated[list[IPv4], msgspec.Meta(max_length=8)] = msgspec.field(default_factory=list)
     port: Port = 0
     dh: PublicKey = ""
-    every: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
+    every: Annotated[float, msgspec.Meta(ge=0, le=MAX_PRESENCE_EVERY_S)] = 0.0
+    gone: Annotated[list[Lost], msgspec.Meta(max_length=MAX_GONE)] = msgspec.field(
+        default_factory=list
+    )
 
 
 MAX_BOX_CHARS: Final = 2 * (4 * MAX_TEXT_CHARS + 64)

@@ -146,11 +146,12 @@ def build() -> dict[str, Any]:
                 port=7420,
                 dh=alice.dh,
                 every=6.0,
+                gone=[wire.Lost(node="0123456789abcdef", seq=41)],
                 **env("10000000000000000000000000000002", 2, 1732245100.25),
             ),
             alice,
-            "`addrs`, `port`, `dh`, `every`, in that order after the common fields; "
-            "`every` is a float.",
+            "`addrs`, `port`, `dh`, `every`, `gone`, in that order after the common fields; "
+            "`every` is a float; each `gone` entry is an array `[node, seq]`.",
         )
     )
     chats = [
@@ -251,8 +252,8 @@ def build() -> dict[str, Any]:
         wire.Presence(**env("10000000000000000000000000000009", 9, 1732245500.0, "alicja")),
         alice,
         "Optional fields left out of the body are still signed, with their defaults "
-        '(`addrs` `[]`, `port` `0`, `dh` `""`, `every` `0.0`); the body\'s integer `ts` is '
-        "signed as a float.",
+        '(`addrs` `[]`, `port` `0`, `dh` `""`, `every` `0.0`, `gone` `[]`); '
+        "the body's integer `ts` is signed as a float.",
     )
     fields = minimal["fields"]
     short = {k: fields[k] for k in ("type", *wire.Flooded.__struct_fields__)}

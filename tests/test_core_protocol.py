@@ -17,6 +17,7 @@ from corenet import CoreNet, CoreNode, Link, Refused
 
 from p2pchat import wire
 from p2pchat.core.antientropy import GAP_GRACE_S
+from p2pchat.core.membership import GONE_DELAY_S, SUSPECT_S
 from p2pchat.core.protocol import TICK_S
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, ORDER_HOLD_S
 from p2pchat.events import JoinEvent, LeaveEvent, MessageEvent, NickEvent, PeerDown, PeerUp
@@ -439,6 +440,68 @@ def test_members_leave_with_quit_or_time_out_when_silent() -> None:
         ("d", "quit"),
     ]
     assert {m.node for m in a.core.roster.members()} == {a.node_id, b.node_id}
+
+
+# -- crashed members in a big room (presence.gone, docs/protocol.md §9) -------------------------
+
+BIG_ROOM = {"presence_interval_s": 120.0}  # presences as spaced out as in a room of 600
+
+
+def test_a_crashed_member_is_reported_by_its_neighbour_and_leaves_every_roster_in_seconds() -> None:
+    net = CoreNet()
+    a, b, c, d = line_of(net, "a", "b", "c", "d", **BIG_ROOM)
+    net.crash(d)
+    # Its presences come every 2 minutes (timeout 6); c, whose link broke, reports it.
+    net.tick_all(GONE_DELAY_S[1] + SUSPECT_S + 1.0)
+    for node in (a, b, c):
+        assert [(e.name, e.reason) for e in node.of(LeaveEvent)] == [("d", "timeout")]
+        assert d.node_id not in node.core.roster
+
+
+def test_a_member_reported_gone_while_alive_refutes_and_stays() -> None:
+    # A square a-b-c-d-a: the link c-d breaks, both ends report the other gone; each is
+    # alive and linked to the rest of the room, hears the report and answers it.
+    net = CoreNet()
+    a, b, c, d = line_of(net, "a", "b", "c", "d", **BIG_ROOM)
+    net.connect(d, a)
+    net.tick_all(SETTLE_S)
+    net.cut(c, d)
+    net.tick_all(3 * SUSPECT_S)
+    for node in (a, b, c, d):
+        assert node.of(LeaveEvent) == []
+        assert len(node.core.roster) == 4
+    net.say(a, "all here")
+    net.tick_all(1.0)
+    assert all(n.texts(others_only=True) == ["all here"] for n in (b, c, d))
+
+
+def test_a_false_report_is_refuted_and_one_key_reporting_again_and_again_is_rate_limited() -> None:
+    """Mallory, linked to carol only, reports alice (alive, two hops away) gone once a
+    second.  Carol suspects alice at each report she takes; alice hears the report and
+    refutes it with a presence, so she is never removed.  Carol takes the first
+    wire.MAX_GONE reports of one key and then one in ten seconds (rate_limited.gone)."""
+    net = CoreNet()
+    a, b, c = line_of(net, "alice", "bob", "carol", **BIG_ROOM)
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, c)
+    assert isinstance(link, Link)
+    net.tick_all(SETTLE_S)
+    before = len(mallory.received)
+    for _ in range(40):
+        report = wire.Lost(node=a.node_id, seq=c.core.s.last_seq(a.node_id))
+        mallory.send(link.out, mallory.signed(wire.Presence(gone=[report], **mallory.envelope())))
+        net.tick_all(1.0)
+    net.tick_all(2 * SUSPECT_S)
+    assert c.stats()["rate_limited"].get("gone", 0) >= 40 - wire.MAX_GONE - 5
+    for node in (b, c):
+        assert a.node_id in node.core.roster
+        assert [e for e in node.of(LeaveEvent) if e.origin == a.node_id] == []
+    refutes = [
+        m
+        for _, m in mallory.received[before:]
+        if isinstance(m, wire.Presence) and m.origin == a.node_id
+    ]
+    assert 1 <= len(refutes) <= wire.MAX_GONE + 6, len(refutes)
 
 
 def test_own_lines_are_numbered_from_one_and_on_after_a_restart() -> None:

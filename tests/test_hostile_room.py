@@ -29,6 +29,7 @@ from conftest import FAST_LINK, Cluster, RawPeer, Recorder, wait_for
 from p2pchat import node as node_mod
 from p2pchat import wire
 from p2pchat.core import antientropy
+from p2pchat.core.membership import PRESENCE_SHARE_S
 from p2pchat.events import LeaveEvent, Notice
 from p2pchat.identity import Identity
 from p2pchat.node import Node, NodeConfig
@@ -239,7 +240,7 @@ def test_fake_members_are_capped_and_cannot_stretch_presence(
 ) -> None:
     """Fresh keys each sending one presence that announces a one-hour interval: the roster stays
     within its cap, honest members stay members, and alice's own presence interval stays within
-    the bound that keeps crash detection under 30 s."""
+    what the cap allows (0.2 s a member; crashes are reported by neighbours, protocol.md §9)."""
     cap = 64
     a = cluster.add("alice", link=SLOW_LINK, max_members=cap, presence_interval_s=0.5)
     b = cluster.add("bob", peers=[a], link=FAST_LINK)
@@ -277,7 +278,7 @@ def test_fake_members_are_capped_and_cannot_stretch_presence(
         return bool(every)
 
     alive_wait([mallory], saw_presence, DELIVERY_S, "a presence from alice")
-    assert every[0] <= wire.MAX_PRESENCE_EVERY_S
+    assert every[0] <= max(0.5, cap * PRESENCE_SHARE_S)
     line = b.send("bob is still heard")
     wait_for(
         lambda: line.id in {m.id for m in cluster.recorders[0].messages()},

@@ -103,6 +103,8 @@ def doc_value(json_type: str, value: Any) -> str:
         return doc_string(value)
     if json_type == "array of strings":
         return "[" + ",".join(doc_string(v) for v in value) + "]"
+    if json_type == "array of arrays":  # presence.gone: [node id, seq] pairs
+        return "[" + ",".join(f"[{doc_string(n)},{int(q)}]" for n, q in value) + "]"
     raise AssertionError(f"no rule for {json_type}")
 
 
@@ -272,8 +274,9 @@ def test_doc_tables_give_every_signed_field() -> None:
     join = doc_table("join")
     assert join[-1] == ("dh", "string", '""')
     presence = [row[0] for row in doc_table("presence")]
-    assert presence[-4:] == ["addrs", "port", "dh", "every"]
-    assert doc_table("presence")[-1] == ("every", "number", "0.0")
+    assert presence[-5:] == ["addrs", "port", "dh", "every", "gone"]
+    assert doc_table("presence")[-2] == ("every", "number", "0.0")
+    assert doc_table("presence")[-1] == ("gone", "array of arrays", "[]")
     assert ("ts", "number", "—") in join
 
 

@@ -201,12 +201,27 @@ def test_big_rooms_space_their_presences_out() -> None:
         node.close()
 
 
-def test_an_announced_interval_is_clamped_so_crash_detection_stays_bounded() -> None:
-    """A member announcing a one-hour presence interval is still timed out within 30 s."""
+def test_a_member_is_timed_out_after_three_of_its_announced_intervals() -> None:
+    """Big rooms space presences out (a room of 500: 100 s); a crashed member is
+    reported by its neighbours (presence.gone), the timeout is the fallback."""
     r = roster()
-    r.heard(ALICE, "alice", 0.0, every_s=3600.0)
-    assert r.expire(29.0) == []
-    assert [m.node for m in r.expire(30.5)] == [ALICE]
+    r.heard(ALICE, "alice", 0.0, every_s=100.0)
+    assert r.expire(299.0) == []
+    assert [m.node for m in r.expire(300.5)] == [ALICE]
+
+
+def test_a_suspected_member_is_removed_at_its_deadline_unless_a_newer_message_refutes() -> None:
+    r = roster()
+    r.heard(ALICE, "alice", 0.0, seq=5, every_s=100.0)
+    r.heard(ALICE2, "alice2", 0.0, seq=9, every_s=100.0)
+    assert not r.suspect(ALICE, 4, until=6.0)  # older than what we heard: stale
+    assert r.suspect(ALICE, 5, until=6.0)
+    assert r.suspect(ALICE2, 9, until=6.0)
+    r.heard(ALICE2, "alice2", 3.0, seq=10)  # alive: refuted
+    assert r.expire(5.9) == []
+    assert [m.node for m in r.expire(6.0)] == [ALICE]
+    assert ALICE2 in r
+    assert not r.suspect(SELF, 100, until=6.0)
 
 
 def test_a_full_roster_takes_a_newcomer_only_in_place_of_an_overdue_member() -> None:

@@ -24,6 +24,13 @@ from p2pchat.tree import DEFAULT_IHAVE_DELAY_S, TreeState
 MAX_TREE_BATCH = 256
 """Most ids one ``ihave`` or ``graft`` frame carries."""
 
+PRESENCE_IHAVE_DELAY_S = 4.0
+"""How long the ids of presences and joins may wait for a batched ``ihave``
+(the ids of lines wait ``tree.DEFAULT_IHAVE_DELAY_S``, and take any waiting
+presence ids along).  A presence is only a repair's worth of late: an idle
+room of steady presences sent an ``ihave`` on every lazy link twice a second,
+two thirds of its frames (the simulator)."""
+
 
 class Broadcast:
     """The admission pipeline, the flood rule and the broadcast tree.
@@ -151,7 +158,8 @@ class Broadcast:
                 lazy = set(split.lazy)
                 targets = [t for t in targets if t not in lazy]
                 if lazy:
-                    self._announce_soon()
+                    slow = isinstance(msg, wire.Presence | wire.Join)
+                    self._announce_soon(PRESENCE_IHAVE_DELAY_S if slow else DEFAULT_IHAVE_DELAY_S)
             for target in targets:
                 s.send(target, frame)
         self._deliver(msg, came_from is None)
@@ -181,9 +189,10 @@ class Broadcast:
 
     # -- the tree (Plumtree) ---------------------------------------------------------------
 
-    def _announce_soon(self) -> None:
-        if self.announce_at is None:
-            self.announce_at = self.s.now + DEFAULT_IHAVE_DELAY_S
+    def _announce_soon(self, delay_s: float = DEFAULT_IHAVE_DELAY_S) -> None:
+        at = self.s.now + delay_s
+        if self.announce_at is None or at < self.announce_at:
+            self.announce_at = at
             self.s.wake = True
 
     def receive_tree(self, link: LinkId, peer: wire.Hello, msg: wire.TreeMessage) -> None:
@@ -198,7 +207,7 @@ class Broadcast:
             if shortcut is not None:
                 # A shorter way to the origin (tree.py: dynamic tree optimisation).
                 s.send_msg(shortcut.link, wire.Graft(ids=[shortcut.msg_id]))
-            self._announce_soon()
+            s.wake = True  # the graft deadlines may have moved
         elif isinstance(msg, wire.Graft):
             cached = tree.grafted(msg.ids, link)
             for m in cached:

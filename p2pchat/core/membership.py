@@ -13,7 +13,7 @@ Pure: no sockets, threads or clock (see :mod:`p2pchat.core.state`).
 
 from __future__ import annotations
 
-from p2pchat import identity, names, wire
+from p2pchat import flood, identity, names, wire
 from p2pchat.core.admission import BoundedMap
 from p2pchat.core.state import MAX_ORIGINS, Shared
 from p2pchat.events import JoinEvent, KeyInfo, LeaveEvent, NickEvent, Notice
@@ -23,6 +23,19 @@ PRESENCE_SHARE_S = 0.2
 """A room sends about one presence per this many seconds in all (rooms of more
 than 15 nodes space each node's presences out; see Membership.presence_every)."""
 
+
+SUSPECT_S = 6.0
+"""A member reported gone (``presence.gone``) is removed this long after the
+report unless a newer message of its own refutes it (SWIM's suspicion)."""
+
+GONE_DELAY_S = (0.2, 1.0)
+"""A node whose only link to a member broke reports it in a presence sent
+after a random delay in this range (s), unless another report came first."""
+
+GONE_RATE_PER_S = 0.1
+"""Reports (``presence.gone`` entries) a receiver takes per second from one
+origin, after a burst of ``wire.MAX_GONE``; more are ignored
+(``rate_limited.gone``): one key cannot keep the room refuting."""
 
 PRESENCE_JITTER = 0.75
 """Our next presence comes after between this share of our interval and all of it
@@ -42,6 +55,8 @@ class Membership:
         # origin -> (addresses, port) from its latest presence
         self.addrs: BoundedMap[str, tuple[list[str], int]] = BoundedMap(MAX_ORIGINS)
         self.flagged: set[tuple[str, str]] = set()  # (origin, name) already flagged
+        self.to_report: dict[str, int] = {}  # member -> seq, for our next presence's gone
+        self.gone_buckets: BoundedMap[str, flood.TokenBucket] = BoundedMap(MAX_ORIGINS)
         self.remember_name(s.name, s.identity.key)
 
     def heard(self, msg: wire.FloodMessage) -> bool:
@@ -82,6 +97,8 @@ class Membership:
             )
         elif old is not None:
             s.emit(NickEvent(origin=origin, old=old, new=msg.name))
+        if isinstance(msg, wire.Presence) and msg.gone:
+            self._reported_gone(origin, msg.gone)
         if isinstance(msg, wire.Join) and origin in s.links:
             # So that a newcomer linked to us learns of us at once; the others
             # hear of us at our next presence (every member answering every
@@ -89,6 +106,67 @@ class Membership:
             # one node joining a room of 100, in the simulator).
             s.presence_soon()
         return True
+
+    # -- crashed members (docs/protocol.md §9: SWIM-style suspicion) ---------------------
+
+    def link_lost(self, node: str) -> None:
+        """Our link to ``node`` broke, not by our choice nor by its ``leave``
+        (a member that left is no longer in the roster).  If no other link
+        to it is up, report it in a presence soon (after ``GONE_DELAY_S``),
+        unless someone else's report comes first: in a room whose presences
+        are spaced out by its size, the neighbours of a crashed node are the
+        ones who learn of it in seconds."""
+        s = self.s
+        member = s.roster.get(node)
+        if member is None or s.closed or node in s.links or node == s.node_id:
+            return
+        if member.suspect_until != float("inf"):
+            return  # reported already
+        if len(self.to_report) >= 4 * wire.MAX_GONE:
+            self.to_report.pop(next(iter(self.to_report)))
+        self.to_report[node] = member.name_seq
+        at = s.now + s.rng.uniform(*GONE_DELAY_S)
+        if at < s.next_presence:
+            s.next_presence = at
+            s.wake = True
+
+    def _take_reports(self) -> list[wire.Lost]:
+        """The members to report gone in the presence we send now: those
+        still unlinked, silent since, and not reported by anyone else."""
+        s = self.s
+        out: list[wire.Lost] = []
+        for node, seq in self.to_report.items():
+            member = s.roster.get(node)
+            if (
+                member is not None
+                and node not in s.links
+                and member.name_seq == seq
+                and member.suspect_until == float("inf")
+                and len(out) < wire.MAX_GONE
+            ):
+                out.append(wire.Lost(node=node, seq=seq))
+                # We suspect it as those who read our report do.
+                s.roster.suspect(node, seq, s.now + SUSPECT_S)
+        self.to_report.clear()
+        return out
+
+    def _reported_gone(self, reporter: str, gone: list[wire.Lost]) -> None:
+        """``reporter``'s presence says these members' links to it broke."""
+        s = self.s
+        bucket = self.gone_buckets.get(reporter)
+        if bucket is None:
+            bucket = flood.TokenBucket(GONE_RATE_PER_S, wire.MAX_GONE, s.now)
+            self.gone_buckets.put(reporter, bucket)
+        for lost in gone:
+            if not bucket.take(s.now):
+                s.count_limited("gone", reporter)
+                return
+            if lost.node == s.node_id:
+                s.presence_soon()  # we are alive: our next message refutes it
+            elif lost.node not in s.links and s.roster.suspect(
+                lost.node, lost.seq, s.now + SUSPECT_S
+            ):
+                self.to_report.pop(lost.node, None)
 
     def _left(self, member: Member, reason: str) -> None:
         self.s.emit(
@@ -117,20 +195,26 @@ class Membership:
         checks the signature of every presence, so without this the cost of
         an idle room would grow with the square of its size.
 
-        The share stretches the interval up to ``wire.MAX_PRESENCE_EVERY_S``
-        only (members counted are those heard within their timeout; the
-        roster is capped), so fake members cannot push the detection of a
-        crashed member past three such intervals (30 s).  A longer
-        configured interval is kept (within the wire's range)."""
-        shared = min(len(self.s.roster) * PRESENCE_SHARE_S, wire.MAX_PRESENCE_EVERY_S)
-        return min(max(self.s.config.presence_interval_s, shared), 3600.0)
+        The share has no cap below the wire's (an hour; the roster holds
+        2,048 members: 410 s): a crashed member is reported by its
+        neighbours in seconds (:meth:`link_lost`), so idle frames per node do
+        not grow with the room.  A longer configured interval is kept."""
+        shared = len(self.s.roster) * PRESENCE_SHARE_S
+        return min(max(self.s.config.presence_interval_s, shared), wire.MAX_PRESENCE_EVERY_S)
 
     def presence(self, port: int, addrs: list[str]) -> wire.Presence:
         """Our next presence, signed, and the time of the one after it."""
         s = self.s
         every = self.presence_every()
         msg = s.signed(
-            wire.Presence(addrs=addrs, port=port, dh=s.identity.dh, every=every, **s.envelope())
+            wire.Presence(
+                addrs=addrs,
+                port=port,
+                dh=s.identity.dh,
+                every=every,
+                gone=self._take_reports(),
+                **s.envelope(),
+            )
         )
         s.last_presence = s.now
         # A little earlier than announced, at random (RFC 3550 §6.3.1's idea):

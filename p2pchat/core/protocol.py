@@ -369,7 +369,14 @@ class Protocol:
         """A link ended (``reason``, as the user sees it)."""
         s = self._begin(now, wall)
         self._peers.pop(link, None)
+        up = s.up.get(link)
+        ours = link in s.closing
+        s.closing.discard(link)
         self._forget_link(link, reason)
+        if up is not None and not ours:
+            # Not closed by us (a tie-break or the overlay forget theirs at
+            # once): the peer may have crashed; tell the room (§9).
+            self.members.link_lost(up.peer.node)
         return s.take()
 
     def _forget_link(self, link: LinkId, reason: str) -> None:

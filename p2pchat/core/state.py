@@ -132,6 +132,7 @@ class Shared:
         self.closed = False
         self.joined = False
         self.next_presence = 0.0
+        self.closing: set[LinkId] = set()  # links we closed, until the shell reports their end
         self.last_presence = 0.0
         self.store_version = 0  # bumped on every line stored
         # Live lines the order buffer holds, not stored until they are shown
@@ -159,6 +160,9 @@ class Shared:
 
     def close(self, link: LinkId, reason: str) -> None:
         """Ask the shell to close ``link`` at once."""
+        if len(self.closing) >= 4096:  # links closed before they were up are never reported
+            self.closing.clear()
+        self.closing.add(link)
         self.out.append(Close(link, reason))
 
     def emit(self, event: Event) -> None:

@@ -258,7 +258,7 @@ class Observer(Watcher):
             },
         }
 
-    def figures(self, honest: list[Host], lines: int, idle: dict[str, float]) -> dict[str, Any]:
+    def figures(self, honest: list[Host], lines: int, idle: dict[str, Any]) -> dict[str, Any]:
         """The run's figures: frames, bytes and duplicates per node per line,
         latency to the last node, convergence, largest state, idle frames."""
         n = max(1, len(honest))

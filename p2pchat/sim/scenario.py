@@ -340,7 +340,7 @@ class Run:
         obs.sample_state(lan)
         graph = overlay(lan)
         per = max(1.0, cfg.idle_s) * len(self.honest)
-        idle = {
+        idle: dict[str, Any] = {
             "frames_per_node_per_s": round((frames1 - frames0) / per, 3),
             "bytes_per_node_per_s": round((bytes1 - bytes0) / per, 1),
             "frames_by_kind_per_node_per_s": {
