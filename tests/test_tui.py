@@ -25,6 +25,7 @@ from prompt_toolkit.data_structures import Size
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.input.base import PipeInput
+from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.utils import get_cwidth
 
@@ -43,6 +44,7 @@ from p2pchat.cli.chatlog import (
     split_long_line,
 )
 from p2pchat.cli.screen import (
+    INBOX_MAX,
     INPUT_HISTORY_FILE,
     BoundedFileHistory,
     ChatView,
@@ -399,6 +401,16 @@ def test_the_chat_area_is_bounded() -> None:
         chat.add(ChatLine(0.0, SYSTEM, str(i)))
     assert len(chat.lines) == MAX_CHAT_LINES
     assert chat.lines[0].text == "10"
+
+
+def test_the_queue_to_the_screen_is_bounded_and_its_drops_are_told() -> None:
+    node = FakeNode()
+    view = ChatView(node, input=None, output=DummyOutput())
+    for i in range(INBOX_MAX + 10):
+        view.on_event(JoinEvent(origin=f"{i:016x}", name="x"))
+    assert len(view._inbox) == INBOX_MAX and view.dropped == 10
+    view._pump()
+    assert view.log.lines[-1].text == "10 events were not shown: the screen fell behind"
 
 
 # -- mentions, private lines, bell ----------------------------------------------------------

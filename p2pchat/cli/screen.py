@@ -317,6 +317,8 @@ class ChatView:
         self.confirm: list[str] | None = None  # pasted lines waiting for y/n
         self.hint_after_s = hint_after_s
         self.bells = 0
+        self.dropped = 0  # events not shown: the queue to the screen was full
+        self._dropped_told = 0
         self._inbox: deque[object] = deque()
         self._inbox_lock = threading.Lock()
         self._pump_due = False
@@ -324,7 +326,8 @@ class ChatView:
         self._earlier: list[tuple[tuple[int, str, int], ChatLine]] = []
         self._earlier_count = 0
         self._earlier_timer: asyncio.TimerHandle | None = None
-        self._tab: tuple[str, int, int, list[str]] | None = None  # text, start, index, names
+        # The last Tab's result: text, cursor, index of the candidate, candidates.
+        self._tab: tuple[str, int, int, list[str]] | None = None
         self._tab_base = ""  # the input left of the word being completed
         self._tab_after = ""  # and right of the cursor
         self._outgoing: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -483,12 +486,8 @@ class ChatView:
         (:func:`~p2pchat.cli.chatlog.complete`); Tab again cycles.  Loop thread."""
         doc = self.buffer.document
         tab = self._tab
-        if (
-            tab is not None
-            and tab[0] == doc.text
-            and doc.cursor_position == len(doc.text_before_cursor)
-        ):
-            _, start, index, names = tab
+        if tab is not None and tab[0] == doc.text and tab[1] == doc.cursor_position:
+            _, _, index, names = tab
             index = (index + 1) % len(names)
             before = self._tab_base + names[index]
         else:
@@ -503,7 +502,7 @@ class ChatView:
             before = self._tab_base + names[0]
         text = before + self._tab_after
         self.buffer.document = Document(text, len(before))
-        self._tab = (text, start, index, names)
+        self._tab = (text, len(before), index, names)
 
     def paste(self, data: str) -> None:
         """A bracketed paste: one line goes into the input line; several are
@@ -582,6 +581,7 @@ class ChatView:
     def _post(self, item: object) -> None:
         with self._inbox_lock:
             if len(self._inbox) >= INBOX_MAX:
+                self.dropped += 1
                 return
             self._inbox.append(item)
             if self._pump_due or self._loop is None:
@@ -619,6 +619,10 @@ class ChatView:
                         self.add(line)
             except Exception:
                 log.exception("could not show %r", item)
+        if self.dropped > self._dropped_told:
+            n, self._dropped_told = self.dropped - self._dropped_told, self.dropped
+            told = f"{n} events were not shown: the screen fell behind"
+            self.add(ChatLine(time.time(), ERROR, told))
         if bell:
             self.bells += 1
             self.app.output.bell()
