@@ -8,6 +8,7 @@ The real program in tmux is in tests/test_cli.py (``test_fullscreen_in_tmux``).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import threading
@@ -401,6 +402,43 @@ def test_the_chat_area_is_bounded() -> None:
         chat.add(ChatLine(0.0, SYSTEM, str(i)))
     assert len(chat.lines) == MAX_CHAT_LINES
     assert chat.lines[0].text == "10"
+
+
+def test_scrolling_up_stops_at_the_first_line() -> None:
+    chat = ChatLog()
+    for i in range(300):
+        chat.add(ChatLine(0.0, SYSTEM, f"line {i}"))
+    for _ in range(100):
+        chat.scroll(10, 20)
+    top = chat.visible(80, 20)
+    assert "".join(t for _, t in top[0]).endswith("-!- line 0")
+    assert chat.offset == 300 - 20
+    chat.scroll(-1000, 20)
+    assert chat.offset == 0 and "line 299" in "".join(t for _, t in chat.visible(80, 20)[-1])
+
+
+def test_a_catch_ups_earlier_lines_are_shown_in_the_rooms_order_when_it_is_over() -> None:
+    with running(cols=100, rows=40) as r:
+        for n in (3, 1, 2):
+            ev = message(BOB_ID, "bob", f"missed {n}", history=True)
+            r.view.on_event(dataclasses.replace(ev, hlc=n))
+        rows = r.screen.wait_text("missed 3")
+        at = next(i for i, row in enumerate(rows) if "3 earlier lines" in row)
+        assert [row[6:] for row in rows[at + 1 : at + 4]] == [
+            "bob: missed 1",
+            "bob: missed 2",
+            "bob: missed 3",
+        ]
+        assert "earlier" in r.screen.style_at("bob: missed 1")
+        for n in range(60):
+            r.view.on_event(message(CAROL_ID, "carol", f"old {n:02d}", history=True))
+        r.view.on_event(message(CAROL_ID, "carol", "live now"))  # its earlier lines first
+        r.screen.wait_text("live now")
+        texts: list[str] = []
+        r.on_loop(lambda: texts.extend(line.text for line in r.view.log.lines))
+        header = "60 earlier lines came in; the latest 50 follow (/history 60 shows them all"
+        at = texts.index(header + " in their place)")
+        assert texts[at + 1 :] == [*(f"old {n:02d}" for n in range(10, 60)), "live now"]
 
 
 def test_the_queue_to_the_screen_is_bounded_and_its_drops_are_told() -> None:

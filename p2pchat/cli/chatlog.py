@@ -339,8 +339,15 @@ class ChatLog:
             rows: how far.
             height: the chat area's height (the top is as far as one can go).
         """
-        total = sum(len(line.rows(self.width)) for line in self.lines)
-        self.offset = max(0, min(self.offset + rows, total - height))
+        want = max(0, self.offset + rows)
+        if rows > 0:  # wrap only the lines up to where the view goes (not all 5,000)
+            total = 0
+            for line in reversed(self.lines):
+                total += len(line.rows(self.width))
+                if total >= want + height:
+                    break
+            want = max(0, min(want, total - height))
+        self.offset = want
         if self.offset == 0:
             self.unread = 0
 
