@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import unique_room, unique_service_type
+from conftest import RawPeer, unique_room, unique_service_type
 
-from p2pchat import cli
+from p2pchat import cli, wire
 from p2pchat.cli import args, output, render, scripted, session
 from p2pchat.discovery import MdnsDiscovery
 from p2pchat.errors import LineTooLong, UsageError
@@ -801,7 +801,7 @@ def test_stdout_gone_leaves_gracefully(spawn: Callable[..., NodeProcess], tmp_pa
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_interactive_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -> None:
+def test_plain_line_mode_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -> None:
     tmux = shutil.which("tmux")
     assert tmux is not None
     sock = f"p2pchat-test-{os.getpid()}-{os.urandom(3).hex()}"
@@ -827,7 +827,7 @@ def test_interactive_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) 
                 pytest.fail(f"screen never showed {what}:\n" + "\n".join(lines))
             time.sleep(0.05)  # polling the screen, with a deadline
 
-    argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--room", room, *NO_MDNS]
+    argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--plain", "--room", room, *NO_MDNS]
     command = (
         f"cd {shlex.quote(str(REPO))} && PYTHONPATH={shlex.quote(str(REPO))} "
         f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status_file))}; sleep 60"
@@ -882,6 +882,110 @@ def test_interactive_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) 
         assert status_file.read_text().strip() == "0"
         assert not any("Traceback" in line for line in screen())
     finally:
+        subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True, timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_fullscreen_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    """The real p2pchat, full screen, in tmux at 80x24: the input line on the
+    last row, a peer's line with its time and name, and a raw peer's line
+    full of escape, bell and bidi characters that changes nothing else."""
+    tmux = shutil.which("tmux")
+    assert tmux is not None
+    sock = f"p2pchat-test-{os.getpid()}-{os.urandom(3).hex()}"
+    room = unique_room()
+    status_file = tmp_path / "status"
+
+    def tm(*args: str) -> str:
+        done = subprocess.run(
+            [tmux, "-L", sock, *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout
+
+    def screen() -> list[str]:
+        return [line.rstrip() for line in tm("capture-pane", "-p", "-t", "t").splitlines()]
+
+    def wait_screen(pred: Callable[[list[str]], bool], what: str) -> list[str]:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            lines = screen()
+            if pred(lines):
+                return lines
+            if time.monotonic() > deadline:
+                pytest.fail(f"screen never showed {what}:\n" + "\n".join(lines))
+            time.sleep(0.05)  # polling the screen, with a deadline
+
+    def cursor() -> tuple[int, int]:
+        x, y = tm("display-message", "-p", "-t", "t", "#{cursor_x} #{cursor_y}").split()
+        return int(x), int(y)
+
+    argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--name", "alice"]
+    argv += ["--room", room, *NO_MDNS]
+    command = (
+        f"cd {shlex.quote(str(REPO))} && TERM=xterm-256color "
+        f"PYTHONPATH={shlex.quote(str(REPO))} "
+        f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status_file))}; sleep 60"
+    )
+    raw: RawPeer | None = None
+    try:
+        tm("new-session", "-d", "-s", "t", "-x", "80", "-y", "24", command)
+        lines = wait_screen(
+            lambda s: (
+                len(s) == 24
+                and any("listening on port" in line for line in s)
+                and s[-1].startswith("alice>")
+            ),
+            "the ready line and the input line on the last row",
+        )
+        assert cursor() == (len("alice> "), 23)
+        assert lines[-2].startswith(f" [{room}]") and "1 member" in lines[-2]
+        port = int(re.findall(r"listening on port (\d+)", "\n".join(lines))[0])
+
+        bob = spawn(
+            "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}"
+        )
+        bob.wait_event("join")
+        wait_screen(lambda s: any(line.endswith(" -!- bob joined") for line in s), "bob joined")
+        tm("send-keys", "-t", "t", "-l", "draft ✓ 你好")
+        bob.send_line("line from bob")
+        lines = wait_screen(lambda s: any("bob: line from bob" in line for line in s), "bob")
+        (row,) = [line for line in lines if "bob: line from bob" in line]
+        assert re.fullmatch(r"\d\d:\d\d bob: line from bob", row), row
+        assert lines[-1] == "alice> draft ✓ 你好" and cursor()[1] == 23
+        tm("send-keys", "-t", "t", "Enter")
+        assert bob.wait_event("message", text="draft ✓ 你好")["self"] is False
+
+        # A raw peer.  The wire refuses control characters, so a raw peer's line can still
+        # carry bidi overrides and isolates, a tab, wide, combining and
+        # zero-width characters; and a name that looks like a system mark.
+        raw = RawPeer(port)
+        raw.hello(room, name="-!-")
+        raw.send(wire.encode_frame(raw.message(wire.Join, room, name="-!-")))
+        before = wait_screen(lambda s: "3 members" in s[-2], "the raw peer in the status line")
+        title = tm("display-message", "-p", "-t", "t", "#{pane_title}")
+        evil = "\u202eevil\u202c\t\u2067rtl\u2069 你好 e\u0301\u0301\u0301 \u200b end-of-evil"
+        raw.send(wire.encode_frame(raw.message(wire.Chat, room, name="-!-", text=evil)))
+        after = wait_screen(lambda s: any("end-of-evil" in line for line in s), "the line")
+        (row,) = [line for line in after if "end-of-evil" in line]
+        shown = r"\d\d:\d\d -!-: \ufffdevil\ufffd \ufffdrtl\ufffd 你好 .*end-of-evil"
+        assert re.fullmatch(shown, row), row
+        changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+        assert changed == [after.index(row)], (before, after)
+        assert cursor() == (len("alice> "), 23)
+        assert tm("display-message", "-p", "-t", "t", "#{pane_title}") == title
+
+        # Ctrl+C on an empty line: the node leaves the room, the program exits 0.
+        tm("send-keys", "-t", "t", "C-c")
+        assert bob.wait_event("leave")["reason"] == "quit"
+        deadline = time.monotonic() + WAIT_S
+        while not status_file.exists() or not status_file.read_text().strip():
+            assert time.monotonic() < deadline, "the full-screen p2pchat did not exit"
+            time.sleep(0.05)
+        assert status_file.read_text().strip() == "0"
+        assert not any("Traceback" in line for line in screen())
+    finally:
+        if raw is not None:
+            raw.close()
         subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True, timeout=10)
 
 

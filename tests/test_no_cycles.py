@@ -14,10 +14,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "p2pchat"
 CLI_LAYERS = [
     "p2pchat.cli",
     "p2pchat.cli.tui",
+    "p2pchat.cli.screen",
     "p2pchat.cli.scripted",
     "p2pchat.cli.session",
     "p2pchat.cli.commands",
     "p2pchat.cli.output",
+    "p2pchat.cli.chatlog",
     "p2pchat.cli.render",
     "p2pchat.cli.args",
 ]

@@ -3,9 +3,10 @@
 Two modes, picked by where stdin and stdout go:
 
 * **Interactive** (stdin and stdout are terminals, no ``--json``, in :mod:`p2pchat.cli.tui`): a
-  prompt_toolkit input line at the bottom of the screen; incoming lines are
-  printed above it (through ``patch_stdout``) and never garble what is being
-  typed.  Without ``--name`` it asks for one.
+  full screen (:mod:`p2pchat.cli.screen`: chat area, status line, input line
+  on the last row); with ``--plain`` or ``TERM=dumb``, a prompt_toolkit input
+  line at the bottom with incoming lines printed above it (through
+  ``patch_stdout``).  Without ``--name`` it asks for one.
 * **Scripted** (anything else): each stdin line is a chat line or a command;
   events go to stdout one per line, as text or, with ``--json``, as one JSON
   object each (:meth:`p2pchat.events.Event.as_dict`).  Diagnostics go to
@@ -23,10 +24,12 @@ The modules, one concern each; imports flow one way, down this list (the
 no-cycle test, ``tests/test_no_cycles.py``, checks it):
 
 * this package: :func:`main`, wiring the rest (imports ``tui`` only on a terminal);
-* ``tui``: the interactive prompt; ``scripted``: stdin lines in, events out;
+* ``tui``: the interactive views; ``screen``: the full screen; ``scripted``: stdin lines in,
+  events out;
 * ``session``: what both modes share: building the node, signals, closing;
 * ``commands``: the ``/commands`` and chat lines typed;
 * ``output``: events to stdout (text or JSON lines), diagnostics to stderr;
+* ``chatlog``: the full screen's chat area as data (lines, wrap, scroll, completion);
 * ``render``: events and replies as text lines, cleaning, wrapping;
 * ``args``: the command line, its checks and :class:`~p2pchat.cli.args.Options`.
 """

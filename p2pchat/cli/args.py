@@ -83,6 +83,8 @@ class Options:
         history_lines: the history window's size, lines per room.
         secret: a private room's shared secret (``--secret-file`` or
             ``P2PCHAT_SECRET``), or None.
+        plain: on a terminal, the line mode (an input line, lines printed
+            above it) instead of the full screen; also when ``TERM=dumb``.
     """
 
     name: str | None
@@ -101,6 +103,7 @@ class Options:
     history_days: float = 7.0
     history_lines: int = 10_000
     secret: bytes | None = field(default=None, repr=False)
+    plain: bool = False
 
 
 def validate_name(value: str) -> str:
@@ -356,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="scripted mode with one JSON object per event on stdout",
     )
     p.add_argument(
+        "--plain",
+        action="store_true",
+        help="on a terminal, a plain line mode (lines printed above one input line) instead "
+        "of the full screen; also used when TERM=dumb",
+    )
+    p.add_argument(
         "--broadcast",
         choices=("flood", "tree"),
         default="tree",
@@ -461,4 +470,5 @@ def parse_args(argv: list[str] | None = None) -> Options:
         secret=read_secret(ns.secret_file),
         history_days=ns.history_days,
         history_lines=ns.history_lines,
+        plain=ns.plain,
     )

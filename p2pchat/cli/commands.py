@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any, Protocol
 
-from p2pchat.cli.output import Output
 from p2pchat.cli.render import (
     clean,
     format_history,
@@ -29,6 +29,23 @@ COMMANDS = (
     "/quit",
 )
 
+
+class Replies(Protocol):
+    """Where a command's replies go: :class:`~p2pchat.cli.output.Output` (line
+    and scripted modes) or the full screen's chat area."""
+
+    json_mode: bool
+
+    def text(self, *lines: str) -> None:
+        """Show text lines (``-- reply``, ``!! problem``), kept together."""
+
+    def error(self, text: str) -> None:
+        """Report a problem with what was typed (one sentence)."""
+
+    def obj(self, kind: str, **fields: Any) -> None:
+        """A reply in JSON mode: ``{"event": kind, **fields}``."""
+
+
 DEFAULT_HISTORY_SHOWN = 20
 """Lines ``/history`` shows when no number is given."""
 
@@ -49,7 +66,7 @@ commands:
 anything else is sent to the room as a chat line."""
 
 
-def handle_line(node: Node, out: Output, line: str) -> bool:
+def handle_line(node: Node, out: Replies, line: str) -> bool:
     """Act on one input line: a chat line or a command.
 
     Errors (an unknown command, a line too long, a bad name) are reported
@@ -72,7 +89,7 @@ def handle_line(node: Node, out: Output, line: str) -> bool:
     return True
 
 
-def _send(node: Node, out: Output, text: str, action: bool) -> None:
+def _send(node: Node, out: Replies, text: str, action: bool) -> None:
     try:
         node.send(text, action=action)
     except LineTooLong as exc:
@@ -81,7 +98,7 @@ def _send(node: Node, out: Output, text: str, action: bool) -> None:
         out.error(f"not sent: {exc}")
 
 
-def _history(node: Node, out: Output, arg: str) -> None:
+def _history(node: Node, out: Replies, arg: str) -> None:
     limit = node.config.history_max_lines
     if not arg:
         n = DEFAULT_HISTORY_SHOWN
@@ -97,7 +114,7 @@ def _history(node: Node, out: Output, arg: str) -> None:
         out.text(*format_history(node.room, lines))
 
 
-def _command(node: Node, out: Output, line: str) -> bool:
+def _command(node: Node, out: Replies, line: str) -> bool:
     parts = line[1:].split(maxsplit=1)
     cmd = parts[0].lower() if parts else ""
     arg = parts[1].strip() if len(parts) > 1 else ""

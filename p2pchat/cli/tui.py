@@ -1,6 +1,8 @@
 """The interactive terminal of the ``p2pchat`` command (see :mod:`p2pchat.cli`).
 
-A prompt_toolkit input line at the bottom of the screen; incoming lines are
+Two views: the full screen (:mod:`p2pchat.cli.screen`: chat area, status
+line, input line on the last row), and, with ``--plain`` or ``TERM=dumb``,
+the line mode: a prompt_toolkit input line at the bottom, incoming lines
 printed above it through ``patch_stdout``, so they never garble what is being
 typed.  Imported only when stdin and stdout are terminals: prompt_toolkit
 takes about 0.1 s of CPU to import, which scripted nodes (and ten of them
@@ -9,6 +11,8 @@ starting at once on one machine) do without.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 from prompt_toolkit import PromptSession
@@ -20,6 +24,7 @@ from prompt_toolkit.shortcuts import prompt as pt_prompt
 from p2pchat.cli.args import Options, validate_name
 from p2pchat.cli.commands import COMMANDS, handle_line
 from p2pchat.cli.output import Output
+from p2pchat.cli.screen import ChatView, input_history
 from p2pchat.cli.session import Stopper, close, make_node
 from p2pchat.errors import UsageError
 
@@ -65,7 +70,63 @@ def ask_name() -> str | None:
 
 
 def run_interactive(opts: Options) -> int:
-    """Interactive mode: an input line at the bottom, the chat above it.
+    """Interactive mode: the full screen, or the line mode with ``--plain``
+    or ``TERM=dumb``.  Main thread.
+
+    Args:
+        opts: the command line.
+
+    Returns:
+        0 after leaving the room (or when no name was given).
+
+    Raises:
+        StartupError: the node could not start.
+    """
+    if opts.plain or os.environ.get("TERM", "") in ("dumb", ""):
+        return run_plain(opts)
+    return run_fullscreen(opts)
+
+
+def run_fullscreen(opts: Options) -> int:
+    """The full-screen view (:class:`~p2pchat.cli.screen.ChatView`) of a
+    node: the room's last lines, then live ones, until the user quits.
+    Main thread.
+
+    Args:
+        opts: the command line.
+
+    Returns:
+        0 after leaving the room (or when no name was given).
+
+    Raises:
+        StartupError: the node could not start (before the screen is drawn).
+    """
+    name = opts.name or ask_name()
+    if name is None:
+        return 0
+    view: ChatView | None = None
+    node = make_node(opts, name, lambda ev: view.on_event(ev) if view is not None else None)
+    stopper = Stopper()
+    try:
+        view = ChatView(node, history=input_history(opts.data_dir))
+        stopper.app = view.app
+        view.show_start_context()
+        with stopper.installed(sigint=False):
+            node.start()
+            with contextlib.suppress(EOFError, KeyboardInterrupt):  # a signal: leave
+                view.run()
+    finally:
+        stopper.closing = True
+        try:
+            node.close()
+        finally:
+            if view is not None:
+                view.close()
+    return 0
+
+
+def run_plain(opts: Options) -> int:
+    """The line mode: an input line at the bottom, the chat above it.
 
     Args:
         opts: the command line.

@@ -1,0 +1,657 @@
+"""The full-screen view (issue 13), headless: prompt_toolkit's pipe input for
+the keys, a VT100 output of a fixed size, and the renderer's last screen read
+back cell by cell (text and style).  A fake node stands in for the network:
+no socket, no thread but the view's own.
+
+The real program in tmux is in tests/test_cli.py (``test_fullscreen_in_tmux``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.input.base import PipeInput
+from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output.vt100 import Vt100_Output
+from prompt_toolkit.utils import get_cwidth
+
+from p2pchat import wire
+from p2pchat.cli import tui
+from p2pchat.cli.args import parse_args
+from p2pchat.cli.chatlog import (
+    CHAT,
+    MAX_CHAT_LINES,
+    SYSTEM,
+    ChatLine,
+    ChatLog,
+    complete,
+    mentions,
+    sender_style,
+    split_long_line,
+)
+from p2pchat.cli.screen import (
+    INBOX_MAX,
+    INPUT_HISTORY_FILE,
+    BoundedFileHistory,
+    ChatView,
+    input_history,
+)
+from p2pchat.events import JoinEvent, MemberInfo, MessageEvent, Snapshot
+
+WAIT_S = 5.0
+CLOCK = re.compile(r"^\d\d:\d\d ")
+ALICE_ID = "a1" * 8
+BOB_ID = "b0" * 8
+# Two members called alice with different keys, and a third; their ids give
+# three different colours (checked below, so a palette change cannot hide it).
+ALICE2_ID = "c3" * 8
+CAROL_ID = "d4" * 8
+
+ENTER = "\r"
+CTRL_C = "\x03"
+CTRL_D = "\x04"
+TAB = "\t"
+PAGE_UP = "\x1b[5~"
+PAGE_DOWN = "\x1b[6~"
+F2 = "\x1bOQ"
+
+
+def paste(text: str) -> str:
+    """The bytes a terminal sends for a bracketed paste of ``text``."""
+    return f"\x1b[200~{text}\x1b[201~"
+
+
+@dataclass
+class FakeNode:
+    """The public face of a Node that the view and /commands use, no network."""
+
+    name: str = "alice"
+    room: str = "lobby"
+    node_id: str = ALICE_ID
+    members: list[MemberInfo] = field(default_factory=list)
+    past: list[MessageEvent] = field(default_factory=list)
+    secret: bytes | None = None
+    sent: list[str] = field(default_factory=list)
+    view: ChatView | None = None
+
+    def __post_init__(self) -> None:
+        self.config = SimpleNamespace(secret=self.secret, history_max_lines=10_000)
+        if not self.members:
+            self.members = [MemberInfo(self.node_id, self.name, self.name, False, True)]
+
+    def send(self, text: str, action: bool = False) -> MessageEvent:
+        self.sent.append(text)
+        ev = message(self.node_id, self.name, text, own=True, action=action)
+        assert self.view is not None
+        self.view.on_event(ev)
+        return ev
+
+    def send_direct(self, to: str, text: str, action: bool = False) -> MessageEvent:
+        self.sent.append(f"to {to}: {text}")
+        ev = message(self.node_id, self.name, text, own=True, private=True, to_display=to)
+        assert self.view is not None
+        self.view.on_event(ev)
+        return ev
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(members=list(self.members), links=[])
+
+    def history(self, n: int = 20) -> list[MessageEvent]:
+        return self.past[-n:]
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+def message(
+    origin: str,
+    name: str,
+    text: str,
+    own: bool = False,
+    display: str = "",
+    **kw: Any,
+) -> MessageEvent:
+    n = next(_counter)
+    return MessageEvent(
+        id=f"{origin}-{n}",
+        origin=origin,
+        name=name,
+        text=text,
+        ts=time.time(),
+        self=own,
+        seq=n,
+        display=display or name,
+        hlc=n,
+        line=n,
+        **kw,
+    )
+
+
+class Screen:
+    """What the terminal shows: rows of text, and a cell's style."""
+
+    def __init__(self, view: ChatView) -> None:
+        self.view = view
+
+    def _screen(self) -> Any:
+        return self.view.app.renderer._last_screen
+
+    def rows(self) -> list[str]:
+        scr = self._screen()
+        size = self.view.app.output.get_size()
+        if scr is None:
+            return []
+        out = []
+        for y in range(size.rows):
+            row = scr.data_buffer[y]
+            x, chars = 0, []
+            while x < size.columns:
+                ch = row[x].char
+                chars.append(ch)
+                x += max(get_cwidth(ch), 1)
+            out.append("".join(chars).rstrip())
+        return out
+
+    def text(self) -> str:
+        return "\n".join(self.rows())
+
+    def style_at(self, needle: str, offset: int = 0) -> str:
+        """The style of the first cell of ``needle`` (+ ``offset``) on screen."""
+        scr = self._screen()
+        for y, row in enumerate(self.rows()):
+            x = row.find(needle)
+            if x >= 0:
+                return str(scr.data_buffer[y][x + offset].style)
+        raise AssertionError(f"{needle!r} is not on screen:\n{self.text()}")
+
+    def cursor(self) -> tuple[int, int]:
+        scr = self._screen()
+        pos = scr.get_cursor_position(self.view.app.layout.current_window)
+        return pos.x, pos.y
+
+    def wait(self, pred: Callable[[list[str]], bool], what: str) -> list[str]:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            rows = self.rows()
+            if rows and pred(rows):
+                return rows
+            if time.monotonic() > deadline:
+                pytest.fail(f"the screen never showed {what}:\n" + "\n".join(rows))
+            time.sleep(0.01)
+
+    def wait_text(self, needle: str) -> list[str]:
+        return self.wait(lambda rows: needle in "\n".join(rows), repr(needle))
+
+
+@dataclass
+class Running:
+    view: ChatView
+    node: FakeNode
+    keys: PipeInput
+    screen: Screen
+    thread: threading.Thread
+    terminal: io.StringIO
+
+    def type(self, text: str) -> None:
+        self.keys.send_text(text)
+
+    def line_at(self, row: int) -> str:
+        return self.screen.rows()[row]
+
+    def on_loop(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the view's loop thread (as the node's events are)."""
+        done = threading.Event()
+        loop = self.view._loop
+        assert loop is not None
+
+        def call() -> None:
+            fn()
+            done.set()
+
+        loop.call_soon_threadsafe(call)
+        assert done.wait(WAIT_S)
+
+
+@contextmanager
+def running(
+    node: FakeNode | None = None, cols: int = 80, rows: int = 24, **kw: Any
+) -> Iterator[Running]:
+    """The view of ``node`` running on a thread in a ``cols`` x ``rows``
+    terminal; it is made to quit and joined at the end."""
+    node = node or FakeNode()
+    term = io.StringIO()
+    with create_pipe_input() as keys:
+        out = Vt100_Output(term, lambda: Size(rows=rows, columns=cols), term="xterm-256color")
+        kw.setdefault("hint_after_s", 600.0)
+        view = ChatView(
+            node, history=kw.pop("history", InMemoryHistory()), input=keys, output=out, **kw
+        )
+        node.view = view
+        view.show_start_context()
+        thread = threading.Thread(target=view.run, name="test-tui-view")
+        thread.start()
+        run = Running(view, node, keys, Screen(view), thread, term)
+        try:
+            wait_for(lambda: view.app.is_running and view._loop is not None, WAIT_S, "the app")
+            run.screen.wait(lambda r: r[-1].startswith(("alice>", "send ")), "the input line")
+            yield run
+        finally:
+            view.request_exit()
+            thread.join(WAIT_S)
+            view.close()
+            assert not thread.is_alive()
+
+
+# -- layout ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cols", "rows"), [(80, 24), (40, 10)])
+def test_the_input_line_is_the_last_row_and_the_status_line_above_it(cols: int, rows: int) -> None:
+    with running(cols=cols, rows=rows) as r:
+        r.type("hello")
+        screen = r.screen.wait(lambda s: s[-1] == "alice> hello", "the typed text")
+        assert len(screen) == rows
+        assert r.screen.cursor() == (len("alice> hello"), rows - 1)
+        status = screen[-2]
+        assert status.startswith(" [lobby]") and "1 member" in status and "0 links" in status
+        assert "status" in r.screen.style_at("[lobby]")
+        # Every other row is the chat area: a line from bob shows right at the top.
+        r.view.on_event(message(BOB_ID, "bob", "hi"))
+        screen = r.screen.wait(lambda s: "bob: hi" in s[0], "bob's line")
+        assert screen[-1] == "alice> hello"
+
+
+def test_a_private_room_shows_a_lock_and_the_member_list_toggles_with_f2() -> None:
+    members = [
+        MemberInfo(ALICE_ID, "alice", "alice#a1a1", False, True),
+        MemberInfo(ALICE2_ID, "alice", "alice#c3c3", True, False),
+        MemberInfo(BOB_ID, "bob", "bob", True, False),
+    ]
+    node = FakeNode(members=members, secret=b"s")
+    with running(node) as r:
+        status = r.screen.wait(lambda s: "3 members" in s[-2], "three members")[-2]
+        assert "🔒" in status
+        assert "members (3)" not in r.screen.text()
+        r.type(F2)
+        rows = r.screen.wait_text("members (3)")
+        listed = [row.split("│")[1] for row in rows if "│" in row]
+        assert listed[:4] == ["members (3)", "alice#a1a1 (you)", "alice#c3c3 *", "bob *"]
+        assert rows[-1].startswith("alice>")
+        r.type(F2)
+        r.screen.wait(lambda s: "members (3)" not in "\n".join(s), "the list hidden again")
+
+
+# -- lines: time, colours, styles ---------------------------------------------------------
+
+
+def test_lines_have_a_time_and_a_colour_per_sender_and_own_and_system_lines_differ() -> None:
+    styles = {sender_style(i) for i in (ALICE2_ID, BOB_ID, CAROL_ID)}
+    assert len(styles) == 3, "pick ids of three different colours"
+    with running(FakeNode(name="alice")) as r:
+        r.view.on_event(message(ALICE2_ID, "alice", "first", display="alice#c3c3"))
+        r.view.on_event(message(CAROL_ID, "alice", "second", display="alice#d4d4"))
+        r.view.on_event(JoinEvent(origin=BOB_ID, name="bob"))
+        r.type("mine" + ENTER)
+        rows = r.screen.wait_text("alice: mine")
+        chat = [row for row in rows[:-2] if row]
+        assert all(CLOCK.match(row) for row in chat), chat
+        assert any(row[6:] == "alice#c3c3: first" for row in chat)
+        assert any(row[6:] == "alice#d4d4: second" for row in chat)
+        assert any(row[6:] == "-!- bob joined" for row in chat)
+        first = r.screen.style_at("alice#c3c3")
+        second = r.screen.style_at("alice#d4d4")
+        assert first != second
+        assert sender_style(ALICE2_ID) in first and sender_style(CAROL_ID) in second
+        own = r.screen.style_at("alice: mine")
+        assert "own.name" in own and own not in (first, second)
+        assert "own.text" in r.screen.style_at("alice: mine", offset=len("alice: "))
+        assert "system.mark" in r.screen.style_at("-!- bob joined")
+        assert "class:time" in r.screen.style_at(chat[0][:5])
+
+
+def test_a_peer_cannot_fake_a_system_line_or_drive_the_terminal() -> None:
+    with running() as r:
+        hostile = "-!- bob left \x1b[2J\x07\u202eevil\u202c \x1b]0;title\x07 end"
+        r.view.on_event(message(BOB_ID, "-!-", hostile))
+        r.view.on_event(message(BOB_ID, "-!-", "waves", action=True))
+        rows = r.screen.wait_text("end")
+        line = next(row for row in rows if "end" in row)
+        assert line[6:].startswith("-!-: -!- bob left \ufffd[2J\ufffd\ufffdevil\ufffd")
+        # The name's "-!-" is in the sender's colour, the text plain: no system style.
+        assert "system" not in r.screen.style_at("-!-: ")
+        assert "system" not in r.screen.style_at("-!- bob left")
+        assert "\x1b[2J" not in r.terminal.getvalue()
+        assert "\x07" not in r.terminal.getvalue() and r.view.bells == 0
+        assert "]0;title" not in r.terminal.getvalue().replace("\ufffd]0;title", "")
+        assert rows[-1].startswith("alice>")
+
+
+def test_a_long_line_wraps_at_blanks_with_a_hanging_indent_and_wide_characters() -> None:
+    words = " ".join(f"w{i:02d}" for i in range(40)) + " 你好世界你好世界 end"
+    line = ChatLine(time.time(), CHAT, words, who="bob", who_style="ansired bold")
+    rows = line.rows(40)
+    texts = ["".join(t for _, t in row) for row in rows]
+    assert CLOCK.match(texts[0]) and texts[0][6:].startswith("bob: w00 w01")
+    column = len("12:34 bob: ")
+    for text in texts[1:]:
+        assert text[:column] == " " * column and text[column] != " "
+    assert all(sum(get_cwidth(c) for c in t) <= 40 for t in texts)
+    assert " ".join(t.strip() for t in texts)[6 + 5 :] == words  # no word cut, none lost
+    with running(cols=40, rows=10) as r:
+        r.view.on_event(message(BOB_ID, "bob", words))
+        r.screen.wait_text("end")
+        shown = [row for row in r.screen.rows()[:-2] if row]
+        assert shown[1:] and all(row.startswith(" " * column) for row in shown[1:])
+
+
+# -- scrollback ---------------------------------------------------------------------------
+
+
+def test_page_up_scrolls_back_new_lines_keep_the_view_and_a_marker_counts_them() -> None:
+    with running(cols=60, rows=12) as r:
+        for i in range(60):
+            r.view.on_event(message(BOB_ID, "bob", f"line {i:02d}"))
+        r.screen.wait_text("line 59")
+        r.type(PAGE_UP)
+        rows = r.screen.wait(lambda s: "line 59" not in "\n".join(s), "older lines")
+        view_before = rows[:-3]
+        assert "scrolled up" in rows[-2]
+        r.view.on_event(message(BOB_ID, "bob", "news 1"))
+        r.view.on_event(message(BOB_ID, "bob", "news 2"))
+        rows = r.screen.wait_text("-- 2 new lines below --")
+        assert rows[:-3] == view_before  # the view did not move
+        assert "2 unread" in rows[-2]
+        assert "unread" in r.screen.style_at("2 new lines below")
+        r.type(PAGE_DOWN + PAGE_DOWN)
+        rows = r.screen.wait_text("news 2")
+        assert "new lines below" not in "\n".join(rows) and "unread" not in rows[-2]
+        r.type("/clear" + ENTER)
+        r.screen.wait(lambda s: not any(s[:-2]), "an empty chat area")
+        assert r.node.sent == []
+
+
+def test_the_mouse_wheel_scrolls() -> None:
+    with running(cols=60, rows=12) as r:
+        for i in range(40):
+            r.view.on_event(message(BOB_ID, "bob", f"line {i:02d}"))
+        r.screen.wait_text("line 39")
+        r.type("\x1b[<64;5;3M")  # SGR mouse: wheel up at column 5, row 3
+        r.screen.wait(lambda s: "line 39" not in "\n".join(s), "the view scrolled up")
+        r.type("\x1b[<65;5;3M" * 2)
+        r.screen.wait_text("line 39")
+
+
+def test_the_chat_area_is_bounded() -> None:
+    chat = ChatLog()
+    for i in range(MAX_CHAT_LINES + 10):
+        chat.add(ChatLine(0.0, SYSTEM, str(i)))
+    assert len(chat.lines) == MAX_CHAT_LINES
+    assert chat.lines[0].text == "10"
+
+
+def test_scrolling_up_stops_at_the_first_line() -> None:
+    chat = ChatLog()
+    for i in range(300):
+        chat.add(ChatLine(0.0, SYSTEM, f"line {i}"))
+    for _ in range(100):
+        chat.scroll(10, 20)
+    top = chat.visible(80, 20)
+    assert "".join(t for _, t in top[0]).endswith("-!- line 0")
+    assert chat.offset == 300 - 20
+    chat.scroll(-1000, 20)
+    assert chat.offset == 0 and "line 299" in "".join(t for _, t in chat.visible(80, 20)[-1])
+
+
+def test_a_catch_ups_earlier_lines_are_shown_in_the_rooms_order_when_it_is_over() -> None:
+    with running(cols=100, rows=40) as r:
+        for n in (3, 1, 2):
+            ev = message(BOB_ID, "bob", f"missed {n}", history=True)
+            r.view.on_event(dataclasses.replace(ev, hlc=n))
+        rows = r.screen.wait_text("missed 3")
+        at = next(i for i, row in enumerate(rows) if "3 earlier lines" in row)
+        assert [row[6:] for row in rows[at + 1 : at + 4]] == [
+            "bob: missed 1",
+            "bob: missed 2",
+            "bob: missed 3",
+        ]
+        assert "earlier" in r.screen.style_at("bob: missed 1")
+        for n in range(60):
+            r.view.on_event(message(CAROL_ID, "carol", f"old {n:02d}", history=True))
+        r.view.on_event(message(CAROL_ID, "carol", "live now"))  # its earlier lines first
+        r.screen.wait_text("live now")
+        texts: list[str] = []
+        r.on_loop(lambda: texts.extend(line.text for line in r.view.log.lines))
+        header = "60 earlier lines came in; the latest 50 follow (/history 60 shows them all"
+        at = texts.index(header + " in their place)")
+        assert texts[at + 1 :] == [*(f"old {n:02d}" for n in range(10, 60)), "live now"]
+
+
+def test_the_queue_to_the_screen_is_bounded_and_its_drops_are_told() -> None:
+    node = FakeNode()
+    view = ChatView(node, input=None, output=DummyOutput())
+    for i in range(INBOX_MAX + 10):
+        view.on_event(JoinEvent(origin=f"{i:016x}", name="x"))
+    assert len(view._inbox) == INBOX_MAX and view.dropped == 10
+    view._pump()
+    assert view.log.lines[-1].text == "10 events were not shown: the screen fell behind"
+
+
+# -- mentions, private lines, bell ----------------------------------------------------------
+
+
+def test_mentions_and_private_lines_are_highlighted_with_a_bell() -> None:
+    assert mentions("hey Alice, look", "alice") and mentions("@alice", "alice")
+    assert not mentions("malice aforethought", "alice") and not mentions("alices", "alice")
+    with running() as r:
+        r.view.on_event(message(BOB_ID, "bob", "nothing for you"))
+        r.screen.wait_text("nothing for you")
+        assert r.view.bells == 0 and "\a" not in r.terminal.getvalue()
+        r.view.on_event(message(BOB_ID, "bob", "alice: lunch?"))
+        r.screen.wait_text("lunch?")
+        wait_for(lambda: r.view.bells == 1, WAIT_S, "a bell")
+        assert "\a" in r.terminal.getvalue()
+        assert "mention" in r.screen.style_at("alice: lunch?")
+        r.view.on_event(message(BOB_ID, "bob", "psst", private=True, to=ALICE_ID))
+        r.screen.wait_text("[private] bob: psst")
+        wait_for(lambda: r.view.bells == 2, WAIT_S, "a second bell")
+        assert "private" in r.screen.style_at("psst")
+        r.type("I am alice" + ENTER)  # our own line naming us: no bell
+        r.screen.wait_text("alice: I am alice")
+        assert r.view.bells == 2
+
+
+# -- completion and input history ---------------------------------------------------------
+
+
+def test_complete_offers_names_and_commands_by_place() -> None:
+    nicks = ["bob", "Bea", "alice#c3c3"]
+    cmds = ["/msg", "/me", "/who", "/whois"]
+    assert complete("b", nicks, cmds) == (0, ["Bea: ", "bob: "])
+    assert complete("hi bo", nicks, cmds) == (3, ["bob "])
+    assert complete("/msg al", nicks, cmds) == (5, ["alice#c3c3 "])
+    assert complete("/whois B", nicks, cmds) == (7, ["Bea ", "bob "])
+    assert complete("/wh", nicks, cmds) == (0, ["/who ", "/whois "])
+    assert complete("/msg bob hi a", nicks, cmds) == (12, ["alice#c3c3 "])
+    assert complete("hi ", nicks, cmds) == (3, [])
+
+
+def test_tab_completes_names_and_commands_in_the_input_line() -> None:
+    members = [
+        MemberInfo(ALICE_ID, "alice", "alice", False, True),
+        MemberInfo(BOB_ID, "bob", "bob", True, False),
+        MemberInfo(CAROL_ID, "carol", "carol", False, False),
+    ]
+    with running(FakeNode(members=members)) as r:
+        r.type("b" + TAB)
+        r.screen.wait(lambda s: s[-1] == "alice> bob:", "bob: at the line start")
+        r.type("see c" + TAB + "now")
+        r.screen.wait(lambda s: s[-1] == "alice> bob: see carol now", "carol inside")
+        r.type(CTRL_C + "/msg c" + TAB + "hi" + ENTER)
+        wait_for(lambda: r.node.sent == ["to carol: hi"], WAIT_S, "the /msg")
+        r.type("/who" + TAB + TAB)
+        r.screen.wait(lambda s: s[-1] == "alice> /whois", "/whois on the second Tab")
+        r.type(CTRL_C + "/whois " + TAB)  # nothing typed yet: nothing offered
+        r.screen.wait(lambda s: s[-1] == "alice> /whois", "no change")
+
+
+def test_input_history_is_kept_across_runs_bounded_and_not_when_ephemeral(
+    tmp_path: Path,
+) -> None:
+    assert isinstance(input_history(None), InMemoryHistory)
+    hist = input_history(str(tmp_path))
+    assert isinstance(hist, BoundedFileHistory)
+    with running(history=hist) as r:
+        r.type("first line" + ENTER + "second line" + ENTER)
+        wait_for(lambda: len(r.node.sent) == 2, WAIT_S, "two lines sent")
+    path = tmp_path / INPUT_HISTORY_FILE
+    assert path.stat().st_mode & 0o077 == 0
+    with running(history=input_history(str(tmp_path))) as r:
+        r.type("\x1b[A")  # Up
+        r.screen.wait(lambda s: s[-1] == "alice> second line", "the last run's line")
+        r.type("\x1b[A")
+        r.screen.wait(lambda s: s[-1] == "alice> first line", "the one before")
+    small = BoundedFileHistory(str(tmp_path / "small"), max_entries=3)
+    for i in range(10):
+        small.store_string(f"entry {i}")
+    again = BoundedFileHistory(str(tmp_path / "small"), max_entries=3)
+    assert list(again.load_history_strings()) == ["entry 9", "entry 8", "entry 7"]
+
+
+# -- keys: Ctrl+C, Ctrl+D, paste, long lines ------------------------------------------------
+
+
+def test_ctrl_c_clears_a_typed_line_and_quits_on_an_empty_one() -> None:
+    with running() as r:
+        r.type("half a line")
+        r.screen.wait(lambda s: s[-1] == "alice> half a line", "the draft")
+        r.type(CTRL_C)
+        r.screen.wait(lambda s: s[-1] == "alice>", "the line cleared")
+        assert r.view.app.is_running and r.node.sent == []
+        r.type(CTRL_C)
+        r.thread.join(WAIT_S)
+        assert not r.thread.is_alive()
+
+
+def test_ctrl_d_and_quit_leave() -> None:
+    with running() as r:
+        r.type(CTRL_D)
+        r.thread.join(WAIT_S)
+        assert not r.thread.is_alive()
+    with running() as r:
+        r.type("/quit" + ENTER)
+        r.thread.join(WAIT_S)
+        assert not r.thread.is_alive()
+
+
+def test_a_multi_line_paste_is_sent_line_by_line_after_a_yes_when_long() -> None:
+    with running() as r:
+        r.type(paste("one\ntwo\r\n\nthree\n"))
+        wait_for(lambda: r.node.sent == ["one", "two", "three"], WAIT_S, "three lines")
+        seven = "\n".join(f"p{i}" for i in range(7))
+        r.type(paste(seven))
+        r.screen.wait(lambda s: s[-1] == "send 7 pasted lines? (y/n)", "the question")
+        r.type("n")
+        r.screen.wait_text("the 7 pasted lines were not sent")
+        assert r.node.sent == ["one", "two", "three"]
+        r.type("draft " + paste(seven))
+        r.screen.wait(lambda s: s[-1] == "send 7 pasted lines? (y/n)", "the question again")
+        r.type("y")
+        want = ["one", "two", "three", "draft p0", *(f"p{i}" for i in range(1, 7))]
+        wait_for(lambda: r.node.sent == want, WAIT_S, "the seven lines, in order")
+        r.screen.wait(lambda s: s[-1] == "alice>", "an empty input line")
+        r.type(paste("just one line"))
+        r.screen.wait(lambda s: s[-1] == "alice> just one line", "a one-line paste typed")
+
+
+def test_a_line_over_the_limit_is_split_at_blanks() -> None:
+    limit = wire.MAX_TEXT_CHARS
+    words = [f"word{i}" for i in range(900)]
+    text = " ".join(words)
+    parts = split_long_line(text, limit)
+    assert len(parts) > 1 and all(len(p) <= limit for p in parts)
+    assert " ".join(parts).split() == words
+    assert split_long_line("x" * (limit + 5), limit) == ["x" * limit, "xxxxx"]
+    assert split_long_line("short", limit) == ["short"]
+    with running() as r:
+        r.view.submit(text)
+        wait_for(lambda: len(r.node.sent) == len(parts), WAIT_S, "the parts sent")
+        assert r.node.sent == parts
+        r.node.sent.clear()
+        body = "/" + "a" * (limit - 3) + " /b c c"  # a '/' line stays a chat line
+        r.view.submit("/" + body)
+        wait_for(lambda: len(r.node.sent) == 2, WAIT_S, "two parts")
+        assert r.node.sent == ["/" + "a" * (limit - 3), "/b c c"]
+
+
+# -- start ----------------------------------------------------------------------------------
+
+
+def test_the_start_shows_the_rooms_last_lines_dimmed_under_a_separator() -> None:
+    past = [message(BOB_ID, "bob", f"old {i:02d}", history=True) for i in range(25)]
+    with running(FakeNode(past=past), cols=80, rows=30) as r:
+        rows = r.screen.wait_text("old 24")
+        assert "the last 20 lines of lobby" in rows[0] and rows[0].startswith("── ")
+        assert "old 04" not in "\n".join(rows) and rows[1][6:] == "bob: old 05"
+        assert "earlier" in r.screen.style_at("bob: old 05")
+        assert rows[21].startswith("── now")
+
+
+def test_a_hint_when_nobody_is_found() -> None:
+    with running(hint_after_s=0.05) as r:
+        r.screen.wait_text("nobody found yet")
+        assert "--peer HOST" in r.screen.text()
+    members = [
+        MemberInfo(ALICE_ID, "alice", "alice", False, True),
+        MemberInfo(BOB_ID, "bob", "bob", True, False),
+    ]
+    with running(FakeNode(members=members)) as r:
+        r.on_loop(r.view._hint)  # the hint's time has come: with bob there, no hint
+        r.view.on_event(message(BOB_ID, "bob", "marker"))
+        r.screen.wait_text("marker")
+        assert "nobody found" not in r.screen.text()
+
+
+# -- which view ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "term", "want"),
+    [
+        ([], "xterm-256color", "full"),
+        (["--plain"], "xterm-256color", "plain"),
+        ([], "dumb", "plain"),
+    ],
+)
+def test_plain_and_term_dumb_keep_the_line_mode(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], term: str, want: str
+) -> None:
+    monkeypatch.setenv("TERM", term)
+    chosen: list[str] = []
+
+    def pick(which: str) -> Callable[[object], int]:
+        def run(opts: object) -> int:
+            chosen.append(which)
+            return 0
+
+        return run
+
+    monkeypatch.setattr(tui, "run_plain", pick("plain"))
+    monkeypatch.setattr(tui, "run_fullscreen", pick("full"))
+    opts = parse_args(["--name", "x", "--ephemeral", *argv])
+    assert tui.run_interactive(opts) == 0
+    assert chosen == [want]
