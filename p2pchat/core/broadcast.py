@@ -101,10 +101,12 @@ class Broadcast:
             # A copy of a message already taken: dropped unread (the first
             # copy passed every check).  Only this link's tree state changes.
             s.counts["duplicates_dropped"] += 1
-            # Lines and presences prune their origin's tree; the rare joins,
-            # nicks, leaves and direct messages prune nothing.
+            # Every kind prunes its origin's tree: an origin's join, its first
+            # message, builds the tree its presences and lines then follow
+            # (when only lines and presences pruned, the first presence of
+            # every origin crossed every link a second time).
             tree = self.tree
-            if tree is not None and isinstance(msg, wire.Chat | wire.Presence):
+            if tree is not None:
                 origin = tree.duplicate(link, msg.id, now)
                 if origin is not None:
                     s.send_msg(link, wire.Prune(origin=origin))
