@@ -444,7 +444,7 @@ def test_members_leave_with_quit_or_time_out_when_silent() -> None:
 
 # -- crashed members in a big room (presence.gone, docs/protocol.md §9) -------------------------
 
-BIG_ROOM = {"presence_interval_s": 120.0}  # presences as spaced out as in a room of 600
+BIG_ROOM: dict[str, Any] = {"presence_interval_s": 120.0}  # spaced as in a room of 600
 
 
 def test_a_crashed_member_is_reported_by_its_neighbour_and_leaves_every_roster_in_seconds() -> None:
@@ -473,6 +473,24 @@ def test_a_member_reported_gone_while_alive_refutes_and_stays() -> None:
     net.say(a, "all here")
     net.tick_all(1.0)
     assert all(n.texts(others_only=True) == ["all here"] for n in (b, c, d))
+
+
+def test_a_newcomer_to_a_big_room_knows_every_member_at_once() -> None:
+    # Presences 2 minutes apart: the newcomer, linked to both ends of a line of five, gets
+    # the latest presence of every member from its neighbours (hop limit 1: not flooded on).
+    net = CoreNet()
+    nodes = line_of(net, "a", "b", "c", "d", "e", **BIG_ROOM)
+    dups_before = sum(n.stats()["duplicates_dropped"] for n in nodes)
+    late = net.add("late", **BIG_ROOM)
+    net.connect(late, nodes[0])
+    net.connect(late, nodes[4])
+    net.tick_all(1.0)
+    assert {m.name for m in late.core.roster.members()} == {"a", "b", "c", "d", "e", "late"}
+    assert sorted(e.name for e in late.of(JoinEvent)) == ["a", "b", "c", "d", "e"]
+    dups = sum(n.stats()["duplicates_dropped"] for n in nodes) - dups_before
+    # Late's own join and presence come round the ring twice (6 copies); the members'
+    # presences handed to it come back to nobody (forwarded on, they made 11).
+    assert dups <= 8, dups
 
 
 def test_a_false_report_is_refuted_and_one_key_reporting_again_and_again_is_rate_limited() -> None:

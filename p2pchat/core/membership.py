@@ -13,7 +13,10 @@ Pure: no sockets, threads or clock (see :mod:`p2pchat.core.state`).
 
 from __future__ import annotations
 
+import msgspec
+
 from p2pchat import flood, identity, names, wire
+from p2pchat.core.actions import LinkId
 from p2pchat.core.admission import BoundedMap
 from p2pchat.core.state import MAX_ORIGINS, Shared
 from p2pchat.events import JoinEvent, KeyInfo, LeaveEvent, NickEvent, Notice
@@ -56,6 +59,8 @@ class Membership:
         self.addrs: BoundedMap[str, tuple[list[str], int]] = BoundedMap(MAX_ORIGINS)
         self.flagged: set[tuple[str, str]] = set()  # (origin, name) already flagged
         self.to_report: dict[str, int] = {}  # member -> seq, for our next presence's gone
+        # origin -> its latest presence, handed to a newcomer linked to us
+        self.latest: BoundedMap[str, wire.Presence] = BoundedMap(MAX_ORIGINS)
         self.gone_buckets: BoundedMap[str, flood.TokenBucket] = BoundedMap(MAX_ORIGINS)
         self.remember_name(s.name, s.identity.key)
 
@@ -97,15 +102,32 @@ class Membership:
             )
         elif old is not None:
             s.emit(NickEvent(origin=origin, old=old, new=msg.name))
-        if isinstance(msg, wire.Presence) and msg.gone:
-            self._reported_gone(origin, msg.gone)
+        if isinstance(msg, wire.Presence):
+            held = self.latest.get(origin)
+            if held is None or held.seq < msg.seq:
+                self.latest.put(origin, msg)
+            if msg.gone:
+                self._reported_gone(origin, msg.gone)
         if isinstance(msg, wire.Join) and origin in s.links:
             # So that a newcomer linked to us learns of us at once; the others
             # hear of us at our next presence (every member answering every
             # join made a storm: 100 presences and 75,000 frames in 0.5 s for
             # one node joining a room of 100, in the simulator).
             s.presence_soon()
+            self._hand_roster(s.links[origin], origin)
         return True
+
+    def _hand_roster(self, link: LinkId, newcomer: str) -> None:
+        """A newcomer linked to us joined: send it the latest presence of
+        every member we hold, with hop limit 1 (it delivers them and
+        forwards none; their signatures do not cover ``hops``), so that it
+        knows the room at once and not at each member's next presence, which
+        in a big room is minutes away (docs/protocol.md §9)."""
+        s = self.s
+        for member in s.roster.members():
+            msg = self.latest.get(member.node)
+            if msg is not None and member.node != newcomer and msg.seq >= member.name_seq:
+                s.send_msg(link, msgspec.structs.replace(msg, hops=1))
 
     # -- crashed members (docs/protocol.md §9: SWIM-style suspicion) ---------------------
 
