@@ -61,6 +61,7 @@ class Membership:
         self.to_report: dict[str, int] = {}  # member -> seq, for our next presence's gone
         # origin -> its latest presence, handed to a newcomer linked to us
         self.latest: BoundedMap[str, wire.Presence] = BoundedMap(MAX_ORIGINS)
+        self.checked: BoundedMap[str, tuple[str, str]] = BoundedMap(MAX_ORIGINS)  # name, key
         self.gone_buckets: BoundedMap[str, flood.TokenBucket] = BoundedMap(MAX_ORIGINS)
         self.remember_name(s.name, s.identity.key)
 
@@ -86,7 +87,11 @@ class Membership:
             return False
         if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
             self.addrs.put(origin, (list(msg.addrs), msg.port))
-        self.check_name(msg)
+        if self.checked.get(origin) != (msg.name, msg.key):
+            # Names are checked once per origin, name and key, not per message
+            # (normalising and skeletons cost ~10 µs a presence).
+            self.check_name(msg)
+            self.checked.put(origin, (msg.name, msg.key))
         every = msg.every if isinstance(msg, wire.Presence) else 0.0
         is_new, old = s.roster.heard(
             origin, msg.name, s.now, seq=msg.seq, every_s=every, linked=s.links
