@@ -129,6 +129,7 @@ class TreeState(Generic[L]):
         self._last_shortcut = float("-inf")
         # (link, origin) we told to stop pushing that origin to us (prune sent, no graft since)
         self._muted: dict[tuple[L, str], float] = {}
+        self._muted_by_link: dict[L, set[str]] = {}  # the same pairs, by link
         self._expected: OrderedDict[tuple[L, str], None] = OrderedDict()
         # id -> (deadline, announcers still to try, in order)
         self._missing: dict[str, tuple[float, list[L]]] = {}
@@ -164,8 +165,7 @@ class TreeState(Generic[L]):
         for pruned in self._pruned.values():
             pruned.discard(link)
         self._announce.pop(link, None)
-        for key in [k for k in self._muted if k[0] == link]:
-            del self._muted[key]
+        self._unmute_link(link)
         for key in [k for k in self._expected if k[0] == link]:
             del self._expected[key]
         for _, announcers in self._missing.values():
@@ -193,7 +193,7 @@ class TreeState(Generic[L]):
         self._trim_cache(now)
         if came_from is not None and (came_from, msg.id) in self._expected:
             # The answer to our graft: that peer pushes this origin to us again.
-            self._muted.pop((came_from, msg.origin), None)
+            self._unmute(came_from, msg.origin)
         lazy = self.lazy_for(msg.origin)
         if msg.origin in self._pruned:
             self._pruned.move_to_end(msg.origin)
@@ -235,8 +235,7 @@ class TreeState(Generic[L]):
             return origin
         if first[2] is not None and (first[2], origin) in self._muted:
             return None
-        self._muted[(came_from, origin)] = now
-        self._trim_muted()
+        self._mute(came_from, origin, now)
         return origin
 
     def pruned(self, link: L, origin: str = "") -> None:
@@ -314,7 +313,7 @@ class TreeState(Generic[L]):
         if now - self._last_shortcut < self.optimize_interval_s:
             return None
         self._last_shortcut = now
-        self._muted.pop((link, origin), None)
+        self._unmute(link, origin)
         self._expect(link, msg_id)
         return Shortcut(link=link, msg_id=msg_id)
 
@@ -347,9 +346,22 @@ class TreeState(Generic[L]):
         while len(self._expected) > self.cache_entries:
             self._expected.popitem(last=False)
 
-    def _trim_muted(self) -> None:
+    def _mute(self, link: L, origin: str, now: float) -> None:
+        self._muted[(link, origin)] = now
+        self._muted_by_link.setdefault(link, set()).add(origin)
         while len(self._muted) > 4 * self.max_origins:
-            del self._muted[next(iter(self._muted))]
+            self._unmute(*next(iter(self._muted)))
+
+    def _unmute(self, link: L, origin: str) -> None:
+        if self._muted.pop((link, origin), None) is not None:
+            origins = self._muted_by_link[link]
+            origins.discard(origin)
+            if not origins:
+                del self._muted_by_link[link]
+
+    def _unmute_link(self, link: L) -> None:
+        for origin in self._muted_by_link.pop(link, ()):
+            del self._muted[(link, origin)]
 
     def due_grafts(self, now: float) -> dict[L, list[str]]:
         """Ids whose wait ran out, by the link to graft for them; that peer is
@@ -373,8 +385,7 @@ class TreeState(Generic[L]):
         for link in out:
             # We ask that peer to push to us again (for the origin of the ids:
             # an ihave does not say which, so for every origin we had muted).
-            for key in [k for k in self._muted if k[0] == link]:
-                del self._muted[key]
+            self._unmute_link(link)
         return out
 
     def take_announcements(self) -> dict[L, list[tuple[str, int]]]:
