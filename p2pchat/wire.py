@@ -670,11 +670,16 @@ def _validate(msg: Message) -> None:
         raise RemoteProtocolError("refuse reason contains control characters")
 
 
+_JSON_FIRST: Final = frozenset(b"{ \t\r\n")
+"""First bytes of a JSON body: ``{``, or JSON whitespace before it.  None of
+them can start a valid MessagePack body (each is a bare integer there)."""
+
+
 def decode_body(body: bytes) -> Message:
     """Decode and validate one frame body (the bytes after the length prefix).
 
-    A body whose first byte is ``{`` is JSON and must be a ``hello`` or a
-    ``refuse`` (:data:`JSON_KINDS`); any other body is MessagePack and must
+    A body whose first byte is ``{`` (or JSON whitespace) is JSON and must
+    be a ``hello`` or a ``refuse`` (:data:`JSON_KINDS`); any other body is MessagePack and must
     be one of the other types (:data:`BINARY_KINDS`), as ``docs/protocol.md``
     §3 says.  Runs on a link's reader thread (and in the simulator).
 
@@ -693,7 +698,7 @@ def decode_body(body: bytes) -> Message:
     """
     if not 1 <= len(body) <= MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame body of {len(body)} bytes (allowed 1..{MAX_FRAME_BYTES})")
-    if body[0] == 0x7B:  # "{"
+    if body[0] in _JSON_FIRST:
         msg: Message = _decode_json(body, _json_link_decoder)
     else:
         try:
@@ -841,7 +846,7 @@ def hello_version(body: bytes) -> int | None:
     an integer version.  Used to refuse another protocol version with a clear
     reason even when its ``hello`` has other fields than ours.  (The hello is
     JSON in every version, so that nodes of two versions can both say so.)"""
-    if body[:1] != b"{":
+    if not body or body[0] not in _JSON_FIRST:
         return None
     try:
         obj = msgspec.json.decode(body)
