@@ -40,7 +40,7 @@ import struct
 import time
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, NoReturn, TypeVar
 
 import msgspec
 
@@ -452,7 +452,7 @@ def _bin_type(kind_: int, size: int) -> Any:
     return Annotated[bytes, msgspec.Meta(max_length=size)]  # _HEX_OPT: 0 or size, checked after
 
 
-def _wrong_length(what: str, value: bytes, size: int) -> str:
+def _wrong_length(what: str, value: bytes, size: int) -> NoReturn:
     raise RemoteProtocolError(
         f"invalid message: `{what}` is {len(value)} bytes (allowed 0 or {size})"
     )
@@ -526,7 +526,7 @@ def _make_twin(cls: type[msgspec.Struct]) -> type:
         f"def to_wire(m):\n    return [{', '.join(to_parts)}]\n"
         f"def from_wire(w):\n    return _cls({', '.join(from_parts)})\n"
     )
-    exec(source, env)
+    exec(source, env)  # the text is made of our own field names and tags only, at import
     _TWIN[cls] = twin
     _TO_WIRE[cls] = env["to_wire"]
     _FROM_WIRE[twin] = env["from_wire"]
@@ -733,7 +733,14 @@ def _decode_json(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
 
 def encode_body(msg: Message) -> bytes:
     """Encode a message to a frame body, without the prefix: JSON (UTF-8)
-    for ``hello`` and ``refuse``, MessagePack for every other type (§3)."""
+    for ``hello`` and ``refuse``, MessagePack for every other type (§3).
+    Pure; any thread.
+
+    Raises:
+        ValueError: an id, key or signature field holds something else than
+            an even number of hex digits (a bug of the caller: decoded and
+            locally made messages never do).
+    """
     if isinstance(msg, JSON_KINDS):
         return _json_encoder.encode(msg)
     return _msgpack_encoder.encode(_to_wire(msg))
