@@ -9,8 +9,9 @@ disk for an ephemeral node (``--ephemeral``).  It holds:
   own line;
 * ``lines``: every chat line of the window, keyed by message id, with its
   room, origin, line number and hybrid logical clock, and the line itself as
-  the JSON body it came in (so catch-up forwards it unchanged, signature
-  and all);
+  its JSON text (``wire.encode_json``: the encoding of protocol version 1,
+  kept whatever the frames' encoding, so stores outlive a protocol change;
+  catch-up forwards the line unchanged, signature and all);
 * ``names``: for each display name, the first public key seen using it
   (trust on first use).
 
@@ -222,7 +223,7 @@ class _Batch:
 
 def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes]:
     """The ``lines`` row of ``msg``, in :data:`_INSERT_LINE`'s order."""
-    return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_body(msg))
+    return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_json(msg))
 
 
 class _Writer:
@@ -817,7 +818,7 @@ class Store:
     @staticmethod
     def _decode(body: Any) -> wire.Chat | None:
         try:
-            msg = wire.decode_body(bytes(body))
+            msg = wire.decode_json(bytes(body))
         except RemoteProtocolError as exc:  # a damaged row: skip it, say so
             log.error("skipped a stored line that does not decode: %s", exc)
             return None

@@ -1,17 +1,25 @@
-"""Wire protocol v1: frames and messages; encode, decode, validate.  No sockets.
+"""Wire protocol v2: frames and messages; encode, decode, validate.  No sockets.
 
 The contract is ``docs/protocol.md``; this module is its reference
 implementation.  In short:
 
-* A **frame** is a 4-byte big-endian unsigned length ``N`` followed by ``N``
-  bytes of UTF-8 JSON holding one object.  ``1 <= N <= MAX_FRAME_BYTES``.
-* The object's ``"type"`` names the message kind.  Link-local kinds are
-  ``hello``, ``refuse`` and ``keepalive``; flooded kinds (carried through the
-  mesh with a message id and a hop limit) are ``chat``, ``join``, ``leave``,
-  ``nick`` and ``presence``.
-* Unknown object keys are ignored (room for later minor additions); an unknown
-  ``type``, a wrong field type, a value out of range, invalid UTF-8 or a lone
-  surrogate is a :class:`~p2pchat.errors.RemoteProtocolError`.
+* A **frame** is a 4-byte big-endian unsigned length ``N`` followed by an
+  ``N``-byte body holding one message.  ``1 <= N <= MAX_FRAME_BYTES``.
+* ``hello`` and ``refuse`` bodies are UTF-8 JSON objects, in every protocol
+  version, so that nodes of two versions can tell each other so; every
+  other body is a MessagePack array: the type tag, then the fields in their
+  order, ids, keys, signatures and ciphertexts as ``bin`` (version 2).
+* The ``type`` names the message kind.  Link-local kinds are ``hello``,
+  ``refuse``, ``proof`` and ``keepalive`` (and the tree and history frames);
+  flooded kinds (carried through the mesh with a message id and a hop limit)
+  are ``chat``, ``join``, ``leave``, ``nick``, ``presence`` and ``direct``.
+* In memory, ids, keys and signatures are lowercase hex strings whatever
+  the encoding; the codec converts at the boundary.  The signed bytes of a
+  flooded message are its JSON text (:func:`signing_bytes`), as in v1.
+* Unknown JSON keys and MessagePack array elements after the known fields
+  are ignored (room for later minor additions); an unknown ``type``, a
+  wrong field type, a value out of range, invalid UTF-8 or a lone surrogate
+  is a :class:`~p2pchat.errors.RemoteProtocolError`.
 
 Typical use, on the reading side of a link::
 
@@ -24,18 +32,22 @@ and on the writing side ``sock.sendall(encode_frame(message))``.
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import re
 import struct
 import time
-from typing import Annotated, Final, Literal, TypeVar
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Final, Literal, NoReturn, TypeVar
 
 import msgspec
 
 from p2pchat import names
 from p2pchat.errors import FrameTooLarge, LocalError, RemoteProtocolError
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 """The version this module speaks; sent in ``hello`` and in the mDNS TXT record."""
 
 MAX_FRAME_BYTES: Final = 65536
@@ -398,8 +410,180 @@ Message = (
     | Direct
 )
 
-_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
-_encoder = msgspec.json.Encoder()
+_json_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+_json_link_decoder: msgspec.json.Decoder[Hello | Refuse] = msgspec.json.Decoder(Hello | Refuse)
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+JSON_KINDS: Final = (Hello, Refuse)
+"""The message types whose frames are JSON in every protocol version (§3):
+what a node of another version must be able to read to refuse it clearly."""
+
+
+# -- the binary form of the other frames (protocol version 2) ---------------
+#
+# In memory every id, key and signature is a string of lowercase hex digits,
+# as the rest of the code base uses them.  On the wire they are MessagePack
+# bin.  For each message type a twin struct is made from the type's own
+# fields (``array_like``: the tag first, then the fields in order, no names),
+# each hex string field turned into a bin field of half its length; the twin
+# decodes and validates in msgspec's C code.  Two small functions per type,
+# generated from the same field list, swap hex and bytes at the boundary
+# (generated rather than looped over: the loop cost more than JSON's regex
+# checks of the hex).
+
+_HEX_EXACT = re.compile(r"\^\[0-9a-f\]\{(\d+)\}\$")
+_HEX_OPTIONAL = re.compile(r"\^\(\[0-9a-f\]\{(\d+)\}\)\?\$")
+_HEX_ANY = "^[0-9a-f]*$"
+
+_HEX, _HEX_OPT, _HEX_UPTO = range(3)
+
+
+def hex_bytes(annotation: object) -> tuple[int, int] | None:
+    """How a field type of the in-memory structs travels in MessagePack.
+
+    Args:
+        annotation: a field's type, as ``msgspec.structs.fields`` gives it.
+
+    Returns:
+        For a hex string type (one whose pattern is ``^[0-9a-f]{2n}$``,
+        ``^([0-9a-f]{2n})?$`` or ``^[0-9a-f]*$``), which travels as bin:
+        ``(kind, n)``, kind 0 for exactly ``n`` bytes, 1 for 0 or ``n``, 2
+        for 0 to ``n`` (``n`` from the string's ``max_length``).  None for
+        any other type, which travels as itself.
+    """
+    for meta in getattr(annotation, "__metadata__", ()):
+        pattern = getattr(meta, "pattern", None)
+        if pattern is None:
+            continue
+        if m := _HEX_EXACT.fullmatch(pattern):
+            return _HEX, int(m.group(1)) // 2
+        if m := _HEX_OPTIONAL.fullmatch(pattern):
+            return _HEX_OPT, int(m.group(1)) // 2
+        if pattern == _HEX_ANY:
+            return _HEX_UPTO, meta.max_length // 2
+    return None
+
+
+def _bin_type(kind_: int, size: int) -> Any:
+    if kind_ == _HEX:
+        return Annotated[bytes, msgspec.Meta(min_length=size, max_length=size)]
+    return Annotated[bytes, msgspec.Meta(max_length=size)]  # _HEX_OPT: 0 or size, checked after
+
+
+def _wrong_length(what: str, value: bytes, size: int) -> NoReturn:
+    raise RemoteProtocolError(
+        f"invalid message: `{what}` is {len(value)} bytes (allowed 0 or {size})"
+    )
+
+
+_TO_WIRE: dict[type, Callable[[Any], list[Any]]] = {}
+_FROM_WIRE: dict[type, Callable[[Any], Any]] = {}
+_TWIN: dict[type, type] = {}
+
+
+def _make_twin(cls: type[msgspec.Struct]) -> type:
+    """Make (once) the twin of ``cls`` and its two converters."""
+    twin = _TWIN.get(cls)
+    if twin is not None:
+        return twin
+    tag = cls.__struct_config__.tag
+    fields: list[Any] = []
+    to_parts = [] if tag is None else [repr(tag)]
+    from_parts = []
+    env: dict[str, Any] = {"_cls": cls, "_wrong_length": _wrong_length}
+    for f in msgspec.structs.fields(cls):
+        wire_type: Any = f.type
+        name = f.name
+        meta = getattr(f.type, "__metadata__", ())
+        base = f.type.__origin__ if meta else f.type
+        element = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+        hexed = hex_bytes(f.type)
+        hexed_element = None if element is None else hex_bytes(element)
+        to_part, from_part = f"m.{name}", f"w.{name}"
+        if hexed is not None:
+            wire_type = _bin_type(*hexed)
+            to_part = f"_fromhex(m.{name})"
+            from_part = f"w.{name}.hex()"
+            if hexed[0] == _HEX_OPT:
+                size = hexed[1]
+                from_part = (
+                    f"(w.{name}.hex() if len(w.{name}) in (0, {size})"
+                    f" else _wrong_length({name!r}, w.{name}, {size}))"
+                )
+        elif hexed_element is not None:
+            wire_type = Annotated[(list[_bin_type(*hexed_element)], *meta)]  # type: ignore[misc]
+            to_part = f"[_fromhex(x) for x in m.{name}]"
+            from_part = f"[x.hex() for x in w.{name}]"
+        elif isinstance(element, type) and issubclass(element, msgspec.Struct):
+            inner = _make_twin(element)
+            wire_type = Annotated[(list[inner], *meta)]  # type: ignore[valid-type]
+            env[f"_to_{name}"] = _TO_WIRE[element]
+            env[f"_from_{name}"] = _FROM_WIRE[inner]
+            to_part = f"[_to_{name}(x) for x in m.{name}]"
+            from_part = f"[_from_{name}(x) for x in w.{name}]"
+        to_parts.append(to_part)
+        from_parts.append(f"{name}={from_part}")
+        if f.default is not msgspec.NODEFAULT:
+            default = bytes.fromhex(f.default) if hexed is not None else f.default
+            fields.append((name, wire_type, default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((name, wire_type, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((name, wire_type))
+    twin = msgspec.defstruct(
+        "Wire" + cls.__name__,
+        fields,
+        array_like=True,
+        frozen=True,
+        kw_only=True,
+        tag_field=None if tag is None else "type",
+        tag=tag,
+    )
+    env["_fromhex"] = bytes.fromhex
+    source = (
+        f"def to_wire(m):\n    return [{', '.join(to_parts)}]\n"
+        f"def from_wire(w):\n    return _cls({', '.join(from_parts)})\n"
+    )
+    exec(source, env)  # the text is made of our own field names and tags only, at import
+    _TWIN[cls] = twin
+    _TO_WIRE[cls] = env["to_wire"]
+    _FROM_WIRE[twin] = env["from_wire"]
+    return twin
+
+
+BINARY_KINDS: Final = (
+    Proof,
+    Keepalive,
+    IHave,
+    Graft,
+    Prune,
+    Sync,
+    Lines,
+    Ack,
+    Chat,
+    Join,
+    Leave,
+    Nick,
+    Presence,
+    Direct,
+)
+"""The message types whose frames are MessagePack (protocol version 2)."""
+
+_msgpack_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
+    functools.reduce(operator.or_, [_make_twin(c) for c in BINARY_KINDS])
+)
+
+
+def _to_wire(msg: Message) -> list[Any]:
+    """The MessagePack array of a message: its tag, then its fields in order."""
+    return _TO_WIRE[type(msg)](msg)
+
+
+def _from_wire(twin: msgspec.Struct) -> Message:
+    """The in-memory message of a decoded twin: bin fields back to hex."""
+    msg: Message = _FROM_WIRE[type(twin)](twin)
+    return msg
 
 
 def new_message_id() -> str:
@@ -461,11 +645,24 @@ def check_name(value: str, what: str = "name") -> None:
         RemoteProtocolError: code ``bad_name`` (``invalid_utf8`` for a lone
             surrogate).
     """
+    if value in _GOOD_NAMES:  # names repeat on every frame: check each once
+        return
     _check_text(value, what)
     try:
         names.check_name(value, what)
     except names.BadName as exc:
         raise RemoteProtocolError(str(exc), "bad_name") from None
+    if len(_GOOD_NAMES) >= _GOOD_NAMES_MAX:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(value)
+
+
+_GOOD_NAMES: set[str] = set()
+"""Names that passed :func:`check_name` (a pure function of the string):
+the rules cost more than decoding a whole chat frame."""
+
+_GOOD_NAMES_MAX: Final = 4096
+"""Most names :data:`_GOOD_NAMES` holds; it is emptied when full."""
 
 
 def _validate(msg: Message) -> None:
@@ -492,27 +689,57 @@ def _validate(msg: Message) -> None:
         raise RemoteProtocolError("refuse reason contains control characters")
 
 
+_JSON_FIRST: Final = frozenset(b"{ \t\r\n")
+"""First bytes of a JSON body: ``{``, or JSON whitespace before it.  None of
+them can start a valid MessagePack body (each is a bare integer there)."""
+
+
 def decode_body(body: bytes) -> Message:
     """Decode and validate one frame body (the bytes after the length prefix).
+
+    A body whose first byte is ``{`` (or JSON whitespace) is JSON and must
+    be a ``hello`` or a ``refuse`` (:data:`JSON_KINDS`); any other body is MessagePack and must
+    be one of the other types (:data:`BINARY_KINDS`), as ``docs/protocol.md``
+    §3 says.  Runs on a link's reader thread (and in the simulator).
 
     Args:
         body: the frame body, 1 to :data:`MAX_FRAME_BYTES` bytes.
 
     Returns:
-        The message, one of the types in :data:`Message`.
+        The message, one of the types in :data:`Message`, with ids, keys and
+        signatures as lowercase hex strings whatever the encoding.
 
     Raises:
         FrameTooLarge: ``body`` is empty or longer than :data:`MAX_FRAME_BYTES`.
-        RemoteProtocolError: not UTF-8 JSON, an unknown ``type``, a missing or
-            wrongly typed field, or a value out of range.
+        RemoteProtocolError: not UTF-8 JSON nor MessagePack, an unknown
+            ``type``, a type in the other encoding, a missing or wrongly
+            typed field, a value out of range, or data after the message.
     """
     if not 1 <= len(body) <= MAX_FRAME_BYTES:
         raise FrameTooLarge(f"frame body of {len(body)} bytes (allowed 1..{MAX_FRAME_BYTES})")
+    if body[0] in _JSON_FIRST:
+        msg: Message = _decode_json(body, _json_link_decoder)
+    else:
+        try:
+            msg = _from_wire(_msgpack_decoder.decode(body))
+        except RecursionError:
+            raise RemoteProtocolError("MessagePack nested too deeply", "malformed") from None
+        except msgspec.ValidationError as exc:
+            raise RemoteProtocolError(f"invalid message: {exc}") from None
+        except msgspec.DecodeError as exc:
+            # msgspec says "Invalid UTF-8 encoded string" for a bad str.
+            code = "invalid_utf8" if "UTF-8" in str(exc) else "malformed"
+            raise RemoteProtocolError(f"malformed MessagePack: {exc}", code) from None
+    _validate(msg)
+    return msg
+
+
+def _decode_json(body: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
     try:
         # msgspec checks the UTF-8 of the fields it decodes but skips unknown
         # keys; the protocol wants the whole body to be UTF-8.
         body.decode("utf-8")
-        msg = _decoder.decode(body)
+        return decoder.decode(body)
     except UnicodeDecodeError:
         raise RemoteProtocolError("frame is not valid UTF-8", "invalid_utf8") from None
     except RecursionError:
@@ -521,13 +748,40 @@ def decode_body(body: bytes) -> Message:
         raise RemoteProtocolError(f"invalid message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise RemoteProtocolError(f"malformed JSON: {exc}", "malformed") from None
-    _validate(msg)
-    return msg
 
 
 def encode_body(msg: Message) -> bytes:
-    """Encode a message to a frame body (JSON, UTF-8), without the prefix."""
-    return _encoder.encode(msg)
+    """Encode a message to a frame body, without the prefix: JSON (UTF-8)
+    for ``hello`` and ``refuse``, MessagePack for every other type (§3).
+    Pure; any thread.
+
+    Raises:
+        ValueError: an id, key or signature field holds something else than
+            an even number of hex digits (a bug of the caller: decoded and
+            locally made messages never do).
+    """
+    if isinstance(msg, JSON_KINDS):
+        return _json_encoder.encode(msg)
+    return _msgpack_encoder.encode(_to_wire(msg))
+
+
+def encode_json(msg: Message) -> bytes:
+    """The JSON text of any message (protocol version 1's body): what the
+    history store keeps on disk, so that stores outlive a change of the
+    wire encoding.  Pure; any thread."""
+    return _json_encoder.encode(msg)
+
+
+def decode_json(body: bytes) -> Message:
+    """Decode and validate the JSON text of any message
+    (:func:`encode_json`'s output), as the store reads its rows back.
+
+    Raises:
+        RemoteProtocolError: as :func:`decode_body`.
+    """
+    msg: Message = _decode_json(body, _json_decoder)
+    _validate(msg)
+    return msg
 
 
 F = TypeVar("F", bound=Flooded)
@@ -535,20 +789,24 @@ F = TypeVar("F", bound=Flooded)
 
 
 def signing_bytes(msg: Flooded) -> bytes:
-    """The bytes an origin signs: the message's body as :func:`encode_body`
-    makes it, with ``hops`` set to 0 and ``sig`` to ``""`` (hops change on
-    the way; the signature cannot sign itself)."""
-    return _encoder.encode(msgspec.structs.replace(msg, hops=0, sig=""))
+    """The bytes an origin signs: the message's JSON text (:func:`encode_json`,
+    hex strings for ids, keys and signatures), with ``hops`` set to 0 and
+    ``sig`` to ``""`` (hops change on the way; the signature cannot sign
+    itself).  The same in protocol versions 1 and 2: the signed bytes do not
+    depend on the encoding of the frame that carries the message
+    (``docs/protocol.md`` §5.18)."""
+    return _json_encoder.encode(msgspec.structs.replace(msg, hops=0, sig=""))
 
 
 def encode_frame(msg: Message) -> bytes:
-    """Encode a message to a whole frame: length prefix and body.
+    """Encode a message to a whole frame: length prefix and body
+    (:func:`encode_body`).
 
     Raises:
         LocalError: the encoded body is larger than :data:`MAX_FRAME_BYTES`
             (a bug of ours: fields are bounded well below that).
     """
-    body = _encoder.encode(msg)
+    body = encode_body(msg)
     if len(body) > MAX_FRAME_BYTES:
         raise LocalError(f"message encodes to {len(body)} bytes, over {MAX_FRAME_BYTES}")
     return HEADER.pack(len(body)) + body
@@ -612,7 +870,10 @@ def hello_version(body: bytes) -> int | None:
     """The ``version`` of a frame body that looks like a ``hello``, however
     the rest of it parses; None if it is not a JSON object of type hello with
     an integer version.  Used to refuse another protocol version with a clear
-    reason even when its ``hello`` has other fields than ours."""
+    reason even when its ``hello`` has other fields than ours.  (The hello is
+    JSON in every version, so that nodes of two versions can both say so.)"""
+    if not body or body[0] not in _JSON_FIRST:
+        return None
     try:
         obj = msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):

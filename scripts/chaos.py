@@ -276,7 +276,7 @@ def config_default(name: str, fallback: float) -> float:
     return fallback
 
 
-# -- a hand-made v1 peer --------------------------------------------------------------------
+# -- a hand-made peer -----------------------------------------------------------------------
 
 
 def frame(obj: dict[str, Any]) -> bytes:
@@ -285,7 +285,7 @@ def frame(obj: dict[str, Any]) -> bytes:
 
 
 class RawPeer:
-    """A v1 peer on a raw socket to 127.0.0.1: sends ``hello`` (port 0: it
+    """A peer on a raw socket to 127.0.0.1: sends ``hello`` (port 0: it
     does not listen), reads the node's ``hello``; then only what it is told.
 
     ``rcvbuf`` and ``mss`` shrink its receive window and segment size before
@@ -870,8 +870,12 @@ def _garbage_payload(rng: random.Random) -> bytes:
         return FRAME_HEADER.pack(n) + rng.randbytes(n)
     if kind == 2:  # an oversized length prefix
         return FRAME_HEADER.pack(rng.randint(MAX_FRAME + 1, 2**32 - 1)) + rng.randbytes(16)
-    # valid JSON, but not a hello, before the handshake
-    return frame({"type": rng.choice(["keepalive", "chat", "presence", "nonsense"])})
+    # a valid JSON object or MessagePack array, but not a hello, before the handshake
+    kind_name = rng.choice(["keepalive", "chat", "presence", "nonsense"])
+    if rng.random() < 0.5:
+        return frame({"type": kind_name})
+    body = msgspec.msgpack.encode([kind_name])
+    return FRAME_HEADER.pack(len(body)) + body
 
 
 def _garbage_conn(port: int, rng: random.Random) -> str:

@@ -7,18 +7,25 @@ replayed with ``--seed s --case i``).  The mix:
 
 * ``random``: random bytes, sometimes behind a length prefix that matches;
 * ``jsonish``: random JSON-like text behind a matching length prefix;
+* ``msgpackish``: a MessagePack array of a type name and random values;
 * ``valid``: one to four valid frames (every message type, random fields);
-* ``reformatted``: one valid message written as other valid JSON (key order,
-  whitespace, ``\\u`` escapes, unknown keys), which must decode the same;
+* ``reformatted``: one valid message written another valid way, which must
+  decode the same: a JSON ``hello``/``refuse`` with other key order,
+  whitespace, ``\\u`` escapes, unknown keys; a MessagePack body with other
+  integer, float, string, bin and array formats than the shortest, optional
+  fields at the end left out, unknown elements added at the end;
 * ``truncated``: valid frames cut at a random point;
 * ``wrong_field``: a valid message with one field replaced by a value of the
-  wrong JSON type or out of range (deeply nested arrays included), removed,
-  or with an unknown ``type``;
-* ``body_mutation``: a valid body with a byte-order mark, trailing bytes, a
-  repeated key, or invalid UTF-8 / a lone surrogate in an unknown key;
+  wrong type or out of range (bins of the wrong length, deeply nested
+  arrays included), removed, or with an unknown type;
+* ``body_mutation``: a valid body with trailing bytes or invalid UTF-8 in a
+  string; a JSON one also with a byte-order mark, a repeated key or a lone
+  surrogate in an unknown key; a MessagePack one with a wrong element count
+  or a reserved byte;
 * ``bad_prefix``: a length prefix of 0 or above ``MAX_FRAME_BYTES``;
-* ``edge_size``: a valid message padded to exactly ``MAX_FRAME_BYTES`` (must
-  decode) or one byte more (must be refused from its prefix);
+* ``edge_size``: a valid message padded (an unknown key, or an unknown
+  element at the end) to exactly ``MAX_FRAME_BYTES`` (must decode) or one
+  byte more (must be refused from its prefix);
 * ``flipped``: valid frames with one to four bytes changed;
 * ``concat``: several frames of the kinds above, one after the other.
 
@@ -32,10 +39,10 @@ that does not survive re-encoding, a decoder buffer over one frame, or
 handshake does) raising.  Bugs are printed with the input in hex and make the
 exit status 1.
 
-Separately, inputs the decoder accepts although ``docs/protocol.md`` section 6
-says they are protocol errors (invalid UTF-8, a lone surrogate escape) are
-counted as *spec deviations*; they are reported, and fail the run only with
-``--strict``.
+Separately, JSON inputs the decoder accepts although ``docs/protocol.md``
+section 6 says they are protocol errors (invalid UTF-8, a lone surrogate
+escape) are counted as *spec deviations*; they are reported, and fail the run
+only with ``--strict``.
 
 ``--live`` fuzzes a running node instead (:func:`run_live`): a target node,
 an honest node and a watcher, in this process on 127.0.0.1, the honest node
@@ -154,6 +161,54 @@ WRONG_VALUES: Final[tuple[bytes, ...]] = (
     b'["1.2.3.4","999.999.999.999"]',
     b'["1.2.3.4","1.2.3.4","1.2.3.4","1.2.3.4","1.2.3.4","1.2.3.4","1.2.3.4","1.2.3.4","1"]',
 )
+WRONG_BIN_VALUES: Final[tuple[object, ...]] = (
+    "1",
+    "x",
+    "",
+    "00112233445566778899aabbccddeeff",  # hex, as version 1 sent ids
+    1,
+    -1,
+    0,
+    1.5,
+    16.0,
+    -0.0,
+    1e300,
+    float("inf"),
+    float("nan"),
+    100000000001,
+    2**53 + 1,
+    2**64 - 1,
+    -(2**63),
+    True,
+    False,
+    None,
+    [],
+    {},
+    {"a": 1},
+    [1, "a", None],
+    b"",
+    b"\0" * 7,
+    b"\0" * 9,
+    b"\0" * 15,
+    b"\0" * 17,
+    b"\0" * 31,
+    b"\0" * 33,
+    b"\0" * 63,
+    b"\0" * 65,
+    "a" * 33,
+    "a" * 2001,
+    "a\nb",
+    " x",
+    "x ",
+    "\u2028",
+    "\u009b",
+    "\u200b",
+    ["1.2.3.4", "999.999.999.999"],
+    ["1.2.3.4"] * 9,
+)
+"""Values of the wrong MessagePack type for some field, out of range, or
+otherwise invalid (docs/protocol.md section 5)."""
+
 FIELDS: Final = (
     "type",
     "version",
@@ -317,6 +372,113 @@ def gen_jsonish(rng: random.Random) -> Case:
     return Case("jsonish", frame_of(text.encode()))
 
 
+KINDS: Final = [
+    "hello",
+    "refuse",
+    "proof",
+    "keepalive",
+    "ihave",
+    "graft",
+    "prune",
+    "sync",
+    "lines",
+    "ack",
+    "chat",
+    "join",
+    "leave",
+    "nick",
+    "presence",
+    "direct",
+    "bogus",
+]
+
+
+def gen_msgpackish(rng: random.Random) -> Case:
+    """A MessagePack array of a type name and random values."""
+    values = [rng.choice(WRONG_BIN_VALUES) for _ in range(rng.randint(0, 16))]
+    for i in range(len(values)):
+        if rng.random() < 0.3:
+            values[i] = rng.randbytes(rng.choice((8, 16, 32, 64)))
+    return Case("msgpackish", frame_of(msgspec.msgpack.encode([rng.choice(KINDS), *values])))
+
+
+def _defaults(msg: wire.Message) -> list[object]:
+    """Each field's default in memory (hex strings), NODEFAULT if required."""
+    out: list[object] = []
+    for f in msgspec.structs.fields(type(msg)):
+        if f.default_factory is not msgspec.NODEFAULT:
+            out.append(f.default_factory())
+        else:
+            out.append(f.default)
+    return out
+
+
+def _pack_loose(value: object, rng: random.Random) -> bytes:
+    """``value`` in MessagePack, in a format picked at random among those that
+    hold it (not always the shortest): every one of them must decode the same."""
+    if value is None:
+        return b"\xc0"
+    if value is True or value is False:
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int):
+        forms: list[bytes] = []
+        if 0 <= value < 128:
+            forms.append(bytes([value]))
+        if -32 <= value < 0:
+            forms.append(struct.pack("b", value))
+        for code, fmt in ((0xCC, ">B"), (0xCD, ">H"), (0xCE, ">I"), (0xCF, ">Q")):
+            with contextlib.suppress(struct.error):
+                forms.append(bytes([code]) + struct.pack(fmt, value))
+        for code, fmt in ((0xD0, ">b"), (0xD1, ">h"), (0xD2, ">i"), (0xD3, ">q")):
+            with contextlib.suppress(struct.error):
+                forms.append(bytes([code]) + struct.pack(fmt, value))
+        return rng.choice(forms)
+    if isinstance(value, float):
+        forms = [b"\xcb" + struct.pack(">d", value)]
+        if struct.unpack(">f", struct.pack(">f", value))[0] == value:
+            forms.append(b"\xca" + struct.pack(">f", value))
+        if value.is_integer() and 0 <= value <= 2**53:
+            forms.append(_pack_loose(int(value), rng))
+        return rng.choice(forms)
+    if isinstance(value, str | bytes):
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        n = len(data)
+        if isinstance(value, str):
+            heads = [bytes([0xD9, n])] if n < 256 else []
+            heads += [b"\xda" + struct.pack(">H", n), b"\xdb" + struct.pack(">I", n)]
+            if n < 32:
+                heads.append(bytes([0xA0 | n]))
+        else:
+            heads = [bytes([0xC4, n])] if n < 256 else []
+            heads += [b"\xc5" + struct.pack(">H", n), b"\xc6" + struct.pack(">I", n)]
+        return rng.choice(heads) + data
+    if isinstance(value, dict):  # only in ignored elements
+        return msgspec.msgpack.encode(value)
+    assert isinstance(value, list), value
+    n = len(value)
+    heads = [b"\xdc" + struct.pack(">H", n), b"\xdd" + struct.pack(">I", n)]
+    if n < 16:
+        heads.append(bytes([0x90 | n]))
+    return rng.choice(heads) + b"".join(_pack_loose(v, rng) for v in value)
+
+
+def _reformat_msgpack(msg: wire.Message, rng: random.Random) -> bytes:
+    array: list[Any] = msgspec.msgpack.decode(wire.encode_body(msg))
+    if rng.random() < 0.5:  # unknown elements after the last field
+        extras: tuple[object, ...] = (None, 1, -2.5, "s", [1, [2, {}]], {"a": "b"}, True, b"\0")
+        array += [rng.choice(extras) for _ in range(rng.randint(1, 3))]
+    elif rng.random() < 0.6:  # else optional fields at the end left out, if they hold the default
+        values = list(msgspec.structs.astuple(msg))
+        defaults = _defaults(msg)
+        keep = len(values)
+        while keep > 0 and defaults[keep - 1] is not msgspec.NODEFAULT:
+            if values[keep - 1] != defaults[keep - 1] or rng.random() < 0.3:
+                break
+            keep -= 1
+        array = array[: 1 + keep]
+    return _pack_loose(array, rng)
+
+
 def gen_valid(rng: random.Random) -> Case:
     """One to four valid frames."""
     msgs, data = _valid_frames(rng, rng.randint(1, 4))
@@ -324,8 +486,11 @@ def gen_valid(rng: random.Random) -> Case:
 
 
 def gen_reformatted(rng: random.Random) -> Case:
-    """A valid message written as other valid JSON: must decode the same."""
+    """A valid message written another valid way: must decode the same."""
     msg = random_message(rng)
+    if not isinstance(msg, wire.JSON_KINDS):
+        body = _reformat_msgpack(msg, rng)
+        return Case("reformatted", frame_of(body), [msg], exact=True, whole=True)
     obj: dict[str, Any] = msgspec.to_builtins(msg)
     items = list(obj.items())
     if rng.random() < 0.5:
@@ -371,6 +536,31 @@ def _deep(rng: random.Random) -> bytes:
 def gen_wrong_field(rng: random.Random) -> Case:
     """A valid message with one field replaced, removed, or an unknown type."""
     msg = random_message(rng)
+    if not isinstance(msg, wire.JSON_KINDS):
+        array: list[Any] = msgspec.msgpack.decode(wire.encode_body(msg))
+        r = rng.random()
+        if r < 0.08 and len(array) > 1:
+            del array[rng.randrange(1, len(array))]
+        elif r < 0.12:
+            array[0] = rng.choice(("bogus", "Chat", "", "chat ", "keepalive\u0000", "hello", 3))
+        else:
+            i = rng.randrange(len(array))
+            if rng.random() < 0.08:  # deeply nested arrays in its place
+                depth = rng.choice((rng.randint(50, 900), rng.randint(900, 20000)))
+                head = msgspec.msgpack.encode(array[:i])
+                tail = msgspec.msgpack.encode(array[i + 1 :])
+                # Both encodings carry their own array header: splice the
+                # elements under one header of the whole count.
+                body = (
+                    _array_head(len(array))
+                    + head[len(_array_head(i)) :]
+                    + b"\x91" * depth
+                    + b"\x90"
+                    + tail[len(_array_head(len(array) - i - 1)) :]
+                )
+                return Case("wrong_field", frame_of(body))
+            array[i] = rng.choice(WRONG_BIN_VALUES)
+        return Case("wrong_field", frame_of(msgspec.msgpack.encode(array)))
     obj: dict[str, Any] = msgspec.to_builtins(msg)
     r = rng.random()
     key = rng.choice(list(obj)) if r < 0.7 else rng.choice(FIELDS)
@@ -389,10 +579,39 @@ def gen_wrong_field(rng: random.Random) -> Case:
     return Case("wrong_field", frame_of(body))
 
 
+def _array_head(n: int) -> bytes:
+    """The shortest MessagePack header of an array of ``n`` elements."""
+    if n < 16:
+        return bytes([0x90 | n])
+    return b"\xdc" + struct.pack(">H", n)
+
+
 def gen_body_mutation(rng: random.Random) -> Case:
-    """A valid body with a BOM, trailing bytes, a repeated key, or bad UTF-8."""
+    """A valid body with a BOM, trailing bytes, a repeated key, or bad UTF-8;
+    a MessagePack one with trailing bytes, bad UTF-8 in a string, a wrong
+    element count or a reserved byte."""
     msg = random_message(rng)
     body = wire.encode_body(msg)
+    if not isinstance(msg, wire.JSON_KINDS):
+        array: list[Any] = msgspec.msgpack.decode(body)
+        r = rng.randrange(4)
+        if r == 0:
+            body += rng.choice((b"x", b"\x90", b"\xc0", b"\x00", b"\xc1"))
+        elif r == 1:  # the element count one off (too many: the body ends early)
+            n = len(array) + rng.choice((-1, 1))
+            body = _array_head(n) + body[len(_array_head(len(array))) :]
+        elif r == 2:  # invalid UTF-8 in the type tag, or in an unknown string at the end
+            junk = rng.choice((b"\xc3\x28", b"\xed\xa0\x80", b"\xc0\xaf", b"\xff"))
+            if rng.random() < 0.5:
+                tag = msgspec.msgpack.encode(array[0])
+                body = body.replace(tag, bytes([0xA0 | len(junk)]) + junk, 1)
+            else:
+                extra = msgspec.msgpack.encode([*array, "XX"])
+                body = extra.replace(b"\xa2XX", bytes([0xA0 | len(junk)]) + junk)
+        else:  # a reserved byte somewhere
+            i = rng.randrange(len(body))
+            body = body[:i] + b"\xc1" + body[i + 1 :]
+        return Case("body_mutation", frame_of(body))
     r = rng.randrange(6)
     if r == 0:
         body = b"\xef\xbb\xbf" + body
@@ -434,13 +653,19 @@ def gen_bad_prefix(rng: random.Random) -> Case:
 
 
 def gen_edge_size(rng: random.Random) -> Case:
-    """A message padded with an unknown key to exactly MAX_FRAME_BYTES, or one more."""
+    """A message padded with an unknown key (JSON) or an unknown element at
+    the end (MessagePack) to exactly MAX_FRAME_BYTES, or one more."""
     msg = random_message(rng)
     body = wire.encode_body(msg)
     over = rng.random() < 0.5
     target = wire.MAX_FRAME_BYTES + (1 if over else 0)
-    pad = target - len(body) - len(b',"pad":""')
-    body = body[:-1] + b',"pad":"' + b"p" * pad + b'"}'
+    if isinstance(msg, wire.JSON_KINDS):
+        pad = target - len(body) - len(b',"pad":""')
+        body = body[:-1] + b',"pad":"' + b"p" * pad + b'"}'
+    else:
+        array: list[Any] = msgspec.msgpack.decode(body)
+        base = len(msgspec.msgpack.encode([*array, b""]))  # with a bin 8 header of 2 bytes
+        body = msgspec.msgpack.encode([*array, b"p" * (target - base - 1)])  # bin 16: 3 bytes
     assert len(body) == target
     if over:
         return Case("edge_size", frame_of(body), [], exact=False, oversized_at=3)
@@ -468,7 +693,8 @@ def gen_flipped(rng: random.Random) -> Case:
 
 SIMPLE_GENERATORS: Final[tuple[tuple[Callable[[random.Random], Case], float], ...]] = (
     (gen_random, 0.12),
-    (gen_jsonish, 0.06),
+    (gen_jsonish, 0.03),
+    (gen_msgpackish, 0.05),
     (gen_valid, 0.10),
     (gen_reformatted, 0.08),
     (gen_truncated, 0.10),
@@ -641,7 +867,11 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 def spec_deviation(body: bytes) -> str | None:
-    """Why ``docs/protocol.md`` section 6 would refuse this accepted body, or None."""
+    """Why ``docs/protocol.md`` section 6 would refuse this accepted JSON
+    body, or None (and None for a MessagePack body: msgspec checks its
+    strings' UTF-8 itself, and the tests check that)."""
+    if body.lstrip(b" \t\r\n")[:1] != b"{":
+        return None
     if body.startswith(b"\xef\xbb\xbf"):
         return "byte-order mark accepted"
     try:
@@ -1174,11 +1404,11 @@ class LiveFuzz:
         elif name == "text":
             value = rng.choice(("", "changed", "x" * 2001, "a\x1b[2Jb", "\u202e", "ok" + " " * 80))
         elif name == "key":
-            value = rng.choice((other.identity.key, "", "0" * 64, "zz", msg.key[:-1]))
+            value = rng.choice((other.identity.key, "", "0" * 64, "ab", msg.key[:-2]))
         elif name == "sig":
             sig = msg.sig or "0" * 128
             flipped = sig[:-1] + ("0" if sig[-1] != "0" else "1")
-            value = rng.choice((flipped, "", "0" * 128, "0" * 127))
+            value = rng.choice((flipped, "", "0" * 128, "0" * 126))
         elif name == "room":
             value = rng.choice(("other", "", self.room + " ", "x" * 49))
         elif name == "ts":
@@ -1186,9 +1416,9 @@ class LiveFuzz:
         elif name == "every":
             value = rng.choice((0.0, 0.001, 3600.0, 1e9, -1.0))
         elif name == "dh":
-            value = rng.choice(("", "0" * 64, other.identity.dh, "x"))
+            value = rng.choice(("", "0" * 64, other.identity.dh, "ab"))
         else:  # "to"
-            value = rng.choice((self.honest.node_id, f"{rng.getrandbits(64):016x}", "x"))
+            value = rng.choice((self.honest.node_id, f"{rng.getrandbits(64):016x}", "ab"))
         try:
             out = msgspec.structs.replace(msg, **{name: value})
         except (TypeError, ValueError):
@@ -1245,14 +1475,13 @@ class LiveFuzz:
             for _ in range(rng.randint(1, 3)):
                 buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
             frames, op = [frame_of(bytes(buf))], f"{op}+bitflip"
-        elif r < 0.14:  # a byte string value changed in place (stays JSON more often)
+        elif r < 0.14:  # a byte of a bin field changed in place: the frame still parses
             buf = bytearray(body)
-            quotes = [i for i, b in enumerate(buf) if b == 0x22]
-            if len(quotes) > 2:
-                pos = rng.choice(quotes[1:-1]) + 1
-                if pos < len(buf) and chr(buf[pos]) in string.hexdigits:
-                    buf[pos] = ord(rng.choice("0123456789abcdef"))
-            frames, op = [frame_of(bytes(buf))], f"{op}+hexdigit"
+            sig = bytes.fromhex(getattr(msg, "sig", "") or "")
+            where = body.find(sig) if sig else -1
+            if where >= 0:
+                buf[where + rng.randrange(len(sig))] ^= 1 << rng.randrange(8)
+            frames, op = [frame_of(bytes(buf))], f"{op}+sigbyte"
         elif r < 0.17:  # truncated: the prefix promises more than comes
             cut = rng.randrange(1, len(frames[0]))
             frames, op = [frames[0][:cut]], f"{op}+truncated"

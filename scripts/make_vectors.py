@@ -45,6 +45,12 @@ BOB_SEED = bytes(range(32, 64))
 EPH_SEED = bytes(range(64, 96))
 """The one-time X25519 private key of the direct message."""
 
+BY_TYPE: dict[str, type[msgspec.Struct]] = {
+    c.__struct_config__.tag: c  # type: ignore[misc]
+    for c in (*wire.JSON_KINDS, *wire.BINARY_KINDS)
+}
+"""Every message type by its tag."""
+
 ROOM = "lobby"
 ALICE_NONCE = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
 BOB_NONCE = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
@@ -82,12 +88,34 @@ def seal_fixed(recipient_dh: str, plaintext: bytes, aad: bytes) -> tuple[str, st
     return eph.hex(), ChaCha20Poly1305(key).encrypt(bytes(12), plaintext, aad).hex()
 
 
+def body_fields(body: bytes) -> dict[str, Any]:
+    """How the file shows a frame body: ``body`` (the text) for a JSON
+    body, ``array`` (the MessagePack array, bin as ``{"bin": hex}``) for a
+    MessagePack one; ``body_hex`` and ``frame_hex`` for both."""
+    out: dict[str, Any] = {}
+    if body[:1] == b"{":
+        out["body"] = body.decode("utf-8")
+    else:
+        out["array"] = diagnostic(msgspec.msgpack.decode(body))
+    out["body_hex"] = body.hex()
+    out["frame_hex"] = (wire.HEADER.pack(len(body)) + body).hex()
+    return out
+
+
+def diagnostic(value: Any) -> Any:
+    """A decoded MessagePack value as JSON can show it: bin as ``{"bin": hex}``."""
+    if isinstance(value, bytes):
+        return {"bin": value.hex()}
+    if isinstance(value, list):
+        return [diagnostic(v) for v in value]
+    return value
+
+
 def signed_vector(label: str, msg: wire.FloodMessage, ident: Identity, note: str) -> dict[str, Any]:
     """One flooded message, signed by ``ident``, as the file shows it."""
     msg = msgspec.structs.replace(msg, key=ident.key, sig="")
     data = wire.signing_bytes(msg)
     msg = msgspec.structs.replace(msg, sig=ident.sign(data))
-    body = wire.encode_body(msg)
     return {
         "name": label,
         "type": wire.kind(msg),
@@ -96,21 +124,18 @@ def signed_vector(label: str, msg: wire.FloodMessage, ident: Identity, note: str
         "signed_text": data.decode("utf-8"),
         "signed_hex": data.hex(),
         "sig": msg.sig,
-        "body": body.decode("utf-8"),
-        "frame_hex": wire.encode_frame(msg).hex(),
+        **body_fields(wire.encode_body(msg)),
     }
 
 
 def frame_vector(label: str, msg: wire.Message, note: str) -> dict[str, Any]:
     """One link-local frame, as the file shows it."""
-    body = wire.encode_body(msg)
     return {
         "name": label,
         "type": wire.kind(msg),
         "note": note,
         "fields": msgspec.to_builtins(msg),
-        "body": body.decode("utf-8"),
-        "frame_hex": wire.encode_frame(msg).hex(),
+        **body_fields(wire.encode_body(msg)),
     }
 
 
@@ -255,12 +280,11 @@ def build() -> dict[str, Any]:
         '(`addrs` `[]`, `port` `0`, `dh` `""`, `every` `0.0`, `gone` `[]`); '
         "the body's integer `ts` is signed as a float.",
     )
-    fields = minimal["fields"]
-    short = {k: fields[k] for k in ("type", *wire.Flooded.__struct_fields__)}
-    short["ts"] = int(fields["ts"])  # an integer on the wire: decoded as 1732245500.0
-    minimal["body"] = json.dumps(short, ensure_ascii=False, separators=(",", ":"))
-    body_bytes = minimal["body"].encode()
-    minimal["frame_hex"] = (wire.HEADER.pack(len(body_bytes)) + body_bytes).hex()
+    # The array stops after sig, and ts is an integer: decoded as 1732245500.0.
+    full = msgspec.msgpack.decode(bytes.fromhex(minimal["body_hex"]))
+    short = [*full[: 1 + len(wire.Flooded.__struct_fields__)]]
+    short[1 + wire.Flooded.__struct_fields__.index("ts")] = int(minimal["fields"]["ts"])
+    minimal.update(body_fields(msgspec.msgpack.encode(short)))
     flooded.append(minimal)
 
     proof_data = wire.proof_bytes(BOB_NONCE, alice.node_id, bob.node_id, ROOM)
@@ -349,11 +373,12 @@ def build() -> dict[str, Any]:
     ]
     return {
         "about": (
-            "Worked examples of p2pchat wire protocol version 1 (docs/protocol.md, appendix A). "
+            "Worked examples of p2pchat wire protocol version 2 (docs/protocol.md, appendix A). "
             "Made by scripts/make_vectors.py; checked against the reference code by "
             "tests/test_vectors.py. Every text field is the exact UTF-8 text of the bytes; "
             "*_hex fields are the same bytes in hex. frame_hex is the 4-byte length prefix "
-            "and the body."
+            "and the body. body is a JSON body's text (hello, refuse); array is a MessagePack "
+            'body\'s array, bin shown as {"bin": hex}.'
         ),
         "protocol_version": wire.PROTOCOL_VERSION,
         "signers": {
@@ -372,20 +397,59 @@ APPENDIX_INTRO = """## Appendix A. Test vectors
 (the signed bytes, the signature, the decoded fields, the frame, the digest, the direct message's
 sealing), checks that the field tables of section 5 list the reference's fields in its order with
 its defaults, and checks that the file, and this appendix, are what the script writes.
-`tests/test_outsider.py` builds a `join` and a `presence` from section 5.18 alone, without the
-reference encoder, and has a node accept them.
+`tests/test_outsider.py` is a client written from this document alone: it builds frames and
+signed bytes without the reference encoder, and a node accepts them.
 
 The file is one JSON object: `signers` (the two fixed identities), `flooded` (one signed message
-per flooded type, and `presence_defaults`, a presence whose body leaves its optional fields out
-and has an integer `ts`) and `link_local` (one frame of every other type). Each entry has `name`,
-`type`, `fields` (the decoded values, `type` first, as a JSON object), `body` (the frame body as
-text) and `frame_hex` (length prefix and body); a flooded entry also has `signed_text` and
-`signed_hex` (the signed bytes, as UTF-8 text and as hex) and `sig`.
+per flooded type, and `presence_defaults`, a presence whose array stops after `sig` and has an
+integer `ts`) and `link_local` (one frame of every other type). Each entry has `name`, `type`,
+`fields` (the decoded values, `type` first, as a JSON object: ids, keys and signatures as hex
+strings, as the signed bytes write them), `body_hex` (the frame body) and `frame_hex` (length
+prefix and body), and also `body` (a JSON body's text: `hello`, `refuse`) or `array` (a
+MessagePack body's array, each bin as `{"bin": "<hex>"}`); a flooded entry also has `signed_text`
+and `signed_hex` (the signed bytes, as UTF-8 text and as hex) and `sig`.
 
 **Keys.** Ed25519 private keys are 32-byte seeds (RFC 8032). The public key, its fingerprint
 (SHA-256 of the 32 raw bytes), the node id (the fingerprint's first 16 hex digits) and the X25519
 key for direct messages (section 7.4) of each:
 """
+
+
+def diagnostic_text(value: Any) -> str:
+    """A MessagePack value in the document's diagnostic notation: JSON, with
+    bin written ``h'<hex>'``."""
+    if isinstance(value, bytes):
+        return f"h'{value.hex()}'"
+    if isinstance(value, list):
+        return "[" + ", ".join(diagnostic_text(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def annotated_frame(vec: dict[str, Any]) -> str:
+    """A MessagePack frame of the file, byte by byte: each element's bytes
+    (hex) beside its field name and value."""
+    body = bytes.fromhex(vec["body_hex"])
+    array = msgspec.msgpack.decode(body)
+    names = ["type", *BY_TYPE[vec["type"]].__struct_fields__]
+    pieces = [msgspec.msgpack.encode(v) for v in array]
+    head = body[: len(body) - sum(len(p) for p in pieces)]
+    assert head + b"".join(pieces) == body
+    rows = [
+        (f"{len(body):08x}", f"length prefix: {len(body)} bytes"),
+        (head.hex(), f"array of {len(array)}"),
+    ]
+    for name, value, piece in zip(names, array, pieces, strict=True):
+        shown = diagnostic_text(value)
+        if len(shown) > 24:
+            shown = shown[:21] + "…"
+        rows.append((piece.hex(), f"{name}: {shown}"))
+    out = []
+    for hex_text, note in rows:
+        spaced = " ".join(hex_text[i : i + 2] for i in range(0, len(hex_text), 2))
+        chunks = [spaced[i : i + 48] for i in range(0, len(spaced), 48)] or [""]
+        out.append(f"{chunks[0]:<48} {note}")
+        out += [chunk.rstrip() for chunk in chunks[1:]]
+    return "\n".join(out)
 
 
 def appendix(data: dict[str, Any]) -> str:
@@ -400,13 +464,15 @@ def appendix(data: dict[str, Any]) -> str:
     ]
     out.append(
         "\n**Signed bytes.** alice signs one message of each flooded type. For each, the signed"
-        " bytes\n(exactly, as UTF-8 text) and the signature. The frame body is the same text with"
-        " `hops` 16\nand the signature in `sig` (`body` in the file).\n"
+        " bytes\n(exactly, as UTF-8 text: the message's JSON text, section 5.18) and the"
+        " signature. The frame\ncarries the same values as a MessagePack array (section 3), with"
+        " `hops` 16 and the\nsignature in `sig` (`array` and `body_hex` in the file).\n"
     )
     for v in data["flooded"]:
         if v["name"] == "presence_defaults":
+            array = msgspec.msgpack.decode(bytes.fromhex(v["body_hex"]))
             out.append(f"*`presence`, optional fields left out.* {v['note']} The body as sent:\n")
-            out.append(f"```\n{v['body']}\n```\n\nIts signed bytes:\n")
+            out.append(f"```msgpack\n{diagnostic_text(array)}\n```\n\nIts signed bytes:\n")
         else:
             out.append(f"*`{v['name']}`.* {v['note']}\n")
         out.append(f"```\n{v['signed_text']}\n```\n\n`sig` = `{v['sig']}`\n")
@@ -418,6 +484,12 @@ def appendix(data: dict[str, Any]) -> str:
                 f" (`0x00`, then `{sealed['text']}` in UTF-8); the associated data is"
                 f" `{sealed['aad']}`. bob opens it with his X25519 key.\n"
             )
+    chat = next(v for v in data["flooded"] if v["name"] == "chat")
+    out.append(
+        "**A whole frame.** The `chat` above as alice sends it (`hops` 16), byte by byte: the"
+        " length\nprefix, the array header, then each element (MessagePack, section 3).\n"
+    )
+    out.append(f"```\n{annotated_frame(chat)}\n```\n")
     link = {v["name"]: v for v in data["link_local"]}
     proof, sync = link["proof"], link["sync"]
     out.append(
@@ -425,7 +497,8 @@ def appendix(data: dict[str, Any]) -> str:
         " id and the room, one per line after the label (no final newline):\n"
     )
     out.append(f"```\n{proof['signed_text']}\n```\n\n`sig` = `{proof['sig']}`, sent as:\n")
-    out.append(f"```\n{proof['body']}\n```\n")
+    proof_array = msgspec.msgpack.decode(bytes.fromhex(proof["body_hex"]))
+    out.append(f"```msgpack\n{diagnostic_text(proof_array)}\n```\n")
     ids = ", ".join(f"`{i}`" for i in sync["line_ids"])
     out.append(
         "**A `sync` entry.** alice's lines 1..3 (the `chat` above and two more) have the ids"
@@ -433,7 +506,8 @@ def appendix(data: dict[str, Any]) -> str:
         " The digest is the first 16 hex digits of the SHA-256 of the three ids concatenated"
         f" (96 ASCII characters): `{sync['digest']}`.\n"
     )
-    out.append(f"```\n{sync['body']}\n```")
+    sync_array = msgspec.msgpack.decode(bytes.fromhex(sync["body_hex"]))
+    out.append(f"```msgpack\n{diagnostic_text(sync_array)}\n```")
     return "\n".join(out) + "\n"
 
 

@@ -131,3 +131,16 @@ def test_plot_is_a_png(tmp_path: Path) -> None:
         {5: {s: row for s in bench.SYSTEMS}, 10: {s: row for s in bench.SYSTEMS}},
     )
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_chat_prefix_the_bench_counts_is_how_a_chat_frame_starts() -> None:
+    from p2pchat import wire
+
+    chat = wire.Chat(
+        id="00" * 16, origin="11" * 8, seq=1, name="a", room="r", ts=1.0, hops=16, text="x"
+    )
+    frame = wire.encode_frame(chat)
+    assert frame.startswith(bench.CHAT_PREFIX, bench.FRAME_HEADER.size)
+    assert not wire.encode_frame(wire.Lines(batch=1, lines=[chat])).startswith(
+        bench.CHAT_PREFIX, bench.FRAME_HEADER.size
+    )

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import FAST_LINK, Cluster, RawPeer, Recorder, wait_for
 from hypothesis import HealthCheck, given, settings
@@ -71,11 +72,11 @@ def frame_of(body: bytes) -> bytes:
     return struct.pack("!I", len(body)) + body
 
 
-def chat_body_with(msg: wire.Chat, key: str, raw_json: bytes) -> bytes:
-    """``msg``'s JSON body with field ``key`` set to the raw JSON text ``raw_json``."""
-    obj: dict[str, Any] = json.loads(wire.encode_body(msg))
-    obj[key] = "@@value@@"
-    return json.dumps(obj).encode().replace(b'"@@value@@"', raw_json)
+def chat_body_with(msg: wire.Chat, key: str, value: object) -> bytes:
+    """``msg``'s MessagePack body with field ``key`` set to ``value``."""
+    arr: list[Any] = msgspec.msgpack.decode(wire.encode_body(msg))
+    arr[1 + wire.Chat.__struct_fields__.index(key)] = value
+    return msgspec.msgpack.encode(arr)
 
 
 # -- the honest pair ----------------------------------------------------------------------------
@@ -237,14 +238,15 @@ def test_truncated_frame_then_close(cluster: Cluster, raw_peers: Callable[..., R
     assert cut.id not in ids(pair.rec_a) | ids(pair.rec_b)
 
 
-WRONG_FIELDS = [
-    ("seq", b'"7"'),
-    ("hops", b"[16]"),
-    ("text", b"42"),
-    ("action", b'"yes"'),
-    ("ts", b"1e300"),
-    ("id", b"null"),
-    ("origin", b'{"node": 1}'),
+WRONG_FIELDS: list[tuple[str, object]] = [
+    ("seq", "7"),
+    ("hops", [16]),
+    ("text", 42),
+    ("action", "yes"),
+    ("ts", 1e300),
+    ("id", None),
+    ("id", "00112233445566778899aabbccddeeff"),  # hex, as v1 sent it: v2 wants bin
+    ("origin", {"node": 1}),
 ]
 
 
@@ -530,13 +532,14 @@ def test_peer_that_stops_reading_is_dropped(
     honest_lines_still_flow(pair, "a peer that stopped reading")
 
 
-# -- deeply nested JSON: a counted protocol error, not a RecursionError ----------------------------
+# -- deeply nested data: a counted protocol error, not a RecursionError ---------------------------
 
-DEEP = b"[" * 5000 + b"]" * 5000
+DEEP_JSON = b"[" * 5000 + b"]" * 5000
+DEEP_MSGPACK = b"\x91" * 5000 + b"\x90"  # arrays of one array, 5000 deep
 
 
-@pytest.mark.parametrize("where", ["unknown-field-after-hello", "first-frame"])
-def test_deeply_nested_json_is_a_counted_protocol_error(
+@pytest.mark.parametrize("where", ["unknown-element-after-hello", "first-frame"])
+def test_deeply_nested_data_is_a_counted_protocol_error(
     cluster: Cluster,
     raw_peers: Callable[..., RawPeer],
     caplog: pytest.LogCaptureFixture,
@@ -546,13 +549,16 @@ def test_deeply_nested_json_is_a_counted_protocol_error(
     stats0 = pair.a.stats()
     raw = raw_peers(pair.a.port)
     if where == "first-frame":
-        raw.send(frame_of(DEEP))
+        raw.send(frame_of(b'{"type":"hello","x":' + DEEP_JSON + b"}"))
     else:
         raw.hello(pair.room)
         body = wire.encode_body(raw.chat(pair.room, "deep"))
-        raw.send(frame_of(body[:-1] + b',"x":' + DEEP + b"}"))
+        # One more element in the chat's array (a fixarray: its count is in
+        # its first byte), after the known fields: nested 5000 deep.
+        assert 0x90 <= body[0] < 0x9F
+        raw.send(frame_of(bytes([body[0] + 1]) + body[1:] + DEEP_MSGPACK))
     raw.wait_closed()
-    honest_lines_still_flow(pair, "deeply nested JSON")
+    honest_lines_still_flow(pair, "deeply nested data")
 
     def refused() -> int:
         return sum(pair.a.stats().frames_refused.values()) - sum(stats0.frames_refused.values())
@@ -569,7 +575,8 @@ def test_deeply_nested_json_is_a_counted_protocol_error(
 
 # Never "addrs": a node dials the addresses a presence names.
 FIELD_NAMES = "type id origin seq name room ts hops text action version node port code reason old"
-TYPES = ["hello", "refuse", "keepalive", "chat", "join", "leave", "nick", "presence", "bogus"]
+JSON_TYPES = ["hello", "refuse", "bogus"]
+BIN_TYPES = ["keepalive", "chat", "join", "leave", "nick", "presence", "proof", "sync", "bogus"]
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -582,14 +589,31 @@ json_values = st.recursive(
     max_leaves=8,
 )
 json_objects = st.fixed_dictionaries(
-    {"type": st.sampled_from(TYPES)},
+    {"type": st.sampled_from(JSON_TYPES)},
     optional={k: json_values for k in FIELD_NAMES.split() if k != "type"},
 ).map(lambda obj: frame_of(json.dumps(obj).encode("utf-8", "surrogatepass")))
+bin_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
+    | st.binary(max_size=70)
+    | st.sampled_from([b"\0" * 8, b"\0" * 16, b"\0" * 32, b"\0" * 64]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+bin_arrays = st.tuples(st.sampled_from(BIN_TYPES), st.lists(bin_values, max_size=15)).map(
+    lambda t: frame_of(msgspec.msgpack.encode([t[0], *t[1]]))
+)
+frames = json_objects | bin_arrays
 attack_bytes = st.one_of(
     st.binary(max_size=300),
     st.binary(min_size=1, max_size=300).map(frame_of),
-    json_objects,
-    st.lists(json_objects, min_size=1, max_size=3).map(b"".join),
+    frames,
+    st.lists(frames, min_size=1, max_size=3).map(b"".join),
 )
 
 

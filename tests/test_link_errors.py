@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -53,18 +54,63 @@ def test_bad_first_frame_ends_only_that_link(pair: Cluster, payload: bytes) -> N
     assert len(pair.nodes[0].snapshot().links) == 1
 
 
-def test_other_protocol_version_is_refused_with_a_reason(pair: Cluster) -> None:
-    raw = RawPeer(pair.nodes[0].port)
+def bodies_until_closed(raw: RawPeer, timeout_s: float = 10.0) -> list[bytes]:
+    """The bodies of the frames the node sends ``raw`` until it closes the
+    link, undecoded; fail after ``timeout_s``."""
+    splitter = wire.FrameDecoder()
+    bodies: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    raw.sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            data = raw.sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return bodies
+        if not data:
+            return bodies
+        bodies += splitter.feed_bodies(data)
+    pytest.fail(f"the node did not close the link within {timeout_s} s")
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_other_protocol_version_is_refused_with_a_reason(pair: Cluster, version: int) -> None:
+    node = pair.nodes[0]
+    before = node.stats().links_refused.get("version", 0)
+    raw = RawPeer(node.port)
     try:
-        # A version-2 hello may carry other fields: the version is still read.
-        body = b'{"type":"hello","version":2,"node":"x","features":["y"]}'
+        # What a version-1 node sends first (its whole hello, JSON); a later
+        # version's hello may carry other fields: the version is still read.
+        hello = {
+            "type": "hello",
+            "version": version,
+            "node": raw.node_id,
+            "name": "old",
+            "room": pair.room,
+            "port": 0,
+            "features": ["history", "tree", "y"],
+            "nonce": "ab" * 16,
+            "key": raw.identity.key,
+        }
+        body = json.dumps(hello).encode()
         raw.sock.sendall(len(body).to_bytes(4, "big") + body)
-        got = raw.read_until_closed()
+        frames = bodies_until_closed(raw)
     finally:
         raw.close()
-    refusals = [m for m in got if isinstance(m, wire.Refuse)]
-    assert refusals and refusals[0].code == "version"
-    assert "version 2" in refusals[0].reason
+    # Every frame the node sent is JSON, which a version-1 node reads: first
+    # its hello, which says version 2 (a v1 node refuses it for that), then
+    # the refusal.
+    sent = [json.loads(f) for f in frames]
+    assert [m["type"] for m in sent] == ["hello", "refuse"]
+    assert sent[0]["version"] == wire.PROTOCOL_VERSION == 2
+    assert sent[1]["code"] == "version"
+    assert f"version {version}" in sent[1]["reason"] and "version 2" in sent[1]["reason"]
+    wait_for(
+        lambda: node.stats().links_refused.get("version", 0) == before + 1,
+        5.0,
+        "the refusal counted under links_refused.version",
+    )
     wait_for(
         lambda: any(isinstance(e, Notice) for e in pair.recorders[0].events),
         5.0,
@@ -90,7 +136,7 @@ def test_bad_frame_after_handshake_is_not_delivered(pair: Cluster) -> None:
                 hops=3,
                 text="PLACEHOLDER",
             )
-        ).replace(b"PLACEHOLDER", b"\xc3\x28")
+        ).replace(b"PLACEHOLDER", b"\xc3\x28" * 5 + b"x")  # as long: the frame still parses
         raw.sock.sendall(len(bad).to_bytes(4, "big") + bad)
         raw.read_until_closed()
     finally:

@@ -5,11 +5,13 @@ as bad signatures: the document's tables left out fields the reference
 signs (``dh``, ``every``) and did not say that ``ts`` and ``every`` are
 signed as floats, so the client was timed out of the roster 10 s after it
 joined.  Here an "outsider" does what that client did, from the document
-only: the field order, defaults and JSON types come from the tables of
-section 5 (parsed from the file), the encoding from section 5.18, the
-handshake from section 4; keys and signatures from ``cryptography``.
-Nothing of ``p2pchat`` builds or reads its frames; the node it talks to is
-ours, in-process on 127.0.0.1.
+only: the field order, defaults and types come from the tables of section 5
+(parsed from the file), the frames' encoding from section 3 (JSON hellos,
+MessagePack arrays for the rest: ``msgspec.msgpack`` serves as a generic
+MessagePack codec, fed plain lists, bytes and numbers), the signed bytes
+from section 5.18, the handshake from section 4; keys and signatures from
+``cryptography``.  Nothing of ``p2pchat`` builds or reads its frames; the
+node it talks to is ours, in-process on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from p2pchat.events import JoinEvent, LeaveEvent
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+VERSION = int(re.search(r"\*\*Protocol version\*\* is the integer `(\d+)`", DOC).group(1))  # type: ignore[union-attr]
 
 # -- section 5, read from the document -----------------------------------------
 
 
 def doc_table(kind: str) -> list[tuple[str, str, str]]:
-    """``(field, JSON type, default as JSON text)`` of a flooded type, in
-    signed order: the rows of section 5.4, then those of the type's section
-    (``### 5.N `kind```), by their *Pos*.  A required field's default is ``—``."""
+    """``(field, type, default)`` of a flooded type, in order: the rows of
+    section 5.4, then those of the type's section (``### 5.N `kind```), by
+    their *Pos*.  The default is as JSON text (``empty`` for a bin); a
+    required field's is ``—``."""
 
     def rows(heading: re.Pattern[str]) -> list[tuple[int, str, str, str]]:
         lines = DOC[DOC.index("## 5. Message reference") : DOC.index("## 6. Error")].splitlines()
@@ -62,7 +66,7 @@ def doc_table(kind: str) -> list[tuple[str, str, str]]:
     own = rows(re.compile(rf"^### 5\.\d+ `{kind}`"))
     table = sorted(common + own)
     assert [pos for pos, *_ in table] == list(range(1, len(table) + 1))
-    return [(name, json_type, default) for _, name, json_type, default in table]
+    return [(name, type_, default) for _, name, type_, default in table]
 
 
 # -- section 5.18, by hand ------------------------------------------------------
@@ -92,35 +96,56 @@ def doc_string(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
-def doc_value(json_type: str, value: Any) -> str:
-    if json_type == "number":
+def doc_value(type_: str, value: Any) -> str:
+    """A value in the signed bytes (section 5.18); bins are given, and
+    written, as hex."""
+    if type_ == "float 64":
         return doc_float(float(value))
-    if json_type == "integer":
+    if type_ == "int":
         return str(int(value))
-    if json_type == "boolean":
+    if type_ == "bool":
         return "true" if value else "false"
-    if json_type == "string":
+    if type_ in ("str", "bin"):
         return doc_string(value)
-    if json_type == "array of strings":
+    if type_ == "array of str":
         return "[" + ",".join(doc_string(v) for v in value) + "]"
-    if json_type == "array of arrays":  # presence.gone: [node id, seq] pairs
+    if type_ == "array of [bin, int]":  # presence.gone: [node id, seq] pairs, ids as hex
         return "[" + ",".join(f"[{doc_string(n)},{int(q)}]" for n, q in value) + "]"
-    raise AssertionError(f"no rule for {json_type}")
+    raise AssertionError(f"no rule for {type_}")
+
+
+def doc_default(default: str) -> Any:
+    return "" if default == "empty" else json.loads(default)
 
 
 def doc_encode(kind: str, fields: dict[str, Any], hops: int, sig: str) -> bytes:
-    """The message ``kind`` with ``fields`` (``type``, ``hops`` and ``sig``
-    aside; optional ones may be left out) as section 5.18 writes it."""
+    """The signed bytes of the message ``kind`` with ``fields`` (``type``,
+    ``hops`` and ``sig`` aside; optional ones may be left out), as section
+    5.18 writes them."""
     values = dict(fields, type=kind, hops=hops, sig=sig)
     parts = []
-    for name, json_type, default in doc_table(kind):
+    for name, type_, default in doc_table(kind):
         if name in values:
             value = values[name]
         else:
             assert default != "—", f"{kind}.{name} is required"
-            value = json.loads(default)
-        parts.append(f"{doc_string(name)}:{doc_value(json_type, value)}")
+            value = doc_default(default)
+        parts.append(f"{doc_string(name)}:{doc_value(type_, value)}")
     return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+
+def doc_pack(kind: str, fields: dict[str, Any], hops: int, sig: str) -> bytes:
+    """The frame body of the message (section 3): a MessagePack array, the
+    type first, then the fields by position; bins as bytes; the optional
+    fields left out of ``fields`` at the end are left out of the array."""
+    values = dict(fields, type=kind, hops=hops, sig=sig)
+    table = doc_table(kind)
+    last = max(i for i, (name, _, _) in enumerate(table) if name in values)
+    out: list[Any] = []
+    for name, type_, default in table[: last + 1]:
+        value = values[name] if name in values else doc_default(default)
+        out.append(bytes.fromhex(value) if type_ == "bin" else value)
+    return msgspec.msgpack.encode(out)
 
 
 class Outsider:
@@ -147,15 +172,18 @@ class Outsider:
     def send_body(self, body: bytes) -> None:
         self.sock.sendall(struct.pack("!I", len(body)) + body)
 
-    def read_frame(self, timeout_s: float = 5.0) -> dict[str, Any]:
+    def read_frame(self, timeout_s: float = 5.0) -> Any:
+        """The node's next frame body, decoded: a dict (JSON, ``{`` first)
+        or a list (MessagePack)."""
         deadline = time.monotonic() + timeout_s
         while True:
             if len(self.buf) >= 4:
                 (n,) = struct.unpack("!I", self.buf[:4])
                 if len(self.buf) >= 4 + n:
                     body, self.buf = self.buf[4 : 4 + n], self.buf[4 + n :]
-                    obj: dict[str, Any] = json.loads(body)
-                    return obj
+                    if body[:1] == b"{":
+                        return json.loads(body)
+                    return msgspec.msgpack.decode(body)
             if time.monotonic() > deadline:
                 pytest.fail("no frame from the node")
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -178,7 +206,7 @@ class Outsider:
         nonce = os.urandom(16).hex()
         hello = {
             "type": "hello",
-            "version": 1,
+            "version": VERSION,
             "node": self.node_id,
             "name": "outsider",
             "room": self.room,
@@ -192,14 +220,15 @@ class Outsider:
         assert theirs["type"] == "hello", theirs
         assert hashlib.sha256(bytes.fromhex(theirs["key"])).hexdigest()[:16] == theirs["node"]
         mine = f"p2pchat link proof v1\n{theirs['nonce']}\n{self.node_id}\n{theirs['node']}\n"
-        sig = self.private.sign((mine + self.room).encode()).hex()
-        self.send_body(json.dumps({"type": "proof", "sig": sig}).encode())
+        sig = self.private.sign((mine + self.room).encode())
+        self.send_body(msgspec.msgpack.encode(["proof", sig]))
         proof = self.read_frame()
-        assert proof["type"] == "proof", proof
+        assert proof[0] == "proof", proof
         signed = f"p2pchat link proof v1\n{nonce}\n{theirs['node']}\n{self.node_id}\n{self.room}"
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(theirs["key"])).verify(
-            bytes.fromhex(proof["sig"]), signed.encode()
+            proof[1], signed.encode()
         )
+        assert isinstance(theirs, dict)
         return theirs
 
     def flood(self, kind: str, ts: float, **own: Any) -> None:
@@ -216,10 +245,10 @@ class Outsider:
             **own,
         }
         sig = self.private.sign(doc_encode(kind, fields, hops=0, sig="")).hex()
-        self.send_body(doc_encode(kind, fields, hops=16, sig=sig))
+        self.send_body(doc_pack(kind, fields, hops=16, sig=sig))
 
     def keepalive(self) -> None:
-        self.send_body(b'{"type":"keepalive"}')
+        self.send_body(msgspec.msgpack.encode(["keepalive"]))
 
     def close(self) -> None:
         self.sock.close()
@@ -272,12 +301,12 @@ def test_doc_tables_give_every_signed_field() -> None:
     """The fields the independent client missed are in the tables, in
     order, with their types and defaults."""
     join = doc_table("join")
-    assert join[-1] == ("dh", "string", '""')
+    assert join[-1] == ("dh", "bin", "empty")
     presence = [row[0] for row in doc_table("presence")]
     assert presence[-5:] == ["addrs", "port", "dh", "every", "gone"]
-    assert doc_table("presence")[-2] == ("every", "number", "0.0")
-    assert doc_table("presence")[-1] == ("gone", "array of arrays", "[]")
-    assert ("ts", "number", "—") in join
+    assert doc_table("presence")[-2] == ("every", "float 64", "0.0")
+    assert doc_table("presence")[-1] == ("gone", "array of [bin, int]", "[]")
+    assert ("ts", "float 64", "—") in join
 
 
 def test_outsider_join_and_presences_are_accepted(cluster: Cluster) -> None:
@@ -329,7 +358,7 @@ def test_presence_signed_without_dh_and_every_is_refused(cluster: Cluster) -> No
     try:
         outsider.handshake()
         outsider.seq += 1
-        fields = {
+        fields: dict[str, Any] = {
             "type": "presence",
             "id": os.urandom(16).hex(),
             "origin": outsider.node_id,
@@ -345,7 +374,14 @@ def test_presence_signed_without_dh_and_every_is_refused(cluster: Cluster) -> No
         }
         signed = json.dumps(fields, separators=(",", ":")).encode()
         fields.update(hops=16, sig=outsider.private.sign(signed).hex())
-        outsider.send_body(json.dumps(fields, separators=(",", ":")).encode())
+        # The array stops after port: dh and every take their defaults,
+        # with which the node builds the signed bytes.
+        binary = ("id", "origin", "key", "sig")
+        outsider.send_body(
+            msgspec.msgpack.encode(
+                [bytes.fromhex(v) if k in binary else v for k, v in fields.items()]
+            )
+        )
         wait_for(
             lambda: node.stats().frames_refused.get("bad_signature", 0) == 1,
             5.0,

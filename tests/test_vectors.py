@@ -3,14 +3,18 @@ appendix A agree with the reference code (``p2pchat.wire``, ``identity``,
 ``history``), so that a node written from the document alone talks to ours.
 
 * every flooded vector: the reference's signed bytes of the decoded body are
-  the vector's, signing them with the fixed seed gives the vector's
-  signature (Ed25519 is deterministic), the signature checks, the body
-  decodes to the vector's fields and encodes back to the vector's frame;
+  the vector's (the message's JSON text, as in protocol version 1), signing
+  them with the fixed seed gives the vector's signature (Ed25519 is
+  deterministic), the signature checks, the body (MessagePack) decodes to
+  the vector's fields and encodes back to the vector's frame;
 * the proof, the direct message's sealing, the ``sync`` digest;
 * section 5's field tables list, for every one of the 16 types, exactly the
   reference's fields, in the reference's order, with its defaults, whether
-  required, and JSON types; the flooded ones with positions 1, 2, 3, ...;
-* the document's complete JSON examples decode;
+  required, and types (JSON for ``hello`` and ``refuse``, MessagePack for
+  the others, ``bin`` with its length for ids, keys and signatures); the
+  flooded ones with positions 1, 2, 3, ...;
+* the document's complete examples decode (JSON, and MessagePack arrays
+  written in diagnostic notation);
 * ``scripts/make_vectors.py`` writes the file and appendix A as they are.
 """
 
@@ -20,6 +24,7 @@ import json
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +93,31 @@ def test_signer_keys_come_from_their_seeds(name: str) -> None:
     assert ident.dh == facts["dh"]
 
 
+def body_of(vec: dict[str, Any]) -> bytes:
+    """A vector's frame body; its ``body`` text or ``array`` say the same."""
+    body = bytes.fromhex(vec["body_hex"])
+    assert bytes.fromhex(vec["frame_hex"]) == len(body).to_bytes(4, "big") + body
+    if "body" in vec:
+        assert vec["body"].encode("utf-8") == body
+    else:
+        assert from_diagnostic(vec["array"]) == msgspec.msgpack.decode(body)
+    return body
+
+
+def from_diagnostic(value: Any) -> Any:
+    """The file's ``array`` back to MessagePack values: ``{"bin": hex}`` is bin."""
+    if isinstance(value, dict):
+        return bytes.fromhex(value["bin"])
+    if isinstance(value, list):
+        return [from_diagnostic(v) for v in value]
+    return value
+
+
 @pytest.mark.parametrize("vec", FLOODED, ids=[v["name"] for v in FLOODED])
 def test_flooded_vector_matches_the_reference(vec: dict[str, Any]) -> None:
     signed = bytes.fromhex(vec["signed_hex"])
     assert vec["signed_text"].encode("utf-8") == signed
-    msg = wire.decode_body(vec["body"].encode("utf-8"))
+    msg = wire.decode_body(body_of(vec))
     assert isinstance(msg, wire.Flooded)
     assert wire.kind(msg) == vec["type"]
     assert msgspec.to_builtins(msg) == vec["fields"]
@@ -104,16 +129,17 @@ def test_flooded_vector_matches_the_reference(vec: dict[str, Any]) -> None:
     frame = bytes.fromhex(vec["frame_hex"])
     assert wire.FrameDecoder().feed(frame) == [msg]
     if vec["name"] != "presence_defaults":  # its body is a minimal sender's, not ours
-        assert wire.encode_body(msg) == vec["body"].encode("utf-8")
+        assert wire.encode_body(msg) == body_of(vec)
         assert wire.encode_frame(msg) == frame
-    # The signed bytes are the body with hops 0 and no signature.
+    # The signed bytes are the message's JSON text with hops 0 and no signature.
     bare = msgspec.structs.replace(msg, hops=0, sig="")
-    assert wire.encode_body(bare) == signed
+    assert wire.encode_json(bare) == signed
+    assert json.loads(signed) == {**vec["fields"], "hops": 0, "sig": ""}
 
 
 def test_a_changed_field_breaks_the_signature() -> None:
     vec = next(v for v in FLOODED if v["name"] == "presence")
-    msg = wire.decode_body(vec["body"].encode())
+    msg = wire.decode_body(body_of(vec))
     assert isinstance(msg, wire.Presence)
     for changed in (
         msgspec.structs.replace(msg, every=7.0),
@@ -127,17 +153,24 @@ def test_a_changed_field_breaks_the_signature() -> None:
 
 
 def test_the_signature_does_not_depend_on_how_the_body_was_written() -> None:
-    """Key order, whitespace, escapes, an integer ts and unknown keys do not
-    change the signed bytes: they come from the decoded values."""
+    """An integer ts, optional fields left out, elements after the known
+    ones, another hops, or the message as a version-1 JSON object (as the
+    store keeps it) do not change the signed bytes: they come from the
+    decoded values."""
     vec = next(v for v in FLOODED if v["name"] == "join")
-    fields = dict(reversed(list(vec["fields"].items())))  # type last, dh first
-    fields["ts"] = int(fields["ts"])
-    fields["future"] = {"x": [1, 2]}
-    body = json.dumps(fields, ensure_ascii=True, indent=1).replace('"alice"', '"\\u0061lice"')
-    msg = wire.decode_body(body.encode())
+    array = msgspec.msgpack.decode(body_of(vec))
+    array[6] = int(array[6])  # ts
+    array[7] = 3  # hops
+    msg = wire.decode_body(msgspec.msgpack.encode([*array, {"future": [1, 2]}, b"x"]))
     assert isinstance(msg, wire.Join)
     assert wire.signing_bytes(msg) == bytes.fromhex(vec["signed_hex"])
     assert identity.verify(msg.key, msg.sig, wire.signing_bytes(msg))
+    fields = dict(reversed(list(vec["fields"].items())))  # type last, dh first
+    fields["ts"] = int(fields["ts"])
+    text = json.dumps(fields, ensure_ascii=True, indent=1).replace('"alice"', '"\\u0061lice"')
+    stored = wire.decode_json(text.encode())
+    assert isinstance(stored, wire.Join)
+    assert wire.signing_bytes(stored) == bytes.fromhex(vec["signed_hex"])
 
 
 def test_proof_vector() -> None:
@@ -148,12 +181,12 @@ def test_proof_vector() -> None:
     assert vec["nonce"] == LINK_LOCAL["hello_bob"]["fields"]["nonce"]
     assert ALICE.sign(data) == vec["sig"]
     assert identity.verify(ALICE.key, vec["sig"], data)
-    assert wire.decode_body(vec["body"].encode()) == wire.Proof(sig=vec["sig"])
+    assert wire.decode_body(body_of(vec)) == wire.Proof(sig=vec["sig"])
 
 
 def test_direct_vector_opens_for_the_recipient_only() -> None:
     vec = next(v for v in FLOODED if v["type"] == "direct")
-    msg = wire.decode_body(vec["body"].encode())
+    msg = wire.decode_body(body_of(vec))
     assert isinstance(msg, wire.Direct)
     sealed = vec["sealed"]
     assert msg.to == BOB.node_id and sealed["recipient_dh"] == BOB.dh
@@ -167,11 +200,11 @@ def test_direct_vector_opens_for_the_recipient_only() -> None:
 
 def test_sync_vector_digest() -> None:
     vec = LINK_LOCAL["sync"]
-    msg = wire.decode_body(vec["body"].encode())
+    msg = wire.decode_body(body_of(vec))
     assert isinstance(msg, wire.Sync)
     (have,) = msg.have
     assert have.digest == vec["digest"] == history.run_digest(vec["line_ids"])
-    lines = wire.decode_body(LINK_LOCAL["lines"]["body"].encode())
+    lines = wire.decode_body(body_of(LINK_LOCAL["lines"]))
     assert isinstance(lines, wire.Lines)
     assert [c.id for c in lines.lines] == vec["line_ids"]
     assert [c.line for c in lines.lines] == list(range(have.lo, have.hi + 1))
@@ -183,7 +216,7 @@ def test_sync_vector_digest() -> None:
 @pytest.mark.parametrize("name", list(LINK_LOCAL))
 def test_link_local_vector_matches_the_reference(name: str) -> None:
     vec = LINK_LOCAL[name]
-    msg = wire.decode_body(vec["body"].encode("utf-8"))
+    msg = wire.decode_body(body_of(vec))
     assert wire.kind(msg) == vec["type"]
     assert msgspec.to_builtins(msg) == vec["fields"]
     assert wire.encode_frame(msg).hex() == vec["frame_hex"]
@@ -270,12 +303,42 @@ JSON_TYPES = {
     msgspec.inspect.ListType: "array",
     msgspec.inspect.LiteralType: "string",
 }
+MSGPACK_TYPES = {
+    msgspec.inspect.StrType: "str",
+    msgspec.inspect.IntType: "int",
+    msgspec.inspect.FloatType: "float 64",
+    msgspec.inspect.BoolType: "bool",
+    msgspec.inspect.ListType: "array",
+}
+JSON_KINDS = ("hello", "refuse")
 
 
-def json_types(cls: type[msgspec.Struct]) -> dict[str, str]:
+def bin_sizes(cls: type[msgspec.Struct]) -> dict[str, str]:
+    """The fields of ``cls`` that travel as bin (or arrays of bin), each
+    with its size as the tables write it: ``16 bytes``, ``0 or 32 bytes``,
+    ``0..8064 bytes``."""
+    out: dict[str, str] = {}
+    for f in msgspec.structs.fields(cls):
+        annotation = f.type
+        if typing.get_origin(getattr(annotation, "__origin__", annotation)) is list:
+            annotation = typing.get_args(annotation.__origin__)[0]
+        found = wire.hex_bytes(annotation)
+        if found is not None:
+            kind, n = found
+            out[f.name] = [f"{n} bytes", f"0 or {n} bytes", f"0..{n} bytes"][kind]
+    return out
+
+
+def doc_types(kind: str, cls: type[msgspec.Struct]) -> dict[str, str]:
+    """What the tables write in the type column of each field."""
     info = msgspec.inspect.type_info(cls)
     assert isinstance(info, msgspec.inspect.StructType)
-    return {f.name: JSON_TYPES[type(f.type)] for f in info.fields}
+    if kind in JSON_KINDS:
+        return {f.name: JSON_TYPES[type(f.type)] for f in info.fields}
+    out = {f.name: MSGPACK_TYPES[type(f.type)] for f in info.fields}
+    for name in bin_sizes(cls):
+        out[name] = "array of bin" if out[name] == "array" else "bin"
+    return out
 
 
 @pytest.mark.parametrize("kind", list(TYPES))
@@ -287,18 +350,20 @@ def test_doc_table_lists_the_reference_fields_in_order(kind: str) -> None:
     assert [name for _, name, _ in rows] == [name for name, _ in expected]
     if kind in FLOODED_TYPES:
         assert [pos for pos, _, _ in rows] == list(range(1, len(rows) + 1))
-    types = json_types(cls)
+    types = doc_types(kind, cls)
+    binary = {} if kind in JSON_KINDS else bin_sizes(cls)
     for (_, name, cells), (_, default) in zip(rows, expected, strict=True):
-        json_type, required, doc_default = cells[0], cells[1], cells[2]
+        doc_type, required, doc_default = cells[0], cells[1], cells[2]
         if name == "type":
-            assert json_type == "string" and required == "yes"
+            assert doc_type == ("string" if kind in JSON_KINDS else "str") and required == "yes"
             continue
-        assert json_type.startswith(types[name]), (kind, name, json_type)
+        assert doc_type.startswith(types[name]), (kind, name, doc_type)
         if default is msgspec.NODEFAULT:
             assert required == "yes" and doc_default == "—", (kind, name)
         else:
             assert required.startswith("no"), (kind, name, required)
-            assert doc_default == f"`{msgspec.json.encode(default).decode()}`", (kind, name)
+            want = "empty" if name in binary else f"`{msgspec.json.encode(default).decode()}`"
+            assert doc_default == want, (kind, name)
 
 
 def test_doc_table_of_a_sync_entry() -> None:
@@ -307,21 +372,28 @@ def test_doc_table_of_a_sync_entry() -> None:
     assert [(pos, name) for pos, name, _ in rows] == [
         (i, name) for i, (name, _) in enumerate(expected)
     ]
+    binary = bin_sizes(wire.Have)
     for (_, name, cells), (_, default) in zip(rows, expected, strict=True):
         if default is msgspec.NODEFAULT:
             assert cells[1] == "yes", name
         else:
-            assert cells[2] == f"`{msgspec.json.encode(default).decode()}`", name
+            want = "empty" if name in binary else f"`{msgspec.json.encode(default).decode()}`"
+            assert cells[2] == want, name
 
 
 def test_doc_patterns_are_the_reference_patterns() -> None:
     """Every string pattern the reference checks is written, as is, in the
-    field's row of the document."""
-    for kind, cls in TYPES.items():
+    field's row of the document; for a field that travels as bin, its size."""
+    kinds: list[tuple[str, type[msgspec.Struct]]] = [*TYPES.items(), ("have", wire.Have)]
+    for kind, cls in kinds:
         info = msgspec.inspect.type_info(cls)
         assert isinstance(info, msgspec.inspect.StructType)
         cells = {name: " | ".join(rest) for _, name, rest in doc_rows(kind)}
+        binary = {} if kind in JSON_KINDS else bin_sizes(cls)
         for f in info.fields:
+            if f.name in binary:
+                assert binary[f.name] in cells[f.name], (kind, f.name, binary[f.name])
+                continue
             t = f.type
             if isinstance(t, msgspec.inspect.ListType):
                 t = t.item_type
@@ -345,6 +417,7 @@ def test_doc_ranges_are_the_reference_ranges() -> None:
         info = msgspec.inspect.type_info(cls)
         assert isinstance(info, msgspec.inspect.StructType)
         cells = {name: " | ".join(rest).replace(",", "") for _, name, rest in doc_rows(kind)}
+        binary = {} if kind in JSON_KINDS else bin_sizes(cls)
         for f in info.fields:
             want: list[str] = []
             t = f.type
@@ -354,23 +427,33 @@ def test_doc_ranges_are_the_reference_ranges() -> None:
             if isinstance(t, msgspec.inspect.IntType | msgspec.inspect.FloatType):
                 if t.ge is not None and t.le is not None:
                     want.append(f"{doc_number(t.ge)}..{doc_number(t.le)}")
-            elif isinstance(t, msgspec.inspect.StrType) and t.max_length is not None:
+            elif (
+                isinstance(t, msgspec.inspect.StrType)
+                and t.max_length is not None
+                and f.name not in binary  # its size in bytes: the pattern test
+            ):
                 want.append(str(t.max_length))
             for text in want:
                 assert text in cells[f.name], (kind, f.name, text, cells[f.name])
 
 
-def test_doc_complete_json_examples_decode() -> None:
-    """Every one-line JSON example of the document that has no ``…`` in it
-    is a valid frame body."""
-    blocks = re.findall(r"```json\n(.*?)```", DOC, flags=re.S)
-    examples = [line for block in blocks for line in block.splitlines() if line.startswith("{")]
+def test_doc_complete_examples_decode() -> None:
+    """Every one-line example of the document that has no ``…`` in it is a
+    valid frame body: the JSON ones as they are, the MessagePack ones
+    (``msgpack`` blocks, in diagnostic notation: JSON, with ``h'…'`` for bin)
+    once encoded."""
     checked = 0
-    for line in examples:
-        if "…" in line:
-            continue
-        wire.decode_body(line.encode("utf-8"))
-        checked += 1
+    for lang, block in re.findall(r"```(json|msgpack)\n(.*?)```", DOC, flags=re.S):
+        for line in block.splitlines():
+            if not line.startswith(("{", "[")) or "…" in line:
+                continue
+            if lang == "json":
+                body = line.encode("utf-8")
+            else:
+                text = re.sub(r"h'([0-9a-f]*)'", r'{"bin": "\1"}', line)
+                body = msgspec.msgpack.encode(from_diagnostic(json.loads(text)))
+            wire.decode_body(body)
+            checked += 1
     assert checked >= 8
 
 

@@ -1,17 +1,19 @@
-"""Wire protocol v1: frames and messages survive the trip, bad frames are refused."""
+"""Wire protocol v2: frames and messages survive the trip, bad frames are refused."""
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import unicodedata
 from typing import Any, Literal
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pchat import names
+from p2pchat import names, wire
 from p2pchat.errors import FrameTooLarge, RemoteProtocolError
 from p2pchat.wire import (
     MAX_FRAME_BYTES,
@@ -23,13 +25,16 @@ from p2pchat.wire import (
     Join,
     Keepalive,
     Leave,
+    Lines,
     Message,
     Nick,
     Presence,
+    Prune,
     Refuse,
     decode_body,
     encode_frame,
     kind,
+    signing_bytes,
 )
 
 FAST = settings(max_examples=150, deadline=None, database=None)
@@ -71,8 +76,43 @@ def json_frame(obj: object) -> bytes:
     return frame_of(json.dumps(obj, ensure_ascii=False).encode("utf-8"))
 
 
+KINDS: dict[str, type[msgspec.Struct]] = {
+    kind(m): type(m) for m in [*EVERY_KIND, Lines(batch=1, lines=[Chat(**COMMON, text="")])]
+}
+HEX_FIELDS = {"id", "origin", "key", "sig", "dh", "to", "eph", "box"}
+
+
+def packed(obj: dict[str, Any]) -> bytes:
+    """A MessagePack body made by hand from a dict like a v1 JSON object:
+    the type, then the type's fields in order (a field left out of the dict
+    is left out of the array, so later ones move up), then any unknown keys'
+    values; strings of hex digits in id/key fields become bin."""
+    fields = KINDS[obj["type"]].__struct_fields__ if obj.get("type") in KINDS else ()
+    out: list[Any] = [obj["type"]] if "type" in obj else []
+    for name in [*fields, *(k for k in obj if k not in fields and k != "type")]:
+        if name not in obj:
+            continue
+        value = obj[name]
+        if name in HEX_FIELDS and isinstance(value, str) and re.fullmatch("([0-9a-f]{2})*", value):
+            value = bytes.fromhex(value)
+        elif name == "ids":
+            value = [bytes.fromhex(v) for v in value]
+        out.append(value)
+    return msgspec.msgpack.encode(out)
+
+
+def packed_frame(obj: dict[str, Any], raw: tuple[bytes, bytes] | None = None) -> bytes:
+    """:func:`packed` behind a length prefix; ``raw`` replaces one run of
+    bytes by another in the body (to put invalid UTF-8 in a string)."""
+    body = packed(obj)
+    if raw is not None:
+        assert raw[0] in body
+        body = body.replace(*raw)
+    return frame_of(body)
+
+
 def chat_dict(**changes: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {"type": "chat", **COMMON, "text": "hi"}
+    d: dict[str, Any] = {"type": "chat", **COMMON, "key": "", "sig": "", "text": "hi"}
     d.update(changes)
     return d
 
@@ -124,10 +164,59 @@ def test_kind_names_the_type_tag() -> None:
 
 def test_the_type_tag_is_on_the_wire() -> None:
     body = encode_frame(Keepalive())[4:]
-    assert json.loads(body) == {"type": "keepalive"}
-    chat = json.loads(encode_frame(EVERY_KIND[3])[4:])
-    assert chat["type"] == "chat"
-    assert chat["text"] == "hello, world"
+    assert msgspec.msgpack.decode(body) == ["keepalive"]
+    chat = msgspec.msgpack.decode(encode_frame(EVERY_KIND[3])[4:])
+    assert chat[0] == "chat"
+    assert chat[1] == bytes.fromhex(MSG_ID)  # ids are bin, not hex
+    assert chat[10] == "hello, world"
+
+
+def test_hello_and_refuse_are_json_in_every_version() -> None:
+    hello = json.loads(encode_frame(EVERY_KIND[0])[4:])
+    assert hello["type"] == "hello" and hello["node"] == NODE_A
+    assert json.loads(encode_frame(EVERY_KIND[1])[4:])["type"] == "refuse"
+
+
+def test_a_100_byte_line_travels_in_at_most_300_bytes() -> None:
+    chat = Chat(
+        **{**COMMON, "seq": 123456, "ts": 1732245123.457},
+        key="ab" * 32,
+        sig="cd" * 64,
+        text="x" * 100,
+        line=4321,
+        hlc=1732245123457012,
+    )
+    assert len(encode_frame(chat)) <= 300
+    assert len(json.dumps(msgspec.to_builtins(chat))) > 500  # v1's JSON body
+
+
+def test_signed_bytes_are_the_json_text_whatever_the_frame() -> None:
+    chat = EVERY_KIND[3]
+    assert isinstance(chat, Chat)
+    assert json.loads(signing_bytes(chat)) == {
+        **msgspec.to_builtins(chat),
+        "hops": 0,
+        "sig": "",
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(json_frame({"type": "keepalive"}), id="json-keepalive"),
+        pytest.param(json_frame(chat_dict()), id="json-chat"),
+        pytest.param(
+            frame_of(msgspec.msgpack.encode(["hello", 2, bytes(8), "a", "r", 1])), id="bin-hello"
+        ),
+        pytest.param(frame_of(msgspec.msgpack.encode(["refuse", "busy", "full"])), id="bin-refuse"),
+        pytest.param(
+            frame_of(msgspec.msgpack.encode({"type": "keepalive"})), id="bin-map-not-array"
+        ),
+    ],
+)
+def test_each_type_has_one_encoding(data: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_all(data)
 
 
 def test_several_frames_in_one_feed_come_out_in_order() -> None:
@@ -205,27 +294,39 @@ def test_longest_line_is_accepted_in_code_points_not_bytes() -> None:
 
 
 def test_largest_frame_body_is_accepted() -> None:
-    head, tail = b'{"type":"keepalive"', b"}"
-    body = head + b" " * (MAX_FRAME_BYTES - len(head) - len(tail)) + tail
+    # ["keepalive", <bin 16 padding>]: elements after the known fields are ignored.
+    head = msgspec.msgpack.encode(["keepalive", b""])
+    pad = MAX_FRAME_BYTES - (len(head) - 2) - 3  # fixarray + tag, bin 16 header
+    body = msgspec.msgpack.encode(["keepalive", b"\0" * pad])
     assert len(body) == MAX_FRAME_BYTES
     assert decode_all(frame_of(body)) == [Keepalive()]
 
 
-def test_unknown_extra_keys_are_ignored() -> None:
-    data = json_frame(chat_dict(color="red", extra={"nested": [1, 2, 3]}, future=None))
+def test_unknown_trailing_elements_are_ignored() -> None:
+    data = packed_frame(chat_dict(action=False, line=0, hlc=0, color="red", extra=[1, 2, 3]))
     (got,) = decode_all(data)
     assert got == Chat(**COMMON, text="hi")
 
 
+def test_unknown_json_keys_of_a_hello_are_ignored() -> None:
+    hello = json.loads(encode_frame(EVERY_KIND[0])[4:])
+    (got,) = decode_all(json_frame({**hello, "color": "red", "extra": {"nested": [1]}}))
+    assert got == EVERY_KIND[0]
+
+
 def test_defaults_apply_when_optional_fields_are_absent() -> None:
-    (chat,) = decode_all(json_frame(chat_dict()))
+    (chat,) = decode_all(packed_frame(chat_dict()))
     assert isinstance(chat, Chat)
     assert chat.action is False
-    (leave,) = decode_all(json_frame({"type": "leave", **COMMON}))
+    (leave,) = decode_all(packed_frame({"type": "leave", **COMMON, "key": "", "sig": ""}))
     assert isinstance(leave, Leave)
     assert leave.reason == "quit"
-    (ihave,) = decode_all(json_frame({"type": "ihave", "ids": [MSG_ID]}))  # an older peer
+    (ihave,) = decode_all(packed_frame({"type": "ihave", "ids": [MSG_ID]}))  # an older peer
     assert ihave == IHave(ids=[MSG_ID], hops=[])
+    (presence,) = decode_all(packed_frame({"type": "presence", **COMMON, "key": "", "sig": ""}))
+    assert presence == Presence(**COMMON)  # dh "" (empty bin), every 0.0, ...
+    (prune,) = decode_all(packed_frame({"type": "prune"}))
+    assert prune == Prune()
 
 
 # ----------------------------------------------------------- hypothesis: chat
@@ -366,36 +467,38 @@ def _bad(name: str, data: bytes) -> Any:
 
 
 BAD_FRAMES = [
-    _bad("invalid-utf8-in-string", frame_of(b'{"type":"chat","text":"\xff\xfe"}')),
-    _bad(
-        "invalid-utf8-in-text",
-        frame_of(json.dumps(chat_dict(text="XX")).encode().replace(b"XX", b"\xc3\x28")),
-    ),
+    _bad("invalid-utf8-in-json", frame_of(b'{"type":"refuse","code":"\xff\xfe","reason":""}')),
+    _bad("invalid-utf8-in-text", packed_frame(chat_dict(text="XX"), (b"XX", b"\xc3\x28"))),
+    _bad("invalid-utf8-in-tag", frame_of(b"\x91\xa2\xc3\x28")),
     _bad("invalid-utf8-raw", frame_of(b"\xff")),
-    _bad("malformed-json", frame_of(b'{"type": "keepalive"')),
+    _bad("malformed-json", frame_of(b'{"type": "refuse"')),
+    _bad("truncated-msgpack", frame_of(packed(chat_dict())[:-1])),
+    _bad("msgpack-reserved-byte", frame_of(b"\xc1")),
     _bad("malformed-json-garbage", frame_of(b"not json at all")),
-    _bad("trailing-garbage", frame_of(b'{"type":"keepalive"} x')),
-    _bad("json-array", frame_of(b'[{"type":"keepalive"}]')),
-    _bad("json-string", frame_of(b'"keepalive"')),
-    _bad("json-number", frame_of(b"42")),
-    _bad("json-null", frame_of(b"null")),
-    _bad("unknown-type", json_frame({"type": "shout", "text": "hi"})),
-    _bad("missing-type", json_frame({k: v for k, v in chat_dict().items() if k != "type"})),
-    _bad("missing-text", json_frame({k: v for k, v in chat_dict().items() if k != "text"})),
-    _bad("missing-id", json_frame({k: v for k, v in chat_dict().items() if k != "id"})),
+    _bad("trailing-garbage", frame_of(b'{"type":"refuse","code":"","reason":""} x')),
+    _bad("trailing-msgpack", frame_of(packed({"type": "keepalive"}) + b"\x90")),
+    _bad("msgpack-string", frame_of(msgspec.msgpack.encode("keepalive"))),
+    _bad("msgpack-number", frame_of(b"\x2a")),
+    _bad("msgpack-nil", frame_of(b"\xc0")),
+    _bad("msgpack-nested-array", frame_of(msgspec.msgpack.encode([["keepalive"]]))),
+    _bad("unknown-type", frame_of(msgspec.msgpack.encode(["shout", "hi"]))),
+    _bad("unknown-json-type", json_frame({"type": "shout", "text": "hi"})),
+    _bad("missing-type", packed_frame({k: v for k, v in chat_dict().items() if k != "type"})),
+    _bad("missing-text", packed_frame({k: v for k, v in chat_dict().items() if k != "text"})),
+    _bad("missing-id", packed_frame({k: v for k, v in chat_dict().items() if k != "id"})),
     _bad("missing-hello-port", json_frame({"type": "hello", "version": 1, "node": NODE_A})),
-    _bad("seq-as-string", json_frame(chat_dict(seq="7"))),
-    _bad("hops-as-bool", json_frame(chat_dict(hops=True))),
-    _bad("text-as-number", json_frame(chat_dict(text=5))),
-    _bad("action-as-string", json_frame(chat_dict(action="yes"))),
-    _bad("ts-as-string", json_frame(chat_dict(ts="now"))),
-    _bad("hops-65", json_frame(chat_dict(hops=65))),
-    _bad("hops-negative", json_frame(chat_dict(hops=-1))),
-    _bad("ihave-hops-256", json_frame({"type": "ihave", "ids": [MSG_ID], "hops": [256]})),
-    _bad("ihave-hops-as-string", json_frame({"type": "ihave", "ids": [MSG_ID], "hops": ["1"]})),
-    _bad("seq-negative", json_frame(chat_dict(seq=-1))),
-    _bad("seq-above-2**53", json_frame(chat_dict(seq=2**53 + 1))),
-    _bad("ts-negative", json_frame(chat_dict(ts=-1.0))),
+    _bad("seq-as-string", packed_frame(chat_dict(seq="7"))),
+    _bad("hops-as-bool", packed_frame(chat_dict(hops=True))),
+    _bad("text-as-number", packed_frame(chat_dict(text=5))),
+    _bad("action-as-string", packed_frame(chat_dict(action="yes"))),
+    _bad("ts-as-string", packed_frame(chat_dict(ts="now"))),
+    _bad("hops-65", packed_frame(chat_dict(hops=65))),
+    _bad("hops-negative", packed_frame(chat_dict(hops=-1))),
+    _bad("ihave-hops-256", packed_frame({"type": "ihave", "ids": [MSG_ID], "hops": [256]})),
+    _bad("ihave-hops-as-string", packed_frame({"type": "ihave", "ids": [MSG_ID], "hops": ["1"]})),
+    _bad("seq-negative", packed_frame(chat_dict(seq=-1))),
+    _bad("seq-above-2**53", packed_frame(chat_dict(seq=2**53 + 1))),
+    _bad("ts-negative", packed_frame(chat_dict(ts=-1.0))),
     _bad(
         "port-70000",
         json_frame(
@@ -408,44 +511,47 @@ BAD_FRAMES = [
             {"type": "hello", "version": "1", "node": NODE_A, "name": "a", "room": "r", "port": 1}
         ),
     ),
-    _bad("origin-uppercase", json_frame(chat_dict(origin=NODE_A.upper()))),
-    _bad("origin-15-digits", json_frame(chat_dict(origin=NODE_A[:15]))),
-    _bad("origin-17-digits", json_frame(chat_dict(origin=NODE_A + "0"))),
-    _bad("origin-not-hex", json_frame(chat_dict(origin="g" * 16))),
+    _bad("origin-as-hex-string", packed_frame(chat_dict(origin=NODE_A.upper()))),
+    _bad("origin-7-bytes", packed_frame(chat_dict(origin=NODE_A[:14]))),
+    _bad("origin-9-bytes", packed_frame(chat_dict(origin=NODE_A + "00"))),
+    _bad("key-31-bytes", packed_frame(chat_dict(key="ab" * 31))),
+    _bad("sig-65-bytes", packed_frame(chat_dict(sig="ab" * 65))),
     _bad(
         "hello-node-not-hex",
         json_frame(
             {"type": "hello", "version": 1, "node": "xyz", "name": "a", "room": "r", "port": 1}
         ),
     ),
-    _bad("message-id-short", json_frame(chat_dict(id=MSG_ID[:31]))),
-    _bad("text-2001-chars", json_frame(chat_dict(text="x" * (MAX_TEXT_CHARS + 1)))),
-    _bad("text-2001-cyrillic", json_frame(chat_dict(text="ж" * (MAX_TEXT_CHARS + 1)))),
-    _bad("text-with-newline", json_frame(chat_dict(text="two\nlines"))),
-    _bad("text-with-cr", json_frame(chat_dict(text="carriage\rreturn"))),
-    _bad("text-with-nul", json_frame(chat_dict(text="nul\x00byte"))),
-    _bad("name-with-control-char", json_frame(chat_dict(name="al\x07ice"))),
-    _bad("name-with-escape", json_frame(chat_dict(name="al\x1bice"))),
-    _bad("name-empty", json_frame(chat_dict(name=""))),
-    _bad("name-33-chars", json_frame(chat_dict(name="a" * 33))),
-    _bad("name-leading-blank", json_frame(chat_dict(name=" alice"))),
-    _bad("name-trailing-blank", json_frame(chat_dict(name="alice "))),
-    _bad("room-65-chars", json_frame(chat_dict(room="r" * 65))),
-    _bad("room-with-tab", json_frame(chat_dict(room="lob\tby"))),
-    _bad("nick-old-with-control-char", json_frame({"type": "nick", **COMMON, "old": "a\x01"})),
-    _bad("text-lone-surrogate", frame_of(b'{"type":"chat","text":"\\ud800"}')),
+    _bad("message-id-short", packed_frame(chat_dict(id=MSG_ID[:30]))),
+    _bad("text-2001-chars", packed_frame(chat_dict(text="x" * (MAX_TEXT_CHARS + 1)))),
+    _bad("text-2001-cyrillic", packed_frame(chat_dict(text="ж" * (MAX_TEXT_CHARS + 1)))),
+    _bad("text-with-newline", packed_frame(chat_dict(text="two\nlines"))),
+    _bad("text-with-cr", packed_frame(chat_dict(text="carriage\rreturn"))),
+    _bad("text-with-nul", packed_frame(chat_dict(text="nul\x00byte"))),
+    _bad("name-with-control-char", packed_frame(chat_dict(name="al\x07ice"))),
+    _bad("name-with-escape", packed_frame(chat_dict(name="al\x1bice"))),
+    _bad("name-empty", packed_frame(chat_dict(name=""))),
+    _bad("name-33-chars", packed_frame(chat_dict(name="a" * 33))),
+    _bad("name-leading-blank", packed_frame(chat_dict(name=" alice"))),
+    _bad("name-trailing-blank", packed_frame(chat_dict(name="alice "))),
+    _bad("room-65-chars", packed_frame(chat_dict(room="r" * 65))),
+    _bad("room-with-tab", packed_frame(chat_dict(room="lob\tby"))),
     _bad(
-        "text-lone-surrogate-full-chat",
-        frame_of(json.dumps(chat_dict(text="a\ud800b")).encode("ascii")),
+        "nick-old-with-control-char",
+        packed_frame({"type": "nick", **COMMON, "key": "", "sig": "", "old": "a\x01"}),
     ),
-    _bad("name-lone-low-surrogate", frame_of(json.dumps(chat_dict(name="\udc00")).encode())),
+    _bad("text-surrogate", packed_frame(chat_dict(text="aXXXb"), (b"XXX", b"\xed\xa0\x80"))),
+    _bad("name-low-surrogate", packed_frame(chat_dict(name="aXXXb"), (b"XXX", b"\xed\xb0\x80"))),
     _bad(
         "refuse-reason-lone-surrogate",
         frame_of(b'{"type":"refuse","code":"busy","reason":"\\ud800"}'),
     ),
     _bad(
-        "leave-reason-lone-surrogate",
-        frame_of(json.dumps({"type": "leave", **COMMON, "reason": "\ud800"}).encode()),
+        "leave-reason-surrogate",
+        packed_frame(
+            {"type": "leave", **COMMON, "key": "", "sig": "", "reason": "XXX"},
+            (b"XXX", b"\xed\xa0\x80"),
+        ),
     ),
 ]
 
@@ -468,7 +574,7 @@ def test_a_bad_frame_after_a_good_one_is_still_refused() -> None:
     decoder = FrameDecoder()
     assert decoder.feed(encode_frame(Keepalive())) == [Keepalive()]
     with pytest.raises(RemoteProtocolError):
-        decoder.feed(json_frame(chat_dict(hops=65)))
+        decoder.feed(packed_frame(chat_dict(hops=65)))
 
 
 # ----------------------------------------------------- hypothesis: garbage in
@@ -493,7 +599,7 @@ def test_arbitrary_bytes_yield_messages_or_a_protocol_error(chunks: list[bytes])
 
 
 def _framed_garbage() -> st.SearchStrategy[bytes]:
-    """Bytes behind a plausible length prefix, so the JSON decoder gets exercised."""
+    """Bytes behind a plausible length prefix, so the decoders get exercised."""
     body = st.one_of(
         st.binary(min_size=1, max_size=200),
         st.text(max_size=100).map(lambda s: s.encode("utf-8", "surrogatepass") or b" "),
@@ -520,9 +626,7 @@ def test_mutated_frames_yield_messages_or_a_protocol_error(
 @FAST
 @given(
     msg=st.sampled_from(EVERY_KIND),
-    key=st.sampled_from(
-        ["type", "id", "origin", "seq", "name", "room", "ts", "hops", "text", "action", "node"]
-    ),
+    index=st.integers(0, 14),
     value=st.one_of(
         st.none(),
         st.booleans(),
@@ -533,12 +637,21 @@ def test_mutated_frames_yield_messages_or_a_protocol_error(
         st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
     ),
 )
-def test_json_with_a_changed_field_yields_a_message_or_a_protocol_error(
-    msg: Message, key: str, value: object
+def test_a_changed_element_yields_a_message_or_a_protocol_error(
+    msg: Message, index: int, value: object
 ) -> None:
-    obj = json.loads(encode_frame(msg)[4:])
-    obj[key] = value
-    data = frame_of(json.dumps(obj).encode("utf-8", "surrogatepass"))
+    body = encode_frame(msg)[4:]
+    if body[:1] == b"{":
+        obj = json.loads(body)
+        obj[list(obj)[index % len(obj)]] = value
+        data = frame_of(json.dumps(obj).encode("utf-8", "surrogatepass"))
+    else:
+        arr = msgspec.msgpack.decode(body)
+        arr[index % len(arr)] = value
+        try:
+            data = frame_of(msgspec.msgpack.encode(arr))
+        except (UnicodeEncodeError, OverflowError):
+            return  # a value MessagePack cannot carry (a surrogate, an int over 64 bits)
     feed_all([data])
 
 
@@ -552,3 +665,15 @@ def test_buffer_holds_at_most_one_frame_plus_the_last_chunk() -> None:
         decoder.feed(piece)
         assert decoder.buffered <= MAX_FRAME_BYTES + 4 + len(piece)
     assert decoder.buffered == 0
+
+
+def test_checked_names_are_remembered_within_a_bound() -> None:
+    """Names repeat on every frame, so wire remembers the valid ones; a peer
+    sending ever new names cannot grow that memory past its bound, and a
+    refused name is refused every time."""
+    for i in range(wire._GOOD_NAMES_MAX + 100):
+        wire.check_name(f"name {i}")
+        assert len(wire._GOOD_NAMES) <= wire._GOOD_NAMES_MAX
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError):
+            wire.check_name("alice#2d96")
