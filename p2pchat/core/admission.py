@@ -48,9 +48,15 @@ SIGNATURE_REASONS: Final = frozenset({"unsigned", "wrong_key", "bad_signature"})
 REASONS: Final[dict[str, str]] = {
     # a frame that ends its link (raised by wire / transport / privacy as RemoteProtocolError)
     "oversized": "a frame's length prefix is 0 or above 65,536 bytes",
-    "malformed": "a frame is not one JSON object (or nests too deeply)",
+    "malformed": (
+        "a frame is not one JSON object (`hello`, `refuse`) or one MessagePack array "
+        "(the others), or nests too deeply"
+    ),
     "invalid_fields": "a field is missing, of the wrong type or out of range",
-    "invalid_utf8": "a frame is not valid UTF-8, or holds a lone surrogate",
+    "invalid_utf8": (
+        "a JSON frame is not valid UTF-8, or holds a lone surrogate; "
+        "a MessagePack string is not valid UTF-8"
+    ),
     "bad_name": "a name holds invisible, format or bidi characters, or '#'",
     "too_slow": "a frame was still incomplete 12 s after its first byte",
     "wrong_secret": "a private room's frame does not open with the room's key",
