@@ -27,9 +27,7 @@ docs/architecture.md has the picture: layers, threads, locks.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -45,26 +43,25 @@ from p2pchat.core.direct import check_direct_text
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.membership import PRESENCE_SHARE_S
 from p2pchat.core.protocol import Protocol, check_config, check_text
-from p2pchat.core.slots import Held, inbound_refusal
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, IN_PLACE_FRESH_S, MAX_ORIGINS, ORDER_HOLD_S
 from p2pchat.dialer import Dialer
 from p2pchat.discovery import Discovery, FoundPeer, LocalService
-from p2pchat.errors import LocalError, StartupError, UsageError
+from p2pchat.errors import LocalError, UsageError
 from p2pchat.events import (
     Event,
     KeyInfo,
     LinkInfo,
     MemberInfo,
     MessageEvent,
-    Notice,
     Ready,
     Snapshot,
     Stats,
 )
 from p2pchat.flood import TokenBucket
 from p2pchat.identity import Identity
+from p2pchat.links import Links
 from p2pchat.store import Store
-from p2pchat.transport import Link, Listener, PortInUse
+from p2pchat.transport import Link
 
 __all__ = [
     "BAD_SIGNATURES_PER_LINK",
@@ -145,20 +142,13 @@ class Node:
         self._out_lock = threading.Lock()
         self._draining: threading.Thread | None = None
         self._wake = threading.Event()  # wakes the router
-        self._all_links: set[Link] = set()
+        self.links = Links(self)  # the listeners and every link: the sockets' side
         self._dialers: dict[str, Dialer] = {}
-        self._noticed: set[tuple[str, str]] = set()
         self._started_at = time.monotonic()
         self._own_bucket = flood_bucket(config)
-        self._counts: dict[str, int] = dict.fromkeys(
-            ("frames_in", "frames_out", "bytes_in", "bytes_out"), 0
-        )
-        self._queue_drops = 0
-        self._listeners: list[Listener] = []
         self._router: threading.Thread | None = None
         self._stopping = threading.Event()
         self._started = False
-        self.port = 0
 
     # -- feeding the core ---------------------------------------------------------------
 
@@ -223,6 +213,11 @@ class Node:
     # -- public API -------------------------------------------------------------
 
     @property
+    def port(self) -> int:
+        """The TCP port the node listens on (0 before :meth:`start`)."""
+        return self.links.port
+
+    @property
     def name(self) -> str:
         """This node's display name."""
         return self._core.name
@@ -251,7 +246,7 @@ class Node:
             raise UsageError("node already started")
         self._started = True
         try:
-            self._listen()
+            self.links.listen()
             with self._lock:
                 self._core.port = self.port
                 self._core.addrs = self._advertised_addresses()
@@ -353,12 +348,7 @@ class Node:
     def stats(self) -> Stats:
         """The node's counters (see :class:`~p2pchat.events.Stats`).  Any thread."""
         with self._lock:
-            counts = dict(self._counts)
-            for link in self._all_links:
-                counts["frames_in"] += link.frames_in
-                counts["frames_out"] += link.frames_out
-                counts["bytes_in"] += link.bytes_in
-                counts["bytes_out"] += link.bytes_out
+            counts = self.links.totals()
             s = self._core.s
             return Stats(
                 uptime_s=round(time.monotonic() - self._started_at, 1),
@@ -370,7 +360,7 @@ class Node:
                 frames_refused=dict(s.frames_refused),
                 links_refused=dict(s.links_refused),
                 rate_limited=self._core.rate_limited_counts(),
-                queue_drops=self._queue_drops,
+                queue_drops=self.links.queue_drops,
                 links=len(s.links),
                 members=len(s.roster),
                 seen_cache=len(s.seen),
@@ -487,7 +477,7 @@ class Node:
         self._wake.set()
         if self._discovery is not None:
             self._discovery.close()
-        for listener in self._listeners:
+        for listener in self.links.listeners:
             listener.close()
         with self._lock:
             dialers = list(self._dialers.values())
@@ -498,10 +488,10 @@ class Node:
         for link in links:
             link.done.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            all_links = list(self._all_links)
+            all_links = list(self.links.all)
         for link in all_links:
             link.close("node closing")
-        for listener in self._listeners:
+        for listener in self.links.listeners:
             listener.join(2.0)
         for d in dialers:
             if d.thread.is_alive() and d.thread is not threading.current_thread():
@@ -514,185 +504,19 @@ class Node:
         with self._lock:
             self._store.close()
 
-    # -- listening and links ------------------------------------------------------
-
-    def _listen(self) -> None:
-        hosts = self.config.interfaces or ["0.0.0.0"]
-        port = self.config.port
-        try:
-            self._bind_all(hosts, port)
-        except PortInUse as exc:
-            if not self.config.port_fallback:
-                raise StartupError(
-                    f"{exc}; choose another with --port (0 = any free port)"
-                ) from None
-            self._emit([Notice(text=f"{exc}; listening on a free port instead", level="warning")])
-            self._bind_all(hosts, 0)
-
-    def _bind_all(self, hosts: list[str], port: int) -> None:
-        for listener in self._listeners:
-            listener.close()
-        self._listeners = []
-        try:
-            for host in hosts:
-                listener = Listener(host, port, self._accept)
-                self._listeners.append(listener)
-                port = listener.port  # the others take the same port
-        except StartupError:
-            for listener in self._listeners:
-                listener.close()
-            self._listeners = []
-            raise
-        self.port = port
-        for listener in self._listeners:
-            listener.start()
-
-    def _hello(self) -> wire.Hello:
-        return self._core.hello(os.urandom(16).hex())
-
-    def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
-        """Listener thread: adopt an inbound socket, or refuse it at once."""
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.adopt(sock, "in", remote)
+    # -- peers: discovery callbacks (on the discovery thread) and dials ----------------------
 
     def adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
-        """Start a link on a connected socket (its reader and writer threads).
+        """A dialler's connected socket becomes a link: :meth:`Links.adopt
+        <p2pchat.links.Links.adopt>`."""
+        return self.links.adopt(sock, direction, remote)
 
-        An inbound socket over a limit of :func:`~p2pchat.core.slots.inbound_refusal` is refused
-        here, before any thread starts for it: it gets a ``refuse`` (best
-        effort, never blocking) and is closed.  An outbound one is never
-        refused here.  Listener or dialler thread.
-
-        Returns:
-            the link, or None when the socket was refused or the node is
-            closing (the socket is closed then).
-        """
-        assert direction in ("in", "out")
-        with self._lock:
-            if self._core.closed:
-                sock.close()
-                return None
-            refusal = (
-                inbound_refusal(
-                    self.config,
-                    (
-                        Held(k.remote[0], k.up_at is None)
-                        for k in self._all_links
-                        if k.direction == "in"
-                    ),
-                    remote[0],
-                )
-                if direction == "in"
-                else None
-            )
-            if refusal is not None:
-                code = refusal[0]
-                refused = self._core.s.links_refused
-                refused[code] = refused.get(code, 0) + 1
-            else:
-                link = Link(
-                    sock,
-                    "in" if direction == "in" else "out",
-                    remote,
-                    self,
-                    self._hello(),
-                    self.config.link,
-                )
-                self._all_links.add(link)
-        if refusal is not None:
-            log.debug("refused a connection from %s: %s", remote[0], refusal[1])
-            frame = wire.encode_frame(wire.Refuse(code="busy", reason=refusal[1]))
-            with contextlib.suppress(OSError):
-                sock.send(frame, socket.MSG_DONTWAIT)
-            sock.close()
-            return None
-        link.start()
-        return link
-
-    # LinkOwner callbacks: on link reader threads.
-
-    def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
-        """The core's handshake policy (:meth:`Protocol.check_hello
-        <p2pchat.core.protocol.Protocol.check_hello>`); in a private room, set
-        the link's cipher from both nonces."""
-        with self._lock:
-            refusal = self._core.check_hello(link.direction, hello, time.monotonic())
-        secret = self._core.secret
-        if refusal is None and secret is not None:  # every frame after the hellos is sealed
-            link.cipher = secret.link_cipher(link.hello.nonce, hello.nonce, link.direction == "out")
-        return refusal
-
-    def prove(self, link: Link, hello: wire.Hello) -> wire.Proof:
-        """Sign the peer's nonce: we hold the key of our node id (§4)."""
-        return self._core.prove(hello)
-
-    def check_proof(self, link: Link, hello: wire.Hello, proof: wire.Proof) -> bool:
-        """The peer signed our nonce with the key its hello names."""
-        return self._core.check_proof(link.hello.nonce, hello, proof)
-
-    def on_link_up(self, link: Link) -> None:
-        """Handshake done: the core registers the link (tie-break, peer_up)."""
-        peer = link.peer
-        if peer is None:
-            link.close("no hello")
-            return
-        self._call(
-            lambda now, wall: self._core.link_up(
-                link, peer, link.direction, link.address, now, wall
-            )
-        )
-
-    def on_message(
-        self, link: Link, msg: wire.FloodMessage | wire.TreeMessage | wire.HistoryMessage
-    ) -> None:
-        """A decoded frame: the core takes it on the link's reader thread,
-        under the state lock (:meth:`_call`, without its closure: the hot path).  A
-        reader busy here reads no more, which pushes back on the peer through TCP."""
-        with self._lock:
-            self._queue(self._core.receive(link, msg, time.monotonic(), time.time()))
-        self._drain()
-
-    def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
-        """The link ended: fold its counters in, tell the core (and surface
-        refusals to the user, once per address and cause)."""
-        text = ""
-        if link.refused is not None and link.refused.code in ("version", "room"):
-            text = f"{link.address} refused the link: {link.refused.reason}"
-            key = (link.remote[0], link.refused.code)
-        elif link.refusal is not None and link.refusal.code in ("version", "room"):
-            text = f"refused a link with {link.remote[0]}: {link.refusal.reason}"
-            key = (link.remote[0], link.refusal.code)
-        with self._lock:
-            if text:
-                fresh = key not in self._noticed
-                if fresh and len(self._noticed) < 1024:
-                    self._noticed.add(key)
-                if fresh:
-                    self._outbox.append(Emit(Notice(text=text, level="error")))
-            if link in self._all_links:
-                self._all_links.discard(link)
-                self._account_closed(link)
-            if link.peer is not None:
-                for dialer in self._dialers.values():
-                    if dialer.node_id == link.peer.node:
-                        dialer.wake.set()  # dial again now, not at its next check
-        self._call(lambda now, wall: self._core.link_down(link, reason, now, wall))
-
-    def _account_closed(self, link: Link) -> None:
-        """Fold a closed link's counters into the node's totals.  Lock held."""
-        self._counts["frames_in"] += link.frames_in
-        self._counts["frames_out"] += link.frames_out
-        self._counts["bytes_in"] += link.bytes_in
-        self._counts["bytes_out"] += link.bytes_out
-        s = self._core.s
-        if link.frame_error:
-            s.frames_refused[link.frame_error] = s.frames_refused.get(link.frame_error, 0) + 1
-        if link.end_code and not (link.end_code == "keepalive_timeout" and s.closed):
-            s.links_refused[link.end_code] = s.links_refused.get(link.end_code, 0) + 1
-        if link.end_code == "queue_full":
-            self._queue_drops += 1
-
-    # -- peers: discovery callbacks (on the discovery thread) and dials ----------------------
+    def wake_dialer(self, node_id: str) -> None:
+        """The link to ``node_id`` ended: its static peer's dialler (if any)
+        dials again now, not at its next check.  Lock held."""
+        for dialer in self._dialers.values():
+            if dialer.node_id == node_id:
+                dialer.wake.set()
 
     def _found(self, peer: FoundPeer) -> None:
         if peer.node_id == self.node_id or peer.room != self._core.wire_room:

@@ -373,6 +373,7 @@ def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "tree
     _watchdog(deadline_s)
     from p2pchat import transport, wire
     from p2pchat.events import Event, JoinEvent, LeaveEvent, MessageEvent, PeerDown, PeerUp
+    from p2pchat.links import Links
     from p2pchat.node import Node, NodeConfig
 
     ctl = _Control()
@@ -390,8 +391,8 @@ def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "tree
 
     transport.Link.send = counting_send  # type: ignore[method-assign, assignment]
 
-    class CountingNode(Node):
-        """A node that counts the chat frames it receives (before the dedup)."""
+    class CountingLinks(Links):
+        """Links that count the chat frames they receive (before the dedup)."""
 
         def on_message(
             self,
@@ -447,7 +448,8 @@ def node_worker(index: int, room: str, deadline_s: float, broadcast: str = "tree
         broadcast=broadcast,
         active_target=0,
     )
-    node = CountingNode(config, discovery=None, on_event=on_event)
+    node = Node(config, discovery=None, on_event=on_event)
+    node.links = CountingLinks(node)
     cpu0 = [cpu_seconds()]
 
     def do_peers(cmd: dict[str, Any]) -> None:
