@@ -44,8 +44,7 @@ from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.membership import PRESENCE_SHARE_S
 from p2pchat.core.protocol import Protocol, check_config, check_text
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, IN_PLACE_FRESH_S, MAX_ORIGINS, ORDER_HOLD_S
-from p2pchat.dialer import Dialer
-from p2pchat.discovery import Discovery, FoundPeer, LocalService
+from p2pchat.discovery import Discovery, LocalService
 from p2pchat.errors import LocalError, UsageError
 from p2pchat.events import (
     Event,
@@ -60,6 +59,7 @@ from p2pchat.events import (
 from p2pchat.flood import TokenBucket
 from p2pchat.identity import Identity
 from p2pchat.links import Links
+from p2pchat.peers import Peers, advertised_addresses
 from p2pchat.store import Store
 from p2pchat.transport import Link
 
@@ -143,7 +143,7 @@ class Node:
         self._draining: threading.Thread | None = None
         self._wake = threading.Event()  # wakes the router
         self.links = Links(self)  # the listeners and every link: the sockets' side
-        self._dialers: dict[str, Dialer] = {}
+        self.peers = Peers(self)  # the dialler threads, the discovery's callbacks
         self._started_at = time.monotonic()
         self._own_bucket = flood_bucket(config)
         self._router: threading.Thread | None = None
@@ -203,7 +203,7 @@ class Node:
         elif isinstance(action, Retire):
             cast(Link, action.link).retire()
         elif isinstance(action, Dial):
-            self._dial_overlay(action)
+            self.peers.dial(action)
 
     def _emit(self, events: list[Event]) -> None:
         with self._lock:
@@ -249,7 +249,7 @@ class Node:
             self.links.listen()
             with self._lock:
                 self._core.port = self.port
-                self._core.addrs = self._advertised_addresses()
+                self._core.addrs = advertised_addresses(self.config)
             self._started_at = time.monotonic()
             self._router = threading.Thread(target=self._route, name="p2pchat-router", daemon=True)
             self._router.start()
@@ -264,8 +264,8 @@ class Node:
                         self.port,
                         wire.PROTOCOL_VERSION,
                     ),
-                    self._found,
-                    self._lost,
+                    self.peers.found,
+                    self.peers.lost,
                 )
         except BaseException:
             self.close()
@@ -380,13 +380,7 @@ class Node:
 
     def add_peer(self, host: str, port: int) -> None:
         """Add a static peer, dialled with backoff for as long as the node runs."""
-        key = f"{host}:{port}"
-        with self._lock:
-            if key in self._dialers or len(self._dialers) >= self.config.max_known_peers:
-                return
-            dialer = Dialer(self, key, [host], port)
-            self._dialers[key] = dialer
-        dialer.thread.start()
+        self.peers.add_static(host, port)
 
     def history(self, n: int = 20) -> list[MessageEvent]:
         """The room's last ``n`` lines in the one order every node agrees on
@@ -480,7 +474,7 @@ class Node:
         for listener in self.links.listeners:
             listener.close()
         with self._lock:
-            dialers = list(self._dialers.values())
+            dialers = list(self.peers.dialers.values())
         for d in dialers:
             d.stop()
         # Give retired links a moment to reach EOF cleanly, then cut the rest.
@@ -504,78 +498,14 @@ class Node:
         with self._lock:
             self._store.close()
 
-    # -- peers: discovery callbacks (on the discovery thread) and dials ----------------------
-
     def adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
         """A dialler's connected socket becomes a link: :meth:`Links.adopt
         <p2pchat.links.Links.adopt>`."""
         return self.links.adopt(sock, direction, remote)
 
     def wake_dialer(self, node_id: str) -> None:
-        """The link to ``node_id`` ended: its static peer's dialler (if any)
-        dials again now, not at its next check.  Lock held."""
-        for dialer in self._dialers.values():
-            if dialer.node_id == node_id:
-                dialer.wake.set()
-
-    def _found(self, peer: FoundPeer) -> None:
-        if peer.node_id == self.node_id or peer.room != self._core.wire_room:
-            return
-        if peer.version != wire.PROTOCOL_VERSION:
-            log.info("ignoring %s: protocol version %s", peer.name, peer.version)
-            return
-        addrs = list(peer.addresses)
-        with self._lock:
-            dialer = self._dialers.get(peer.node_id)
-            if dialer is not None and not dialer.stopped.is_set():
-                dialer.addresses = addrs
-                dialer.port = peer.port
-        self._call(lambda now, wall: self._core.found(peer.node_id, addrs, peer.port, now))
-
-    def _lost(self, node_id: str) -> None:
-        with self._lock:
-            self._core.lost(node_id)
-            dialer = self._dialers.get(node_id)
-        if dialer is not None:
-            dialer.stop()
-
-    def _dial_overlay(self, action: Dial) -> None:
-        """The core asks for one dial (its overlay): a dialler thread, unless
-        one runs for that peer already (then it is no new dial)."""
-        with self._lock:
-            busy = action.node in self._dialers or self._core.closed
-            if not busy:
-                dialer = Dialer(
-                    self,
-                    action.node,
-                    list(action.addrs),
-                    action.port,
-                    node_id=action.node,
-                    once=True,
-                )
-                self._dialers[action.node] = dialer
-        if busy:
-            self._call(lambda now, wall: self._core.dial_done(action.node, now, linked=True))
-        else:
-            dialer.thread.start()
-
-    def dialer_done(self, dialer: Dialer) -> None:
-        """A dialler thread ends: a dial of the overlay reports its outcome."""
-        with self._lock:
-            if self._dialers.get(dialer.key) is dialer:
-                del self._dialers[dialer.key]
-        if dialer.once:
-            linked, code = dialer.outcome
-            self._call(lambda now, wall: self._core.dial_done(dialer.node_id, now, linked, code))
-
-    def _advertised_addresses(self) -> list[str]:
-        """IPv4 addresses for our presence: the ``interfaces``, or all of them."""
-        addrs = [a for a in self.config.interfaces if a != "0.0.0.0"]
-        if not addrs:
-            from p2pchat.discovery import local_ipv4_addresses
-
-            addrs = local_ipv4_addresses()
-        return addrs[:8]
+        """The link to ``node_id`` ended: :meth:`Peers.wake <p2pchat.peers.Peers.wake>`."""
+        self.peers.wake(node_id)
 
     # -- the router thread ----------------------------------------------------------
 

@@ -236,7 +236,7 @@ def test_hop_limit_ends_stray_frames(cluster: Cluster) -> None:
 def test_self_link_is_refused_and_not_redialled(cluster: Cluster) -> None:
     a = cluster.add("alice")
     a.add_peer("127.0.0.1", a.port)
-    wait_for(lambda: not a._dialers, 10.0, "the self-dialler to give up")
+    wait_for(lambda: not a.peers.dialers, 10.0, "the self-dialler to give up")
     assert a.snapshot().links == []
 
 

@@ -1,0 +1,171 @@
+"""The node's peers: its dialler threads and the discovery's callbacks (the shell's side).
+
+:class:`Peers` keeps one :class:`~p2pchat.dialer.Dialer` per static peer
+(``--peer``: dialled with backoff for as long as the node runs) and per dial
+the core's overlay asks for (:class:`~p2pchat.core.actions.Dial`: once), and
+turns what discovery finds or loses into the core's ``found``/``lost``.  It
+is the :class:`~p2pchat.dialer.DialOwner` of those dialers.  Its methods run
+on the discovery's threads, the diallers' threads or the thread carrying out
+the core's actions; each takes the node's state lock only to call the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from p2pchat import wire
+from p2pchat.core.actions import Action, Dial
+from p2pchat.core.config import NodeConfig
+from p2pchat.core.protocol import Protocol as Core
+from p2pchat.dialer import Dialer
+from p2pchat.discovery import FoundPeer
+from p2pchat.transport import Link
+
+log = logging.getLogger("p2pchat.node")
+
+
+class PeerHost(Protocol):
+    """What :class:`Peers` needs of its node (:class:`p2pchat.node.Node`)."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def _lock(self) -> AbstractContextManager[Any]: ...
+    @property
+    def _core(self) -> Core: ...
+
+    def _call(self, fn: Callable[[float, float], list[Action]]) -> None: ...
+    def adopt(
+        self, sock: socket.socket, direction: str, remote: tuple[str, int]
+    ) -> Link | None: ...
+
+
+class Peers:
+    """The dialler threads of one node, by key (``host:port`` for a static
+    peer, the node id for a dial of the overlay).  Node lock for the table.
+
+    Args:
+        node: the node whose core learns of peers and whose links the
+            dialled sockets become.
+    """
+
+    def __init__(self, node: PeerHost) -> None:
+        self.node = node
+        self.config = node.config
+        self.dialers: dict[str, Dialer] = {}
+
+    # -- DialOwner: what a dialler asks (any thread) -------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """True once the node is closing."""
+        return self.node._core.closed
+
+    def has_link(self, node_id: str) -> bool:
+        """True if a link to ``node_id`` is up."""
+        return node_id in self.node._core.links
+
+    def wants_links(self) -> bool:
+        """True while the node has fewer links than the overlay's target."""
+        return self.node._core.wants_links()
+
+    def adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
+        """A dialler's connected socket becomes a link (the node's ``Links.adopt``)."""
+        return self.node.adopt(sock, direction, remote)
+
+    def dialer_done(self, dialer: Dialer) -> None:
+        """A dialler thread ends: a dial of the overlay reports its outcome."""
+        node = self.node
+        with node._lock:
+            if self.dialers.get(dialer.key) is dialer:
+                del self.dialers[dialer.key]
+        if dialer.once:
+            linked, code = dialer.outcome
+            core = node._core
+            node._call(lambda now, wall: core.dial_done(dialer.node_id, now, linked, code))
+
+    # -- the node's side --------------------------------------------------------------------
+
+    def add_static(self, host: str, port: int) -> None:
+        """A static peer, dialled with backoff for as long as the node runs
+        (at most ``max_known_peers`` of them)."""
+        key = f"{host}:{port}"
+        with self.node._lock:
+            if key in self.dialers or len(self.dialers) >= self.config.max_known_peers:
+                return
+            dialer = Dialer(self, key, [host], port)
+            self.dialers[key] = dialer
+        dialer.thread.start()
+
+    def dial(self, action: Dial) -> None:
+        """The core asks for one dial (its overlay): a dialler thread, unless
+        one runs for that peer already (then it is no new dial)."""
+        node = self.node
+        core = node._core
+        with node._lock:
+            busy = action.node in self.dialers or core.closed
+            if not busy:
+                dialer = Dialer(
+                    self,
+                    action.node,
+                    list(action.addrs),
+                    action.port,
+                    node_id=action.node,
+                    once=True,
+                )
+                self.dialers[action.node] = dialer
+        if busy:
+            node._call(lambda now, wall: core.dial_done(action.node, now, linked=True))
+        else:
+            dialer.thread.start()
+
+    def wake(self, node_id: str) -> None:
+        """The link to ``node_id`` ended: its static peer's dialler (if any)
+        dials again now, not at its next check.  Node lock held."""
+        for dialer in self.dialers.values():
+            if dialer.node_id == node_id:
+                dialer.wake.set()
+
+    # -- discovery callbacks (on the discovery's thread) ---------------------------------
+
+    def found(self, peer: FoundPeer) -> None:
+        """Discovery found (or updated) a peer: into the core's passive view,
+        unless it is us, of another room or of another protocol version."""
+        node = self.node
+        core = node._core
+        if peer.node_id == node.node_id or peer.room != core.wire_room:
+            return
+        if peer.version != wire.PROTOCOL_VERSION:
+            log.info("ignoring %s: protocol version %s", peer.name, peer.version)
+            return
+        addrs = list(peer.addresses)
+        with node._lock:
+            dialer = self.dialers.get(peer.node_id)
+            if dialer is not None and not dialer.stopped.is_set():
+                dialer.addresses = addrs
+                dialer.port = peer.port
+        node._call(lambda now, wall: core.found(peer.node_id, addrs, peer.port, now))
+
+    def lost(self, node_id: str) -> None:
+        """Discovery says the peer is gone: out of the passive view, its dialler stopped."""
+        with self.node._lock:
+            self.node._core.lost(node_id)
+            dialer = self.dialers.get(node_id)
+        if dialer is not None:
+            dialer.stop()
+
+
+def advertised_addresses(config: NodeConfig) -> list[str]:
+    """IPv4 addresses for our presence: the ``interfaces``, or all of them (at most 8)."""
+    addrs = [a for a in config.interfaces if a != "0.0.0.0"]
+    if not addrs:
+        from p2pchat.discovery import local_ipv4_addresses
+
+        addrs = local_ipv4_addresses()
+    return addrs[:8]
