@@ -851,7 +851,9 @@ def test_plain_line_mode_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Pa
             "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}"
         )
         bob.wait_event("join")
-        wait_screen(lambda s: "* bob joined" in s, "bob joining")
+        # Alone for 3 s, alice saw bob join; else bob was there when she arrived.
+        wait_screen(lambda s: "* bob joined" in s or f"-- in {room}: bob" in s, "bob joining")
+        assert not any(line.startswith("-- linked") for line in screen())  # not by default
 
         # A half-typed line stays intact while bob's lines are printed above it.
         tm("send-keys", "-t", "t", "-l", "draft ✓ 你好")
@@ -945,7 +947,11 @@ def test_fullscreen_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -
             "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}"
         )
         bob.wait_event("join")
-        wait_screen(lambda s: any(line.endswith(" -!- bob joined") for line in s), "bob joined")
+        wait_screen(
+            lambda s: any(line.endswith((" -!- bob joined", f" -!- in {room}: bob")) for line in s),
+            "bob joined (or in the room when alice arrived)",
+        )
+        assert not any(" -!- linked" in line for line in screen())  # not by default
         tm("send-keys", "-t", "t", "-l", "draft ✓ 你好")
         bob.send_line("line from bob")
         lines = wait_screen(lambda s: any("bob: line from bob" in line for line in s), "bob")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import logging
 import re
 import threading
 import time
@@ -33,6 +35,7 @@ from prompt_toolkit.utils import get_cwidth
 from p2pchat import wire
 from p2pchat.cli import tui
 from p2pchat.cli.args import parse_args
+from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.chatlog import (
     CHAT,
     MAX_CHAT_LINES,
@@ -44,6 +47,7 @@ from p2pchat.cli.chatlog import (
     sender_style,
     split_long_line,
 )
+from p2pchat.cli.output import Output
 from p2pchat.cli.screen import (
     INBOX_MAX,
     INPUT_HISTORY_FILE,
@@ -51,7 +55,17 @@ from p2pchat.cli.screen import (
     ChatView,
     input_history,
 )
-from p2pchat.events import JoinEvent, MemberInfo, MessageEvent, Snapshot
+from p2pchat.events import (
+    JoinEvent,
+    LeaveEvent,
+    MemberInfo,
+    MessageEvent,
+    NickEvent,
+    PeerDown,
+    PeerUp,
+    Ready,
+    Snapshot,
+)
 
 WAIT_S = 5.0
 CLOCK = re.compile(r"^\d\d:\d\d ")
@@ -238,6 +252,7 @@ def running(
     with create_pipe_input() as keys:
         out = Vt100_Output(term, lambda: Size(rows=rows, columns=cols), term="xterm-256color")
         kw.setdefault("hint_after_s", 600.0)
+        kw.setdefault("arrival", Arrival(time.monotonic(), settled=True))
         view = ChatView(
             node, history=kw.pop("history", InMemoryHistory()), input=keys, output=out, **kw
         )
@@ -624,6 +639,151 @@ def test_a_hint_when_nobody_is_found() -> None:
         r.view.on_event(message(BOB_ID, "bob", "marker"))
         r.screen.wait_text("marker")
         assert "nobody found" not in r.screen.text()
+
+
+# -- arrival wording, link chatter, a taken name ------------------------------------------------
+
+DAVE_ID = "e5" * 8
+
+
+def quick_arrival(alone_s: float = 600.0) -> Arrival:
+    """An arrival that ends 0.3 s after the first link (0.2 s after the last newcomer)."""
+    return Arrival(time.monotonic(), alone_s=alone_s, settle_s=0.3, quiet_s=0.2, max_s=5.0)
+
+
+def member(node: str, name: str, display: str = "", linked: bool = False) -> MemberInfo:
+    return MemberInfo(node, name, display or name, linked, node == ALICE_ID)
+
+
+def chat_rows(r: Running) -> list[str]:
+    """The chat area's rows without their time."""
+    return [row[6:] for row in r.screen.rows()[:-2] if row]
+
+
+def test_our_arrival_is_one_line_of_who_is_there_and_later_arrivals_join() -> None:
+    node = FakeNode(
+        members=[member(ALICE_ID, "alice"), member(BOB_ID, "bob", linked=True)],
+    )
+    with running(node, arrival=quick_arrival(), links=False, cols=120) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        r.view.on_event(PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob"))
+        # bob was there; carol's presence comes, then carol leaves, dave renames: all
+        # before our arrival is over, so none is news of its own.
+        r.view.on_event(JoinEvent(origin=BOB_ID, name="bob", via="presence", display="bob"))
+        r.view.on_event(JoinEvent(origin=CAROL_ID, name="carol", via="join", display="carol"))
+        r.view.on_event(JoinEvent(origin=DAVE_ID, name="dave", via="presence", display="dave"))
+        r.view.on_event(LeaveEvent(origin=CAROL_ID, name="carol", reason="quit"))
+        r.view.on_event(NickEvent(origin=DAVE_ID, old="dave", new="dan", display="dan"))
+        node.members.append(member(DAVE_ID, "dan"))
+        r.screen.wait_text("-!- in lobby: bob, dan")
+        r.view.on_event(JoinEvent(origin=CAROL_ID, name="carol", via="presence", display="carol"))
+        r.view.on_event(PeerDown(peer=BOB_ID, address="10.88.0.2:7420", reason="reset"))
+        r.view.on_event(message(BOB_ID, "bob", "marker"))
+        r.screen.wait_text("bob: marker")
+        rows = chat_rows(r)
+        assert rows == [
+            "-!- you are alice in room lobby, listening on port 7420 (/help for commands)",
+            "-!- in lobby: bob, dan",
+            "-!- carol joined",
+            "bob: marker",
+        ], rows
+
+
+def test_a_node_that_was_alone_sees_the_newcomer_join() -> None:
+    with running(arrival=quick_arrival(alone_s=0.1), links=False) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        wait_for(lambda: r.view.arrival.settled, WAIT_S, "our arrival, alone, to be over")
+        r.view.on_event(PeerUp(peer=CAROL_ID, address="10.88.0.3:7420", name="carol"))
+        r.view.on_event(JoinEvent(origin=CAROL_ID, name="carol", via="presence", display="carol"))
+        r.screen.wait_text("-!- carol joined")
+        r.view.on_event(LeaveEvent(origin=CAROL_ID, name="carol", reason="quit"))
+        r.screen.wait_text("-!- carol left")
+        assert not any("in lobby" in row or "linked" in row for row in chat_rows(r))
+
+
+def test_link_chatter_shows_only_at_log_level_info() -> None:
+    up = PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob")
+    down = PeerDown(peer=BOB_ID, address="10.88.0.2:7420", reason="keepalive timeout")
+    with running(links=None) as r:  # the default: the log level decides
+        r.view.on_event(up)
+        r.view.on_event(down)
+        r.view.on_event(message(BOB_ID, "bob", "marker"))
+        r.screen.wait_text("bob: marker")
+        assert chat_rows(r) == ["bob: marker"]
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.INFO)  # as --log-level info does
+    try:
+        with running(links=None) as r:
+            r.view.on_event(up)
+            r.view.on_event(down)
+            r.screen.wait_text("-!- link to bob lost: keepalive timeout")
+            assert chat_rows(r)[0] == "-!- linked to bob (10.88.0.2:7420)"
+    finally:
+        root.setLevel(old_level)
+
+
+def test_a_newcomer_whose_name_is_taken_is_told_how_others_see_it() -> None:
+    node = FakeNode(
+        members=[member(ALICE_ID, "alice", "alice#a1a1"), member(ALICE2_ID, "alice", "alice#c3c3")]
+    )
+    with running(node, arrival=quick_arrival(), links=False, cols=120) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        r.view.on_event(PeerUp(peer=ALICE2_ID, address="10.88.0.2:7420", name="alice"))
+        r.view.on_event(
+            JoinEvent(origin=ALICE2_ID, name="alice", via="presence", display="alice#c3c3")
+        )
+        r.screen.wait_text("taken here")
+        assert chat_rows(r)[1:] == [
+            "-!- in lobby: alice#c3c3",
+            "-!- the name alice is taken here; others see you as alice#a1a1 "
+            "(/nick NEWNAME to change)",
+        ]
+        # A member who renames itself onto our (new) name later: told again, with its #fp.
+        r.view.on_event(NickEvent(origin=ALICE_ID, old="alice", new="bob", display="bob"))
+        r.view.on_event(
+            NickEvent(
+                origin=CAROL_ID, old="carol", new="bob", display="bob#d4d4", old_display="carol"
+            )
+        )
+        r.screen.wait_text("carol is now known as bob#d4d4")
+        r.screen.wait_text("the name bob is taken here; others see you as bob#a1a1")
+
+
+def test_plain_mode_words_arrivals_alike_and_json_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [
+        Ready(node=ALICE_ID, name="alice", room="lobby", port=7420),
+        PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob"),
+        JoinEvent(origin=BOB_ID, name="bob", via="presence", display="bob"),
+        JoinEvent(origin=CAROL_ID, name="carol", via="join", display="carol"),
+    ]
+    later = JoinEvent(origin=DAVE_ID, name="dave", via="presence", display="dave")
+    term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", term)
+    out = Output(json_mode=False, interactive=True, arrival=quick_arrival(), links=False)
+    try:
+        for ev in events:
+            out.on_event(ev)
+        wait_for(lambda: "-- in lobby: bob, carol" in term.getvalue(), WAIT_S, "the in-lobby line")
+        out.on_event(later)
+        out.drain(WAIT_S)
+    finally:
+        out.close()
+    lines = term.getvalue().splitlines()
+    assert lines[1:] == ["-- in lobby: bob, carol", "* dave joined"], lines
+    json_term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", json_term)
+    out = Output(json_mode=True)
+    try:
+        for ev in [*events, later]:
+            out.on_event(ev)
+    finally:
+        out.close()
+    got = [json.loads(line) for line in json_term.getvalue().splitlines()]
+    assert got == [ev.as_dict() for ev in [*events, later]]
+    assert [g.get("via") for g in got if g["event"] == "join"] == ["presence", "join", "presence"]
 
 
 # -- which view ------------------------------------------------------------------------------

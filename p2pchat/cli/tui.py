@@ -12,7 +12,9 @@ starting at once on one machine) do without.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator
 
 from prompt_toolkit import PromptSession
@@ -22,6 +24,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import prompt as pt_prompt
 
 from p2pchat.cli.args import Options, validate_name
+from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.commands import COMMANDS, handle_line
 from p2pchat.cli.output import Output
 from p2pchat.cli.screen import ChatView, input_history
@@ -148,7 +151,12 @@ def run_plain(opts: Options) -> int:
     stopper = Stopper()
     stopper.app = session.app
     with patch_stdout(raw=True):
-        out = Output(json_mode=False, interactive=True)
+        out = Output(
+            json_mode=False,
+            interactive=True,
+            arrival=Arrival(time.monotonic()),
+            links=logging.getLogger().isEnabledFor(logging.INFO),
+        )
         try:
             node = make_node(opts, name, out.on_event)
             with stopper.installed(sigint=False):

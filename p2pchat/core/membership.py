@@ -81,6 +81,9 @@ class Membership:
             return False
         if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
             self.addrs.put(origin, (list(msg.addrs), msg.port))
+        member = s.roster.get(origin)
+        renamed = member is not None and member.name != msg.name
+        was = s.roster.display(origin) if renamed else ""  # how it was shown: before any flag
         self.check_name(msg)
         every = msg.every if isinstance(msg, wire.Presence) else 0.0
         is_new, old = s.roster.heard(
@@ -96,7 +99,15 @@ class Membership:
                 JoinEvent(origin=origin, name=msg.name, via=via, display=s.roster.display(origin))
             )
         elif old is not None:
-            s.emit(NickEvent(origin=origin, old=old, new=msg.name))
+            s.emit(
+                NickEvent(
+                    origin=origin,
+                    old=old,
+                    new=msg.name,
+                    display=s.roster.display(origin),
+                    old_display=was,
+                )
+            )
         if isinstance(msg, wire.Presence) and msg.gone:
             self._reported_gone(origin, msg.gone)
         if isinstance(msg, wire.Join) and origin in s.links:
