@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
+from corenet import CoreNet
+from prompt_toolkit.application import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
@@ -48,6 +50,7 @@ from p2pchat.cli.chatlog import (
     split_long_line,
 )
 from p2pchat.cli.output import Output
+from p2pchat.cli.render import Renderer
 from p2pchat.cli.screen import (
     INBOX_MAX,
     INPUT_HISTORY_FILE,
@@ -124,6 +127,12 @@ class FakeNode:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(members=list(self.members), links=[])
+
+    def set_name(self, name: str) -> None:
+        old, self.name = self.name, name
+        self.sent.append(f"nick {name}")
+        assert self.view is not None
+        self.view.on_event(NickEvent(origin=self.node_id, old=old, new=name, display=name))
 
     def history(self, n: int = 20) -> list[MessageEvent]:
         return self.past[-n:]
@@ -750,6 +759,86 @@ def test_a_newcomer_whose_name_is_taken_is_told_how_others_see_it() -> None:
         r.screen.wait_text("the name bob is taken here; others see you as bob#a1a1")
 
 
+def test_with_the_real_core_the_newcomer_hears_who_is_there_and_how_it_is_seen() -> None:
+    """Protocol cores in memory (tests/corenet.py), the newcomer's events through an
+    Arrival on the virtual clock: its in-lobby line, and its taken name shown with the
+    very #fp the others show it under; the old-timers see it join."""
+    net = CoreNet(seed=11)
+    alice, bob = net.add("alice"), net.add("bob")
+    net.connect(alice, bob)
+    net.tick_all(30.0)
+    newcomer = net.add("bob2")
+    net.rename(newcomer, "bob")  # before it links: its display name is bob too
+    arrival = Arrival(net.now)
+    shown: list[str] = []
+    seen = 0
+
+    def feed() -> None:
+        nonlocal seen
+        for ev in newcomer.events[seen:]:
+            if isinstance(ev, PeerUp):
+                arrival.note_link(net.now)
+            show, after = arrival.feed(ev, net.now)
+            assert not show or not isinstance(ev, JoinEvent), ev  # all held: we are arriving
+            shown.extend(after)
+        seen = len(newcomer.events)
+        shown.extend(arrival.poll(net.now))
+
+    feed()
+    arrival.feed(Ready(node=newcomer.node_id, name="bob", room="lobby", port=0), net.now)
+    net.connect(newcomer, alice)
+    while not arrival.settled:
+        net.tick_all(0.1)
+        feed()
+    (join,) = [e for e in alice.of(JoinEvent) if e.origin == newcomer.node_id]
+    as_others_see = join.display
+    assert as_others_see == f"bob#{newcomer.node_id[:4]}"
+    assert Renderer(interactive=True).render(join) == f"* {as_others_see} joined"
+    old_bob = f"bob#{bob.node_id[:4]}"
+    assert shown == [
+        f"-- in lobby: alice, {old_bob}",
+        f"-- the name bob is taken here; others see you as {as_others_see} "
+        "(/nick NEWNAME to change)",
+    ]
+
+
+def test_msg_to_ourselves_is_answered_and_a_name_with_blanks_is_quoted() -> None:
+    members = [member(ALICE_ID, "alice"), member(BOB_ID, "bob smith", linked=True)]
+    with running(FakeNode(members=members), cols=120) as r:
+        r.type("/msg alice hi me" + ENTER)
+        r.screen.wait_text("alice is you: a private line goes to another member (/who lists them)")
+        r.type("/msg alice#a1a1 hi me" + ENTER)
+        r.screen.wait(lambda s: "\n".join(s).count(" is you: ") == 2, "the answer again")
+        r.type('/msg "bob smith" hi there' + ENTER)
+        wait_for(lambda: r.node.sent == ["to bob smith: hi there"], WAIT_S, "the quoted /msg")
+        r.type('/msg "bob smith hi' + ENTER)
+        r.screen.wait_text(
+            'usage: /msg NAME TEXT (a name with blanks in quotes: /msg "bob smith" hi)'
+        )
+        assert r.node.sent == ["to bob smith: hi there"]
+
+
+def test_nick_refuses_blanks_and_warns_before_taking_a_members_name() -> None:
+    members = [member(ALICE_ID, "alice"), member(CAROL_ID, "carol", linked=True)]
+    with running(FakeNode(members=members), cols=120) as r:
+        r.type("/nick alice smith" + ENTER)
+        r.screen.wait_text("cannot change name: name must not contain blanks (try 'alice_smith')")
+        r.type("/nick Carol" + ENTER)
+        warning = (
+            "carol is in the room already: the others would see you as Carol#a1a1. "
+            "/nick Carol again to take it anyway"
+        )
+        r.screen.wait_text(warning)
+        r.type("hello" + ENTER + "/nick Carol" + ENTER)  # not the very next line: warned again
+        r.screen.wait(lambda s: "\n".join(s).count(warning) == 2, "a second warning")
+        assert r.node.sent == ["hello"] and r.node.name == "alice"
+        r.type("/nick Carol" + ENTER)  # asked twice in a row: done
+        wait_for(lambda: r.node.name == "Carol", WAIT_S, "the new name")
+        r.type("/nick carla" + ENTER)  # nobody has it: at once
+        wait_for(lambda: r.node.name == "carla", WAIT_S, "the next name")
+        assert r.node.sent == ["hello", "nick Carol", "nick carla"]
+
+
 def test_plain_mode_words_arrivals_alike_and_json_is_unchanged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -784,6 +873,29 @@ def test_plain_mode_words_arrivals_alike_and_json_is_unchanged(
     got = [json.loads(line) for line in json_term.getvalue().splitlines()]
     assert got == [ev.as_dict() for ev in [*events, later]]
     assert [g.get("via") for g in got if g["event"] == "join"] == ["presence", "join", "presence"]
+
+
+# -- the name prompt ------------------------------------------------------------------------
+
+
+def test_the_last_name_is_kept_and_offered_at_the_name_prompt(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    assert tui.load_last_name(data) == "" and tui.load_last_name(None) == ""
+    tui.save_last_name(None, "alice")  # --ephemeral: nothing kept
+    assert not (tmp_path / "data").exists()
+    tui.save_last_name(data, "alice")
+    path = tmp_path / "data" / tui.LAST_NAME_FILE
+    assert path.stat().st_mode & 0o077 == 0
+    assert tui.load_last_name(data) == "alice"
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        keys.send_text(ENTER)  # Enter takes the name offered
+        assert tui.ask_name(tui.load_last_name(data)) == "alice"
+        keys.send_text("\x7f" * 5 + "bob" + ENTER)  # or erase it and type another
+        assert tui.ask_name("alice") == "bob"
+        keys.send_text("\x7f" * 5 + "bob smith" + ENTER + "\x7f" * 9 + "bob" + ENTER)
+        assert tui.ask_name("alice") == "bob"  # a name with blanks: asked again
+    path.write_text("not a name#1\n", encoding="utf-8")
+    assert tui.load_last_name(data) == ""
 
 
 # -- which view ------------------------------------------------------------------------------

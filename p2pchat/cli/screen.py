@@ -65,7 +65,7 @@ from p2pchat.cli.chatlog import (
     split_long_line,
     tidy,
 )
-from p2pchat.cli.commands import COMMANDS, handle_line
+from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.render import Renderer, clean
 from p2pchat.events import (
     Event,
@@ -345,6 +345,7 @@ class ChatView:
         self._sender: threading.Thread | None = None
         self._closing = False
         self.replies = _Replies(self._post)
+        self.commands = CommandState()  # the sender thread's
         self.buffer = Buffer(
             multiline=False,
             history=history or InMemoryHistory(),
@@ -576,7 +577,7 @@ class ChatView:
             if self._closing:
                 continue
             try:
-                if not handle_line(self.node, self.replies, line):
+                if not handle_line(self.node, self.replies, line, self.commands):
                     self.request_exit()
                 elif line.split()[0].lower() == "/help":
                     self._post([ChatLine(time.time(), SYSTEM, t) for t in LOCAL_HELP])
