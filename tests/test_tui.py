@@ -60,6 +60,7 @@ from p2pchat.cli.screen import (
 )
 from p2pchat.events import (
     JoinEvent,
+    KeyInfo,
     LeaveEvent,
     MemberInfo,
     MessageEvent,
@@ -127,6 +128,10 @@ class FakeNode:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(members=list(self.members), links=[])
+
+    def whois(self, name: str) -> list[KeyInfo]:
+        self.sent.append(f"whois {name}")
+        return []
 
     def set_name(self, name: str) -> None:
         old, self.name = self.name, name
@@ -512,6 +517,8 @@ def test_complete_offers_names_and_commands_by_place() -> None:
     assert complete("/wh", nicks, cmds) == (0, ["/who ", "/whois "])
     assert complete("/msg bob hi a", nicks, cmds) == (12, ["alice#c3c3 "])
     assert complete("hi ", nicks, cmds) == (3, [])
+    spaced = ["bob smith", "bobby"]
+    assert complete("/msg bo", spaced, cmds) == (5, ['"bob smith" ', "bobby "])
 
 
 def test_tab_completes_names_and_commands_in_the_input_line() -> None:
@@ -815,7 +822,9 @@ def test_msg_to_ourselves_is_answered_and_a_name_with_blanks_is_quoted() -> None
         r.screen.wait_text(
             'usage: /msg NAME TEXT (a name with blanks in quotes: /msg "bob smith" hi)'
         )
-        assert r.node.sent == ["to bob smith: hi there"]
+        r.type('/whois "bob smith"' + ENTER)
+        wait_for(lambda: r.node.sent[-1] == "whois bob smith", WAIT_S, "the quoted /whois")
+        assert r.node.sent == ["to bob smith: hi there", "whois bob smith"]
 
 
 def test_nick_refuses_blanks_and_warns_before_taking_a_members_name() -> None:

@@ -224,6 +224,8 @@ def _command(node: Node, out: Replies, line: str, state: CommandState, warned: s
     elif cmd == "msg":
         _msg(node, out, arg)
     elif cmd == "whois":
+        if len(arg) > 1 and arg[0] == arg[-1] == '"':
+            arg = arg[1:-1]  # "bob smith", as Tab completes it
         if not arg:
             out.error("usage: /whois NAME")
         else:
