@@ -755,7 +755,7 @@ def test_a_newcomer_whose_name_is_taken_is_told_how_others_see_it() -> None:
             "-!- the name alice is taken here; others see you as alice#a1a1 "
             "(/nick NEWNAME to change)",
         ]
-        # A member who renames itself onto our (new) name later: told again, with its #fp.
+        # A member who renames itself onto our (new) name later: told too, with its #fp.
         r.view.on_event(NickEvent(origin=ALICE_ID, old="alice", new="bob", display="bob"))
         r.view.on_event(
             NickEvent(
@@ -763,7 +763,7 @@ def test_a_newcomer_whose_name_is_taken_is_told_how_others_see_it() -> None:
             )
         )
         r.screen.wait_text("carol is now known as bob#d4d4")
-        r.screen.wait_text("the name bob is taken here; others see you as bob#a1a1")
+        r.screen.wait_text("bob#d4d4 now has your name or one like it; others see you as bob#a1a1")
 
 
 def test_with_the_real_core_the_newcomer_hears_who_is_there_and_how_it_is_seen() -> None:
@@ -806,6 +806,14 @@ def test_with_the_real_core_the_newcomer_hears_who_is_there_and_how_it_is_seen()
         f"-- in lobby: alice, {old_bob}",
         f"-- the name bob is taken here; others see you as {as_others_see} "
         "(/nick NEWNAME to change)",
+    ]
+    # The bob who was there first is told too, as the others now see it.
+    settled = Arrival(net.now, settled=True)
+    settled.feed(Ready(node=bob.node_id, name="bob", room="lobby", port=0), net.now)
+    told = [line for ev in bob.events for line in settled.feed(ev, net.now)[1]]
+    assert told == [
+        f"-- {as_others_see} now has your name or one like it; others see you as {old_bob} "
+        "while both are here (/nick NEWNAME to change)"
     ]
 
 

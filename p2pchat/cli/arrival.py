@@ -19,7 +19,8 @@ comes later has joined.
 It also tells us when our name is taken: another member's name is ours or
 looks like it (:func:`p2pchat.names.confusable`), so the others see us as
 ``bob#b63b`` (the start of our node id, as :meth:`p2pchat.roster.Roster.display`
-shows it).
+shows it): ``-- the name bob is taken here; ...`` when we arrive, ``-- bob#7c0d
+now has your name ...`` when another comes with it (or renames itself so) later.
 
 ``--json`` and the scripted text mode do not use it: their events stay as the
 node reports them.
@@ -112,7 +113,7 @@ class Arrival:
                 self.held[ev.origin] = (ev.name, who)
                 self.last_new = now
                 return False, []
-            return True, self._taken([(ev.origin, ev.name, who)])
+            return True, self._taken([(ev.origin, ev.name, who)], arriving=False)
         elif isinstance(ev, LeaveEvent) and not self.settled and ev.origin in self.held:
             del self.held[ev.origin]
             return False, []
@@ -123,7 +124,8 @@ class Arrival:
                 self.held[ev.origin] = (ev.new, ev.display or ev.new)
                 return False, []
             elif self.settled:
-                return True, self._taken([(ev.origin, ev.new, ev.display or ev.new)])
+                news = [(ev.origin, ev.new, ev.display or ev.new)]
+                return True, self._taken(news, arriving=False)
         return True, []
 
     def note_link(self, now: float) -> None:
@@ -157,23 +159,33 @@ class Arrival:
         if not others:
             return []
         shown = sorted((clean(d) for _, _, d in others), key=lambda d: (d.casefold(), d))
-        return [f"-- in {clean(self.room)}: {', '.join(shown)}", *self._taken(others)]
+        line = f"-- in {clean(self.room)}: {', '.join(shown)}"
+        return [line, *self._taken(others, arriving=True)]
 
-    def _taken(self, others: Sequence[tuple[str, str, str]]) -> list[str]:
+    def _taken(self, others: Sequence[tuple[str, str, str]], arriving: bool) -> list[str]:
         """The line that says our name is taken, if one of ``others``
-        (node, name, display) has it or a look-alike, once per name of ours."""
+        (node, name, display) has it or a look-alike, once per name of ours:
+        ``arriving``, we came to a room where it is taken; else another
+        member came with it (or renamed itself so) after us."""
         if not self.name or self.name in self.told:
             return []
         mine, me = self.name, self.me
-        alike = [node for node, name, _ in others if node != me and names.confusable(name, mine)]
-        if not alike:
+        found = [(n, d) for n, name, d in others if n != me and names.confusable(name, mine)]
+        if not found:
             return []
+        alike = [n for n, _ in found]
         self.told.add(self.name)
         n = 4  # as Roster.display: more hex digits while a look-alike's id starts the same
         for other in alike:
             while n < len(me) and other[:n] == me[:n]:
                 n += 1
         seen_as = f"{clean(mine)}#{me[:n]}"
+        if not arriving:
+            who = ", ".join(sorted(clean(d) for _, d in found))
+            return [
+                f"-- {who} now has your name or one like it; others see you as {seen_as} "
+                "while both are here (/nick NEWNAME to change)"
+            ]
         return [
             f"-- the name {clean(mine)} is taken here; others see you as {seen_as} "
             "(/nick NEWNAME to change)"
