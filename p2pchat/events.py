@@ -117,12 +117,16 @@ class LeaveEvent(Event):
 
 @dataclass(frozen=True)
 class NickEvent(Event):
-    """A member changed its display name from ``old`` to ``new``."""
+    """A member changed its display name from ``old`` to ``new``.
+    ``display`` is how to show it now and ``old_display`` how it was shown
+    (``bob#b63b`` when another member's name is the same or looks alike)."""
 
     kind: ClassVar[str] = "nick"
     origin: str
     old: str
     new: str
+    display: str = ""
+    old_display: str = ""
 
 
 @dataclass(frozen=True)

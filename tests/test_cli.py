@@ -52,7 +52,7 @@ from p2pchat.events import (
     Snapshot,
 )
 from p2pchat.harness import NodeProcess, env_with_path, stop
-from p2pchat.node import DEFAULT_PORT, NodeConfig, check_label
+from p2pchat.node import DEFAULT_PORT, NodeConfig, check_label, check_name
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -189,7 +189,13 @@ def test_bad_usage_exits_2_with_one_line(
 def test_names_at_the_limits_are_fine() -> None:
     assert args.parse_args(["--name", "a" * 32, "--room", "r" * 48]).name == "a" * 32
     assert args.validate_name("x") == "x"
-    assert args.validate_name("👩‍💻 dev") == "👩‍💻 dev"  # ZWJ sequences are fine (like wire.py)
+    assert args.validate_name("👩‍💻dev") == "👩‍💻dev"  # ZWJ sequences are fine (like wire.py)
+    # Our own name has no blanks (a front-end rule: /msg NAME and Tab need one word) ...
+    for blank in ["bob smith", "bob\u00a0smith", "bob\u3000smith"]:
+        with pytest.raises(UsageError, match=r"must not contain blanks.*'bob_smith'"):
+            args.validate_name(blank)
+    # ... though the wire and the node still take others' names with blanks.
+    assert check_name("bob smith") == "bob smith"
     # The CLI refuses exactly what the node (and the wire) refuse.
     for bad in ["", " x", "x\n", "a" * 33, "a\x00b"]:
         with pytest.raises(UsageError):
@@ -258,6 +264,15 @@ def test_render_events() -> None:
     assert r.render(NickEvent(origin=B_ID, old="bob", new="robert")) == (
         "* bob is now known as robert"
     )
+    shared = NickEvent(origin=B_ID, old="bob", new="alice", display="alice#b0b0", old_display="bob")
+    assert (
+        render.Renderer().render(shared) == "* bob is now known as alice#b0b0"
+    )  # the #fp others see
+    # The interactive views: every arrival is a join; link chatter only when asked for.
+    quiet = render.Renderer(interactive=True, links=False)
+    assert quiet.render(JoinEvent(origin=B_ID, name="bob", via="presence")) == "* bob joined"
+    assert quiet.render(PeerUp(peer=B_ID, address="10.0.0.2:7420", name="bob")) is None
+    assert quiet.render(PeerDown(peer=B_ID, address="10.0.0.2:7420", reason="x")) is None
     # PeerDown carries no name: the renderer remembers it (here: the nick).
     down = PeerDown(peer=B_ID, address="10.0.0.2:7420", reason="keepalive timeout")
     assert r.render(down) == "-- link to robert lost: keepalive timeout"
@@ -851,7 +866,9 @@ def test_plain_line_mode_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Pa
             "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}"
         )
         bob.wait_event("join")
-        wait_screen(lambda s: "* bob joined" in s, "bob joining")
+        # Alone for 3 s, alice saw bob join; else bob was there when she arrived.
+        wait_screen(lambda s: "* bob joined" in s or f"-- in {room}: bob" in s, "bob joining")
+        assert not any(line.startswith("-- linked") for line in screen())  # not by default
 
         # A half-typed line stays intact while bob's lines are printed above it.
         tm("send-keys", "-t", "t", "-l", "draft ✓ 你好")
@@ -945,7 +962,11 @@ def test_fullscreen_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -
             "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}"
         )
         bob.wait_event("join")
-        wait_screen(lambda s: any(line.endswith(" -!- bob joined") for line in s), "bob joined")
+        wait_screen(
+            lambda s: any(line.endswith((" -!- bob joined", f" -!- in {room}: bob")) for line in s),
+            "bob joined (or in the room when alice arrived)",
+        )
+        assert not any(" -!- linked" in line for line in screen())  # not by default
         tm("send-keys", "-t", "t", "-l", "draft ✓ 你好")
         bob.send_line("line from bob")
         lines = wait_screen(lambda s: any("bob: line from bob" in line for line in s), "bob")

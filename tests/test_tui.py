@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import logging
 import re
 import threading
 import time
@@ -22,6 +24,8 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
+from corenet import CoreNet
+from prompt_toolkit.application import create_app_session
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
@@ -33,6 +37,7 @@ from prompt_toolkit.utils import get_cwidth
 from p2pchat import wire
 from p2pchat.cli import tui
 from p2pchat.cli.args import parse_args
+from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.chatlog import (
     CHAT,
     MAX_CHAT_LINES,
@@ -44,6 +49,8 @@ from p2pchat.cli.chatlog import (
     sender_style,
     split_long_line,
 )
+from p2pchat.cli.output import Output
+from p2pchat.cli.render import Renderer
 from p2pchat.cli.screen import (
     INBOX_MAX,
     INPUT_HISTORY_FILE,
@@ -51,7 +58,18 @@ from p2pchat.cli.screen import (
     ChatView,
     input_history,
 )
-from p2pchat.events import JoinEvent, MemberInfo, MessageEvent, Snapshot
+from p2pchat.events import (
+    JoinEvent,
+    KeyInfo,
+    LeaveEvent,
+    MemberInfo,
+    MessageEvent,
+    NickEvent,
+    PeerDown,
+    PeerUp,
+    Ready,
+    Snapshot,
+)
 
 WAIT_S = 5.0
 CLOCK = re.compile(r"^\d\d:\d\d ")
@@ -110,6 +128,16 @@ class FakeNode:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(members=list(self.members), links=[])
+
+    def whois(self, name: str) -> list[KeyInfo]:
+        self.sent.append(f"whois {name}")
+        return []
+
+    def set_name(self, name: str) -> None:
+        old, self.name = self.name, name
+        self.sent.append(f"nick {name}")
+        assert self.view is not None
+        self.view.on_event(NickEvent(origin=self.node_id, old=old, new=name, display=name))
 
     def history(self, n: int = 20) -> list[MessageEvent]:
         return self.past[-n:]
@@ -238,6 +266,7 @@ def running(
     with create_pipe_input() as keys:
         out = Vt100_Output(term, lambda: Size(rows=rows, columns=cols), term="xterm-256color")
         kw.setdefault("hint_after_s", 600.0)
+        kw.setdefault("arrival", Arrival(time.monotonic(), settled=True))
         view = ChatView(
             node, history=kw.pop("history", InMemoryHistory()), input=keys, output=out, **kw
         )
@@ -488,6 +517,8 @@ def test_complete_offers_names_and_commands_by_place() -> None:
     assert complete("/wh", nicks, cmds) == (0, ["/who ", "/whois "])
     assert complete("/msg bob hi a", nicks, cmds) == (12, ["alice#c3c3 "])
     assert complete("hi ", nicks, cmds) == (3, [])
+    spaced = ["bob smith", "bobby"]
+    assert complete("/msg bo", spaced, cmds) == (5, ['"bob smith" ', "bobby "])
 
 
 def test_tab_completes_names_and_commands_in_the_input_line() -> None:
@@ -624,6 +655,264 @@ def test_a_hint_when_nobody_is_found() -> None:
         r.view.on_event(message(BOB_ID, "bob", "marker"))
         r.screen.wait_text("marker")
         assert "nobody found" not in r.screen.text()
+
+
+# -- arrival wording, link chatter, a taken name ------------------------------------------------
+
+DAVE_ID = "e5" * 8
+
+
+def quick_arrival(alone_s: float = 600.0) -> Arrival:
+    """An arrival that ends 0.3 s after the first link (0.2 s after the last newcomer)."""
+    return Arrival(time.monotonic(), alone_s=alone_s, settle_s=0.3, quiet_s=0.2, max_s=5.0)
+
+
+def member(node: str, name: str, display: str = "", linked: bool = False) -> MemberInfo:
+    return MemberInfo(node, name, display or name, linked, node == ALICE_ID)
+
+
+def chat_rows(r: Running) -> list[str]:
+    """The chat area's rows without their time."""
+    return [row[6:] for row in r.screen.rows()[:-2] if row]
+
+
+def test_our_arrival_is_one_line_of_who_is_there_and_later_arrivals_join() -> None:
+    node = FakeNode(
+        members=[member(ALICE_ID, "alice"), member(BOB_ID, "bob", linked=True)],
+    )
+    with running(node, arrival=quick_arrival(), links=False, cols=120) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        r.view.on_event(PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob"))
+        # bob was there; carol's presence comes, then carol leaves, dave renames: all
+        # before our arrival is over, so none is news of its own.
+        r.view.on_event(JoinEvent(origin=BOB_ID, name="bob", via="presence", display="bob"))
+        r.view.on_event(JoinEvent(origin=CAROL_ID, name="carol", via="join", display="carol"))
+        r.view.on_event(JoinEvent(origin=DAVE_ID, name="dave", via="presence", display="dave"))
+        r.view.on_event(LeaveEvent(origin=CAROL_ID, name="carol", reason="quit"))
+        r.view.on_event(NickEvent(origin=DAVE_ID, old="dave", new="dan", display="dan"))
+        node.members.append(member(DAVE_ID, "dan"))
+        r.screen.wait_text("-!- in lobby: bob, dan")
+        r.view.on_event(JoinEvent(origin=CAROL_ID, name="carol", via="presence", display="carol"))
+        r.view.on_event(PeerDown(peer=BOB_ID, address="10.88.0.2:7420", reason="reset"))
+        r.view.on_event(message(BOB_ID, "bob", "marker"))
+        r.screen.wait_text("bob: marker")
+        rows = chat_rows(r)
+        assert rows == [
+            "-!- you are alice in room lobby, listening on port 7420 (/help for commands)",
+            "-!- in lobby: bob, dan",
+            "-!- carol joined",
+            "bob: marker",
+        ], rows
+
+
+def test_a_node_that_was_alone_sees_the_newcomer_join() -> None:
+    with running(arrival=quick_arrival(alone_s=0.1), links=False) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        wait_for(lambda: r.view.arrival.settled, WAIT_S, "our arrival, alone, to be over")
+        r.view.on_event(PeerUp(peer=CAROL_ID, address="10.88.0.3:7420", name="carol"))
+        r.view.on_event(JoinEvent(origin=CAROL_ID, name="carol", via="presence", display="carol"))
+        r.screen.wait_text("-!- carol joined")
+        r.view.on_event(LeaveEvent(origin=CAROL_ID, name="carol", reason="quit"))
+        r.screen.wait_text("-!- carol left")
+        assert not any("in lobby" in row or "linked" in row for row in chat_rows(r))
+
+
+def test_link_chatter_shows_only_at_log_level_info() -> None:
+    up = PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob")
+    down = PeerDown(peer=BOB_ID, address="10.88.0.2:7420", reason="keepalive timeout")
+    with running(links=None) as r:  # the default: the log level decides
+        r.view.on_event(up)
+        r.view.on_event(down)
+        r.view.on_event(message(BOB_ID, "bob", "marker"))
+        r.screen.wait_text("bob: marker")
+        assert chat_rows(r) == ["bob: marker"]
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.INFO)  # as --log-level info does
+    try:
+        with running(links=None) as r:
+            r.view.on_event(up)
+            r.view.on_event(down)
+            r.screen.wait_text("-!- link to bob lost: keepalive timeout")
+            assert chat_rows(r)[0] == "-!- linked to bob (10.88.0.2:7420)"
+    finally:
+        root.setLevel(old_level)
+
+
+def test_a_newcomer_whose_name_is_taken_is_told_how_others_see_it() -> None:
+    node = FakeNode(
+        members=[member(ALICE_ID, "alice", "alice#a1a1"), member(ALICE2_ID, "alice", "alice#c3c3")]
+    )
+    with running(node, arrival=quick_arrival(), links=False, cols=120) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        r.view.on_event(PeerUp(peer=ALICE2_ID, address="10.88.0.2:7420", name="alice"))
+        r.view.on_event(
+            JoinEvent(origin=ALICE2_ID, name="alice", via="presence", display="alice#c3c3")
+        )
+        r.screen.wait_text("taken here")
+        assert chat_rows(r)[1:] == [
+            "-!- in lobby: alice#c3c3",
+            "-!- the name alice is taken here; others see you as alice#a1a1 "
+            "(/nick NEWNAME to change)",
+        ]
+        # A member who renames itself onto our (new) name later: told too, with its #fp.
+        r.view.on_event(NickEvent(origin=ALICE_ID, old="alice", new="bob", display="bob"))
+        r.view.on_event(
+            NickEvent(
+                origin=CAROL_ID, old="carol", new="bob", display="bob#d4d4", old_display="carol"
+            )
+        )
+        r.screen.wait_text("carol is now known as bob#d4d4")
+        r.screen.wait_text("bob#d4d4 now has your name or one like it; others see you as bob#a1a1")
+
+
+def test_with_the_real_core_the_newcomer_hears_who_is_there_and_how_it_is_seen() -> None:
+    """Protocol cores in memory (tests/corenet.py), the newcomer's events through an
+    Arrival on the virtual clock: its in-lobby line, and its taken name shown with the
+    very #fp the others show it under; the old-timers see it join."""
+    net = CoreNet(seed=11)
+    alice, bob = net.add("alice"), net.add("bob")
+    net.connect(alice, bob)
+    net.tick_all(30.0)
+    newcomer = net.add("bob2")
+    net.rename(newcomer, "bob")  # before it links: its display name is bob too
+    arrival = Arrival(net.now)
+    shown: list[str] = []
+    seen = 0
+
+    def feed() -> None:
+        nonlocal seen
+        for ev in newcomer.events[seen:]:
+            if isinstance(ev, PeerUp):
+                arrival.note_link(net.now)
+            show, after = arrival.feed(ev, net.now)
+            assert not show or not isinstance(ev, JoinEvent), ev  # all held: we are arriving
+            shown.extend(after)
+        seen = len(newcomer.events)
+        shown.extend(arrival.poll(net.now))
+
+    feed()
+    arrival.feed(Ready(node=newcomer.node_id, name="bob", room="lobby", port=0), net.now)
+    net.connect(newcomer, alice)
+    while not arrival.settled:
+        net.tick_all(0.1)
+        feed()
+    (join,) = [e for e in alice.of(JoinEvent) if e.origin == newcomer.node_id]
+    as_others_see = join.display
+    assert as_others_see == f"bob#{newcomer.node_id[:4]}"
+    assert Renderer(interactive=True).render(join) == f"* {as_others_see} joined"
+    old_bob = f"bob#{bob.node_id[:4]}"
+    assert shown == [
+        f"-- in lobby: alice, {old_bob}",
+        f"-- the name bob is taken here; others see you as {as_others_see} "
+        "(/nick NEWNAME to change)",
+    ]
+    # The bob who was there first is told too, as the others now see it.
+    settled = Arrival(net.now, settled=True)
+    settled.feed(Ready(node=bob.node_id, name="bob", room="lobby", port=0), net.now)
+    told = [line for ev in bob.events for line in settled.feed(ev, net.now)[1]]
+    assert told == [
+        f"-- {as_others_see} now has your name or one like it; others see you as {old_bob} "
+        "while both are here (/nick NEWNAME to change)"
+    ]
+
+
+def test_msg_to_ourselves_is_answered_and_a_name_with_blanks_is_quoted() -> None:
+    members = [member(ALICE_ID, "alice"), member(BOB_ID, "bob smith", linked=True)]
+    with running(FakeNode(members=members), cols=120) as r:
+        r.type("/msg alice hi me" + ENTER)
+        r.screen.wait_text("alice is you: a private line goes to another member (/who lists them)")
+        r.type("/msg alice#a1a1 hi me" + ENTER)
+        r.screen.wait(lambda s: "\n".join(s).count(" is you: ") == 2, "the answer again")
+        r.type('/msg "bob smith" hi there' + ENTER)
+        wait_for(lambda: r.node.sent == ["to bob smith: hi there"], WAIT_S, "the quoted /msg")
+        r.type('/msg "bob smith hi' + ENTER)
+        r.screen.wait_text(
+            'usage: /msg NAME TEXT (a name with blanks in quotes: /msg "bob smith" hi)'
+        )
+        r.type('/whois "bob smith"' + ENTER)
+        wait_for(lambda: r.node.sent[-1] == "whois bob smith", WAIT_S, "the quoted /whois")
+        assert r.node.sent == ["to bob smith: hi there", "whois bob smith"]
+
+
+def test_nick_refuses_blanks_and_warns_before_taking_a_members_name() -> None:
+    members = [member(ALICE_ID, "alice"), member(CAROL_ID, "carol", linked=True)]
+    with running(FakeNode(members=members), cols=120) as r:
+        r.type("/nick alice smith" + ENTER)
+        r.screen.wait_text("cannot change name: name must not contain blanks (try 'alice_smith')")
+        r.type("/nick Carol" + ENTER)
+        warning = (
+            "carol is in the room already: the others would see you as Carol#a1a1. "
+            "/nick Carol again to take it anyway"
+        )
+        r.screen.wait_text(warning)
+        r.type("hello" + ENTER + "/nick Carol" + ENTER)  # not the very next line: warned again
+        r.screen.wait(lambda s: "\n".join(s).count(warning) == 2, "a second warning")
+        assert r.node.sent == ["hello"] and r.node.name == "alice"
+        r.type("/nick Carol" + ENTER)  # asked twice in a row: done
+        wait_for(lambda: r.node.name == "Carol", WAIT_S, "the new name")
+        r.type("/nick carla" + ENTER)  # nobody has it: at once
+        wait_for(lambda: r.node.name == "carla", WAIT_S, "the next name")
+        assert r.node.sent == ["hello", "nick Carol", "nick carla"]
+
+
+def test_plain_mode_words_arrivals_alike_and_json_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [
+        Ready(node=ALICE_ID, name="alice", room="lobby", port=7420),
+        PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob"),
+        JoinEvent(origin=BOB_ID, name="bob", via="presence", display="bob"),
+        JoinEvent(origin=CAROL_ID, name="carol", via="join", display="carol"),
+    ]
+    later = JoinEvent(origin=DAVE_ID, name="dave", via="presence", display="dave")
+    term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", term)
+    out = Output(json_mode=False, interactive=True, arrival=quick_arrival(), links=False)
+    try:
+        for ev in events:
+            out.on_event(ev)
+        wait_for(lambda: "-- in lobby: bob, carol" in term.getvalue(), WAIT_S, "the in-lobby line")
+        out.on_event(later)
+        out.drain(WAIT_S)
+    finally:
+        out.close()
+    lines = term.getvalue().splitlines()
+    assert lines[1:] == ["-- in lobby: bob, carol", "* dave joined"], lines
+    json_term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", json_term)
+    out = Output(json_mode=True)
+    try:
+        for ev in [*events, later]:
+            out.on_event(ev)
+    finally:
+        out.close()
+    got = [json.loads(line) for line in json_term.getvalue().splitlines()]
+    assert got == [ev.as_dict() for ev in [*events, later]]
+    assert [g.get("via") for g in got if g["event"] == "join"] == ["presence", "join", "presence"]
+
+
+# -- the name prompt ------------------------------------------------------------------------
+
+
+def test_the_last_name_is_kept_and_offered_at_the_name_prompt(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    assert tui.load_last_name(data) == "" and tui.load_last_name(None) == ""
+    tui.save_last_name(None, "alice")  # --ephemeral: nothing kept
+    assert not (tmp_path / "data").exists()
+    tui.save_last_name(data, "alice")
+    path = tmp_path / "data" / tui.LAST_NAME_FILE
+    assert path.stat().st_mode & 0o077 == 0
+    assert tui.load_last_name(data) == "alice"
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        keys.send_text(ENTER)  # Enter takes the name offered
+        assert tui.ask_name(tui.load_last_name(data)) == "alice"
+        keys.send_text("\x7f" * 5 + "bob" + ENTER)  # or erase it and type another
+        assert tui.ask_name("alice") == "bob"
+        keys.send_text("\x7f" * 5 + "bob smith" + ENTER + "\x7f" * 9 + "bob" + ENTER)
+        assert tui.ask_name("alice") == "bob"  # a name with blanks: asked again
+    path.write_text("not a name#1\n", encoding="utf-8")
+    assert tui.load_last_name(data) == ""
 
 
 # -- which view ------------------------------------------------------------------------------

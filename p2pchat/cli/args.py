@@ -107,7 +107,10 @@ class Options:
 
 
 def validate_name(value: str) -> str:
-    """Check a display name the way the wire protocol does.
+    """Check a name we take (``--name``, the name prompt, ``/nick``): the
+    wire protocol's rules, and no blanks at all, so that ``/msg NAME`` and
+    Tab completion can address it (a front-end rule: names with blanks from
+    others are still accepted, and ``/msg "bob smith" hi`` reaches them).
 
     Args:
         value: the name.
@@ -116,11 +119,15 @@ def validate_name(value: str) -> str:
         ``value`` in NFC.
 
     Raises:
-        UsageError: empty, longer than 32 code points, blanks at either end,
-            ``#``, or control, format (zero width, bidi) or other invisible
-            characters (``docs/protocol.md`` §5).
+        UsageError: empty, longer than 32 code points, any blank (Unicode
+            white space), ``#``, or control, format (zero width, bidi) or
+            other invisible characters (``docs/protocol.md`` §5).
     """
-    return check_name(value)
+    name = check_name(value)
+    if any(ch.isspace() for ch in name):
+        joined = "_".join(name.split())
+        raise UsageError(f"name must not contain blanks (try {joined!r})")
+    return name
 
 
 def validate_room(value: str) -> str:
@@ -312,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--name",
         metavar="NAME",
         type=_arg_type(validate_name),
-        help="your display name (1-32 characters); asked for when interactive and missing, "
+        help="your display name (1-32 characters, no blanks); asked for when interactive and "
+        "missing (the last run's name offered), "
         "required when scripted",
     )
     p.add_argument(

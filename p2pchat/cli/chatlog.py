@@ -391,7 +391,8 @@ def complete(before: str, nicks: Iterable[str], commands: Iterable[str]) -> tupl
     """What Tab offers for the text left of the cursor.
 
     * ``/w`` (a command being typed): the commands that start so, with a blank;
-    * ``/msg al``, ``/whois al``: members' names, with a blank;
+    * ``/msg al``, ``/whois al``: members' names, with a blank (a name
+      with blanks in double quotes: ``/msg "bob smith" ``);
     * ``al`` as the line's first word: ``alice: ``;
     * ``al`` anywhere else: ``alice ``.
 
@@ -418,7 +419,7 @@ def complete(before: str, nicks: Iterable[str], commands: Iterable[str]) -> tupl
     names = sorted({n for n in nicks if n.casefold().startswith(key)}, key=str.casefold)
     head = before[:start].split()
     if head and head[0].lower() in NICK_COMMANDS and len(head) == 1:
-        return start, [n + " " for n in names]
+        return start, [(f'"{n}"' if " " in n else n) + " " for n in names]
     if start == 0:
         return 0, [n + ": " for n in names]
     return start, [n + " " for n in names]

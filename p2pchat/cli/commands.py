@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from p2pchat import names
+from p2pchat.cli.args import validate_name
 from p2pchat.cli.render import (
     clean,
     format_history,
@@ -13,7 +15,7 @@ from p2pchat.cli.render import (
     format_who,
     format_whois,
 )
-from p2pchat.errors import LineTooLong, LocalError
+from p2pchat.errors import LineTooLong, LocalError, UsageError
 from p2pchat.node import Node
 
 COMMANDS = (
@@ -46,6 +48,20 @@ class Replies(Protocol):
         """A reply in JSON mode: ``{"event": kind, **fields}``."""
 
 
+@dataclass
+class CommandState:
+    """What one front end's commands remember from one line to the next
+    (one per run; the thread that reads typed lines uses it).
+
+    Attributes:
+        nick_warned: the name the last line's ``/nick`` was warned about
+            (another member has it or a look-alike); the same ``/nick`` as
+            the very next line takes it anyway.
+    """
+
+    nick_warned: str | None = None
+
+
 DEFAULT_HISTORY_SHOWN = 20
 """Lines ``/history`` shows when no number is given."""
 
@@ -54,11 +70,12 @@ commands:
   /who         who is in the room (* = linked to you directly)
   /whois NAME  the key fingerprints of everyone called NAME or a look-alike
   /msg NAME TEXT  a private line to NAME, encrypted end to end (alice#3f2a
-               picks alice by key fingerprint, as /who shows look-alikes)
+               picks alice by key fingerprint, as /who shows look-alikes;
+               "bob smith" in quotes for a name with blanks)
   /peers       your direct links: name, address, in/out, uptime
   /stats       counters: frames and bytes, duplicates, refusals, rate limits
   /history [N] the room's last N lines (default 20), in the order every node shows
-  /nick NEW    change your name
+  /nick NEW    change your name (no blanks; a name someone has: warned first)
   /me ACTION   an action line, shown as "* you ACTION"
   /help        this text
   /quit        leave the room (so do Ctrl+D, Ctrl+C and SIGTERM)
@@ -66,7 +83,7 @@ commands:
 anything else is sent to the room as a chat line."""
 
 
-def handle_line(node: Node, out: Replies, line: str) -> bool:
+def handle_line(node: Node, out: Replies, line: str, state: CommandState | None = None) -> bool:
     """Act on one input line: a chat line or a command.
 
     Errors (an unknown command, a line too long, a bad name) are reported
@@ -76,14 +93,18 @@ def handle_line(node: Node, out: Replies, line: str) -> bool:
         node: the running node.
         out: where replies go.
         line: the line, without its newline.
+        state: what the previous lines left (None: nothing; then a
+            ``/nick`` onto a name someone has is always only warned about).
 
     Returns:
         False when the user asked to quit, else True.
     """
     if not line.strip():
         return True  # empty lines are ignored
+    state = state if state is not None else CommandState()
+    warned, state.nick_warned = state.nick_warned, None
     if line.startswith("/") and not line.startswith("//"):
-        return _command(node, out, line)
+        return _command(node, out, line, state, warned)
     text = line[1:] if line.startswith("//") else line
     _send(node, out, text, action=False)
     return True
@@ -114,7 +135,70 @@ def _history(node: Node, out: Replies, arg: str) -> None:
         out.text(*format_history(node.room, lines))
 
 
-def _command(node: Node, out: Replies, line: str) -> bool:
+def split_name(arg: str) -> tuple[str, str]:
+    """Split ``/msg``'s argument into the name and the rest: ``bob hi`` or,
+    for a name with blanks (others' names may have them), ``"bob smith" hi``.
+
+    Returns:
+        ``(name, rest)``; ``("", "")`` for an unclosed quote.
+    """
+    if arg.startswith('"'):
+        name, quote, rest = arg[1:].partition('"')
+        return (name, rest.strip()) if quote else ("", "")
+    parts = arg.split(maxsplit=1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (arg, "")
+
+
+def _is_self(node: Node, who: str) -> bool:
+    """``who`` (a ``/msg`` target) stands for us and for no other member."""
+    who = names.normalise(who)
+    if "#" in who:
+        name, _, prefix = who.rpartition("#")
+        mine = len(prefix) >= 4 and node.node_id.startswith(prefix.lower())
+        return mine and (not name or names.confusable(name, node.name))
+    if who != node.name:
+        return False
+    return not any(not m.self and m.name == who for m in node.snapshot().members)
+
+
+def _msg(node: Node, out: Replies, arg: str) -> None:
+    who, text = split_name(arg)
+    if not who or not text:
+        out.error('usage: /msg NAME TEXT (a name with blanks in quotes: /msg "bob smith" hi)')
+    elif _is_self(node, who):
+        out.error(f"{clean(who)} is you: a private line goes to another member (/who lists them)")
+    else:
+        try:
+            node.send_direct(who, text)
+        except LocalError as exc:
+            out.error(f"not sent: {exc}")
+
+
+def _nick(node: Node, out: Replies, arg: str, state: CommandState, warned: str | None) -> None:
+    """``/nick NEW``: a name with no blanks; onto a name another member has
+    (or one that looks like it), only when asked twice in a row."""
+    try:
+        new = validate_name(arg)
+    except UsageError as exc:
+        out.error(f"cannot change name: {exc}")
+        return
+    taken = [m for m in node.snapshot().members if not m.self and names.confusable(m.name, new)]
+    if taken and warned != new:
+        state.nick_warned = new
+        who = ", ".join(sorted(clean(m.display or m.name) for m in taken))
+        out.error(
+            f"{who} {'is' if len(taken) == 1 else 'are'} in the room already: the others would "
+            f"see you as {clean(new)}#{node.node_id[:4]}. /nick {clean(new)} again to take it "
+            "anyway"
+        )
+        return
+    try:
+        node.set_name(new)
+    except LocalError as exc:
+        out.error(f"cannot change name: {exc}")
+
+
+def _command(node: Node, out: Replies, line: str, state: CommandState, warned: str | None) -> bool:
     parts = line[1:].split(maxsplit=1)
     cmd = parts[0].lower() if parts else ""
     arg = parts[1].strip() if len(parts) > 1 else ""
@@ -138,15 +222,10 @@ def _command(node: Node, out: Replies, line: str) -> bool:
         else:
             out.text(*format_stats(stats))
     elif cmd == "msg":
-        parts = arg.split(maxsplit=1)
-        if len(parts) < 2:
-            out.error("usage: /msg NAME TEXT")
-        else:
-            try:
-                node.send_direct(parts[0], parts[1])
-            except LocalError as exc:
-                out.error(f"not sent: {exc}")
+        _msg(node, out, arg)
     elif cmd == "whois":
+        if len(arg) > 1 and arg[0] == arg[-1] == '"':
+            arg = arg[1:-1]  # "bob smith", as Tab completes it
         if not arg:
             out.error("usage: /whois NAME")
         else:
@@ -167,10 +246,7 @@ def _command(node: Node, out: Replies, line: str) -> bool:
         if not arg:
             out.error("usage: /nick NEW")
         else:
-            try:
-                node.set_name(arg)
-            except LocalError as exc:
-                out.error(f"cannot change name: {exc}")
+            _nick(node, out, arg, state, warned)
     elif cmd == "me":
         if not arg:
             out.error("usage: /me ACTION")

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from p2pchat.cli.args import PROG
+from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.render import Renderer, terminal_width, wrap_rows
 from p2pchat.errors import StartupError
-from p2pchat.events import Event, MessageEvent, PeerDown
+from p2pchat.events import Event, MessageEvent, PeerDown, PeerUp, Ready
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ class Output:
         interactive: text meant for a person at a terminal.
         on_broken_pipe: called (once, on the writer thread) when stdout is
             gone, e.g. to leave the room.
+        arrival: word membership news for who arrived (the plain line
+            mode: :class:`~p2pchat.cli.arrival.Arrival`); None to print each
+            event as it comes (the scripted modes).
+        links: print links coming up and going down (see
+            :class:`~p2pchat.cli.render.Renderer`).
     """
 
     def __init__(
@@ -55,9 +61,12 @@ class Output:
         json_mode: bool,
         interactive: bool = False,
         on_broken_pipe: Callable[[], None] | None = None,
+        arrival: Arrival | None = None,
+        links: bool = True,
     ) -> None:
         self.json_mode = json_mode
-        self.renderer = Renderer(interactive=interactive)
+        self.renderer = Renderer(interactive=interactive, links=links)
+        self.arrival = arrival
         self._lock = threading.Lock()  # guards the renderer and the queue order
         self._queue: queue.Queue[object] = queue.Queue(maxsize=_OUTPUT_QUEUE_MAX)
         # Earlier lines (catch-up) in a text view: the latest _EARLIER_SHOWN
@@ -67,6 +76,7 @@ class Output:
         self._earlier_count = 0
         self._earlier_due: float | None = None
         self._on_broken_pipe = on_broken_pipe
+        self._after: list[str] = []  # lines to print after the event being printed
         self._dropped = 0
         self._broken = False
         self.leaving = False  # set when we leave the room
@@ -88,6 +98,8 @@ class Output:
                     line: str | None = _json_line(ev.as_dict())
                 elif self.leaving and isinstance(ev, PeerDown):
                     line = None  # our own leave takes every link down: not news
+                elif self.arrival is not None and not self._arrival_news(ev):
+                    return
                 else:
                     line = self.renderer.render(ev)
                     if line is not None and isinstance(ev, MessageEvent) and ev.history:
@@ -103,8 +115,23 @@ class Output:
                             self._put(held)
                 if line is not None:
                     self._put(line)
+                for extra in self._after:
+                    self._put(extra)
+                self._after = []
         except Exception:
             log.exception("could not print %r", ev)
+
+    def _arrival_news(self, ev: Event) -> bool:
+        """Pass ``ev`` through :attr:`arrival` (caller holds ``_lock``): False
+        if it is held back; lines to print after it go to ``_after``."""
+        assert self.arrival is not None
+        now = time.monotonic()
+        if isinstance(ev, PeerUp):
+            self.arrival.note_link(now)
+        show, self._after = self.arrival.feed(ev, now)
+        if isinstance(ev, Ready):
+            self._put(_WAKE)  # the writer waits for the arrival's end from now on
+        return show
 
     def obj(self, kind: str, **fields: Any) -> None:
         """Print a command reply in JSON mode: ``{"event": kind, **fields}``.
@@ -151,9 +178,22 @@ class Output:
             self._put(_WAKE)
 
     def _take_earlier(self, force: bool) -> list[str]:
-        """The earlier lines to print now (the catch-up is over, or ``force``)."""
+        """The earlier lines to print now (the catch-up is over, or ``force``),
+        and the end of our arrival if it has come."""
         with self._lock:
-            return self._take_earlier_locked(force)
+            lines = self._take_earlier_locked(force)
+            if self.arrival is not None:
+                lines += self.arrival.poll(time.monotonic())
+            return lines
+
+    def _due(self) -> float | None:
+        """When the writer must look at the earlier lines or our arrival
+        (monotonic s); read without the lock: at worst one late wake."""
+        due = self._earlier_due
+        arrival = self.arrival.due() if self.arrival is not None else None
+        if due is None or (arrival is not None and arrival < due):
+            return arrival
+        return due
 
     def _take_earlier_locked(self, force: bool) -> list[str]:
         """:meth:`_take_earlier` with ``_lock`` held by the caller."""
@@ -184,7 +224,7 @@ class Output:
 
     def _write_loop(self) -> None:
         while True:
-            due = self._earlier_due  # read without the lock: at worst one late wake
+            due = self._due()
             try:
                 item = self._queue.get(
                     timeout=None if due is None else max(0.0, due - time.monotonic())

@@ -271,11 +271,19 @@ class Renderer:
     thread-safe: :class:`Output` calls it under its lock.
 
     Args:
-        interactive: add hints meant for a person at a terminal.
+        interactive: text for a person at a terminal: a hint in the ready
+            line, and every member that appears is ``* carol joined``
+            (:class:`~p2pchat.cli.arrival.Arrival` holds back those already
+            there when we arrive); else (the scripted text mode) a member we
+            learn of by its presence is ``* carol is here``.
+        links: show links coming up and going down (``-- linked to ...``);
+            the interactive views show them only with ``--log-level info``
+            (else ``/peers`` and ``/stats`` tell of links).
     """
 
-    def __init__(self, interactive: bool = False) -> None:
+    def __init__(self, interactive: bool = False, links: bool = True) -> None:
         self.interactive = interactive
+        self.links = links
         self._names: dict[str, str] = {}
 
     def _who(self, node: str, display: str, name: str) -> str:
@@ -300,7 +308,9 @@ class Renderer:
             return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else peer_row(line)
         if isinstance(ev, JoinEvent):
             who = self._who(ev.origin, ev.display, ev.name)
-            return f"* {who} is here" if ev.via == "presence" else f"* {who} joined"
+            if ev.via == "presence" and not self.interactive:
+                return f"* {who} is here"
+            return f"* {who} joined"
         if isinstance(ev, LeaveEvent):
             who = self._who(ev.origin, ev.display, ev.name)
             if ev.reason == "timeout":
@@ -309,8 +319,12 @@ class Renderer:
                 return f"* {who} left"
             return f"* {who} left ({clean(ev.reason)})"
         if isinstance(ev, NickEvent):
-            self._names[ev.origin] = ev.new
-            return f"* {clean(ev.old)} is now known as {clean(ev.new)}"
+            self._names[ev.origin] = ev.display or ev.new
+            old = clean(ev.old_display or ev.old)
+            return f"* {old} is now known as {clean(ev.display or ev.new)}"
+        if isinstance(ev, (PeerUp, PeerDown)) and not self.links:
+            self._who(ev.peer, "", ev.name)  # a later PeerDown may carry no name
+            return None
         if isinstance(ev, PeerUp):
             who = self._who(ev.peer, "", ev.name)
             return f"-- linked to {who} ({ev.address})"

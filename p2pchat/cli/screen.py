@@ -49,6 +49,7 @@ from prompt_toolkit.output import Output as PtOutput
 from prompt_toolkit.styles import Style
 
 from p2pchat import wire
+from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.chatlog import (
     CHAT,
     EARLIER,
@@ -64,7 +65,7 @@ from p2pchat.cli.chatlog import (
     split_long_line,
     tidy,
 )
-from p2pchat.cli.commands import COMMANDS, handle_line
+from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.render import Renderer, clean
 from p2pchat.events import (
     Event,
@@ -298,6 +299,10 @@ class ChatView:
         input: prompt_toolkit input (None: the terminal).
         output: prompt_toolkit output (None: the terminal).
         hint_after_s: when to say that nobody was found, in seconds.
+        arrival: how membership news is worded (None: a new
+            :class:`~p2pchat.cli.arrival.Arrival` from now).
+        links: show links coming up and going down as chat-area lines
+            (None: only with ``--log-level info`` or more verbose).
     """
 
     def __init__(
@@ -307,10 +312,16 @@ class ChatView:
         input: Input | None = None,
         output: PtOutput | None = None,
         hint_after_s: float = HINT_AFTER_S,
+        arrival: Arrival | None = None,
+        links: bool | None = None,
     ) -> None:
         self.node = node
         self.log = ChatLog()
-        self.renderer = Renderer(interactive=True)
+        if links is None:
+            links = logging.getLogger().isEnabledFor(logging.INFO)
+        self.renderer = Renderer(interactive=True, links=links)
+        self.arrival = arrival or Arrival(time.monotonic())
+        self._arrival_timer: asyncio.TimerHandle | None = None
         self.members: list[MemberInfo] = []
         self.links = 0
         self.show_members = False
@@ -334,6 +345,7 @@ class ChatView:
         self._sender: threading.Thread | None = None
         self._closing = False
         self.replies = _Replies(self._post)
+        self.commands = CommandState()  # the sender thread's
         self.buffer = Buffer(
             multiline=False,
             history=history or InMemoryHistory(),
@@ -565,7 +577,7 @@ class ChatView:
             if self._closing:
                 continue
             try:
-                if not handle_line(self.node, self.replies, line):
+                if not handle_line(self.node, self.replies, line, self.commands):
                     self.request_exit()
                 elif line.split()[0].lower() == "/help":
                     self._post([ChatLine(time.time(), SYSTEM, t) for t in LOCAL_HELP])
@@ -647,18 +659,50 @@ class ChatView:
             self._refresh_members()
         if isinstance(ev, PeerDown) and self._closing:
             return False
-        text = self.renderer.render(ev)
-        if text is None:
-            return False
-        kind = SYSTEM
-        if isinstance(ev, Notice) and ev.level in ("warning", "error"):
-            kind = ERROR
+        now = time.monotonic()
+        if isinstance(ev, PeerUp):
+            self.arrival.note_link(now)
+        show, after = self.arrival.feed(ev, now)
+        self._schedule_arrival()
+        text = self.renderer.render(ev) if show else None
+        if text is not None:
+            error = isinstance(ev, Notice) and ev.level in ("warning", "error")
+            self._add_text(text, ERROR if error else SYSTEM)
+        for text_after in after:
+            self._add_text(text_after, SYSTEM)
+        return False
+
+    def _add_text(self, text: str, kind: str) -> None:
+        """Add a rendered line (``-- x``, ``* x``, ``!! x``) as a system or
+        error line, without its mark (the chat area draws its own)."""
         for mark in ("* ", "-- ", "!! "):
             if text.startswith(mark):
                 text = text[len(mark) :]
                 break
         self.add(ChatLine(time.time(), kind, text))
-        return False
+
+    def _schedule_arrival(self) -> None:
+        """Wake :meth:`_arrival_poll` when our arrival may end.  Loop thread."""
+        due = self.arrival.due()
+        if self._arrival_timer is not None:
+            self._arrival_timer.cancel()
+            self._arrival_timer = None
+        if due is not None and self._loop is not None:
+            delay = max(0.0, due - time.monotonic())
+            self._arrival_timer = self._loop.call_later(delay, self._arrival_poll)
+
+    def _arrival_poll(self) -> None:
+        """Our arrival may be over: show who is in the room, as one line."""
+        self._arrival_timer = None
+        try:
+            members: list[MemberInfo] | None = list(self.node.snapshot().members)
+        except Exception:
+            log.debug("no snapshot", exc_info=True)
+            members = None
+        for text in self.arrival.poll(time.monotonic(), members):
+            self._add_text(text, SYSTEM)
+        self._schedule_arrival()
+        self.app.invalidate()
 
     def _message_line(self, ev: MessageEvent, earlier: bool = False) -> ChatLine:
         kind = EARLIER if earlier else OWN if ev.self else CHAT
@@ -760,6 +804,7 @@ class ChatView:
             self._loop = loop
         self._refresh_members()
         self._pump()
+        self._schedule_arrival()
         loop.call_later(self.hint_after_s, self._hint)
 
     # -- running ---------------------------------------------------------------------------

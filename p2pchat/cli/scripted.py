@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from p2pchat.cli.args import Options
-from p2pchat.cli.commands import handle_line
+from p2pchat.cli.commands import CommandState, handle_line
 from p2pchat.cli.output import Output
 from p2pchat.cli.session import Stopper, Terminate, close, make_node
 from p2pchat.errors import UsageError
@@ -107,6 +107,7 @@ def run_scripted(opts: Options) -> int:
             try:
                 node.start()
                 reader = _LineReader(stdin)
+                commands = CommandState()
                 while not stopper.requested:
                     stopper.reading = True
                     try:
@@ -121,7 +122,7 @@ def run_scripted(opts: Options) -> int:
                         break  # end of input
                     line = raw[:-1] if raw.endswith("\n") else raw
                     line = line.removesuffix("\r")
-                    if not handle_line(node, out, line):
+                    if not handle_line(node, out, line, commands):
                         break
             except Terminate:
                 log.info("leaving: signal")

@@ -12,7 +12,9 @@ starting at once on one machine) do without.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator
 
 from prompt_toolkit import PromptSession
@@ -22,11 +24,14 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import prompt as pt_prompt
 
 from p2pchat.cli.args import Options, validate_name
-from p2pchat.cli.commands import COMMANDS, handle_line
+from p2pchat.cli.arrival import Arrival
+from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.output import Output
 from p2pchat.cli.screen import ChatView, input_history
 from p2pchat.cli.session import Stopper, close, make_node
 from p2pchat.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 class _CommandCompleter(Completer):
@@ -52,15 +57,52 @@ class _CommandCompleter(Completer):
                 yield Completion(cmd, start_position=-len(text))
 
 
-def ask_name() -> str | None:
+LAST_NAME_FILE = "last_name"
+"""In the data directory: the name of the last interactive run, offered at the name prompt."""
+
+
+def load_last_name(data_dir: str | None) -> str:
+    """The name the last interactive run used in ``data_dir``, or "" (none
+    kept, ``--ephemeral``, or not a valid name)."""
+    if data_dir is None:
+        return ""
+    try:
+        with open(os.path.join(data_dir, LAST_NAME_FILE), encoding="utf-8") as f:
+            return validate_name(f.read(512).strip())
+    except (OSError, UnicodeDecodeError, UsageError):
+        return ""
+
+
+def save_last_name(data_dir: str | None, name: str) -> None:
+    """Keep ``name`` in ``data_dir`` for the next run's name prompt
+    (readable by its owner only); nothing with ``--ephemeral``.  A disk
+    error is logged, not raised.  Main thread."""
+    if data_dir is None:
+        return
+    path = os.path.join(data_dir, LAST_NAME_FILE)
+    tmp = f"{path}.tmp"
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(name + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.info("could not keep the name for the next run: %s", exc)
+
+
+def ask_name(default: str = "") -> str | None:
     """Ask for a display name on the terminal until a valid one is typed.
+
+    Args:
+        default: offered in the answer (the last run's name): Enter takes it.
 
     Returns:
         The name, or None if the user pressed Ctrl+C or Ctrl+D.
     """
     while True:
         try:
-            answer = pt_prompt("Your name: ")
+            answer = pt_prompt("Your name: ", default=default)
         except (KeyboardInterrupt, EOFError):
             return None
         try:
@@ -101,7 +143,7 @@ def run_fullscreen(opts: Options) -> int:
     Raises:
         StartupError: the node could not start (before the screen is drawn).
     """
-    name = opts.name or ask_name()
+    name = opts.name or ask_name(load_last_name(opts.data_dir))
     if name is None:
         return 0
     view: ChatView | None = None
@@ -113,8 +155,10 @@ def run_fullscreen(opts: Options) -> int:
         view.show_start_context()
         with stopper.installed(sigint=False):
             node.start()
+            save_last_name(opts.data_dir, node.name)
             with contextlib.suppress(EOFError, KeyboardInterrupt):  # a signal: leave
                 view.run()
+            save_last_name(opts.data_dir, node.name)  # after a /nick, the new one
     finally:
         stopper.closing = True
         try:
@@ -137,7 +181,7 @@ def run_plain(opts: Options) -> int:
     Raises:
         StartupError: the node could not start.
     """
-    name = opts.name or ask_name()
+    name = opts.name or ask_name(load_last_name(opts.data_dir))
     if name is None:
         return 0
     session: PromptSession[str] = PromptSession(
@@ -148,12 +192,19 @@ def run_plain(opts: Options) -> int:
     stopper = Stopper()
     stopper.app = session.app
     with patch_stdout(raw=True):
-        out = Output(json_mode=False, interactive=True)
+        out = Output(
+            json_mode=False,
+            interactive=True,
+            arrival=Arrival(time.monotonic()),
+            links=logging.getLogger().isEnabledFor(logging.INFO),
+        )
         try:
             node = make_node(opts, name, out.on_event)
             with stopper.installed(sigint=False):
                 try:
                     node.start()
+                    save_last_name(opts.data_dir, node.name)
+                    commands = CommandState()
                     while not stopper.requested:
                         try:
                             line = session.prompt(
@@ -162,13 +213,14 @@ def run_plain(opts: Options) -> int:
                             )
                         except (EOFError, KeyboardInterrupt):
                             break
-                        if not handle_line(node, out, line):
+                        if not handle_line(node, out, line, commands):
                             break
                         out.drain(0.5)
                 except KeyboardInterrupt:
                     pass  # Ctrl+C outside the prompt (while starting, say): leave too
                 finally:
                     close(node, stopper, out)
+                    save_last_name(opts.data_dir, node.name)  # after a /nick, the new one
         finally:
             out.close()
     return 0

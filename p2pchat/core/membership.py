@@ -87,6 +87,9 @@ class Membership:
             return False
         if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
             self.addrs.put(origin, (list(msg.addrs), msg.port))
+        member = s.roster.get(origin)
+        renamed = member is not None and member.name != msg.name
+        was = s.roster.display(origin) if renamed else ""  # how it was shown: before any flag
         if self.checked.get(origin) != (msg.name, msg.key):
             # Names are checked once per origin, name and key, not per message
             # (normalising and skeletons cost ~10 µs a presence).
@@ -106,7 +109,15 @@ class Membership:
                 JoinEvent(origin=origin, name=msg.name, via=via, display=s.roster.display(origin))
             )
         elif old is not None:
-            s.emit(NickEvent(origin=origin, old=old, new=msg.name))
+            s.emit(
+                NickEvent(
+                    origin=origin,
+                    old=old,
+                    new=msg.name,
+                    display=s.roster.display(origin),
+                    old_display=was,
+                )
+            )
         if isinstance(msg, wire.Presence):
             held = self.latest.get(origin)
             if held is None or held.seq < msg.seq:

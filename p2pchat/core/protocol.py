@@ -532,10 +532,11 @@ class Protocol:
             raise UsageError("the node is closed")
         if name == s.name:
             return []
-        old = s.name
+        old, was = s.name, s.roster.display(self.node_id)
         nick = self.members.rename(name)
         self.broadcast.forward(nick, None)
-        s.emit(NickEvent(origin=self.node_id, old=old, new=name))
+        shown = s.roster.display(self.node_id)
+        s.emit(NickEvent(origin=self.node_id, old=old, new=name, display=shown, old_display=was))
         s.presence_soon()
         return s.take()
 
