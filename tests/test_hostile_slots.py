@@ -272,3 +272,17 @@ def test_static_peer_is_dialled_again_after_the_flood(
     wait_for(lambda: linked(carol, alice), DELIVERY_S, "carol to link with alice after the flood")
     line_arrives(carol, cluster.recorders[0], "carol, after the flood")
     line_arrives(alice, cluster.recorders[1], "alice, after the flood")
+
+
+def test_inbound_sockets_past_twice_max_links_are_refused_as_busy() -> None:
+    """Handshakes done, each from its own address: the node holds at most 2 x max_links
+    inbound sockets (the overlay then closes the surplus links); the next is refused."""
+    from p2pchat.core.config import NodeConfig
+    from p2pchat.core.slots import Held, inbound_refusal
+
+    cfg = NodeConfig(name="n", room="lobby", port=0, max_links=8)
+    held = [Held(f"10.0.{i // 250}.{i % 250 + 1}", False) for i in range(2 * cfg.max_links - 1)]
+    assert inbound_refusal(cfg, held, "10.9.9.9") is None
+    held.append(Held("10.9.9.8", False))
+    refusal = inbound_refusal(cfg, held, "10.9.9.9")
+    assert refusal is not None and refusal[0] == "busy"
