@@ -62,6 +62,8 @@ class Membership:
         # origin -> its latest presence, handed to a newcomer linked to us
         self.latest: BoundedMap[str, wire.Presence] = BoundedMap(MAX_ORIGINS)
         self.checked: BoundedMap[str, tuple[str, str]] = BoundedMap(MAX_ORIGINS)  # name, key
+        self.own: wire.Presence | None = None  # our latest presence
+        self.handed: set[LinkId] = set()  # links we handed the roster to
         self.gone_buckets: BoundedMap[str, flood.TokenBucket] = BoundedMap(MAX_ORIGINS)
         self.remember_name(s.name, s.identity.key)
 
@@ -125,24 +127,33 @@ class Membership:
             if msg.gone:
                 self._reported_gone(origin, msg.gone)
         if isinstance(msg, wire.Join) and origin in s.links:
-            # So that a newcomer linked to us learns of us at once; the others
-            # hear of us at our next presence (every member answering every
-            # join made a storm: 100 presences and 75,000 frames in 0.5 s for
-            # one node joining a room of 100, in the simulator).
-            s.presence_soon()
-            self._hand_roster(s.links[origin], origin)
+            # A node linked to us joined (new, or restarted with an empty
+            # roster): it learns the room, us included, from us at once.  (Every
+            # member answering every join with a presence made a storm: 100
+            # presences and 75,000 frames in 0.5 s for one node joining a room
+            # of 100, in the simulator.)
+            self.hand_roster(s.links[origin], origin)
         return True
 
-    def _hand_roster(self, link: LinkId, newcomer: str) -> None:
-        """A newcomer linked to us joined: send it the latest presence of
-        every member we hold, with hop limit 1 (it delivers them and
-        forwards none; their signatures do not cover ``hops``), so that it
-        knows the room at once and not at each member's next presence, which
-        in a big room is minutes away (docs/protocol.md §9)."""
+    def hand_roster(self, link: LinkId, peer: str) -> None:
+        """Send ``peer``, on ``link`` only and once per link, the latest
+        presence of every member we hold and our own, with hop limit 1 (it
+        delivers them and forwards none; their signatures do not cover
+        ``hops``), so that it knows the room at once and not at each
+        member's next presence, which in a big room is minutes away
+        (docs/protocol.md §9).  Called when a link comes up to a node not in
+        our roster, and when a node linked to us joins."""
         s = self.s
+        if link in self.handed:
+            return
+        if len(self.handed) >= 4096:
+            self.handed.clear()
+        self.handed.add(link)
+        if self.own is not None:  # else our first presence is on its way
+            s.send_msg(link, msgspec.structs.replace(self.own, hops=1, gone=[]))
         for member in s.roster.members():
             msg = self.latest.get(member.node)
-            if msg is not None and member.node != newcomer and msg.seq >= member.name_seq:
+            if msg is not None and member.node != peer and msg.seq >= member.name_seq:
                 s.send_msg(link, msgspec.structs.replace(msg, hops=1))
 
     # -- crashed members (docs/protocol.md §9: SWIM-style suspicion) ---------------------
@@ -254,6 +265,7 @@ class Membership:
                 **s.envelope(),
             )
         )
+        self.own = msg
         s.last_presence = s.now
         # A little earlier than announced, at random (RFC 3550 §6.3.1's idea):
         # the presences of nodes started together do not stay in step.

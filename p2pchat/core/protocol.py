@@ -97,6 +97,10 @@ def check_config(config: NodeConfig) -> str:
     return name
 
 
+FIRST_PRESENCE_AFTER_S = 1.0
+"""Seconds from our ``join`` to our first ``presence``."""
+
+
 class Protocol:
     """One node's protocol state and rules (see the module docstring).
 
@@ -328,7 +332,17 @@ class Protocol:
             s.joined = True
             join = s.signed(wire.Join(dh=s.identity.dh, **s.envelope()))
             self.broadcast.forward(join, None)
-        s.presence_soon()
+            # Our first presence a moment after the join: the join's copies
+            # prune our broadcast tree first, so the presence follows the tree
+            # instead of crossing every link of the room a second time.
+            s.next_presence = s.now + FIRST_PRESENCE_AFTER_S
+            s.wake = True
+        if pid not in s.roster:
+            # A newcomer, or a node from the other side of a split: it learns
+            # the room from us (our first presence goes out at the next tick
+            # anyway; a presence flooded to the whole room at every link that
+            # came up was most of a big room's start in the simulator).
+            self.members.hand_roster(link, pid)
         return s.take()
 
     def _overlay_link_up(self, up: LinkUp) -> bool:
@@ -386,6 +400,7 @@ class Protocol:
         self.broadcast.link_down(link)
         self.history_.link_down(link)
         s.bad_sigs.pop(link, None)
+        self.members.handed.discard(link)
         up = s.up.pop(link, None)
         if up is not None and s.links.get(up.peer.node) == link:
             pid = up.peer.node
