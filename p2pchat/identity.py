@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import nacl.bindings
@@ -127,6 +128,26 @@ def pretty_fingerprint(key_hex: str) -> str:
     return " ".join(fp[i : i + 4] for i in range(0, len(fp), 4))
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a key file that other users can read (POSIX mode bits).
+
+    Skipped on Windows: there ``st_mode`` is made up from the read-only flag
+    (always 0o666 or 0o444), and who may read a file is decided by its ACL;
+    the default data directory (under ``%LOCALAPPDATA%``) is the user's own.
+
+    Raises:
+        StoreError: the file is readable or writable by its group or others.
+        OSError: the file cannot be examined.
+    """
+    if sys.platform == "win32":
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise StoreError(
+            f"{path} can be read by other users (mode {mode:o}); run: chmod 600 {path}"
+        )
+
+
 class Identity:
     """A node's key pair.
 
@@ -182,11 +203,7 @@ class Identity:
         path = Path(data_dir) / KEY_FILE
         if path.exists():
             try:
-                mode = path.stat().st_mode & 0o777
-                if mode & 0o077:
-                    raise StoreError(
-                        f"{path} can be read by other users (mode {mode:o}); run: chmod 600 {path}"
-                    )
+                _check_private(path)
                 private = serialization.load_pem_private_key(path.read_bytes(), password=None)
             except (OSError, ValueError, TypeError) as exc:
                 raise StoreError(f"cannot read the identity key {path}: {exc}") from None
@@ -200,7 +217,9 @@ class Identity:
             serialization.NoEncryption(),
         )
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # O_BINARY (Windows only): no newline translation of the PEM.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            fd = os.open(path, flags, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(pem)
                 f.flush()

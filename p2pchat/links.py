@@ -166,7 +166,8 @@ class Links:
             log.debug("refused a connection from %s: %s", remote[0], refusal[1])
             frame = wire.encode_frame(wire.Refuse(code="busy", reason=refusal[1]))
             with contextlib.suppress(OSError):
-                sock.send(frame, socket.MSG_DONTWAIT)
+                sock.setblocking(False)  # never wait (MSG_DONTWAIT is not on Windows)
+                sock.send(frame)
             sock.close()
             return None
         link.start()

@@ -164,11 +164,12 @@ value))``, ``("name", (name, key))``, ``("touch", name)``, ``("unname", name)`` 
 def _lock_dir(path: Path) -> IO[str] | None:
     """Take the directory's lock file, or raise StoreError if another
     process holds it.  Returns the open lock file (None where the platform
-    has no ``flock``)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    has no ``flock``: Windows, where SQLite's own locking still keeps the
+    database whole)."""
+    if sys.platform == "win32":  # no fcntl (a check mypy --platform win32 understands)
         return None
+    import fcntl
+
     lock_path = path / LOCK_NAME
     f = open(lock_path, "a+", encoding="ascii")  # noqa: SIM115 - held until close()
     try:

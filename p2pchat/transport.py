@@ -25,7 +25,6 @@ import errno
 import itertools
 import logging
 import queue
-import select
 import socket
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Literal, Protocol
 from p2pchat import wire
 from p2pchat.core.config import LinkConfig as LinkConfig
 from p2pchat.errors import LinkRefused, RemoteProtocolError, StartupError, VersionMismatch
+from p2pchat.portable import WriteProbe, reuse_address, send_nowait
 from p2pchat.privacy import LinkCipher
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ class Link:
         self._carry = b""  # the unsent rest of a frame sent on a caller's thread
         self._first = True  # our hello: always in the clear
         self._sent_at = time.monotonic()  # when a frame last went out (keepalives)
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLOUT)
+        self._probe = WriteProbe(sock)  # poll(), or select() on Windows
         self._close_lock = threading.Lock()
         self._close_reason: str | None = None
         self._retired = False
@@ -230,8 +229,8 @@ class Link:
         item = self._seal(frame)
         sent = 0
         try:
-            if self._poller.poll(0):
-                sent = self.sock.send(item, socket.MSG_DONTWAIT)
+            if self._probe.ready():
+                sent = send_nowait(self.sock, item)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -548,7 +547,7 @@ class Listener:
         backlog: int = 64,
     ) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reuse_address(sock)
         try:
             sock.bind((host, port))
             sock.listen(backlog)

@@ -6,9 +6,12 @@ import contextlib
 import io
 import logging
 import os
+import queue
 import select
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from p2pchat.cli.args import Options
@@ -29,30 +32,52 @@ class _LineReader:
     A blocking ``readline`` can miss the signal that should end it (one that
     arrives just before the read starts is handled only after the read
     returns); so, where the stream has a file descriptor, the reader waits
-    with ``poll`` in steps of ``_STDIN_POLL_S`` and reads what is there with
-    ``os.read``.  Lines are UTF-8 (undecodable bytes kept as surrogates, which
-    ``Node.send`` refuses); a line longer than 1 MiB is cut (and then refused
-    as too long).  Streams without a descriptor (tests) are read with
-    ``readline``.  Main thread only.
+    for input in steps of ``_STDIN_POLL_S`` and reads what is there with
+    ``os.read``: with ``poll`` on Linux and macOS; on Windows, whose
+    ``select`` takes only sockets, a :class:`_ChunkThread` reads and the main
+    thread waits on its queue.  Lines are UTF-8 (undecodable bytes kept as
+    surrogates, which ``Node.send`` refuses); a line longer than 1 MiB is cut
+    (and then refused as too long).  Streams without a descriptor (tests) are
+    read with ``readline``.  Main thread only.
+
+    Args:
+        stream: the input (``sys.stdin``).
+        threaded: read on a thread (default: on Windows only).
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, threaded: bool | None = None) -> None:
         self._stream = stream
         self._buf = b""
         self._eof = False
-        self._poller: select.poll | None = None
+        self._poll: Callable[[int], list[tuple[int, int]]] | None = None
+        self._thread: _ChunkThread | None = None
         try:
             self._fd: int | None = stream.fileno()
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             self._fd = None
-        if self._fd is not None:
-            self._poller = select.poll()
-            self._poller.register(self._fd, select.POLLIN)
+        if self._fd is None:
+            return
+        if threaded is None:
+            threaded = sys.platform == "win32"
+        if sys.platform != "win32" and not threaded:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            self._poll = poller.poll
+        else:
+            # The raw stream where there is one: on a Windows console it gives
+            # UTF-8 (os.read would give the console's code page).
+            raw = getattr(getattr(stream, "buffer", None), "raw", None)
+            fd = self._fd
+            read: Callable[[int], bytes | None] = (
+                raw.read if raw is not None else lambda n: os.read(fd, n)
+            )
+            self._thread = _ChunkThread(read)
+            self._thread.start()
 
     def readline(self, timeout_s: float) -> str | None:
         """The next line (with its newline, if it had one), ``""`` at the end
         of input, or None if no whole line came within ``timeout_s`` seconds."""
-        if self._fd is None or self._poller is None:
+        if self._fd is None:
             line: str = self._stream.readline()
             return line
         deadline = time.monotonic() + timeout_s
@@ -64,16 +89,67 @@ class _LineReader:
                 return raw.decode("utf-8", errors="surrogateescape")
             if self._eof:
                 return ""
-            left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
-            if not self._poller.poll(left_ms):
+            data = self._read(max(0.0, deadline - time.monotonic()))
+            if data is None:
                 return None
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
             if not data:
                 self._eof = True
             self._buf += data
+
+    def _read(self, timeout_s: float) -> bytes | None:
+        """What input came within ``timeout_s``: bytes, ``b""`` at the end,
+        or None if none came.  Returns after one wait, possibly early (None
+        then means "ask again")."""
+        if self._thread is not None:
+            return self._thread.get(timeout_s)
+        assert self._poll is not None and self._fd is not None
+        if not self._poll(int(timeout_s * 1000)):
+            return None
+        try:
+            return os.read(self._fd, 65536)
+        except BlockingIOError:
+            return None
+
+
+class _ChunkThread(threading.Thread):
+    """Reads a stream in chunks on its own thread, for :class:`_LineReader`
+    where ``poll`` cannot wait on it (Windows consoles and pipes).
+
+    A daemon: a read of a console cannot be interrupted, so the thread ends
+    at the end of input or a read error, or with the process.  At most
+    ``_CHUNKS`` chunks of 64 KiB wait in the queue; then the thread waits too.
+
+    Args:
+        read: reads up to n bytes, blocking (``b""`` at the end; None, from a
+            non-blocking stream with nothing there, is taken as the end too).
+    """
+
+    _CHUNKS = 16
+
+    def __init__(self, read: Callable[[int], bytes | None]) -> None:
+        super().__init__(name="p2pchat-stdin", daemon=True)
+        self._read = read
+        self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=self._CHUNKS)
+
+    def run(self) -> None:
+        """Read until the end of input (or an error, taken as the end)."""
+        while True:
+            try:
+                data = self._read(65536) or b""
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                log.warning("cannot read stdin: %s", exc)
+                data = b""
+            self._chunks.put(data)
+            if not data:
+                return
+
+    def get(self, timeout_s: float) -> bytes | None:
+        """The next chunk (``b""``: the end), or None if none came within
+        ``timeout_s`` seconds.  Main thread."""
+        try:
+            return self._chunks.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
 
 
 def run_scripted(opts: Options) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -91,6 +92,16 @@ class Stopper:
         """
         main_id = threading.main_thread().ident
         if not self.active or self.closing or self.requested or main_id is None:
+            return
+        if sys.platform == "win32":
+            # No pthread_kill.  The scripted loop waits for stdin in steps of
+            # 0.5 s and then sees `requested`; a running prompt is told to exit.
+            self.requested = True
+            app = self.app
+            loop = app.loop if app is not None and app.is_running else None
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop just closed
+                    loop.call_soon_threadsafe(self.exit_app)
             return
         with contextlib.suppress(OSError, ValueError):
             signal.pthread_kill(main_id, signal.SIGTERM)
