@@ -5,9 +5,11 @@ Leitão, Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007. Each link is
 announced, in batched ``ihave`` frames). Links start eager, so the first
 messages flood; a node that receives a message twice tells the peer that sent
 the copy to stop pushing (``prune``), and the pushes that remain form a
-spanning tree. Each end decides only what it receives: the paper makes a pruned
-link lazy at both ends, and then a slow node, whose forwards of a burst's first
-lines come second everywhere, is pruned by every neighbour and cut off (seen:
+spanning tree (not for a copy over the link that brought the first, nor for
+one that came a shorter way, more hops left: see :meth:`TreeState.duplicate`).
+Each end decides only what it receives: the paper makes a pruned link lazy
+at both ends, and then a slow node, whose forwards of a burst's first lines
+come second everywhere, is pruned by every neighbour and cut off (seen:
 two of ten nodes got a 1000-line burst 1.5 s late, by graft). A node that hears
 of an id on a lazy link and does not get the message within ``graft_timeout_s``
 grafts that link (asks for the message, and to be pushed to from then on),
