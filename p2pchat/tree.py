@@ -5,9 +5,11 @@ Leitão, Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007. Each link is
 announced, in batched ``ihave`` frames). Links start eager, so the first
 messages flood; a node that receives a message twice tells the peer that sent
 the copy to stop pushing (``prune``), and the pushes that remain form a
-spanning tree. Each end decides only what it receives: the paper makes a pruned
-link lazy at both ends, and then a slow node, whose forwards of a burst's first
-lines come second everywhere, is pruned by every neighbour and cut off (seen:
+spanning tree (not for a copy over the link that brought the first, nor for
+one that came a shorter way, more hops left: see :meth:`TreeState.duplicate`).
+Each end decides only what it receives: the paper makes a pruned link lazy
+at both ends, and then a slow node, whose forwards of a burst's first lines
+come second everywhere, is pruned by every neighbour and cut off (seen:
 two of ten nodes got a 1000-line burst 1.5 s late, by graft). A node that hears
 of an id on a lazy link and does not get the message within ``graft_timeout_s``
 grafts that link (asks for the message, and to be pushed to from then on),
@@ -205,8 +207,11 @@ class TreeState(Generic[L]):
             self._announce.setdefault(link, []).append(msg.id)
         return split
 
-    def duplicate(self, came_from: L, msg_id: str, now: float) -> str | None:
-        """A copy of message ``msg_id``, already seen, arrived on ``came_from``.
+    def duplicate(
+        self, came_from: L, msg_id: str, now: float, hops: int | None = None
+    ) -> str | None:
+        """A copy of message ``msg_id``, already seen, arrived on ``came_from``
+        with ``hops`` (its remaining hop count as it arrived; None: not known).
 
         Returns:
             The origin to send a ``prune`` for on that link (the peer is to
@@ -217,14 +222,26 @@ class TreeState(Generic[L]):
             origin (a push that crossed our prune: pruning this link too would
             leave us with no link that pushes that origin to us), nor when
             the first copy did not come by push at all (it came by catch-up,
-            or is no longer cached): that says nothing about the links.  A
-            peer that still pushes ``IN_FLIGHT_S`` after our prune is told again.
+            or is no longer cached), nor when it came over this same link:
+            that says nothing about the links.  Nor is a link pruned whose
+            copy came a shorter way than the first (more ``hops`` left): it
+            is nearer the origin, only slower now (a sender busy pushing a
+            burst to every neighbour); pruning on arrival order alone let
+            two nodes each prune their link to the sender for the other
+            (each had its first copy from the other), a cycle that no push
+            reached: every later line came by ``ihave`` and ``graft``, 1.5 s
+            late (issue 12).  A peer that still pushes ``IN_FLIGHT_S`` after
+            our prune is told again.
         """
         if (came_from, msg_id) in self._expected:
             del self._expected[(came_from, msg_id)]
             return None
         first = self._cache.get(msg_id)
-        if first is None:
+        if first is None or first[2] == came_from:
+            # A second copy over the link that brought the first is no sign
+            # of a second path (a neighbour handing a newcomer the roster's
+            # presences, a resend): pruning the one link that pushed it to
+            # us cut nodes off from whole origins at start-up (issue 12).
             return None
         origin = first[1].origin
         muted_at = self._muted.get((came_from, origin))
@@ -234,6 +251,11 @@ class TreeState(Generic[L]):
             self._muted[(came_from, origin)] = now
             return origin
         if first[2] is not None and (first[2], origin) in self._muted:
+            return None
+        # The first copy arrived with one more hop than the cached one (counted
+        # down for pushing on), our own with all of them.
+        first_hops = first[1].hops + (first[2] is not None)
+        if hops is not None and hops > first_hops:
             return None
         self._mute(came_from, origin, now)
         return origin

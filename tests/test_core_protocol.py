@@ -673,6 +673,41 @@ def test_a_pasted_block_of_200_lines_reaches_every_node_whole_and_in_order() -> 
         assert node.stats()["rate_limited"] == {}
 
 
+def test_a_busy_senders_neighbours_keep_it_pushing_to_them_whatever_comes_first() -> None:
+    # A sender pushing a burst to every neighbour is slower than the way round: u had line 1
+    # from v before the sender's own copy, v had line 2 from u first.  Pruning on arrival
+    # order alone, u and v each told the sender to stop, and were left pushing to each other
+    # with nobody pushing to them: every later line of a burst came by ihave and graft, 1.5 s
+    # late, at 2 to 14 of 30 nodes (issue 12, scripts/bench.py).  The sender here is a raw
+    # peer that pushes as an honest one does: to the links that have not pruned it.
+    net = CoreNet()
+    u, v = net.add("u"), net.add("v")
+    net.connect(u, v)
+    sender = net.hostile("sender", wire_name="sender")
+    to_u, to_v = net.connect(sender, u), net.connect(sender, v)
+    assert isinstance(to_u, Link) and isinstance(to_v, Link)
+    net.tick_all(SETTLE_S)
+    one, two, three = (sender.chat(f"line {n}", n) for n in (1, 2, 3))
+
+    def pruned_by() -> set[str]:
+        return {end.peer for end, m in sender.received if isinstance(m, wire.Prune)}
+
+    sender.send(to_v.out, one)
+    net.run_until_quiet()  # v pushes line 1 on to u
+    sender.send(to_u.out, one)  # the sender's own copy, late
+    sender.send(to_u.out, two)  # sent before any prune of u's could reach the sender
+    net.run_until_quiet()  # u pushes line 2 on to v
+    sender.send(to_v.out, two)  # late again
+    net.run_until_quiet()
+    assert pruned_by() == set()
+    for link in (to_u, to_v):
+        if link.into.owner not in pruned_by():
+            sender.send(link.out, three)
+    net.run_until_quiet()
+    for node in (u, v):  # at once: no time passed for an ihave and a graft
+        assert node.texts() == ["line 1", "line 2", "line 3"], node
+
+
 # -- the presence tree ---------------------------------------------------------------------
 
 

@@ -146,6 +146,37 @@ def test_a_push_that_crossed_our_prune_prunes_no_other_link() -> None:
     assert t.muted_for(A) == {"p"}
 
 
+def test_a_second_copy_over_the_link_that_brought_the_first_prunes_nothing() -> None:
+    # A neighbour hands a newcomer the latest presence of every member (hop limit 1) just
+    # after it pushed one of them: the copy came back over the same link.  Pruning that
+    # link too left a two-link node pushed to by nobody for that origin, and every line of
+    # a burst came by ihave and graft, 1.5 s late (issue 12, scripts/bench.py).
+    t: TreeState[str] = TreeState()
+    for link in "pq":
+        t.link_up(link)
+    t.new_message(chat(1), "p", now=0.0)
+    assert t.duplicate("q", chat(1).id, 0.0) == A  # q brought it second: q, stop
+    assert t.duplicate("p", chat(1).id, 0.1) is None  # p again: p is the one that pushes
+    assert t.muted_for(A) == {"q"}
+
+
+def test_a_copy_that_came_a_shorter_way_second_prunes_nothing() -> None:
+    # Node u is linked to the sender s and to v; s, busy pushing a burst to every
+    # neighbour, is slower than the way round through v.  Pruning s there (as arrival
+    # order alone says), while v prunes s for a copy it had first from u, leaves u and v
+    # pushing to each other and nobody pushing to them: every later line of the burst
+    # came by ihave and graft, 1.5 s late (issue 12, scripts/bench.py).
+    t: TreeState[str] = TreeState()
+    for link in ("s", "v"):
+        t.link_up(link)
+    t.new_message(chat(1, hops=14), "v", now=0.0)  # arrived with 15 hops left: s -> v -> u
+    assert t.duplicate("s", chat(1).id, 0.01, hops=16) is None, "s is nearer the sender"
+    assert t.muted_for(A) == set()
+    t.new_message(chat(2, hops=15), "s", now=0.1)  # from s itself (16 hops left)
+    assert t.duplicate("v", chat(2).id, 0.1, hops=15) == A  # v's way is longer: v, stop
+    assert t.muted_for(A) == {"v"}
+
+
 def test_a_node_whose_copies_all_come_second_is_still_pushed_to() -> None:
     # A slow node forwards the first lines of a burst after its neighbours
     # have them: they all prune it, but that only stops its pushes to them.

@@ -107,7 +107,7 @@ class Broadcast:
             # every origin crossed every link a second time).
             tree = self.tree
             if tree is not None:
-                origin = tree.duplicate(link, msg.id, now)
+                origin = tree.duplicate(link, msg.id, now, msg.hops)
                 if origin is not None:
                     s.send_msg(link, wire.Prune(origin=origin))
             return
