@@ -353,6 +353,32 @@ def test_lines_have_a_time_and_a_colour_per_sender_and_own_and_system_lines_diff
         assert "class:time" in r.screen.style_at(chat[0][:5])
 
 
+def test_time_shows_seconds_or_the_date_for_every_line_on_demand() -> None:
+    with running() as r:
+        r.view.on_event(message(BOB_ID, "bob", "before"))
+        r.screen.wait_text("bob: before")
+        r.type("/time" + ENTER)  # the next format: seconds, lines shown already too
+        rows = r.screen.wait_text("times shown as HH:MM:SS (/time seconds)")
+        before = next(row for row in rows if row.endswith("bob: before"))
+        assert re.match(r"^\d\d:\d\d:\d\d bob: before$", before), before
+        r.type("/time date" + ENTER)
+        rows = r.screen.wait_text("(/time date)")
+        before = next(row for row in rows if row.endswith("bob: before"))
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d bob: before$", before), before
+        assert before.startswith(time.strftime("%Y-"))
+        r.view.on_event(message(BOB_ID, "bob", "after"))  # new lines too
+        rows = r.screen.wait_text("bob: after")
+        assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d ", row) for row in rows[:-2] if row)
+        r.type("/time bogus" + ENTER)
+        r.screen.wait_text("!! usage: /time [short|seconds|date]")
+        r.type("/time" + ENTER)  # after date: back to HH:MM
+        rows = r.screen.wait_text("(/time short)")
+        assert all(CLOCK.match(row) and row[5] == " " for row in rows[:-2] if row), rows
+        assert r.node.sent == []  # a local command: nothing went to the room
+        r.type("/help" + ENTER)
+        r.screen.wait_text("/time [short|seconds|date]")
+
+
 def test_a_peer_cannot_fake_a_system_line_or_drive_the_terminal() -> None:
     with running() as r:
         hostile = "-!- bob left \x1b[2J\x07\u202eevil\u202c \x1b]0;title\x07 end"

@@ -52,6 +52,7 @@ from p2pchat import wire
 from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.chatlog import (
     CHAT,
+    CLOCK_FORMATS,
     EARLIER,
     ERROR,
     OWN,
@@ -100,9 +101,11 @@ INBOX_MAX = 100_000
 MEMBERS_WIDTH = 22
 """Columns of the member list (F2)."""
 
-LOCAL_COMMANDS = ("/clear",)
+LOCAL_COMMANDS = ("/clear", "/time")
 LOCAL_HELP = (
     "  /clear       empty the chat area",
+    "  /time [short|seconds|date]  times as HH:MM, HH:MM:SS or YYYY-MM-DD HH:MM",
+    "               (no word: the next of the three)",
     "keys: PageUp/PageDown or the mouse wheel scroll, F2 shows the members, Tab completes",
     "  names and commands, Up/Down recall typed lines, Ctrl+C clears the line (quits when",
     "  empty), Ctrl+D quits",
@@ -562,11 +565,33 @@ class ChatView:
                 self.log.clear()
                 self.app.invalidate()
                 return
+            if text.split()[0].lower() == "/time":
+                self.set_clock(text.split()[1:])
+                return
             self._outgoing.put(text)
             return
         body = text[1:] if text.startswith("//") else text
         for chunk in split_long_line(body, wire.MAX_TEXT_CHARS):
             self._outgoing.put("/" + chunk if chunk.startswith("/") else chunk)
+
+    def set_clock(self, args: list[str]) -> None:
+        """``/time [short|seconds|date]``: how every line's time is shown,
+        lines already shown too (no word: the next of :data:`CLOCK_FORMATS`
+        in turn).  Loop thread."""
+        names = list(CLOCK_FORMATS)
+        if not args:
+            name = names[(names.index(self.log.clock) + 1) % len(names)]
+        elif len(args) == 1 and args[0].lower() in CLOCK_FORMATS:
+            name = args[0].lower()
+        else:
+            self.add(ChatLine(time.time(), ERROR, "usage: /time [short|seconds|date]"))
+            self.app.invalidate()
+            return
+        self.log.set_clock(name)
+        shown = CLOCK_FORMATS[name].replace("%H", "HH").replace("%M", "MM").replace("%S", "SS")
+        shown = shown.replace("%Y", "YYYY").replace("%m", "MM").replace("%d", "DD")
+        self.add(ChatLine(time.time(), SYSTEM, f"times shown as {shown} (/time {name})"))
+        self.app.invalidate()
 
     def _send_loop(self) -> None:
         """The sender thread: typed lines, in order, to the node."""
