@@ -33,6 +33,7 @@ from prompt_toolkit.input.base import PipeInput
 from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.utils import get_cwidth
+from test_notify import fake_command, read_calls
 
 from p2pchat import wire
 from p2pchat.cli import tui
@@ -49,6 +50,7 @@ from p2pchat.cli.chatlog import (
     sender_style,
     split_long_line,
 )
+from p2pchat.cli.notify import Notifier, find_backend
 from p2pchat.cli.output import Output
 from p2pchat.cli.render import Renderer
 from p2pchat.cli.screen import (
@@ -69,6 +71,7 @@ from p2pchat.events import (
     PeerUp,
     Ready,
     Snapshot,
+    Stats,
 )
 
 WAIT_S = 5.0
@@ -141,6 +144,9 @@ class FakeNode:
 
     def history(self, n: int = 20) -> list[MessageEvent]:
         return self.past[-n:]
+
+    def stats(self) -> Stats:
+        return Stats(0.0, 0, 0, 0, 0, 0, {}, {}, {}, 0, 0, len(self.members), 0)
 
 
 _counter = iter(range(1, 1_000_000))
@@ -528,6 +534,30 @@ def test_mentions_and_private_lines_are_highlighted_with_a_bell() -> None:
         r.type("I am alice" + ENTER)  # our own line naming us: no bell
         r.screen.wait_text("alice: I am alice")
         assert r.view.bells == 2
+
+
+def test_notify_shows_a_mention_and_a_private_line_on_the_desktop(tmp_path: Path) -> None:
+    calls = fake_command(tmp_path)  # a notify-send that records its argv
+    backend, _ = find_backend("linux", path=str(tmp_path))
+    assert backend is not None
+    notifier = Notifier(backend)
+    with running(notifier=notifier) as r:
+        r.view.on_event(message(BOB_ID, "bob", "nothing for you"))
+        r.view.on_event(message(BOB_ID, "bob", "alice: lunch? \x1b]0;title\x07"))
+        wait_for(lambda: len(read_calls(calls)) == 1, WAIT_S, "the mention's notification")
+        assert read_calls(calls)[0]["argv"][-2:] == [
+            "bob (in lobby)",
+            "alice: lunch? \ufffd]0;title\ufffd",
+        ]
+        r.view.on_event(message(BOB_ID, "bob", "psst", private=True, to=ALICE_ID))
+        wait_for(lambda: len(read_calls(calls)) == 2, WAIT_S, "the private line's notification")
+        assert read_calls(calls)[1]["argv"][-2:] == ["bob (private)", "psst"]
+        r.type("I am alice" + ENTER)  # our own line naming us: none
+        r.screen.wait_text("alice: I am alice")
+        r.type("/stats" + ENTER)
+        r.screen.wait_text("desktop notifications: 2 shown, 0 folded into the next")
+        assert len(read_calls(calls)) == 2 and r.view.bells == 2
+    assert not notifier._thread.is_alive()  # the view closed it
 
 
 # -- completion and input history ---------------------------------------------------------

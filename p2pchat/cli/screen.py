@@ -67,6 +67,7 @@ from p2pchat.cli.chatlog import (
     tidy,
 )
 from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
+from p2pchat.cli.notify import NOTIFY_INTERVAL_S, Notifier
 from p2pchat.cli.render import Renderer, clean
 from p2pchat.events import (
     Event,
@@ -306,6 +307,8 @@ class ChatView:
             :class:`~p2pchat.cli.arrival.Arrival` from now).
         links: show links coming up and going down as chat-area lines
             (None: only with ``--log-level info`` or more verbose).
+        notifier: desktop notifications of mentions and private lines
+            (``--notify``), or None; :meth:`close` closes it.
     """
 
     def __init__(
@@ -317,8 +320,10 @@ class ChatView:
         hint_after_s: float = HINT_AFTER_S,
         arrival: Arrival | None = None,
         links: bool | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.node = node
+        self.notifier = notifier
         self.log = ChatLog()
         if links is None:
             links = logging.getLogger().isEnabledFor(logging.INFO)
@@ -606,6 +611,13 @@ class ChatView:
                     self.request_exit()
                 elif line.split()[0].lower() == "/help":
                     self._post([ChatLine(time.time(), SYSTEM, t) for t in LOCAL_HELP])
+                elif line.split()[0].lower() == "/stats" and self.notifier is not None:
+                    n = self.notifier
+                    told = (
+                        f"desktop notifications: {n.shown} shown, {n.folded} folded into the "
+                        f"next (at most 1 per {NOTIFY_INTERVAL_S:g} s), {n.failed} failed"
+                    )
+                    self._post([ChatLine(time.time(), SYSTEM, told)])
             except Exception:
                 log.exception("could not act on a typed line")
 
@@ -679,7 +691,12 @@ class ChatView:
                 self._flush_earlier()
             line = self._message_line(ev)
             self.add(line)
-            return not ev.self and (line.mention or ev.private)
+            bell = not ev.self and (line.mention or ev.private)
+            if bell and self.notifier is not None:
+                where = "private" if ev.private else f"in {self.node.room}"
+                body = f"* {line.who} {ev.text}" if ev.action else ev.text
+                self.notifier.notify(f"{line.who} ({where})", body)
+            return bell
         if isinstance(ev, (JoinEvent, LeaveEvent, NickEvent, PeerUp, PeerDown, Ready)):
             self._refresh_members()
         if isinstance(ev, PeerDown) and self._closing:
@@ -858,10 +875,12 @@ class ChatView:
                 self._loop = None
 
     def close(self) -> None:
-        """Stop the sender thread (typed lines not yet sent are dropped).
-        After :meth:`run`; idempotent."""
+        """Stop the sender thread (typed lines not yet sent are dropped) and
+        the notifier.  After :meth:`run`; idempotent."""
         self._closing = True
         self._outgoing.put(None)
         if self._sender is not None:
             self._sender.join()
             self._sender = None
+        if self.notifier is not None:
+            self.notifier.close()
