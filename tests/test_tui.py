@@ -1000,3 +1000,34 @@ def test_plain_and_term_dumb_keep_the_line_mode(
     opts = parse_args(["--name", "x", "--ephemeral", *argv])
     assert tui.run_interactive(opts) == 0
     assert chosen == [want]
+
+
+@pytest.mark.parametrize("has_command", [False, True])
+def test_notify_says_once_when_the_desktop_has_none_and_stops_with_the_screen(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, has_command: bool
+) -> None:
+    if has_command:
+        fake_command(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    shown: list[str] = []
+    threads: list[str] = []
+
+    def run(self: ChatView) -> None:  # the screen, as far as this test looks
+        shown.extend(line.text for line in self.log.lines)
+        threads.extend(t.name for t in threading.enumerate())
+
+    monkeypatch.setattr(ChatView, "run", run)
+    argv = ["--name", "alice", "--ephemeral", "--no-mdns", "--interface", "127.0.0.1"]
+    opts = parse_args([*argv, "--port", "0", "--notify"])
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        assert tui.run_fullscreen(opts) == 0
+    told = [text for text in shown if "--notify" in text]
+    if has_command:
+        assert told == [] and "p2pchat-cli-notify" in threads
+    else:
+        assert told == [
+            "--notify: no desktop notifications here: notify-send is not on PATH "
+            "(Debian and Ubuntu: the libnotify-bin package)"
+        ]
+        assert "p2pchat-cli-notify" not in threads
+    assert not any(t.name == "p2pchat-cli-notify" for t in threading.enumerate())
