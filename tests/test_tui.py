@@ -33,6 +33,7 @@ from prompt_toolkit.input.base import PipeInput
 from prompt_toolkit.output import DummyOutput
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.utils import get_cwidth
+from test_notify import fake_command, read_calls
 
 from p2pchat import wire
 from p2pchat.cli import tui
@@ -49,6 +50,7 @@ from p2pchat.cli.chatlog import (
     sender_style,
     split_long_line,
 )
+from p2pchat.cli.notify import Notifier, find_backend
 from p2pchat.cli.output import Output
 from p2pchat.cli.render import Renderer
 from p2pchat.cli.screen import (
@@ -69,6 +71,7 @@ from p2pchat.events import (
     PeerUp,
     Ready,
     Snapshot,
+    Stats,
 )
 
 WAIT_S = 5.0
@@ -141,6 +144,9 @@ class FakeNode:
 
     def history(self, n: int = 20) -> list[MessageEvent]:
         return self.past[-n:]
+
+    def stats(self) -> Stats:
+        return Stats(0.0, 0, 0, 0, 0, 0, {}, {}, {}, 0, 0, len(self.members), 0)
 
 
 _counter = iter(range(1, 1_000_000))
@@ -353,6 +359,32 @@ def test_lines_have_a_time_and_a_colour_per_sender_and_own_and_system_lines_diff
         assert "class:time" in r.screen.style_at(chat[0][:5])
 
 
+def test_time_shows_seconds_or_the_date_for_every_line_on_demand() -> None:
+    with running() as r:
+        r.view.on_event(message(BOB_ID, "bob", "before"))
+        r.screen.wait_text("bob: before")
+        r.type("/time" + ENTER)  # the next format: seconds, lines shown already too
+        rows = r.screen.wait_text("times shown as HH:MM:SS (/time seconds)")
+        before = next(row for row in rows if row.endswith("bob: before"))
+        assert re.match(r"^\d\d:\d\d:\d\d bob: before$", before), before
+        r.type("/time date" + ENTER)
+        rows = r.screen.wait_text("(/time date)")
+        before = next(row for row in rows if row.endswith("bob: before"))
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d bob: before$", before), before
+        assert before.startswith(time.strftime("%Y-"))
+        r.view.on_event(message(BOB_ID, "bob", "after"))  # new lines too
+        rows = r.screen.wait_text("bob: after")
+        assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d ", row) for row in rows[:-2] if row)
+        r.type("/time bogus" + ENTER)
+        r.screen.wait_text("!! usage: /time [short|seconds|date]")
+        r.type("/time" + ENTER)  # after date: back to HH:MM
+        rows = r.screen.wait_text("(/time short)")
+        assert all(CLOCK.match(row) and row[5] == " " for row in rows[:-2] if row), rows
+        assert r.node.sent == []  # a local command: nothing went to the room
+        r.type("/help" + ENTER)
+        r.screen.wait_text("/time [short|seconds|date]")
+
+
 def test_a_peer_cannot_fake_a_system_line_or_drive_the_terminal() -> None:
     with running() as r:
         hostile = "-!- bob left \x1b[2J\x07\u202eevil\u202c \x1b]0;title\x07 end"
@@ -502,6 +534,30 @@ def test_mentions_and_private_lines_are_highlighted_with_a_bell() -> None:
         r.type("I am alice" + ENTER)  # our own line naming us: no bell
         r.screen.wait_text("alice: I am alice")
         assert r.view.bells == 2
+
+
+def test_notify_shows_a_mention_and_a_private_line_on_the_desktop(tmp_path: Path) -> None:
+    calls = fake_command(tmp_path)  # a notify-send that records its argv
+    backend, _ = find_backend("linux", path=str(tmp_path))
+    assert backend is not None
+    notifier = Notifier(backend)
+    with running(notifier=notifier) as r:
+        r.view.on_event(message(BOB_ID, "bob", "nothing for you"))
+        r.view.on_event(message(BOB_ID, "bob", "alice: lunch? \x1b]0;title\x07"))
+        wait_for(lambda: len(read_calls(calls)) == 1, WAIT_S, "the mention's notification")
+        assert read_calls(calls)[0]["argv"][-2:] == [
+            "bob (in lobby)",
+            "alice: lunch? \ufffd]0;title\ufffd",
+        ]
+        r.view.on_event(message(BOB_ID, "bob", "psst", private=True, to=ALICE_ID))
+        wait_for(lambda: len(read_calls(calls)) == 2, WAIT_S, "the private line's notification")
+        assert read_calls(calls)[1]["argv"][-2:] == ["bob (private)", "psst"]
+        r.type("I am alice" + ENTER)  # our own line naming us: none
+        r.screen.wait_text("alice: I am alice")
+        r.type("/stats" + ENTER)
+        r.screen.wait_text("desktop notifications: 2 shown, 0 folded into the next")
+        assert len(read_calls(calls)) == 2 and r.view.bells == 2
+    assert not notifier._thread.is_alive()  # the view closed it
 
 
 # -- completion and input history ---------------------------------------------------------
@@ -944,3 +1000,34 @@ def test_plain_and_term_dumb_keep_the_line_mode(
     opts = parse_args(["--name", "x", "--ephemeral", *argv])
     assert tui.run_interactive(opts) == 0
     assert chosen == [want]
+
+
+@pytest.mark.parametrize("has_command", [False, True])
+def test_notify_says_once_when_the_desktop_has_none_and_stops_with_the_screen(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, has_command: bool
+) -> None:
+    if has_command:
+        fake_command(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    shown: list[str] = []
+    threads: list[str] = []
+
+    def run(self: ChatView) -> None:  # the screen, as far as this test looks
+        shown.extend(line.text for line in self.log.lines)
+        threads.extend(t.name for t in threading.enumerate())
+
+    monkeypatch.setattr(ChatView, "run", run)
+    argv = ["--name", "alice", "--ephemeral", "--no-mdns", "--interface", "127.0.0.1"]
+    opts = parse_args([*argv, "--port", "0", "--notify"])
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        assert tui.run_fullscreen(opts) == 0
+    told = [text for text in shown if "--notify" in text]
+    if has_command:
+        assert told == [] and "p2pchat-cli-notify" in threads
+    else:
+        assert told == [
+            "--notify: no desktop notifications here: notify-send is not on PATH "
+            "(Debian and Ubuntu: the libnotify-bin package)"
+        ]
+        assert "p2pchat-cli-notify" not in threads
+    assert not any(t.name == "p2pchat-cli-notify" for t in threading.enumerate())

@@ -85,6 +85,8 @@ class Options:
             ``P2PCHAT_SECRET``), or None.
         plain: on a terminal, the line mode (an input line, lines printed
             above it) instead of the full screen; also when ``TERM=dumb``.
+        notify: in the full screen, a desktop notification for a line
+            that names us and a private line (:mod:`p2pchat.cli.notify`).
     """
 
     name: str | None
@@ -104,6 +106,7 @@ class Options:
     history_lines: int = 10_000
     secret: bytes | None = field(default=None, repr=False)
     plain: bool = False
+    notify: bool = False
 
 
 def validate_name(value: str) -> str:
@@ -373,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of the full screen; also used when TERM=dumb",
     )
     p.add_argument(
+        "--notify",
+        action="store_true",
+        help="in the full screen, a desktop notification (notify-send, or macOS's) when a "
+        "line names you or is private to you; at most one a second",
+    )
+    p.add_argument(
         "--broadcast",
         choices=("flood", "tree"),
         default="tree",
@@ -479,4 +488,5 @@ def parse_args(argv: list[str] | None = None) -> Options:
         history_days=ns.history_days,
         history_lines=ns.history_lines,
         plain=ns.plain,
+        notify=ns.notify,
     )

@@ -70,6 +70,15 @@ ERROR = "error"
 EARLIER = "earlier"
 SEPARATOR = "separator"
 
+CLOCK_FORMATS = {
+    "short": "%H:%M",
+    "seconds": "%H:%M:%S",
+    "date": "%Y-%m-%d %H:%M",
+}
+"""How ``/time`` shows every line's time: ``HH:MM`` (the default),
+``HH:MM:SS``, or ``YYYY-MM-DD HH:MM`` (names in the order ``/time`` cycles)."""
+DEFAULT_CLOCK = "short"
+
 
 def sender_style(node_id: str) -> str:
     """The colour of a sender's name: one of :data:`SENDER_COLOURS`, picked by
@@ -168,11 +177,16 @@ class ChatLine:
     private: bool = False
     to: str = ""
     mention: bool = False
-    _cache: tuple[int, list[Row]] | None = field(default=None, repr=False, compare=False)
+    _cache: tuple[int, str, list[Row]] | None = field(default=None, repr=False, compare=False)
 
-    def head(self) -> tuple[list[Fragment], str]:
-        """The fragments before the text and the text's style."""
-        clock = time.strftime("%H:%M", time.localtime(self.ts))
+    def head(self, clock_format: str = CLOCK_FORMATS[DEFAULT_CLOCK]) -> tuple[list[Fragment], str]:
+        """The fragments before the text and the text's style.
+
+        Args:
+            clock_format: a ``time.strftime`` format for the time (one of
+                :data:`CLOCK_FORMATS`' values).
+        """
+        clock = time.strftime(clock_format, time.localtime(self.ts))
         frags: list[Fragment] = [("class:time", clock + " ")]
         if self.kind == SEPARATOR:
             return [], "class:separator"
@@ -203,8 +217,9 @@ class ChatLine:
             frags += [(name_style, self.who), ("class:text", ": ")]
         return frags, text_style
 
-    def rows(self, width: int) -> list[Row]:
-        """The line cut into rows of at most ``width`` cells (cached per width).
+    def rows(self, width: int, clock_format: str = CLOCK_FORMATS[DEFAULT_CLOCK]) -> list[Row]:
+        """The line cut into rows of at most ``width`` cells (cached per
+        width and clock format).
 
         Rows after the first are indented to the text column (a hanging
         indent), or by the time's width when the text column is past half
@@ -213,19 +228,20 @@ class ChatLine:
 
         Args:
             width: the chat area's width in cells (at least 10 is used).
+            clock_format: how the time is shown (:meth:`head`).
 
         Returns:
             The rows.
         """
         width = max(width, 10)
-        if self._cache is not None and self._cache[0] == width:
-            return self._cache[1]
-        head, style = self.head()
+        if self._cache is not None and self._cache[:2] == (width, clock_format):
+            return self._cache[2]
+        head, style = self.head(clock_format)
         if self.kind == SEPARATOR:
             rule = f"── {self.text} "
             pad = max(0, width - _cwidth(rule))
             rows: list[Row] = [[(style, _fit(rule + "─" * pad, width))]]
-            self._cache = (width, rows)
+            self._cache = (width, clock_format, rows)
             return rows
         head_w = sum(_cwidth(t) for _, t in head)
         indent = head_w if head_w <= width // 2 else 6
@@ -238,7 +254,7 @@ class ChatLine:
             body = _wrap([(style, ch) for ch in self.text], width - head_w, width - indent)
             rows = [[*head, *body[0]]]
             rows += [[("", " " * indent), *r] for r in body[1:]]
-        self._cache = (width, rows)
+        self._cache = (width, clock_format, rows)
         return rows
 
 
@@ -307,7 +323,8 @@ class ChatLog:
 
     ``offset`` counts rows scrolled up from the bottom (0: following the
     newest line).  While scrolled up, new lines do not move the view and
-    :attr:`unread` counts them.
+    :attr:`unread` counts them.  :attr:`clock` names how every line's time
+    is shown (a key of :data:`CLOCK_FORMATS`; :meth:`set_clock`).
 
     Args:
         max_lines: lines kept (the oldest are dropped).
@@ -318,12 +335,31 @@ class ChatLog:
         self.offset = 0
         self.unread = 0
         self.width = 80  # of the last render: the rows new lines add while scrolled up
+        self.clock = DEFAULT_CLOCK
+
+    def set_clock(self, name: str) -> None:
+        """Show every line's time (those shown already too) as ``name`` says.
+
+        Args:
+            name: a key of :data:`CLOCK_FORMATS`.
+
+        Raises:
+            KeyError: an unknown name.
+        """
+        if name not in CLOCK_FORMATS:
+            raise KeyError(name)
+        self.clock = name
+        self.offset = 0  # rows change width: back to the newest line
+        self.unread = 0
+
+    def _rows(self, line: ChatLine, width: int) -> list[Row]:
+        return line.rows(width, CLOCK_FORMATS[self.clock])
 
     def add(self, line: ChatLine) -> None:
         """Append a line; if scrolled up, keep the view where it is."""
         self.lines.append(line)
         if self.offset:
-            self.offset += len(line.rows(self.width))
+            self.offset += len(self._rows(line, self.width))
             self.unread += 1
 
     def clear(self) -> None:
@@ -343,7 +379,7 @@ class ChatLog:
         if rows > 0:  # wrap only the lines up to where the view goes (not all 5,000)
             total = 0
             for line in reversed(self.lines):
-                total += len(line.rows(self.width))
+                total += len(self._rows(line, self.width))
                 if total >= want + height:
                     break
             want = max(0, min(want, total - height))
@@ -365,7 +401,7 @@ class ChatLog:
         want = self.offset + height
         rows: list[Row] = []
         for line in reversed(self.lines):
-            rows[:0] = line.rows(width)
+            rows[:0] = self._rows(line, width)
             if len(rows) >= want:
                 break
         if self.offset > len(rows) - height:  # fewer rows now (cleared, resized)

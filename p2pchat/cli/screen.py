@@ -52,6 +52,7 @@ from p2pchat import wire
 from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.chatlog import (
     CHAT,
+    CLOCK_FORMATS,
     EARLIER,
     ERROR,
     OWN,
@@ -66,6 +67,7 @@ from p2pchat.cli.chatlog import (
     tidy,
 )
 from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
+from p2pchat.cli.notify import NOTIFY_INTERVAL_S, Notifier
 from p2pchat.cli.render import Renderer, clean
 from p2pchat.events import (
     Event,
@@ -100,9 +102,11 @@ INBOX_MAX = 100_000
 MEMBERS_WIDTH = 22
 """Columns of the member list (F2)."""
 
-LOCAL_COMMANDS = ("/clear",)
+LOCAL_COMMANDS = ("/clear", "/time")
 LOCAL_HELP = (
     "  /clear       empty the chat area",
+    "  /time [short|seconds|date]  times as HH:MM, HH:MM:SS or YYYY-MM-DD HH:MM",
+    "               (no word: the next of the three)",
     "keys: PageUp/PageDown or the mouse wheel scroll, F2 shows the members, Tab completes",
     "  names and commands, Up/Down recall typed lines, Ctrl+C clears the line (quits when",
     "  empty), Ctrl+D quits",
@@ -303,6 +307,8 @@ class ChatView:
             :class:`~p2pchat.cli.arrival.Arrival` from now).
         links: show links coming up and going down as chat-area lines
             (None: only with ``--log-level info`` or more verbose).
+        notifier: desktop notifications of mentions and private lines
+            (``--notify``), or None; :meth:`close` closes it.
     """
 
     def __init__(
@@ -314,8 +320,10 @@ class ChatView:
         hint_after_s: float = HINT_AFTER_S,
         arrival: Arrival | None = None,
         links: bool | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.node = node
+        self.notifier = notifier
         self.log = ChatLog()
         if links is None:
             links = logging.getLogger().isEnabledFor(logging.INFO)
@@ -562,11 +570,33 @@ class ChatView:
                 self.log.clear()
                 self.app.invalidate()
                 return
+            if text.split()[0].lower() == "/time":
+                self.set_clock(text.split()[1:])
+                return
             self._outgoing.put(text)
             return
         body = text[1:] if text.startswith("//") else text
         for chunk in split_long_line(body, wire.MAX_TEXT_CHARS):
             self._outgoing.put("/" + chunk if chunk.startswith("/") else chunk)
+
+    def set_clock(self, args: list[str]) -> None:
+        """``/time [short|seconds|date]``: how every line's time is shown,
+        lines already shown too (no word: the next of :data:`CLOCK_FORMATS`
+        in turn).  Loop thread."""
+        names = list(CLOCK_FORMATS)
+        if not args:
+            name = names[(names.index(self.log.clock) + 1) % len(names)]
+        elif len(args) == 1 and args[0].lower() in CLOCK_FORMATS:
+            name = args[0].lower()
+        else:
+            self.add(ChatLine(time.time(), ERROR, "usage: /time [short|seconds|date]"))
+            self.app.invalidate()
+            return
+        self.log.set_clock(name)
+        shown = CLOCK_FORMATS[name].replace("%H", "HH").replace("%M", "MM").replace("%S", "SS")
+        shown = shown.replace("%Y", "YYYY").replace("%m", "MM").replace("%d", "DD")
+        self.add(ChatLine(time.time(), SYSTEM, f"times shown as {shown} (/time {name})"))
+        self.app.invalidate()
 
     def _send_loop(self) -> None:
         """The sender thread: typed lines, in order, to the node."""
@@ -581,6 +611,13 @@ class ChatView:
                     self.request_exit()
                 elif line.split()[0].lower() == "/help":
                     self._post([ChatLine(time.time(), SYSTEM, t) for t in LOCAL_HELP])
+                elif line.split()[0].lower() == "/stats" and self.notifier is not None:
+                    n = self.notifier
+                    told = (
+                        f"desktop notifications: {n.shown} shown, {n.folded} folded into the "
+                        f"next (at most 1 per {NOTIFY_INTERVAL_S:g} s), {n.failed} failed"
+                    )
+                    self._post([ChatLine(time.time(), SYSTEM, told)])
             except Exception:
                 log.exception("could not act on a typed line")
 
@@ -654,7 +691,12 @@ class ChatView:
                 self._flush_earlier()
             line = self._message_line(ev)
             self.add(line)
-            return not ev.self and (line.mention or ev.private)
+            bell = not ev.self and (line.mention or ev.private)
+            if bell and self.notifier is not None:
+                where = "private" if ev.private else f"in {self.node.room}"
+                body = f"* {line.who} {ev.text}" if ev.action else ev.text
+                self.notifier.notify(f"{line.who} ({where})", body)
+            return bell
         if isinstance(ev, (JoinEvent, LeaveEvent, NickEvent, PeerUp, PeerDown, Ready)):
             self._refresh_members()
         if isinstance(ev, PeerDown) and self._closing:
@@ -833,10 +875,12 @@ class ChatView:
                 self._loop = None
 
     def close(self) -> None:
-        """Stop the sender thread (typed lines not yet sent are dropped).
-        After :meth:`run`; idempotent."""
+        """Stop the sender thread (typed lines not yet sent are dropped) and
+        the notifier.  After :meth:`run`; idempotent."""
         self._closing = True
         self._outgoing.put(None)
         if self._sender is not None:
             self._sender.join()
             self._sender = None
+        if self.notifier is not None:
+            self.notifier.close()

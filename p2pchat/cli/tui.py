@@ -25,7 +25,9 @@ from prompt_toolkit.shortcuts import prompt as pt_prompt
 
 from p2pchat.cli.args import Options, validate_name
 from p2pchat.cli.arrival import Arrival
+from p2pchat.cli.chatlog import SYSTEM, ChatLine
 from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
+from p2pchat.cli.notify import Notifier, find_backend
 from p2pchat.cli.output import Output
 from p2pchat.cli.screen import ChatView, input_history
 from p2pchat.cli.session import Stopper, close, make_node
@@ -147,11 +149,18 @@ def run_fullscreen(opts: Options) -> int:
     if name is None:
         return 0
     view: ChatView | None = None
+    notifier: Notifier | None = None
     node = make_node(opts, name, lambda ev: view.on_event(ev) if view is not None else None)
     stopper = Stopper()
     try:
-        view = ChatView(node, history=input_history(opts.data_dir))
+        why = ""
+        if opts.notify:
+            backend, why = find_backend()
+            notifier = Notifier(backend) if backend is not None else None
+        view = ChatView(node, history=input_history(opts.data_dir), notifier=notifier)
         stopper.app = view.app
+        if why:
+            view.add(ChatLine(time.time(), SYSTEM, why))
         view.show_start_context()
         with stopper.installed(sigint=False):
             node.start()
@@ -165,7 +174,9 @@ def run_fullscreen(opts: Options) -> int:
             node.close()
         finally:
             if view is not None:
-                view.close()
+                view.close()  # and the notifier
+            elif notifier is not None:
+                notifier.close()
     return 0
 
 
@@ -191,6 +202,8 @@ def run_plain(opts: Options) -> int:
     )
     stopper = Stopper()
     stopper.app = session.app
+    if opts.notify:
+        print("-- --notify: desktop notifications are shown in the full screen only")
     with patch_stdout(raw=True):
         out = Output(
             json_mode=False,
