@@ -21,6 +21,7 @@ CLI_LAYERS = [
     "p2pchat.cli.output",
     "p2pchat.cli.chatlog",
     "p2pchat.cli.arrival",
+    "p2pchat.cli.notify",
     "p2pchat.cli.render",
     "p2pchat.cli.args",
 ]
