@@ -255,7 +255,9 @@ class TreeState(Generic[L]):
         # The first copy arrived with one more hop than the cached one (counted
         # down for pushing on), our own with all of them.
         first_hops = first[1].hops + (first[2] is not None)
-        if hops is not None and hops > first_hops:
+        if hops is not None and (hops > first_hops or hops <= 1):
+            # ... nor a copy that could go no further: a roster handed to us
+            # (presences resent with hop limit 1, protocol.md §9) is no push.
             return None
         self._mute(came_from, origin, now)
         return origin

@@ -177,6 +177,18 @@ def test_a_copy_that_came_a_shorter_way_second_prunes_nothing() -> None:
     assert t.muted_for(A) == {"v"}
 
 
+def test_a_copy_with_hop_limit_one_prunes_nothing() -> None:
+    # A neighbour hands us the roster (each member's latest presence, hop limit 1) over a
+    # link that never pushed that origin: that says nothing about the tree.
+    t: TreeState[str] = TreeState()
+    for link in "pq":
+        t.link_up(link)
+    t.new_message(chat(1, hops=14), "p", now=0.0)
+    assert t.duplicate("q", chat(1).id, 0.1, hops=1) is None
+    assert t.muted_for(A) == set()
+    assert t.duplicate("q", chat(1).id, 0.2, hops=14) == A  # a real second push still prunes
+
+
 def test_a_node_whose_copies_all_come_second_is_still_pushed_to() -> None:
     # A slow node forwards the first lines of a burst after its neighbours
     # have them: they all prune it, but that only stops its pushes to them.
