@@ -802,6 +802,20 @@ def test_our_arrival_is_one_line_of_who_is_there_and_later_arrivals_join() -> No
         ], rows
 
 
+def test_away_members_are_marked_in_our_arrival_line_not_told_one_by_one() -> None:
+    bob = MemberInfo(BOB_ID, "bob", "bob", True, False, away="lunch")
+    node = FakeNode(members=[member(ALICE_ID, "alice"), bob])
+    with running(node, arrival=quick_arrival(), links=False, cols=120) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        r.view.on_event(PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob"))
+        r.view.on_event(JoinEvent(origin=BOB_ID, name="bob", via="presence", display="bob"))
+        r.view.on_event(AwayEvent(origin=BOB_ID, name="bob", text="lunch", display="bob"))
+        r.screen.wait_text("-!- in lobby: bob (away)")
+        r.view.on_event(AwayEvent(origin=BOB_ID, name="bob", text="", display="bob"))
+        r.screen.wait_text("-!- bob is back")
+        assert "bob is away" not in r.screen.text()
+
+
 def test_a_node_that_was_alone_sees_the_newcomer_join() -> None:
     with running(arrival=quick_arrival(alone_s=0.1), links=False) as r:
         r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
