@@ -130,6 +130,21 @@ class NickEvent(Event):
 
 
 @dataclass(frozen=True)
+class AwayEvent(Event):
+    """A member's away text changed (``/away``): ``text`` is the new text,
+    "" when it is back.  ``self`` is True for our own; ``display`` is how to
+    show the member (as in :class:`JoinEvent`).  ``text`` is a peer's text:
+    clean it before printing."""
+
+    kind: ClassVar[str] = "away"
+    origin: str
+    name: str
+    text: str
+    display: str = ""
+    self: bool = False
+
+
+@dataclass(frozen=True)
 class PeerUp(Event):
     """A direct TCP link to ``peer`` (a node id) came up; ``address`` is
     ``host:port`` of the remote end; ``name`` its display name."""
@@ -166,13 +181,15 @@ class Notice(Event):
 class MemberInfo:
     """One row of ``/who``: a member of the room.
 
-    ``linked`` is True when we have a direct link to it; ``self`` marks us."""
+    ``linked`` is True when we have a direct link to it; ``self`` marks us;
+    ``away`` is its away text ("" when not away; a peer's text: clean it)."""
 
     node: str
     name: str
     display: str
     linked: bool
     self: bool
+    away: str = ""
 
 
 @dataclass(frozen=True)

@@ -378,6 +378,17 @@ class Node:
         """
         self._call(lambda now, wall: self._core.set_name(name, now, wall))
 
+    def set_away(self, text: str) -> None:
+        """Mark us away with ``text`` (at most ``wire.MAX_AWAY_CHARS`` code
+        points), or back with ""; the room learns it from a presence sent at
+        once.  Any thread.
+
+        Raises:
+            UsageError: the text is too long or holds a control character,
+                or the node is closed.
+        """
+        self._call(lambda now, wall: self._core.set_away(text, now, wall))
+
     def add_peer(self, host: str, port: int) -> None:
         """Add a static peer, dialled with backoff for as long as the node runs."""
         self.peers.add_static(host, port)
@@ -429,6 +440,7 @@ class Node:
                     display=roster.display(m.node),
                     linked=m.node in s.links,
                     self=m.node == self.node_id,
+                    away=m.away,
                 )
                 for m in roster.members()
             ]

@@ -34,6 +34,7 @@ class Member:
         last_seen: monotonic time (s) of the last message from it.
         name_seq: sequence number of the message that gave ``name``.
         skeleton: :func:`p2pchat.names.skeleton` of ``name`` (kept by the roster).
+        away: its away text from its latest presence ("" = not away).
     """
 
     node: str
@@ -46,6 +47,7 @@ class Member:
     """When a suspected member is removed unless it refutes (monotonic s)."""
     suspect_seq: int = -1
     """The ``seq`` a ``presence.gone`` reported it at; a newer message refutes."""
+    away: str = ""
 
 
 class Roster:

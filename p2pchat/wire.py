@@ -100,6 +100,9 @@ timed out after three missed intervals."""
 MAX_GONE: Final = 16
 """Most members one ``presence`` reports gone."""
 
+MAX_AWAY_CHARS: Final = 200
+"""Longest ``presence.away`` text, in code points (no control characters)."""
+
 MAX_SYNC_ORIGINS: Final = 800
 """Most origins one ``sync`` lists (keeps the frame well under the size limit)."""
 
@@ -300,6 +303,9 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
             presences out; receivers time a member out after several missed.
         gone: members whose link to the origin broke (optional, at most
             :data:`MAX_GONE`): suspected until they refute (§9).
+        away: the origin's away text (optional, at most
+            :data:`MAX_AWAY_CHARS` code points, no control characters; ""
+            = not away, §9).
     A node that loses touch with a member dials these, so that the parts of
     a mesh re-link when the node that joined them dies.
     """
@@ -311,6 +317,7 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     gone: Annotated[list[Lost], msgspec.Meta(max_length=MAX_GONE)] = msgspec.field(
         default_factory=list
     )
+    away: Annotated[str, msgspec.Meta(max_length=MAX_AWAY_CHARS)] = ""
 
 
 MAX_BOX_CHARS: Final = 2 * (4 * MAX_TEXT_CHARS + 64)
@@ -680,6 +687,10 @@ def _validate(msg: Message) -> None:
             check_name(msg.old, "old name")
         elif isinstance(msg, Leave) and has_control_chars(msg.reason):
             raise RemoteProtocolError("leave reason contains control characters")
+        elif isinstance(msg, Presence) and msg.away:
+            _check_text(msg.away, "away text")
+            if has_control_chars(msg.away):
+                raise RemoteProtocolError("away text contains control characters")
     elif isinstance(msg, Sync):
         _check_label(msg.room, "room")
     elif isinstance(msg, Lines):

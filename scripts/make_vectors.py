@@ -172,11 +172,12 @@ def build() -> dict[str, Any]:
                 dh=alice.dh,
                 every=6.0,
                 gone=[wire.Lost(node="0123456789abcdef", seq=41)],
+                away="at lunch ☕",
                 **env("10000000000000000000000000000002", 2, 1732245100.25),
             ),
             alice,
-            "`addrs`, `port`, `dh`, `every`, `gone`, in that order after the common fields; "
-            "`every` is a float; each `gone` entry is an array `[node, seq]`.",
+            "`addrs`, `port`, `dh`, `every`, `gone`, `away`, in that order after the common "
+            "fields; `every` is a float; each `gone` entry is an array `[node, seq]`.",
         )
     )
     chats = [
@@ -277,7 +278,8 @@ def build() -> dict[str, Any]:
         wire.Presence(**env("10000000000000000000000000000009", 9, 1732245500.0, "alicja")),
         alice,
         "Optional fields left out of the body are still signed, with their defaults "
-        '(`addrs` `[]`, `port` `0`, `dh` `""`, `every` `0.0`, `gone` `[]`); '
+        '(`addrs` `[]`, `port` `0`, `dh` `""`, `every` `0.0`, `gone` `[]`, '
+        '`away` `""`); '
         "the body's integer `ts` is signed as a float.",
     )
     # The array stops after sig, and ts is an integer: decoded as 1732245500.0.

@@ -38,6 +38,7 @@ from p2pchat.cli import args, output, render, scripted, session
 from p2pchat.discovery import MdnsDiscovery
 from p2pchat.errors import LineTooLong, UsageError
 from p2pchat.events import (
+    AwayEvent,
     Event,
     JoinEvent,
     LeaveEvent,
@@ -301,6 +302,14 @@ def test_format_who_and_peers() -> None:
     line = render.format_who("lobby", members)
     assert line.startswith("-- 3 in lobby: alice (you), bob*, carol")
     assert "linked directly" in line
+    members[0] = MemberInfo(B_ID, "bob", "bob", linked=True, self=False, away="lunch\x1b[2J")
+    line = render.format_who("lobby", members)
+    assert "bob* (away: lunch\ufffd[2J), carol" in line
+    r = render.Renderer()
+    away = AwayEvent(origin=B_ID, name="bob", text="out\x07", display="bob")
+    assert r.render(away) == "-- bob is away: out\ufffd"
+    assert r.render(AwayEvent(origin=B_ID, name="bob", text="", display="bob")) == "-- bob is back"
+    assert r.render(AwayEvent(A_ID, "alice", "brb", "alice", self=True)) == "-- you are away: brb"
     assert render.format_peers([]) == ["-- no direct links"]
     links = [LinkInfo(peer=B_ID, name="bob", address="10.0.0.2:7420", direction="in", uptime_s=75)]
     out = render.format_peers(links)
@@ -716,6 +725,42 @@ def test_plain_text_mode(spawn: Callable[..., NodeProcess]) -> None:
     alice.close_stdin()
     _clean_exit(alice)
     assert b_id
+
+
+def test_away_between_processes(spawn: Callable[..., NodeProcess]) -> None:
+    """``/away TEXT`` reaches the room at once (well before the next 3 s
+    presence would), shows in ``/who`` and to whoever ``/msg``s the member;
+    ``/away`` alone clears it.  The ``away`` event in ``--json``."""
+    room = unique_room()
+    alice = spawn("--name", "alice", "--room", room, *NO_MDNS, json_mode=False)
+    ready = alice.wait_line(lambda line: "listening on port" in line, "the ready line")
+    port = int(re.findall(r"port (\d+)", ready)[0])
+    bob = spawn("--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{port}")
+    b_id = bob.wait_event("ready")["node"]
+    alice.wait_line(lambda line: line == "* bob joined", "join line")
+    a_id = bob.wait_event("join")["origin"]
+    bob.send_line("/away at lunch ☕")
+    mine = bob.wait_event("away")
+    assert (mine["origin"], mine["text"], mine["self"]) == (b_id, "at lunch ☕", True)
+    alice.wait_line(lambda line: line == "-- bob is away: at lunch ☕", "bob away")
+    alice.send_line("/who")
+    who = alice.wait_line(lambda line: line.startswith("-- 2 in "), "the /who reply")
+    assert "bob* (away: at lunch ☕)" in who
+    alice.send_line("/msg bob are you there?")
+    alice.wait_line(lambda line: line.endswith("alice: are you there?"), "our private line")
+    alice.wait_line(lambda line: line == "-- bob is away: at lunch ☕", "the away answer")
+    bob.send_line("/away")
+    alice.wait_line(lambda line: line == "-- bob is back", "bob back")
+    alice.send_line("/away")  # not away: nothing changes, nothing is said
+    alice.send_line("/away " + "x" * 201)
+    alice.wait_line(lambda line: line.startswith("!! cannot set away:") and "200" in line, "no")
+    alice.send_line("/away brb")
+    ev = bob.wait_event("away", origin=a_id)
+    assert (ev["name"], ev["text"], ev["display"], ev["self"]) == ("alice", "brb", "alice", False)
+    bob.send_line("/quit")
+    _clean_exit(bob)
+    alice.close_stdin()
+    _clean_exit(alice)
 
 
 def test_mdns_discovery_on_loopback(spawn: Callable[..., NodeProcess]) -> None:

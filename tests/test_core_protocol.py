@@ -20,7 +20,16 @@ from p2pchat.core.antientropy import GAP_GRACE_S
 from p2pchat.core.membership import GONE_DELAY_S, SUSPECT_S
 from p2pchat.core.protocol import TICK_S
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, ORDER_HOLD_S
-from p2pchat.events import JoinEvent, LeaveEvent, MessageEvent, NickEvent, PeerDown, PeerUp
+from p2pchat.errors import UsageError
+from p2pchat.events import (
+    AwayEvent,
+    JoinEvent,
+    LeaveEvent,
+    MessageEvent,
+    NickEvent,
+    PeerDown,
+    PeerUp,
+)
 from p2pchat.identity import Identity
 
 SETTLE_S = 2.0
@@ -752,3 +761,61 @@ def test_after_a_restart_an_older_line_that_comes_live_is_shown_as_earlier() -> 
     mallory.send(link.out, two)
     net.tick_all(1.0)
     assert [(t, h) for _, t, h in shown(again)] == [("two", True)], "an earlier line"
+
+
+# -- away (/away) -------------------------------------------------------------------------
+
+
+def test_away_is_told_by_a_presence_at_once_and_cleared_the_same_way() -> None:
+    net = CoreNet()
+    alice, bob, carol = line_of(net, "alice", "bob", "carol")
+    net._act(alice, alice.core.set_away("  at lunch ☕ ", net.now, net.wall))
+    net.tick_all(0.6)  # one presence, at once (debounced by 0.5 s at most): not the 3 s one
+    for node in (bob, carol):
+        (away,) = node.of(AwayEvent)
+        assert (away.origin, away.display, away.text, away.self) == (
+            alice.node_id,
+            "alice",
+            "at lunch ☕",
+            False,
+        )
+        assert node.core.roster.get(alice.node_id).away == "at lunch ☕"  # type: ignore[union-attr]
+    (mine,) = alice.of(AwayEvent)
+    assert (mine.text, mine.self) == ("at lunch ☕", True)
+    assert alice.core.roster.get(alice.node_id).away == "at lunch ☕"  # type: ignore[union-attr]
+    assert alice.core.set_away("at lunch ☕", net.now, net.wall) == []  # no change: no news
+    net.tick_all(5.0)  # later presences say the same: no more events
+    assert len(bob.of(AwayEvent)) == 1
+    net._act(alice, alice.core.set_away("", net.now, net.wall))
+    net.tick_all(0.6)
+    for node in (bob, carol):
+        assert [e.text for e in node.of(AwayEvent)] == ["at lunch ☕", ""]
+        assert node.core.roster.get(alice.node_id).away == ""  # type: ignore[union-attr]
+
+
+def test_an_away_text_over_the_limit_or_with_control_characters_is_refused_locally() -> None:
+    net = CoreNet()
+    (alice,) = line_of(net, "alice")
+    for bad in ("x" * (wire.MAX_AWAY_CHARS + 1), "out\nto lunch", "bell\x07"):
+        with pytest.raises(UsageError):
+            alice.core.set_away(bad, net.now, net.wall)
+    assert alice.of(AwayEvent) == []
+    net._act(alice, alice.core.set_away("y" * wire.MAX_AWAY_CHARS, net.now, net.wall))
+    assert len(alice.of(AwayEvent)) == 1
+
+
+@pytest.mark.parametrize(
+    "away", ["x" * (wire.MAX_AWAY_CHARS + 1), "fake\r\n-- bob left", "\x1b[2J"]
+)
+def test_a_hostile_away_text_is_a_protocol_error_and_never_shown(away: str) -> None:
+    net = CoreNet()
+    alice, bob = line_of(net, "alice", "bob")
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, bob)
+    assert isinstance(link, Link)
+    mallory.send(link.out, mallory.signed(wire.Presence(away=away, **mallory.envelope())))
+    net.tick_all(1.0)
+    assert bob.stats()["frames_refused"] == {"invalid_fields": 1}
+    assert mallory.name not in net.linked(bob)  # the link that brought it is closed
+    assert bob.of(AwayEvent) == [] and alice.of(AwayEvent) == []
+    assert all(not m.away for m in bob.core.roster.members())

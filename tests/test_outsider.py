@@ -303,9 +303,10 @@ def test_doc_tables_give_every_signed_field() -> None:
     join = doc_table("join")
     assert join[-1] == ("dh", "bin", "empty")
     presence = [row[0] for row in doc_table("presence")]
-    assert presence[-5:] == ["addrs", "port", "dh", "every", "gone"]
-    assert doc_table("presence")[-2] == ("every", "float 64", "0.0")
-    assert doc_table("presence")[-1] == ("gone", "array of [bin, int]", "[]")
+    assert presence[-6:] == ["addrs", "port", "dh", "every", "gone", "away"]
+    assert doc_table("presence")[-3] == ("every", "float 64", "0.0")
+    assert doc_table("presence")[-2] == ("gone", "array of [bin, int]", "[]")
+    assert doc_table("presence")[-1] == ("away", "str", '""')
     assert ("ts", "float 64", "—") in join
 
 
@@ -345,6 +346,29 @@ def test_outsider_join_and_presences_are_accepted(cluster: Cluster) -> None:
             e for e in rec.events if isinstance(e, LeaveEvent) and e.origin == outsider.node_id
         ]
         assert [e.via for e in joins] == ["join"] and leaves == []
+    finally:
+        outsider.close()
+
+
+def test_outsider_away_text_is_shown(cluster: Cluster) -> None:
+    """A presence signed as the tables say, with an ``away`` text: the node
+    shows the outsider away in ``/who``; a later presence without it (the
+    default "") clears it."""
+    node = cluster.add("host")
+    outsider = Outsider(node.port, cluster.room)
+    try:
+        outsider.handshake()
+        outsider.flood("join", time.time(), dh=outsider.dh)
+        outsider.flood("presence", time.time(), away="at lunch ☕")
+
+        def away() -> str | None:
+            found = [m.away for m in node.snapshot().members if m.node == outsider.node_id]
+            return found[0] if found else None
+
+        wait_for(lambda: away() == "at lunch ☕", 5.0, "the outsider shown away")
+        outsider.flood("presence", time.time())
+        wait_for(lambda: away() == "", 5.0, "the outsider shown back")
+        assert not node.stats().frames_refused
     finally:
         outsider.close()
 

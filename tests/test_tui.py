@@ -61,6 +61,7 @@ from p2pchat.cli.screen import (
     input_history,
 )
 from p2pchat.events import (
+    AwayEvent,
     JoinEvent,
     KeyInfo,
     LeaveEvent,
@@ -124,7 +125,8 @@ class FakeNode:
 
     def send_direct(self, to: str, text: str, action: bool = False) -> MessageEvent:
         self.sent.append(f"to {to}: {text}")
-        ev = message(self.node_id, self.name, text, own=True, private=True, to_display=to)
+        node = next((m.node for m in self.members if to in (m.name, m.display)), "")
+        ev = message(self.node_id, self.name, text, own=True, private=True, to_display=to, to=node)
         assert self.view is not None
         self.view.on_event(ev)
         return ev
@@ -141,6 +143,12 @@ class FakeNode:
         self.sent.append(f"nick {name}")
         assert self.view is not None
         self.view.on_event(NickEvent(origin=self.node_id, old=old, new=name, display=name))
+
+    def set_away(self, text: str) -> None:
+        self.sent.append(f"away {text}")
+        assert self.view is not None
+        ev = AwayEvent(origin=self.node_id, name=self.name, text=text, display=self.name, self=True)
+        self.view.on_event(ev)
 
     def history(self, n: int = 20) -> list[MessageEvent]:
         return self.past[-n:]
@@ -329,6 +337,39 @@ def test_a_private_room_shows_a_lock_and_the_member_list_toggles_with_f2() -> No
         assert rows[-1].startswith("alice>")
         r.type(F2)
         r.screen.wait(lambda s: "members (3)" not in "\n".join(s), "the list hidden again")
+
+
+def test_away_members_are_marked_in_the_list_and_told_to_whoever_msgs_them() -> None:
+    members = [
+        MemberInfo(ALICE_ID, "alice", "alice", False, True),
+        MemberInfo(BOB_ID, "bob", "bob", True, False),
+        MemberInfo(CAROL_ID, "carol", "carol", False, False),
+    ]
+    node = FakeNode(members=members)
+    with running(node) as r:
+        r.type(F2)
+        rows = r.screen.wait_text("members (3)")
+        assert "bob * (away)" not in "\n".join(rows)
+        members[1] = MemberInfo(BOB_ID, "bob", "bob", True, False, away="at lunch\x1b[2J")
+        r.view.on_event(AwayEvent(origin=BOB_ID, name="bob", text="at lunch", display="bob"))
+        rows = r.screen.wait_text("bob * (away)")
+        listed = [row.split("│")[1] for row in rows if "│" in row]
+        assert listed[:4] == ["members (3)", "alice (you)", "bob * (away)", "carol"]
+        r.screen.wait_text("bob is away: at lunch")
+        assert "system" in r.screen.style_at("bob is away: at lunch")
+        r.type("/msg bob are you there?" + ENTER)
+        r.screen.wait_text("[private to bob] alice: are you there?")
+        # the away text as bob's presence gave it, cleaned: no escape reaches the terminal
+        rows = r.screen.wait_text("bob is away: at lunch\ufffd[2J")
+        assert "\x1b[2J" not in r.terminal.getvalue()
+        r.type("/msg carol hi" + ENTER)
+        r.screen.wait_text("[private to carol] alice: hi")
+        assert "carol is away" not in r.screen.text()
+        r.type("/away brb" + ENTER)
+        r.screen.wait_text("you are away: brb")
+        r.type("/away" + ENTER)
+        r.screen.wait_text("you are back")
+        assert node.sent[-2:] == ["away brb", "away "]
 
 
 # -- lines: time, colours, styles ---------------------------------------------------------
@@ -759,6 +800,20 @@ def test_our_arrival_is_one_line_of_who_is_there_and_later_arrivals_join() -> No
             "-!- carol joined",
             "bob: marker",
         ], rows
+
+
+def test_away_members_are_marked_in_our_arrival_line_not_told_one_by_one() -> None:
+    bob = MemberInfo(BOB_ID, "bob", "bob", True, False, away="lunch")
+    node = FakeNode(members=[member(ALICE_ID, "alice"), bob])
+    with running(node, arrival=quick_arrival(), links=False, cols=120) as r:
+        r.view.on_event(Ready(node=ALICE_ID, name="alice", room="lobby", port=7420))
+        r.view.on_event(PeerUp(peer=BOB_ID, address="10.88.0.2:7420", name="bob"))
+        r.view.on_event(JoinEvent(origin=BOB_ID, name="bob", via="presence", display="bob"))
+        r.view.on_event(AwayEvent(origin=BOB_ID, name="bob", text="lunch", display="bob"))
+        r.screen.wait_text("-!- in lobby: bob (away)")
+        r.view.on_event(AwayEvent(origin=BOB_ID, name="bob", text="", display="bob"))
+        r.screen.wait_text("-!- bob is back")
+        assert "bob is away" not in r.screen.text()
 
 
 def test_a_node_that_was_alone_sees_the_newcomer_join() -> None:

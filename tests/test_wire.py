@@ -68,6 +68,20 @@ EVERY_KIND: list[Message] = [
 ]
 
 
+PRESENCE_DEFAULTS: dict[str, Any] = {
+    "type": "presence",
+    **COMMON,
+    "key": "",
+    "sig": "",
+    "addrs": [],
+    "port": 0,
+    "dh": "",
+    "every": 0.0,
+    "gone": [],
+}
+"""A presence's fields up to ``away``, as :func:`packed` takes them (none left out)."""
+
+
 def frame_of(body: bytes) -> bytes:
     return struct.pack("!I", len(body)) + body
 
@@ -547,6 +561,24 @@ BAD_FRAMES = [
         frame_of(b'{"type":"refuse","code":"busy","reason":"\\ud800"}'),
     ),
     _bad(
+        "presence-away-201-chars",
+        packed_frame({**PRESENCE_DEFAULTS, "away": "a" * 201}),
+    ),
+    *(
+        _bad(
+            f"presence-away-with-{name}",
+            packed_frame({**PRESENCE_DEFAULTS, "away": text}),
+        )
+        for name, text in (("newline", "out\n-- bob left"), ("escape", "\x1b[2J"), ("c1", "\x9b"))
+    ),
+    _bad(
+        "presence-away-surrogate",
+        packed_frame(
+            {**PRESENCE_DEFAULTS, "away": "XXX"},
+            (b"XXX", b"\xed\xa0\x80"),
+        ),
+    ),
+    _bad(
         "leave-reason-surrogate",
         packed_frame(
             {"type": "leave", **COMMON, "key": "", "sig": "", "reason": "XXX"},
@@ -677,3 +709,15 @@ def test_checked_names_are_remembered_within_a_bound() -> None:
     for _ in range(2):
         with pytest.raises(RemoteProtocolError):
             wire.check_name("alice#2d96")
+
+
+def test_presence_away_is_its_last_field_signed_with_its_default() -> None:
+    """``away`` follows ``gone``; a presence that leaves it out is signed
+    with ``"away":""``, and 200 code points pass."""
+    assert Presence.__struct_fields__[-2:] == ("gone", "away")
+    assert wire.signing_bytes(Presence(**COMMON)).endswith(b',"gone":[],"away":""}')
+    for away in ("é" * wire.MAX_AWAY_CHARS, "at lunch ☕, back at 2\tpm"):
+        msg = Presence(**COMMON, away=away)
+        assert decode_all(encode_frame(msg)) == [msg]
+        (by_hand,) = decode_all(packed_frame({**PRESENCE_DEFAULTS, "away": away}))
+        assert isinstance(by_hand, Presence) and by_hand.away == away

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from p2pchat import names
 from p2pchat.cli.render import clean
-from p2pchat.events import Event, JoinEvent, LeaveEvent, MemberInfo, NickEvent, Ready
+from p2pchat.events import AwayEvent, Event, JoinEvent, LeaveEvent, MemberInfo, NickEvent, Ready
 
 ARRIVAL_SETTLE_S = 3.0
 """Our arrival lasts at least this long after our first link (s): long
@@ -114,6 +114,8 @@ class Arrival:
                 self.last_new = now
                 return False, []
             return True, self._taken([(ev.origin, ev.name, who)], arriving=False)
+        elif isinstance(ev, AwayEvent) and not self.settled and ev.origin in self.held:
+            return False, []  # the one line says it: ``bob (away)``
         elif isinstance(ev, LeaveEvent) and not self.settled and ev.origin in self.held:
             del self.held[ev.origin]
             return False, []
@@ -144,23 +146,30 @@ class Arrival:
                 events named.
 
         Returns:
-            The lines to show: ``-- in lobby: alice, bob`` (none when we
-            are alone) and whether our name is taken; or nothing yet.
+            The lines to show: ``-- in lobby: alice, bob (away)`` (none
+            when we are alone; ``(away)`` from ``members`` only) and whether
+            our name is taken; or nothing yet.
         """
         due = self.due()
         if due is None or now < due:
             return []
         self.settled = True
         if members is not None:
-            others = [(m.node, m.name, m.display or m.name) for m in members if not m.self]
+            others = [
+                (m.node, m.name, m.display or m.name, " (away)" if m.away else "")
+                for m in members
+                if not m.self
+            ]
         else:
-            others = [(node, n, d) for node, (n, d) in self.held.items()]
+            others = [(node, n, d, "") for node, (n, d) in self.held.items()]
         self.held.clear()
         if not others:
             return []
-        shown = sorted((clean(d) for _, _, d in others), key=lambda d: (d.casefold(), d))
-        line = f"-- in {clean(self.room)}: {', '.join(shown)}"
-        return [line, *self._taken(others, arriving=True)]
+        shown = sorted(
+            ((clean(d), a) for _, _, d, a in others), key=lambda da: (da[0].casefold(), da)
+        )
+        line = f"-- in {clean(self.room)}: {', '.join(d + a for d, a in shown)}"
+        return [line, *self._taken([(n, name, d) for n, name, d, _ in others], arriving=True)]
 
     def _taken(self, others: Sequence[tuple[str, str, str]], arriving: bool) -> list[str]:
         """The line that says our name is taken, if one of ``others``

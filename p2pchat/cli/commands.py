@@ -26,6 +26,7 @@ COMMANDS = (
     "/stats",
     "/history",
     "/nick",
+    "/away",
     "/me",
     "/help",
     "/quit",
@@ -76,6 +77,8 @@ commands:
   /stats       counters: frames and bytes, duplicates, refusals, rate limits
   /history [N] the room's last N lines (default 20), in the order every node shows
   /nick NEW    change your name (no blanks; a name someone has: warned first)
+  /away [TEXT] mark yourself away (TEXT shown to the room, at most 200
+               characters); /away alone: back
   /me ACTION   an action line, shown as "* you ACTION"
   /help        this text
   /quit        leave the room (so do Ctrl+D, Ctrl+C and SIGTERM)
@@ -169,9 +172,13 @@ def _msg(node: Node, out: Replies, arg: str) -> None:
         out.error(f"{clean(who)} is you: a private line goes to another member (/who lists them)")
     else:
         try:
-            node.send_direct(who, text)
+            ev = node.send_direct(who, text)
         except LocalError as exc:
             out.error(f"not sent: {exc}")
+            return
+        for m in node.snapshot().members:
+            if m.node == ev.to and m.away and not out.json_mode:
+                out.text(f"-- {clean(m.display or m.name)} is away: {clean(m.away)}")
 
 
 def _nick(node: Node, out: Replies, arg: str, state: CommandState, warned: str | None) -> None:
@@ -212,7 +219,9 @@ def _command(node: Node, out: Replies, line: str, state: CommandState, warned: s
     elif cmd == "who":
         snap = node.snapshot()
         if out.json_mode:
-            out.obj("who", members=[asdict(m) for m in snap.members])
+            # The reply's keys stay as they were; away texts come as ``away`` events.
+            members = [{k: v for k, v in asdict(m).items() if k != "away"} for m in snap.members]
+            out.obj("who", members=members)
         else:
             out.text(format_who(node.room, snap.members))
     elif cmd == "stats":
@@ -247,6 +256,11 @@ def _command(node: Node, out: Replies, line: str, state: CommandState, warned: s
             out.error("usage: /nick NEW")
         else:
             _nick(node, out, arg, state, warned)
+    elif cmd == "away":
+        try:
+            node.set_away(arg)
+        except LocalError as exc:
+            out.error(f"cannot set away: {exc}")
     elif cmd == "me":
         if not arg:
             out.error("usage: /me ACTION")

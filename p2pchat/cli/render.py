@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from p2pchat.events import (
+    AwayEvent,
     Event,
     JoinEvent,
     KeyInfo,
@@ -215,6 +216,8 @@ def format_who(room: str, members: Iterable[MemberInfo]) -> str:
             label += " (you)"
         elif m.linked:
             label += "*"
+        if m.away:
+            label += f" (away: {clean(m.away)})"
         parts.append(label)
     line = f"-- {len(rows)} in {clean(room)}: {', '.join(parts)}"
     if any(m.linked and not m.self for m in rows):
@@ -322,6 +325,10 @@ class Renderer:
             self._names[ev.origin] = ev.display or ev.new
             old = clean(ev.old_display or ev.old)
             return f"* {old} is now known as {clean(ev.display or ev.new)}"
+        if isinstance(ev, AwayEvent):
+            who = "you" if ev.self else self._who(ev.origin, ev.display, ev.name)
+            verb = "are" if ev.self else "is"
+            return f"-- {who} {verb} away: {clean(ev.text)}" if ev.text else f"-- {who} {verb} back"
         if isinstance(ev, (PeerUp, PeerDown)) and not self.links:
             self._who(ev.peer, "", ev.name)  # a later PeerDown may carry no name
             return None

@@ -70,6 +70,7 @@ from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.notify import NOTIFY_INTERVAL_S, Notifier
 from p2pchat.cli.render import Renderer, clean
 from p2pchat.events import (
+    AwayEvent,
     Event,
     JoinEvent,
     LeaveEvent,
@@ -433,6 +434,8 @@ class ChatView:
                 frags.append((sender_style(m.node), label))
                 if m.linked:
                     frags.append(("", " *"))
+            if m.away:
+                frags.append(("class:time", " (away)"))
             frags.append(("", "\n"))
         if any(m.linked and not m.self for m in rows):
             frags.append(("class:time", "* linked directly"))
@@ -697,7 +700,7 @@ class ChatView:
                 body = f"* {line.who} {ev.text}" if ev.action else ev.text
                 self.notifier.notify(f"{line.who} ({where})", body)
             return bell
-        if isinstance(ev, (JoinEvent, LeaveEvent, NickEvent, PeerUp, PeerDown, Ready)):
+        if isinstance(ev, (JoinEvent, LeaveEvent, NickEvent, AwayEvent, PeerUp, PeerDown, Ready)):
             self._refresh_members()
         if isinstance(ev, PeerDown) and self._closing:
             return False

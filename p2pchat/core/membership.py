@@ -19,7 +19,7 @@ from p2pchat import flood, identity, names, wire
 from p2pchat.core.actions import LinkId
 from p2pchat.core.admission import BoundedMap
 from p2pchat.core.state import MAX_ORIGINS, Shared
-from p2pchat.events import JoinEvent, KeyInfo, LeaveEvent, NickEvent, Notice
+from p2pchat.events import AwayEvent, JoinEvent, KeyInfo, LeaveEvent, NickEvent, Notice
 from p2pchat.roster import Member
 
 PRESENCE_SHARE_S = 0.2
@@ -65,6 +65,7 @@ class Membership:
         self.own: wire.Presence | None = None  # our latest presence
         self.handed: set[LinkId] = set()  # links we handed the roster to
         self.gone_buckets: BoundedMap[str, flood.TokenBucket] = BoundedMap(MAX_ORIGINS)
+        self.away = ""  # our away text, sent in our presences
         self.remember_name(s.name, s.identity.key)
 
     def heard(self, msg: wire.FloodMessage) -> bool:
@@ -124,6 +125,7 @@ class Membership:
             held = self.latest.get(origin)
             if held is None or held.seq < msg.seq:
                 self.latest.put(origin, msg)
+                self._away_heard(origin, msg.away)
             if msg.gone:
                 self._reported_gone(origin, msg.gone)
         if isinstance(msg, wire.Join) and origin in s.links:
@@ -217,6 +219,31 @@ class Membership:
             ):
                 self.to_report.pop(lost.node, None)
 
+    def _away_heard(self, origin: str, text: str) -> None:
+        """A member's newest presence says ``text`` (validated by the wire:
+        at most ``wire.MAX_AWAY_CHARS``, no control characters): keep it and
+        report a change."""
+        member = self.s.roster.get(origin)
+        if member is None or member.away == text:
+            return
+        member.away = text
+        self.s.emit(
+            AwayEvent(
+                origin=origin, name=member.name, text=text, display=self.s.roster.display(origin)
+            )
+        )
+
+    def set_away(self, text: str) -> bool:
+        """Take ``text`` (checked by the caller) as our away text, "" to
+        clear it; True if it changed (then our next presence says it)."""
+        if text == self.away:
+            return False
+        self.away = text
+        me = self.s.roster.get(self.s.node_id)
+        if me is not None:
+            me.away = text
+        return True
+
     def _left(self, member: Member, reason: str) -> None:
         self.s.emit(
             LeaveEvent(
@@ -262,6 +289,7 @@ class Membership:
                 dh=s.identity.dh,
                 every=every,
                 gone=self._take_reports(),
+                away=self.away,
                 **s.envelope(),
             )
         )

@@ -46,7 +46,7 @@ from p2pchat.core.membership import Membership
 from p2pchat.core.overlay import Overlay
 from p2pchat.core.state import LinkUp, Shared
 from p2pchat.errors import LineTooLong, UsageError
-from p2pchat.events import KeyInfo, MessageEvent, NickEvent, PeerDown, PeerUp
+from p2pchat.events import AwayEvent, KeyInfo, MessageEvent, NickEvent, PeerDown, PeerUp
 from p2pchat.flood import SeenCache
 from p2pchat.identity import Identity
 from p2pchat.privacy import RoomSecret
@@ -80,6 +80,26 @@ def check_text(text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError("the line is not valid Unicode text") from None
+
+
+def check_away(text: str) -> str:
+    """Check an away text of ours; returns it without blanks at either end
+    ("" = not away).
+
+    Raises:
+        UsageError: more than ``wire.MAX_AWAY_CHARS`` code points, a line
+            break or control character, or not valid Unicode text.
+    """
+    text = text.strip()
+    if len(text) > wire.MAX_AWAY_CHARS:
+        raise UsageError(f"away text is {len(text)} characters; the limit is {wire.MAX_AWAY_CHARS}")
+    if wire.has_control_chars(text):
+        raise UsageError("an away text must not contain line breaks or control characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("the away text is not valid Unicode text") from None
+    return text
 
 
 def check_config(config: NodeConfig) -> str:
@@ -552,6 +572,35 @@ class Protocol:
         self.broadcast.forward(nick, None)
         shown = s.roster.display(self.node_id)
         s.emit(NickEvent(origin=self.node_id, old=old, new=name, display=shown, old_display=was))
+        s.presence_soon()
+        return s.take()
+
+    def set_away(self, text: str, now: float, wall: float) -> list[Action]:
+        """Mark us away with ``text`` ("" or blanks: back), tell the room at
+        once (a presence, ``docs/protocol.md`` §9) and emit an
+        :class:`~p2pchat.events.AwayEvent` with ``self=True`` when it changed.
+        ``text`` is stripped of blanks at both ends.
+
+        Raises:
+            UsageError: more than ``wire.MAX_AWAY_CHARS`` code points, a
+                control character or line break, not valid Unicode text, or
+                we left.
+        """
+        text = check_away(text)
+        s = self._begin(now, wall)
+        if s.closed:
+            raise UsageError("the node is closed")
+        if not self.members.set_away(text):
+            return []
+        s.emit(
+            AwayEvent(
+                origin=self.node_id,
+                name=s.name,
+                text=text,
+                display=s.roster.display(self.node_id),
+                self=True,
+            )
+        )
         s.presence_soon()
         return s.take()
 
