@@ -918,8 +918,13 @@ def test_plain_line_mode_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Pa
         # A half-typed line stays intact while bob's lines are printed above it.
         tm("send-keys", "-t", "t", "-l", "draft ✓ 你好")
         bob.send_line("line from bob")
-        lines = wait_screen(lambda s: "bob: line from bob" in s, "bob's line")
-        assert [line for line in lines if line][-1] == f"[{room}] alice> draft ✓ 你好"
+        # The line is printed, then the prompt drawn again below it: wait for both (a
+        # capture between the two, on a busy machine, showed the prompt not yet redrawn).
+        prompt = f"[{room}] alice> draft ✓ 你好"
+        wait_screen(
+            lambda s: "bob: line from bob" in s and [line for line in s if line][-1] == prompt,
+            "bob's line above the half-typed one",
+        )
         tm("send-keys", "-t", "t", "Enter")
         assert bob.wait_event("message", text="draft ✓ 你好")["self"] is False
         wait_screen(lambda s: "alice: draft ✓ 你好" in s, "our own line")
