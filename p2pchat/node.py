@@ -515,6 +515,11 @@ class Node:
         <p2pchat.links.Links.adopt>`."""
         return self.links.adopt(sock, direction, remote)
 
+    def rooms_seen(self) -> dict[str, int]:
+        """Other rooms on this LAN by mDNS, with their node counts: :meth:`Peers.rooms_seen
+        <p2pchat.peers.Peers.rooms_seen>`.  Any thread."""
+        return self.peers.rooms_seen()
+
     def wake_dialer(self, node_id: str) -> None:
         """The link to ``node_id`` ended: :meth:`Peers.wake <p2pchat.peers.Peers.wake>`."""
         self.peers.wake(node_id)

@@ -23,9 +23,16 @@ from p2pchat.core.config import NodeConfig
 from p2pchat.core.protocol import Protocol as Core
 from p2pchat.dialer import Dialer
 from p2pchat.discovery import FoundPeer
+from p2pchat.privacy import TAG_PREFIX
 from p2pchat.transport import Link
 
 log = logging.getLogger("p2pchat.node")
+
+MAX_ROOMS_SEEN = 32
+"""Most other rooms :class:`Peers` remembers having seen on the LAN."""
+
+MAX_NODES_PER_ROOM = 256
+"""Most nodes it counts in one of them."""
 
 
 class PeerHost(Protocol):
@@ -59,6 +66,8 @@ class Peers:
         self.node = node
         self.config = node.config
         self.dialers: dict[str, Dialer] = {}
+        # Other rooms' nodes discovery showed us: room (as its TXT says) -> node ids.
+        self.rooms: dict[str, set[str]] = {}
 
     # -- DialOwner: what a dialler asks (any thread) -------------------------------------
 
@@ -139,7 +148,10 @@ class Peers:
         unless it is us, of another room or of another protocol version."""
         node = self.node
         core = node._core
-        if peer.node_id == node.node_id or peer.room != core.wire_room:
+        if peer.node_id == node.node_id:
+            return
+        if peer.room != core.wire_room:
+            self._saw_room(peer.room, peer.node_id)
             return
         if peer.version != wire.PROTOCOL_VERSION:
             log.info("ignoring %s: protocol version %s", peer.name, peer.version)
@@ -152,9 +164,37 @@ class Peers:
                 dialer.port = peer.port
         node._call(lambda now, wall: core.found(peer.node_id, addrs, peer.port, now))
 
+    def _saw_room(self, room: str, node_id: str) -> None:
+        """Discovery showed a node of another room (for the hint of a node
+        alone: "rooms seen on this LAN").  At most ``MAX_ROOMS_SEEN`` rooms
+        of ``MAX_NODES_PER_ROOM`` nodes each; a private room is counted under
+        its tag, which says nothing of its name."""
+        room = room[: wire.MAX_ROOM_CHARS]
+        with self.node._lock:
+            seen = self.rooms.get(room)
+            if seen is None:
+                if len(self.rooms) >= MAX_ROOMS_SEEN:
+                    return
+                seen = self.rooms[room] = set()
+            if len(seen) < MAX_NODES_PER_ROOM:
+                seen.add(node_id)
+
+    def rooms_seen(self) -> dict[str, int]:
+        """Other rooms discovery shows on this LAN, with how many nodes each
+        (private rooms under ``"private"``).  Any thread."""
+        out: dict[str, int] = {}
+        with self.node._lock:
+            for room, nodes in self.rooms.items():
+                if nodes:
+                    key = "private" if room.startswith(TAG_PREFIX) else room
+                    out[key] = out.get(key, 0) + len(nodes)
+        return out
+
     def lost(self, node_id: str) -> None:
         """Discovery says the peer is gone: out of the passive view, its dialler stopped."""
         with self.node._lock:
+            for nodes in self.rooms.values():
+                nodes.discard(node_id)
             self.node._core.lost(node_id)
             dialer = self.dialers.get(node_id)
         if dialer is not None:

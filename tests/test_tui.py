@@ -110,6 +110,7 @@ class FakeNode:
     secret: bytes | None = None
     sent: list[str] = field(default_factory=list)
     view: ChatView | None = None
+    rooms: dict[str, int] = field(default_factory=dict)  # other rooms mDNS shows
 
     def __post_init__(self) -> None:
         self.config = SimpleNamespace(secret=self.secret, history_max_lines=10_000)
@@ -133,6 +134,9 @@ class FakeNode:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(members=list(self.members), links=[])
+
+    def rooms_seen(self) -> dict[str, int]:
+        return dict(self.rooms)
 
     def whois(self, name: str) -> list[KeyInfo]:
         self.sent.append(f"whois {name}")
@@ -743,6 +747,16 @@ def test_a_hint_when_nobody_is_found() -> None:
     with running(hint_after_s=0.05) as r:
         r.screen.wait_text("nobody found yet")
         assert "--peer HOST" in r.screen.text()
+        assert "Rooms seen" not in r.screen.text()
+    # Other rooms on the LAN: named with their node counts, the busiest first; a peer's
+    # room name is cleaned like any peer text.
+    rooms = {"dev": 2, "games\x1b[2J": 5, "private": 1}
+    with running(FakeNode(rooms=rooms), hint_after_s=0.05) as r:
+        r.screen.wait_text("Rooms seen")
+        text = " ".join(r.screen.text().split())
+        assert "Rooms seen on this LAN: games" in text
+        assert "dev (2), private (1); join one with --room NAME" in text
+        assert "\x1b" not in r.screen.text()
     members = [
         MemberInfo(ALICE_ID, "alice", "alice", False, True),
         MemberInfo(BOB_ID, "bob", "bob", True, False),

@@ -833,12 +833,19 @@ class ChatView:
     def _hint(self) -> None:
         self._refresh_members()
         if self.links == 0 and not any(not m.self for m in self.members):
+            rooms = sorted(self.node.rooms_seen().items(), key=lambda kv: (-kv[1], kv[0]))
+            seen = ""
+            if rooms:
+                listed = ", ".join(f"{clean(room)} ({n})" for room, n in rooms[:6])
+                more = f" and {len(rooms) - 6} more" if len(rooms) > 6 else ""
+                seen = f" Rooms seen on this LAN: {listed}{more}; join one with --room NAME."
             self.add(
                 ChatLine(
                     time.time(),
                     SYSTEM,
-                    "nobody found yet. On another network, or where multicast does not get "
-                    "through, start with --peer HOST (a peer's address)",
+                    f"nobody found yet in {clean(self.node.room)}.{seen} On another network, or "
+                    "where multicast does not get through, start with --peer HOST (a peer's "
+                    "address)",
                 )
             )
             self.app.invalidate()
