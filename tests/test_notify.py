@@ -53,6 +53,13 @@ def fake_command(bindir: Path, name: str = "notify-send", sleep_s: float = 0.0) 
     return calls
 
 
+def reaped(calls: Path) -> bool:
+    """True once every recorded fake command has exited and been reaped by the
+    notifier (its pid gone): closing earlier kills it, which counts as failed."""
+    got = read_calls(calls)
+    return bool(got) and not any(os.path.exists(f"/proc/{c['pid']}") for c in got)
+
+
 def read_calls(calls: Path) -> list[dict[str, Any]]:
     if not calls.exists():
         return []
@@ -84,6 +91,7 @@ def test_a_peers_text_reaches_notify_send_as_one_cleaned_argument(tmp_path: Path
     try:
         notifier.notify("-u critical\x1b[31m (private)", HOSTILE)
         wait_for(lambda: len(read_calls(calls)) == 1, WAIT_S, "the notification")
+        wait_for(lambda: reaped(calls), WAIT_S, "the notification command to end")
     finally:
         notifier.close()
     argv = read_calls(calls)[0]["argv"]
