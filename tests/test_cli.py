@@ -860,40 +860,77 @@ def test_stdout_gone_leaves_gracefully(spawn: Callable[..., NodeProcess], tmp_pa
 # -- interactive ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_plain_line_mode_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -> None:
-    tmux = shutil.which("tmux")
-    assert tmux is not None
-    sock = f"p2pchat-test-{os.getpid()}-{os.urandom(3).hex()}"
-    room = unique_room()
-    status_file = tmp_path / "status"
+class TmuxPane:
+    """A p2pchat command in the pane ``t`` of a private tmux server (a socket of
+    this test's own), with its exit status written to ``status_file``."""
 
-    def tm(*args: str) -> str:
+    def __init__(self, argv: list[str], status_file: Path, env: str = "") -> None:
+        tmux = shutil.which("tmux")
+        assert tmux is not None
+        self.tmux = tmux
+        self.sock = f"p2pchat-test-{os.getpid()}-{os.urandom(3).hex()}"
+        self.status_file = status_file
+        self.command = (
+            f"cd {shlex.quote(str(REPO))} && {env}PYTHONPATH={shlex.quote(str(REPO))} "
+            f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status_file))}; sleep 60"
+        )
+
+    def tm(self, *args: str) -> str:
+        """Run one tmux command on our server; its output."""
         done = subprocess.run(
-            [tmux, "-L", sock, *args], capture_output=True, text=True, timeout=10, check=True
+            [self.tmux, "-L", self.sock, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return done.stdout
 
-    def screen() -> list[str]:
-        return [line.rstrip() for line in tm("capture-pane", "-p", "-t", "t").splitlines()]
+    def start(self, width: int, height: int) -> None:
+        """The pane, ``width`` x ``height``, running the command."""
+        self.tm("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), self.command)
 
-    def wait_screen(pred: Callable[[list[str]], bool], what: str) -> list[str]:
+    def screen(self) -> list[str]:
+        """The pane's rows, trailing blanks cut."""
+        return [line.rstrip() for line in self.tm("capture-pane", "-p", "-t", "t").splitlines()]
+
+    def wait_screen(self, pred: Callable[[list[str]], bool], what: str) -> list[str]:
+        """The rows once ``pred`` holds of them; fails after ``WAIT_S``."""
         deadline = time.monotonic() + WAIT_S
         while True:
-            lines = screen()
+            lines = self.screen()
             if pred(lines):
                 return lines
             if time.monotonic() > deadline:
                 pytest.fail(f"screen never showed {what}:\n" + "\n".join(lines))
             time.sleep(0.05)  # polling the screen, with a deadline
 
+    def cursor(self) -> tuple[int, int]:
+        """The cursor's column and row."""
+        x, y = self.tm("display-message", "-p", "-t", "t", "#{cursor_x} #{cursor_y}").split()
+        return int(x), int(y)
+
+    def exit_status(self, what: str) -> str:
+        """The command's exit status, once it has ended (fails after ``WAIT_S``)."""
+        deadline = time.monotonic() + WAIT_S
+        while not self.status_file.exists() or not self.status_file.read_text().strip():
+            assert time.monotonic() < deadline, f"the {what} did not exit"
+            time.sleep(0.05)
+        return self.status_file.read_text().strip()
+
+    def close(self) -> None:
+        """End the tmux server and what runs in it."""
+        subprocess.run([self.tmux, "-L", self.sock, "kill-server"], capture_output=True, timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_plain_line_mode_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -> None:
+    room = unique_room()
     argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--plain", "--room", room, *NO_MDNS]
-    command = (
-        f"cd {shlex.quote(str(REPO))} && PYTHONPATH={shlex.quote(str(REPO))} "
-        f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status_file))}; sleep 60"
-    )
+    pane = TmuxPane(argv, tmp_path / "status")
+    tm, screen, wait_screen = pane.tm, pane.screen, pane.wait_screen
     try:
-        tm("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", command)
+        pane.start(100, 30)
         wait_screen(lambda s: any(line.startswith("Your name:") for line in s), "the name prompt")
         tm("send-keys", "-t", "t", "x" * 40, "Enter")
         wait_screen(lambda s: any("longer than 32" in line for line in s), "the re-ask")
@@ -942,14 +979,10 @@ def test_plain_line_mode_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Pa
         assert len(children) == 1, children
         os.kill(int(children[0]), signal.SIGTERM)
         assert bob.wait_event("leave")["reason"] == "quit"
-        deadline = time.monotonic() + WAIT_S
-        while not status_file.exists() or not status_file.read_text().strip():
-            assert time.monotonic() < deadline, "the interactive p2pchat did not exit"
-            time.sleep(0.05)
-        assert status_file.read_text().strip() == "0"
+        assert pane.exit_status("interactive p2pchat") == "0"
         assert not any("Traceback" in line for line in screen())
     finally:
-        subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True, timeout=10)
+        pane.close()
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -957,45 +990,14 @@ def test_fullscreen_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -
     """The real p2pchat, full screen, in tmux at 80x24: the input line on the
     last row, a peer's line with its time and name, and a raw peer's line
     full of escape, bell and bidi characters that changes nothing else."""
-    tmux = shutil.which("tmux")
-    assert tmux is not None
-    sock = f"p2pchat-test-{os.getpid()}-{os.urandom(3).hex()}"
     room = unique_room()
-    status_file = tmp_path / "status"
-
-    def tm(*args: str) -> str:
-        done = subprocess.run(
-            [tmux, "-L", sock, *args], capture_output=True, text=True, timeout=10, check=True
-        )
-        return done.stdout
-
-    def screen() -> list[str]:
-        return [line.rstrip() for line in tm("capture-pane", "-p", "-t", "t").splitlines()]
-
-    def wait_screen(pred: Callable[[list[str]], bool], what: str) -> list[str]:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            lines = screen()
-            if pred(lines):
-                return lines
-            if time.monotonic() > deadline:
-                pytest.fail(f"screen never showed {what}:\n" + "\n".join(lines))
-            time.sleep(0.05)  # polling the screen, with a deadline
-
-    def cursor() -> tuple[int, int]:
-        x, y = tm("display-message", "-p", "-t", "t", "#{cursor_x} #{cursor_y}").split()
-        return int(x), int(y)
-
     argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--name", "alice"]
     argv += ["--room", room, *NO_MDNS]
-    command = (
-        f"cd {shlex.quote(str(REPO))} && TERM=xterm-256color "
-        f"PYTHONPATH={shlex.quote(str(REPO))} "
-        f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status_file))}; sleep 60"
-    )
+    pane = TmuxPane(argv, tmp_path / "status", env="TERM=xterm-256color ")
+    tm, screen, wait_screen, cursor = pane.tm, pane.screen, pane.wait_screen, pane.cursor
     raw: RawPeer | None = None
     try:
-        tm("new-session", "-d", "-s", "t", "-x", "80", "-y", "24", command)
+        pane.start(80, 24)
         lines = wait_screen(
             lambda s: (
                 len(s) == 24
@@ -1048,16 +1050,12 @@ def test_fullscreen_in_tmux(spawn: Callable[..., NodeProcess], tmp_path: Path) -
         # Ctrl+C on an empty line: the node leaves the room, the program exits 0.
         tm("send-keys", "-t", "t", "C-c")
         assert bob.wait_event("leave")["reason"] == "quit"
-        deadline = time.monotonic() + WAIT_S
-        while not status_file.exists() or not status_file.read_text().strip():
-            assert time.monotonic() < deadline, "the full-screen p2pchat did not exit"
-            time.sleep(0.05)
-        assert status_file.read_text().strip() == "0"
+        assert pane.exit_status("full-screen p2pchat") == "0"
         assert not any("Traceback" in line for line in screen())
     finally:
         if raw is not None:
             raw.close()
-        subprocess.run([tmux, "-L", sock, "kill-server"], capture_output=True, timeout=10)
+        pane.close()
 
 
 # -- history (issue 4) ------------------------------------------------------------------
