@@ -89,7 +89,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
@@ -372,25 +372,8 @@ def gen_jsonish(rng: random.Random) -> Case:
     return Case("jsonish", frame_of(text.encode()))
 
 
-KINDS: Final = [
-    "hello",
-    "refuse",
-    "proof",
-    "keepalive",
-    "ihave",
-    "graft",
-    "prune",
-    "sync",
-    "lines",
-    "ack",
-    "chat",
-    "join",
-    "leave",
-    "nick",
-    "presence",
-    "direct",
-    "bogus",
-]
+KINDS: Final = [*get_args(wire.MessageKind), "bogus"]
+"""Type names for MessagePack cases: every kind the wire knows, in order, and one it does not."""
 
 
 def gen_msgpackish(rng: random.Random) -> Case:
