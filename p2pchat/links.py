@@ -35,8 +35,10 @@ from p2pchat.transport import Link, Listener, PortInUse
 log = logging.getLogger("p2pchat.node")
 
 
-class LinkHost(Protocol):
-    """What :class:`Links` needs of its node (:class:`p2pchat.node.Node`)."""
+class ShellHost(Protocol):
+    """What the node's parts (:class:`Links`, :class:`p2pchat.peers.Peers`)
+    need of it (:class:`p2pchat.node.Node`): its settings, its state lock,
+    its core, and feeding the core (``_call``)."""
 
     @property
     def config(self) -> NodeConfig: ...
@@ -44,10 +46,16 @@ class LinkHost(Protocol):
     def _lock(self) -> AbstractContextManager[Any]: ...
     @property
     def _core(self) -> Core: ...
+
+    def _call(self, fn: Callable[[float, float], list[Action]]) -> None: ...
+
+
+class LinkHost(ShellHost, Protocol):
+    """What :class:`Links` needs of its node besides :class:`ShellHost`."""
+
     @property
     def _outbox(self) -> deque[Action]: ...
 
-    def _call(self, fn: Callable[[float, float], list[Action]]) -> None: ...
     def _queue(self, actions: list[Action]) -> None: ...
     def _drain(self) -> None: ...
     def _emit(self, events: list[Event]) -> None: ...

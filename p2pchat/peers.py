@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 from p2pchat import wire
-from p2pchat.core.actions import Action, Dial
+from p2pchat.core.actions import Dial
 from p2pchat.core.config import NodeConfig
-from p2pchat.core.protocol import Protocol as Core
 from p2pchat.dialer import Dialer
 from p2pchat.discovery import FoundPeer
+from p2pchat.links import ShellHost
 from p2pchat.privacy import TAG_PREFIX
 from p2pchat.transport import Link
 
@@ -35,19 +33,12 @@ MAX_NODES_PER_ROOM = 256
 """Most nodes it counts in one of them."""
 
 
-class PeerHost(Protocol):
-    """What :class:`Peers` needs of its node (:class:`p2pchat.node.Node`)."""
+class PeerHost(ShellHost, Protocol):
+    """What :class:`Peers` needs of its node besides :class:`~p2pchat.links.ShellHost`."""
 
-    @property
-    def config(self) -> NodeConfig: ...
     @property
     def node_id(self) -> str: ...
-    @property
-    def _lock(self) -> AbstractContextManager[Any]: ...
-    @property
-    def _core(self) -> Core: ...
 
-    def _call(self, fn: Callable[[float, float], list[Action]]) -> None: ...
     def adopt(
         self, sock: socket.socket, direction: str, remote: tuple[str, int]
     ) -> Link | None: ...
