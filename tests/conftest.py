@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from p2pchat import wire
-from p2pchat.discovery import MdnsDiscovery
+from p2pchat.discovery import FoundPeer, LocalService, MdnsDiscovery
 from p2pchat.events import Event, JoinEvent, LeaveEvent, MessageEvent
 from p2pchat.identity import Identity
 from p2pchat.node import Node, NodeConfig
@@ -451,3 +451,25 @@ def cables() -> Iterator[list[Cable]]:
     yield cables
     for c in cables:
         c.close()
+
+
+class HandDiscovery:
+    """A discovery driven by the test: it remembers what it was asked to
+    announce and keeps the node's ``found`` callback."""
+
+    def __init__(self) -> None:
+        self.announced: list[LocalService] = []
+        self.found: Callable[[FoundPeer], None] | None = None
+
+    def start(
+        self,
+        local: LocalService,
+        found: Callable[[FoundPeer], None],
+        lost: Callable[[str], None],
+        **_: Any,
+    ) -> None:
+        self.announced.append(local)
+        self.found = found
+
+    def close(self) -> None:
+        pass

@@ -6,16 +6,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, RawPeer, wait_for
+from conftest import FAST_LINK, LOOPBACK, Cable, Cluster, HandDiscovery, RawPeer, wait_for
 
 from p2pchat import wire
 from p2pchat.cli import args
-from p2pchat.discovery import FoundPeer, LocalService
 from p2pchat.errors import UsageError
 from p2pchat.privacy import RoomSecret
 
@@ -132,29 +130,10 @@ def peer_alive(peer: RawPeer) -> bool:
         return False
 
 
-class RecordingDiscovery:
-    """A discovery that only remembers what it was asked to announce."""
-
-    def __init__(self) -> None:
-        self.announced: list[LocalService] = []
-
-    def start(
-        self,
-        local: LocalService,
-        found: Callable[[FoundPeer], None],
-        lost: Callable[[str], None],
-        **_: Any,
-    ) -> None:
-        self.announced.append(local)
-
-    def close(self) -> None:
-        pass
-
-
 def test_the_mdns_record_of_a_private_room_names_only_its_tag(cluster: Cluster) -> None:
     from p2pchat.node import Node, NodeConfig
 
-    disc = RecordingDiscovery()
+    disc = HandDiscovery()
     config = NodeConfig(name="alice", room=ROOM_NAME, port=0, interfaces=[LOOPBACK], secret=SECRET)
     with Node(config, discovery=disc) as node:  # type: ignore[arg-type]
         node.start()

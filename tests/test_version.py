@@ -4,36 +4,14 @@ are skipped before any dial (TXT ``v``, docs/protocol.md section 2)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-from conftest import LOOPBACK, wait_for
+from conftest import LOOPBACK, HandDiscovery, wait_for
 
 from p2pchat import wire
-from p2pchat.discovery import FoundPeer, LocalService
+from p2pchat.discovery import FoundPeer
 from p2pchat.node import Node, NodeConfig
-
-
-class HandDiscovery:
-    """A discovery driven by the test: it keeps the node's callbacks."""
-
-    def __init__(self) -> None:
-        self.announced: list[LocalService] = []
-        self.found: Callable[[FoundPeer], None] | None = None
-
-    def start(
-        self,
-        local: LocalService,
-        found: Callable[[FoundPeer], None],
-        lost: Callable[[str], None],
-        **_: Any,
-    ) -> None:
-        self.announced.append(local)
-        self.found = found
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
