@@ -502,6 +502,21 @@ def test_a_newcomer_to_a_big_room_knows_every_member_at_once() -> None:
     assert dups <= 8, dups
 
 
+def test_a_handed_presence_that_reported_a_crash_keeps_its_signature() -> None:
+    # b's latest presence reports c gone; a newcomer linked to b gets it as it was signed
+    # (only hops changes: the signature does not cover hops, it covers gone).
+    net = CoreNet()
+    _, b, c = line_of(net, "a", "b", "c", **BIG_ROOM)
+    net.crash(c)
+    net.tick_all(GONE_DELAY_S[1] + 0.5)
+    assert b.core.members.own is not None and b.core.members.own.gone
+    late = net.add("late", **BIG_ROOM)
+    net.connect(late, b)
+    net.tick_all(0.5)
+    assert late.stats()["frames_refused"].get("bad_signature", 0) == 0
+    assert {"a", "b"} <= {m.name for m in late.core.roster.members()}
+
+
 def test_a_false_report_is_refuted_and_one_key_reporting_again_and_again_is_rate_limited() -> None:
     """Mallory, linked to carol only, reports alice (alive, two hops away) gone once a
     second.  Carol suspects alice at each report she takes; alice hears the report and

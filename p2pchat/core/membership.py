@@ -151,8 +151,10 @@ class Membership:
         if len(self.handed) >= 4096:
             self.handed.clear()
         self.handed.add(link)
+        # Unchanged but for hops: the signature covers every other field (a
+        # presence handed without its gone reports failed its signature).
         if self.own is not None:  # else our first presence is on its way
-            s.send_msg(link, msgspec.structs.replace(self.own, hops=1, gone=[]))
+            s.send_msg(link, msgspec.structs.replace(self.own, hops=1))
         for member in s.roster.members():
             msg = self.latest.get(member.node)
             if msg is not None and member.node != peer and msg.seq >= member.name_seq:
