@@ -74,12 +74,21 @@ def check_text(text: str) -> None:
         )
     if not text.strip():
         raise UsageError("empty line")
+    _check_chars(text, "line", "a")
+
+
+def _check_chars(text: str, what: str, article: str) -> None:
+    """No line break, control character or lone surrogate in a ``what`` of ours.
+
+    Raises:
+        UsageError: naming ``what`` (with ``article``).
+    """
     if wire.has_control_chars(text):
-        raise UsageError("a line must not contain line breaks or control characters")
+        raise UsageError(f"{article} {what} must not contain line breaks or control characters")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise UsageError("the line is not valid Unicode text") from None
+        raise UsageError(f"the {what} is not valid Unicode text") from None
 
 
 def check_away(text: str) -> str:
@@ -93,12 +102,7 @@ def check_away(text: str) -> str:
     text = text.strip()
     if len(text) > wire.MAX_AWAY_CHARS:
         raise UsageError(f"away text is {len(text)} characters; the limit is {wire.MAX_AWAY_CHARS}")
-    if wire.has_control_chars(text):
-        raise UsageError("an away text must not contain line breaks or control characters")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError("the away text is not valid Unicode text") from None
+    _check_chars(text, "away text", "an")
     return text
 
 
