@@ -28,7 +28,6 @@ docs/architecture.md has the picture: layers, threads, locks.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -509,11 +508,6 @@ class Node:
         self._drain()  # the last events (links down)
         with self._lock:
             self._store.close()
-
-    def adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
-        """A dialler's connected socket becomes a link: :meth:`Links.adopt
-        <p2pchat.links.Links.adopt>`."""
-        return self.links.adopt(sock, direction, remote)
 
     def rooms_seen(self) -> dict[str, int]:
         """Other rooms on this LAN by mDNS, with their node counts: :meth:`Peers.rooms_seen

@@ -20,7 +20,7 @@ from p2pchat.core.actions import Dial
 from p2pchat.core.config import NodeConfig
 from p2pchat.dialer import Dialer
 from p2pchat.discovery import FoundPeer
-from p2pchat.links import ShellHost
+from p2pchat.links import Links, ShellHost
 from p2pchat.privacy import TAG_PREFIX
 from p2pchat.transport import Link
 
@@ -38,10 +38,8 @@ class PeerHost(ShellHost, Protocol):
 
     @property
     def node_id(self) -> str: ...
-
-    def adopt(
-        self, sock: socket.socket, direction: str, remote: tuple[str, int]
-    ) -> Link | None: ...
+    @property
+    def links(self) -> Links: ...
 
 
 class Peers:
@@ -76,8 +74,9 @@ class Peers:
         return self.node._core.wants_links()
 
     def adopt(self, sock: socket.socket, direction: str, remote: tuple[str, int]) -> Link | None:
-        """A dialler's connected socket becomes a link (the node's ``Links.adopt``)."""
-        return self.node.adopt(sock, direction, remote)
+        """A dialler's connected socket becomes a link (:meth:`Links.adopt
+        <p2pchat.links.Links.adopt>`)."""
+        return self.node.links.adopt(sock, direction, remote)
 
     def dialer_done(self, dialer: Dialer) -> None:
         """A dialler thread ends: a dial of the overlay reports its outcome."""
