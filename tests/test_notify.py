@@ -83,18 +83,24 @@ def test_find_backend_picks_the_desktops_command_or_says_why_not(tmp_path: Path)
     assert not parse_args([]).notify and parse_args(["--notify"]).notify
 
 
-def test_a_peers_text_reaches_notify_send_as_one_cleaned_argument(tmp_path: Path) -> None:
-    calls = fake_command(tmp_path)
-    backend, _ = find_backend("linux", path=str(tmp_path))
+def notify_once(tmp_path: Path, platform: str, title: str, text: str) -> tuple[Notifier, list[str]]:
+    """One notification through the fake command of ``platform``'s desktop;
+    the notifier (closed, once the command ended) and the command's argv."""
+    calls = fake_command(tmp_path, "osascript" if platform == "darwin" else "notify-send")
+    backend, _ = find_backend(platform, path=str(tmp_path))
     assert backend is not None
     notifier = Notifier(backend)
     try:
-        notifier.notify("-u critical\x1b[31m (private)", HOSTILE)
+        notifier.notify(title, text)
         wait_for(lambda: len(read_calls(calls)) == 1, WAIT_S, "the notification")
         wait_for(lambda: reaped(calls), WAIT_S, "the notification command to end")
     finally:
         notifier.close()
-    argv = read_calls(calls)[0]["argv"]
+    return notifier, read_calls(calls)[0]["argv"]
+
+
+def test_a_peers_text_reaches_notify_send_as_one_cleaned_argument(tmp_path: Path) -> None:
+    notifier, argv = notify_once(tmp_path, "linux", "-u critical\x1b[31m (private)", HOSTILE)
     # Our options, then "--", then exactly two items: the peer's text can add none.
     assert argv[:3] == ["--app-name=p2pchat", "--expire-time=10000", "--"] and len(argv) == 5
     title, body = argv[3:]
@@ -110,16 +116,7 @@ def test_a_peers_text_reaches_notify_send_as_one_cleaned_argument(tmp_path: Path
 
 
 def test_osascript_gets_the_text_as_arguments_not_as_script(tmp_path: Path) -> None:
-    calls = fake_command(tmp_path, "osascript")
-    backend, _ = find_backend("darwin", path=str(tmp_path))
-    assert backend is not None
-    notifier = Notifier(backend)
-    try:
-        notifier.notify('bob" & do shell script "id', HOSTILE)
-        wait_for(lambda: len(read_calls(calls)) == 1, WAIT_S, "the notification")
-    finally:
-        notifier.close()
-    argv = read_calls(calls)[0]["argv"]
+    _, argv = notify_once(tmp_path, "darwin", 'bob" & do shell script "id', HOSTILE)
     script = [argv[i + 1] for i, a in enumerate(argv[:-2]) if a == "-e"]
     assert script == [
         "on run argv",
