@@ -65,9 +65,10 @@ waits until the writer has committed everything (at most
 :data:`CLOSE_WAIT_S`) and joins it.
 
 **One node per directory.**  :meth:`Store.open` takes an exclusive lock on
-``<data_dir>/p2pchat.lock`` (``flock``): a second node on the same directory
-would share the node id.  A file that is not a p2pchat database, or that a
-newer p2pchat made, or that is damaged, is refused with a
+``<data_dir>/p2pchat.lock`` (``flock``; ``msvcrt.locking`` on Windows): a
+second node on the same directory would share the node id.  A file that is
+not a p2pchat database, or that a newer p2pchat made, or that is damaged, is
+refused with a
 :class:`~p2pchat.errors.StoreError` and left untouched: never a silent reset.
 
 Thread-safety: every method takes ``Store._mutex`` (held for work in
@@ -108,6 +109,8 @@ SCHEMA_VERSION = 1
 
 DB_NAME = "p2pchat.sqlite3"
 LOCK_NAME = "p2pchat.lock"
+_WIN_LOCK_OFFSET = 1 << 20
+"""Where the Windows lock byte sits in the lock file (past the pid; a lock may lie past the end)."""
 SEQ_BLOCK = 1000
 """Sequence numbers reserved on disk at a time (a restart skips the rest); the
 next block is asked for when half of this one is used."""
@@ -161,22 +164,34 @@ value))``, ``("name", (name, key))``, ``("touch", name)``, ``("unname", name)`` 
 ``("prune", (now_s, max_age_s, max_lines))``."""
 
 
-def _lock_dir(path: Path) -> IO[str] | None:
+def _lock_dir(path: Path) -> IO[bytes]:
     """Take the directory's lock file, or raise StoreError if another
-    process holds it.  Returns the open lock file (None where the platform
-    has no ``flock``: Windows, where SQLite's own locking still keeps the
-    database whole)."""
-    if sys.platform == "win32":  # no fcntl (a check mypy --platform win32 understands)
-        return None
-    import fcntl
+    process holds it.  Returns the open lock file, which holds the lock
+    until it is closed (or the process ends).
 
+    POSIX: ``flock`` on the whole file.  Windows: ``msvcrt.locking`` on one
+    byte at :data:`_WIN_LOCK_OFFSET`, past the pid the file holds, since a
+    Windows lock is mandatory and the pid must stay readable to the
+    refused process.
+    """
     lock_path = path / LOCK_NAME
-    f = open(lock_path, "a+", encoding="ascii")  # noqa: SIM115 - held until close()
+    f = open(lock_path, "a+b")  # noqa: SIM115 - held until close()
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if sys.platform == "win32":  # no fcntl (a check mypy --platform win32 understands)
+            import msvcrt
+
+            f.seek(_WIN_LOCK_OFFSET)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.seek(0)
-        pid = f.read(32).strip()
+        try:
+            pid = f.read(32).decode("ascii", "replace").strip()
+        except OSError:  # Windows: the byte range is locked by the holder
+            pid = ""
         f.close()
         who = f" (pid {pid})" if pid.isdigit() else ""
         raise StoreError(
@@ -185,7 +200,7 @@ def _lock_dir(path: Path) -> IO[str] | None:
         ) from None
     f.seek(0)
     f.truncate()
-    f.write(str(os.getpid()))
+    f.write(str(os.getpid()).encode("ascii"))
     f.flush()
     return f
 
@@ -418,7 +433,7 @@ class Store:
         self,
         db: sqlite3.Connection | None,
         path: Path | None,
-        lock: IO[str] | None,
+        lock: IO[bytes] | None,
         max_age_s: float,
         max_lines: int,
     ) -> None:

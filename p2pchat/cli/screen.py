@@ -179,7 +179,8 @@ class BoundedFileHistory(FileHistory):
         tmp = f"{self.path}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            # newline="\n": no "\r\n" on Windows (FileHistory reads bytes, splits at "\n")
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
                 for entry in keep:
                     f.write("\n# trimmed\n")
                     for line in entry.split("\n"):
