@@ -1248,3 +1248,35 @@ def test_plain_mode_shows_topic_lines_as_system_lines() -> None:
     assert renderer.render(mine) == "-- you set the topic: mine"
     old = topic_event(BOB_ID, "bob", "old", history=True, ts=time.time())
     assert renderer.render(old) == f"-- (earlier {time.strftime('%H:%M')}) bob set the topic: old"
+
+
+def test_text_and_json_output_of_topic_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain and scripted text views hold a catch-up's topic line with its earlier
+    lines, in the room's order; ``--json`` gives the topic event as it is."""
+    old = topic_event(BOB_ID, "bob", "old topic", history=True, hlc=5, ts=time.time())
+    older = dataclasses.replace(message(CAROL_ID, "carol", "older line", history=True), hlc=1)
+    live = topic_event(BOB_ID, "bob", "new topic", hlc=10)
+    term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", term)
+    out = Output(json_mode=False, interactive=True)
+    try:
+        for ev in (old, older, live):
+            out.on_event(ev)
+        wait_for(lambda: "new topic" in term.getvalue(), WAIT_S, "the live topic line")
+    finally:
+        out.close()
+    hhmm = time.strftime("%H:%M")
+    assert term.getvalue().splitlines()[-3:] == [
+        f"(earlier {hhmm}) carol: older line",
+        f"-- (earlier {hhmm}) bob set the topic: old topic",
+        "-- bob set the topic: new topic",
+    ]
+    json_term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", json_term)
+    out = Output(json_mode=True)
+    try:
+        out.on_event(live)
+    finally:
+        out.close()
+    (got,) = [json.loads(line) for line in json_term.getvalue().splitlines()]
+    assert got == live.as_dict() and got["event"] == "topic" and got["room"] == "lobby"
