@@ -943,8 +943,9 @@ def test_a_topic_over_the_limit_or_with_control_characters_is_refused_locally() 
     [
         {"text": "waves", "action": True},
         {"text": "x" * (wire.MAX_TOPIC_CHARS + 1)},
+        {"text": "not numbered", "line": 0},
     ],
-    ids=["action", "too_long"],
+    ids=["action", "too_long", "unnumbered"],
 )
 def test_a_hostile_topic_line_is_a_protocol_error_and_never_the_topic(
     fields: dict[str, object],
@@ -954,7 +955,8 @@ def test_a_hostile_topic_line_is_a_protocol_error_and_never_the_topic(
     mallory = net.hostile("mallory")
     link = net.connect(mallory, bob)
     assert isinstance(link, Link)
-    mallory.send(link.out, mallory.chat(line=1, topic=True, **fields))  # type: ignore[arg-type]
+    values = {"line": 1, **fields}
+    mallory.send(link.out, mallory.chat(topic=True, **values))  # type: ignore[arg-type]
     net.tick_all(1.0)
     assert bob.stats()["frames_refused"] == {"invalid_fields": 1}
     assert mallory.name not in net.linked(bob)  # the link that brought it is closed

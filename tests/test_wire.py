@@ -570,6 +570,7 @@ BAD_FRAMES = [
         "topic-301-chars",
         packed_frame(chat_dict(text="t" * 301, action=False, line=1, hlc=1, topic=True)),
     ),
+    _bad("topic-unnumbered", packed_frame(chat_dict(action=False, line=0, hlc=1, topic=True))),
     _bad(
         "topic-with-escape",
         packed_frame(chat_dict(text="\x1b[2J", action=False, line=1, hlc=1, topic=True)),
