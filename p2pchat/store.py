@@ -24,8 +24,8 @@ index of the window's lines (id, room, origin, number, clock, topic or not) in a
 :class:`~p2pchat.core.history_store.MemoryStore` (the same code the core's
 tests and the simulator use; loaded by :meth:`Store.open`: about 0.5 KB a
 line, 5 MB and 0.15 s for a full room of 10,000 lines), and the names table
-and the counters in plain dicts.  Only :meth:`get` and :meth:`recent` read
-the lines' bodies: those not yet committed from memory, the others from
+and the counters in plain dicts.  Only :meth:`get`, :meth:`recent` and
+:meth:`topic` read the lines' bodies: those not yet committed from memory, the others from
 disk on a connection of their own (in WAL mode a read never waits for the
 writer).  The database is written by one thread only: **the writer**
 (``p2pchat-store-writer``, started by :meth:`Store.open` for an on-disk
@@ -73,8 +73,8 @@ newer p2pchat made, or that is damaged, is refused with a
 :class:`~p2pchat.errors.StoreError` and left untouched: never a silent reset.
 
 Thread-safety: every method takes ``Store._mutex`` (held for work in
-memory and for the reads of :meth:`get` and :meth:`recent`, never for a
-write or a commit); any thread may call.  Lock order: ``_Writer._handoff``
+memory and for the reads of :meth:`get`, :meth:`recent` and :meth:`topic`,
+never for a write or a commit); any thread may call.  Lock order: ``_Writer._handoff``
 (the hand-over of batches, held while waiting for a place in the queue)
 before ``Store._mutex``; the writer thread takes only ``Store._mutex``,
 briefly, after a commit.
