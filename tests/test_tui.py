@@ -1244,6 +1244,7 @@ def test_plain_mode_shows_topic_lines_as_system_lines() -> None:
     ev = topic_event(BOB_ID, "bob", "release \x1b[2J  on\tfriday")
     assert renderer.render(ev) == "-- bob set the topic: release \ufffd[2J on friday"
     assert renderer.render(topic_event(BOB_ID, "bob", "")) == "-- bob cleared the topic"
+    assert renderer.render(topic_event(BOB_ID, "bob", " \t ")) == "-- bob cleared the topic"
     mine = topic_event(ALICE_ID, "alice", "mine", own=True)
     assert renderer.render(mine) == "-- you set the topic: mine"
     old = topic_event(BOB_ID, "bob", "old", history=True, ts=time.time())

@@ -87,7 +87,7 @@ def format_topic(ev: TopicEvent, who: str) -> str:
     cleaned, the text is cleaned here (runs of blanks shown as one space)."""
     if ev.self:
         who = "you"
-    if not ev.text:
+    if not ev.text.strip():  # a peer's topic of blanks clears it as much as ""
         return f"{who} cleared the topic"
     return f"{who} set the topic: {_BLANKS_RE.sub(' ', clean(ev.text))}"
 
@@ -100,7 +100,7 @@ def format_current_topic(ev: TopicEvent | None) -> str:
         return "-- no topic"
     who = "you" if ev.self else clean(ev.display or ev.name)
     when = format_clock(ev.ts)
-    if not ev.text:
+    if not ev.text.strip():
         return f"-- no topic (cleared by {who}, {when})"
     return f"-- topic: {_BLANKS_RE.sub(' ', clean(ev.text))} (set by {who}, {when})"
 

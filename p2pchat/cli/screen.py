@@ -426,7 +426,7 @@ class ChatView:
 
     def _status_fragments(self) -> StyleAndTextTuples:
         topic = self.topic
-        text = tidy(topic.text) if topic is not None else ""
+        text = tidy(topic.text).strip() if topic is not None else ""
         frags = self._status_counts(compact=False)
         if not text:
             return frags
@@ -893,7 +893,7 @@ class ChatView:
                 else:
                     self.add(self._message_line(ev, earlier=True))
             self.add(ChatLine(time.time(), SEPARATOR, "now"))
-        if self.topic is not None and self.topic.text:
+        if self.topic is not None and self.topic.text.strip():
             self._add_text(format_current_topic(self.topic), SYSTEM)
 
     def _hint(self) -> None:

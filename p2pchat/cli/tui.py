@@ -219,7 +219,7 @@ def run_plain(opts: Options) -> int:
                     node.start()
                     save_last_name(opts.data_dir, node.name)
                     topic = node.topic()
-                    if topic is not None and topic.text:
+                    if topic is not None and topic.text.strip():
                         out.text(format_current_topic(topic))
                     commands = CommandState()
                     while not stopper.requested:
