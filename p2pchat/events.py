@@ -68,6 +68,37 @@ class MessageEvent(Event):
 
 
 @dataclass(frozen=True)
+class TopicEvent(Event):
+    """A room topic line (``/topic``), delivered once like a chat line (never
+    also as a :class:`MessageEvent`): ``text`` is the topic from this line
+    on, "" when it was cleared.  ``room`` is the room's name as this node
+    knows it; ``origin``, ``name``, ``display``, ``ts``, ``self``, ``seq``,
+    ``history``, ``hlc`` and ``line`` are as in :class:`MessageEvent`.  A
+    topic line from catch-up may be older than the current topic: the
+    current one is the topic line that sorts last by ``(hlc, origin,
+    line)`` (:meth:`order`).  ``text`` and ``name`` are a peer's: clean
+    them before printing."""
+
+    kind: ClassVar[str] = "topic"
+    id: str
+    room: str
+    origin: str
+    name: str
+    text: str
+    ts: float
+    self: bool
+    seq: int
+    display: str = ""
+    history: bool = False
+    hlc: int = 0
+    line: int = 0
+
+    def order(self) -> tuple[int, str, int]:
+        """Where the line sorts in the room: ``(hlc, origin, line)``."""
+        return (self.hlc, self.origin, self.line)
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     """One answer of ``/whois``: a member called ``name`` and its key.
 

@@ -41,7 +41,7 @@ from p2pchat.core.config import DEFAULT_PORT, DEFAULT_ROOM, NodeConfig, check_la
 from p2pchat.core.direct import check_direct_text
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.membership import PRESENCE_SHARE_S
-from p2pchat.core.protocol import Protocol, check_config, check_text
+from p2pchat.core.protocol import Protocol, check_config, check_text, check_topic
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, IN_PLACE_FRESH_S, MAX_ORIGINS, ORDER_HOLD_S
 from p2pchat.discovery import Discovery, LocalService
 from p2pchat.errors import LocalError, UsageError
@@ -54,6 +54,7 @@ from p2pchat.events import (
     Ready,
     Snapshot,
     Stats,
+    TopicEvent,
 )
 from p2pchat.flood import TokenBucket
 from p2pchat.identity import Identity
@@ -288,10 +289,42 @@ class Node:
                 than ``send_wait_s``; the line was not sent.
         """
         check_text(text)
+        ev = self._send_own(text, action, topic=False)
+        assert isinstance(ev, MessageEvent)
+        return ev
+
+    def set_topic(self, text: str) -> TopicEvent:
+        """Set the room's topic to ``text`` (blanks at either end dropped;
+        "" clears it): a numbered, signed topic line, sent and kept like a
+        chat line (:meth:`send`).  Any thread.
+
+        Returns:
+            The event of our topic line, also passed to ``on_event``.
+
+        Raises:
+            LineTooLong: more than ``wire.MAX_TOPIC_CHARS`` code points.
+            UsageError: a line break or control character, or the node is
+                not running.
+            LocalError: as :meth:`send` (rate limit, store).
+        """
+        check_topic(text)
+        ev = self._send_own(text, False, topic=True)
+        assert isinstance(ev, TopicEvent)
+        return ev
+
+    def topic(self) -> TopicEvent | None:
+        """The room's current topic from the store (the topic line that
+        sorts last in the room's order; ``text`` "" if it cleared the
+        topic), or None if no topic line is held.  Any thread."""
+        with self._lock:
+            return self._core.topic()
+
+    def _send_own(self, text: str, action: bool, topic: bool) -> MessageEvent | TopicEvent:
+        """Number, sign, store durably and flood a line of ours (see :meth:`send`)."""
         self._wait_own_token()
         with self._own_line_lock:  # own lines are numbered, stored and sent in order
             with self._lock:
-                msg = self._core.new_line(text, action, time.monotonic(), time.time())
+                msg = self._core.new_line(text, action, time.monotonic(), time.time(), topic)
             # Durable before it counts as sent; outside the state lock so that
             # links keep flowing meanwhile.
             self._store.add_own(msg)
@@ -392,10 +425,11 @@ class Node:
         """Add a static peer, dialled with backoff for as long as the node runs."""
         self.peers.add_static(host, port)
 
-    def history(self, n: int = 20) -> list[MessageEvent]:
+    def history(self, n: int = 20) -> list[MessageEvent | TopicEvent]:
         """The room's last ``n`` lines in the one order every node agrees on
         (hybrid logical clock, then origin id, then line number), oldest
-        first, each with ``history=True``.  Any thread.
+        first, each with ``history=True`` (topic lines as ``TopicEvent``).
+        Any thread.
 
         Raises:
             UsageError: ``n`` is below 1.

@@ -8,7 +8,9 @@ disk for an ephemeral node (``--ephemeral``).  It holds:
   hybrid-clock value of our own lines, and per room the number of our last
   own line;
 * ``lines``: every chat line of the window, keyed by message id, with its
-  room, origin, line number and hybrid logical clock, and the line itself as
+  room, origin, line number, hybrid logical clock and whether it is a room
+  topic (``topic``, 0 or 1: the index finds the current topic without
+  reading bodies; added to a table made before it), and the line itself as
   its JSON text (``wire.encode_json``: the encoding of protocol version 1,
   kept whatever the frames' encoding, so stores outlive a protocol change;
   catch-up forwards the line unchanged, signature and all);
@@ -18,12 +20,12 @@ disk for an ephemeral node (``--ephemeral``).  It holds:
 The node's key pair is kept next to the database (:mod:`p2pchat.identity`).
 
 **Memory first, disk behind.**  Every query is answered from memory: an
-index of the window's lines (id, room, origin, number, clock) in a
+index of the window's lines (id, room, origin, number, clock, topic or not) in a
 :class:`~p2pchat.core.history_store.MemoryStore` (the same code the core's
 tests and the simulator use; loaded by :meth:`Store.open`: about 0.5 KB a
 line, 5 MB and 0.15 s for a full room of 10,000 lines), and the names table
-and the counters in plain dicts.  Only :meth:`get` and :meth:`recent` read
-the lines' bodies: those not yet committed from memory, the others from
+and the counters in plain dicts.  Only :meth:`get`, :meth:`recent` and
+:meth:`topic` read the lines' bodies: those not yet committed from memory, the others from
 disk on a connection of their own (in WAL mode a read never waits for the
 writer).  The database is written by one thread only: **the writer**
 (``p2pchat-store-writer``, started by :meth:`Store.open` for an on-disk
@@ -72,8 +74,8 @@ refused with a
 :class:`~p2pchat.errors.StoreError` and left untouched: never a silent reset.
 
 Thread-safety: every method takes ``Store._mutex`` (held for work in
-memory and for the reads of :meth:`get` and :meth:`recent`, never for a
-write or a commit); any thread may call.  Lock order: ``_Writer._handoff``
+memory and for the reads of :meth:`get`, :meth:`recent` and :meth:`topic`,
+never for a write or a commit); any thread may call.  Lock order: ``_Writer._handoff``
 (the hand-over of batches, held while waiting for a place in the queue)
 before ``Store._mutex``; the writer thread takes only ``Store._mutex``,
 briefly, after a commit.
@@ -140,7 +142,8 @@ WRITER_THREAD = "p2pchat-store-writer"
 """The name of the writer thread."""
 
 _INSERT_LINE = (
-    "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body, topic) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 _SCHEMA = """
@@ -151,7 +154,8 @@ CREATE TABLE IF NOT EXISTS lines (
     origin TEXT NOT NULL,
     line INTEGER NOT NULL,
     hlc INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    topic INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_order ON lines (room, hlc, origin, line);
 CREATE INDEX IF NOT EXISTS lines_origin ON lines (room, origin, line);
@@ -205,11 +209,13 @@ def _lock_dir(path: Path) -> IO[bytes]:
     return f
 
 
-def _slim(msg_id: str, room: str, origin: str, line: int, hlc: int) -> wire.Chat:
+def _slim(
+    msg_id: str, room: str, origin: str, line: int, hlc: int, topic: bool = False
+) -> wire.Chat:
     """What the in-memory index keeps of a line on disk: its id, room, origin,
-    number and clock (with the index, about 0.5 KB a line, against 1.2 KB
-    with whole lines); the rest stays on disk.  Rooms and origins are shared
-    strings."""
+    number, clock and whether it is a topic (with the index, about 0.5 KB a
+    line, against 1.2 KB with whole lines); the rest stays on disk.  Rooms
+    and origins are shared strings."""
     return wire.Chat(
         id=msg_id,
         origin=sys.intern(origin),
@@ -221,6 +227,7 @@ def _slim(msg_id: str, room: str, origin: str, line: int, hlc: int) -> wire.Chat
         text="",
         line=line,
         hlc=hlc,
+        topic=topic,
     )
 
 
@@ -237,9 +244,9 @@ class _Batch:
         self.error: str | None = None
 
 
-def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes]:
+def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes, int]:
     """The ``lines`` row of ``msg``, in :data:`_INSERT_LINE`'s order."""
-    return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_json(msg))
+    return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_json(msg), int(msg.topic))
 
 
 class _Writer:
@@ -472,10 +479,12 @@ class Store:
         for name, key in db.execute("SELECT name, key FROM names ORDER BY rowid"):
             self._names[str(name)] = str(key)
         # In the order of the window, so that each line lands at the end of its room's list.
-        for msg_id, room, origin, line, hlc in db.execute(
-            "SELECT id, room, origin, line, hlc FROM lines ORDER BY room, hlc, origin, line, id"
+        for msg_id, room, origin, line, hlc, topic in db.execute(
+            "SELECT id, room, origin, line, hlc, topic FROM lines "
+            "ORDER BY room, hlc, origin, line, id"
         ):
-            self._mem.add(_slim(str(msg_id), str(room), str(origin), int(line), int(hlc)))
+            slim = _slim(str(msg_id), str(room), str(origin), int(line), int(hlc), bool(topic))
+            self._mem.add(slim)
         self._seq_durable = self._seq_asked = self._seq + SEQ_BLOCK
         db.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_ceiling', ?)",
@@ -567,6 +576,9 @@ class Store:
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.executescript(_SCHEMA)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(lines)")}
+            if "topic" not in columns:  # a table made before topics: none of its lines is one
+                db.execute("ALTER TABLE lines ADD COLUMN topic INTEGER NOT NULL DEFAULT 0")
             db.commit()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {db_path}: {exc}") from None
@@ -619,7 +631,7 @@ class Store:
         """What the index keeps of ``msg``: the whole line for an ephemeral store."""
         if not self._on_disk:
             return msg
-        return _slim(msg.id, msg.room, msg.origin, msg.line, msg.hlc)
+        return _slim(msg.id, msg.room, msg.origin, msg.line, msg.hlc, msg.topic)
 
     def next_seq(self) -> int:
         """The next sequence number of a flooded message of ours: strictly
@@ -804,6 +816,15 @@ class Store:
         """The last ``n`` lines of ``room`` in the agreed order, oldest first."""
         with self._mutex:
             return self._whole(self._mem.recent(room, n))
+
+    def topic(self, room: str) -> wire.Chat | None:
+        """The topic line of ``room`` that sorts last by ``(hlc, origin,
+        line)``: the room's current topic (its text "" if it cleared it), or
+        None if no topic line is held.  Found in the index; one body read."""
+        with self._mutex:
+            held = self._mem.topic(room)
+            whole = self._whole([held]) if held is not None else []
+            return whole[0] if whole else None
 
     def _whole(self, held: list[wire.Chat]) -> list[wire.Chat]:
         """The whole lines of ``held`` (from the index), in its order: those not

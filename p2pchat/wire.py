@@ -56,6 +56,9 @@ MAX_FRAME_BYTES: Final = 65536
 MAX_TEXT_CHARS: Final = 2000
 """Longest chat line, in Unicode code points."""
 
+MAX_TOPIC_CHARS: Final = 300
+"""Longest room topic (a ``chat`` with ``topic`` true), in code points."""
+
 MAX_NAME_CHARS: Final = 32
 """Longest display name, in code points."""
 
@@ -249,12 +252,19 @@ class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
             microseconds since the Unix epoch (never below any clock value
             the origin had seen); 0 = none.  A room's lines are ordered by
             ``(hlc, origin, line)``, the same on every node.
+        topic: true for a room topic (``/topic``): ``text`` (at most
+            :data:`MAX_TOPIC_CHARS` code points; "" clears the topic) is
+            the room's topic from this line on; never with ``action``, always
+            numbered (``line`` at least 1).  The
+            room's current topic is its topic line that sorts last by
+            ``(hlc, origin, line)`` (``docs/protocol.md`` §5.5).
     """
 
     text: Text
     action: bool = False
     line: LineNo = 0
     hlc: Hlc = 0
+    topic: bool = False
 
 
 class Join(Flooded, tag="join", frozen=True, kw_only=True):
@@ -672,6 +682,20 @@ _GOOD_NAMES_MAX: Final = 4096
 """Most names :data:`_GOOD_NAMES` holds; it is emptied when full."""
 
 
+def _check_topic(msg: Chat) -> None:
+    """A topic line is numbered (every node must be able to fetch it, so that
+    the room agrees on its topic), no action, and at most
+    :data:`MAX_TOPIC_CHARS` code points."""
+    if msg.action:
+        raise RemoteProtocolError("a topic is no action line")
+    if msg.line == 0:
+        raise RemoteProtocolError("a topic line must be numbered")
+    if len(msg.text) > MAX_TOPIC_CHARS:
+        raise RemoteProtocolError(
+            f"topic of {len(msg.text)} code points (at most {MAX_TOPIC_CHARS})"
+        )
+
+
 def _validate(msg: Message) -> None:
     if isinstance(msg, Hello):
         check_name(msg.name)
@@ -683,6 +707,8 @@ def _validate(msg: Message) -> None:
             _check_text(msg.text, "text")
             if has_control_chars(msg.text):
                 raise RemoteProtocolError("text contains a control character or line break")
+            if msg.topic:
+                _check_topic(msg)
         elif isinstance(msg, Nick):
             check_name(msg.old, "old name")
         elif isinstance(msg, Leave) and has_control_chars(msg.reason):

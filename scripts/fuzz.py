@@ -911,6 +911,7 @@ LIVE_FLOODED_FIELDS: Final = (
     "dh",
     "old",
     "to",
+    "topic",
 )
 
 HONEST_EVERY: Final = 50
@@ -1385,7 +1386,9 @@ class LiveFuzz:
                 )
             )
         elif name == "text":
-            value = rng.choice(("", "changed", "x" * 2001, "a\x1b[2Jb", "\u202e", "ok" + " " * 80))
+            value = rng.choice(
+                ("", "changed", "x" * 2001, "t" * 301, "a\x1b[2Jb", "\u202e", "ok" + " " * 80)
+            )
         elif name == "key":
             value = rng.choice((other.identity.key, "", "0" * 64, "ab", msg.key[:-2]))
         elif name == "sig":
@@ -1400,6 +1403,8 @@ class LiveFuzz:
             value = rng.choice((0.0, 0.001, 3600.0, 1e9, -1.0))
         elif name == "dh":
             value = rng.choice(("", "0" * 64, other.identity.dh, "ab"))
+        elif name == "topic":  # a line made a topic: over 300 code points or an action is refused
+            value = rng.choice((True, False))
         else:  # "to"
             value = rng.choice((self.honest.node_id, f"{rng.getrandbits(64):016x}", "ab"))
         try:

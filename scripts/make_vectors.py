@@ -229,6 +229,21 @@ def build() -> dict[str, Any]:
     )
     flooded.append(
         signed_vector(
+            "chat_topic",
+            wire.Chat(
+                text="release on friday",
+                line=len(chats) + 1,
+                hlc=1732245600000000,
+                topic=True,
+                **env("1000000000000000000000000000000a", 10, 1732245600.0, "alicja"),
+            ),
+            alice,
+            "A room topic: a numbered line with `topic` true (never with `action`); "
+            '`text` `""` would clear the topic.',
+        )
+    )
+    flooded.append(
+        signed_vector(
             "nick",
             wire.Nick(
                 old="alice", **env("10000000000000000000000000000006", 6, 1732245200.5, "alicja")

@@ -618,6 +618,10 @@ class CoreNet:
         """``node``'s user types a chat line (``send_line``)."""
         self._act(node, node.core.send_line(text, action, self.now, self.wall))
 
+    def set_topic(self, node: CoreNode, text: str) -> None:
+        """``node``'s user types ``/topic text`` (a topic line; "" clears it)."""
+        self._act(node, node.core.send_line(text, False, self.now, self.wall, topic=True))
+
     def direct(self, node: CoreNode, to: str, text: str) -> MessageEvent:
         """``node``'s user sends ``/msg to text``; returns its own event of it."""
         ev, actions = node.core.send_direct(to, text, False, self.now, self.wall)

@@ -763,6 +763,71 @@ def test_away_between_processes(spawn: Callable[..., NodeProcess]) -> None:
     _clean_exit(alice)
 
 
+def test_topic_between_processes(spawn: Callable[..., NodeProcess]) -> None:
+    """``/topic TEXT`` sets the room's topic: a ``topic`` event in ``--json``
+    (never a ``message`` too), ``-- bob set the topic: TEXT`` in text;
+    ``/topic`` alone shows it, ``/topic -`` clears it; ``/history`` keeps
+    it; a node that comes later learns it by catch-up."""
+    room = unique_room()
+    alice = spawn("--name", "alice", "--room", room, *NO_MDNS, json_mode=False)
+    ready = alice.wait_line(lambda line: "listening on port" in line, "the ready line")
+    port = int(re.findall(r"port (\d+)", ready)[0])
+    peer = ("--peer", f"{LOOPBACK}:{port}")
+    bob = spawn("--name", "bob", "--room", room, "--json", *NO_MDNS, *peer)
+    b_id = bob.wait_event("ready")["node"]
+    alice.wait_line(lambda line: line == "* bob joined", "join line")
+    a_id = bob.wait_event("join")["origin"]
+    bob.send_line("/topic  release on friday ☕ ")
+    mine = bob.wait_event("topic", text="release on friday ☕")
+    assert set(mine) == {
+        "event", "id", "room", "origin", "name", "text", "ts", "self", "seq", "display",
+        "history", "hlc", "line",
+    }  # fmt: skip
+    assert (mine["room"], mine["origin"], mine["self"], mine["history"]) == (
+        room,
+        b_id,
+        True,
+        False,
+    )
+    assert mine["line"] == 1 and mine["hlc"] > 0
+    alice.wait_line(lambda line: line == "-- bob set the topic: release on friday ☕", "topic")
+    alice.send_line("/topic")
+    shown = alice.wait_line(lambda line: line.startswith("-- topic: "), "the /topic reply")
+    assert re.fullmatch(r"-- topic: release on friday ☕ \(set by bob, \d\d:\d\d\)", shown)
+    alice.send_line("/topic " + "x" * 301)
+    alice.wait_line(lambda line: line.startswith("!! the topic is 301 characters"), "refused")
+    alice.send_line("/topic -")
+    theirs = bob.wait_event("topic", origin=a_id)
+    assert (theirs["name"], theirs["text"], theirs["self"]) == ("alice", "", False)
+    alice.wait_line(lambda line: line == "-- you cleared the topic", "cleared")
+    alice.send_line("/topic the second one")
+    bob.wait_event("topic", text="the second one")
+    bob.send_line("hi")
+    bob.wait_event("message", text="hi")
+    assert [e["text"] for e in bob.of("message")] == ["hi"]  # no topic as a line
+    bob.send_line("/topic")
+    current = bob.wait_event("current_topic")["topic"]
+    assert (current["text"], current["origin"]) == ("the second one", a_id)
+    bob.send_line("/history")
+    lines = bob.wait_event("history")["lines"]
+    assert [(m.get("event", "message"), m["text"]) for m in lines] == [
+        ("topic", "release on friday ☕"),
+        ("topic", ""),
+        ("topic", "the second one"),
+        ("message", "hi"),
+    ]
+    carol = spawn("--name", "carol", "--room", room, "--json", *NO_MDNS, *peer)
+    late = carol.wait_event("topic", text="the second one")
+    assert late["history"] is True and late["origin"] == a_id
+    carol.send_line("/topic")
+    assert carol.wait_event("current_topic")["topic"]["text"] == "the second one"
+    for node in (bob, carol):
+        node.send_line("/quit")
+        _clean_exit(node)
+    alice.close_stdin()
+    _clean_exit(alice)
+
+
 def test_mdns_discovery_on_loopback(spawn: Callable[..., NodeProcess]) -> None:
     room, stype = unique_room(), unique_service_type()
     common = ["--room", room, "--json", "--interface", LOOPBACK, "--port", "0"]

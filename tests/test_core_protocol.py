@@ -20,7 +20,7 @@ from p2pchat.core.antientropy import GAP_GRACE_S
 from p2pchat.core.membership import GONE_DELAY_S, SUSPECT_S
 from p2pchat.core.protocol import TICK_S
 from p2pchat.core.state import BAD_SIGNATURES_PER_LINK, ORDER_HOLD_S
-from p2pchat.errors import UsageError
+from p2pchat.errors import LineTooLong, UsageError
 from p2pchat.events import (
     AwayEvent,
     JoinEvent,
@@ -29,6 +29,7 @@ from p2pchat.events import (
     NickEvent,
     PeerDown,
     PeerUp,
+    TopicEvent,
 )
 from p2pchat.identity import Identity
 
@@ -834,3 +835,141 @@ def test_a_hostile_away_text_is_a_protocol_error_and_never_shown(away: str) -> N
     assert mallory.name not in net.linked(bob)  # the link that brought it is closed
     assert bob.of(AwayEvent) == [] and alice.of(AwayEvent) == []
     assert all(not m.away for m in bob.core.roster.members())
+
+
+# -- the room's topic (/topic) --------------------------------------------------------------
+
+
+def topic_of(node: CoreNode) -> str | None:
+    """The current topic's text as the node's store has it (None: no topic line)."""
+    current = node.core.topic()
+    return None if current is None else current.text
+
+
+def test_a_topic_reaches_the_room_as_a_topic_event_never_as_a_chat_line() -> None:
+    net = CoreNet()
+    alice, bob, carol = line_of(net, "alice", "bob", "carol")
+    net.set_topic(alice, "  release on friday  ")
+    net.tick_all(1.0)
+    for node in (bob, carol):
+        (topic,) = node.of(TopicEvent)
+        assert (topic.origin, topic.display, topic.text, topic.self, topic.history) == (
+            alice.node_id,
+            "alice",
+            "release on friday",
+            False,
+            False,
+        )
+        assert topic.room == net.room and topic.line == 1
+        assert node.messages() == []  # not a chat line too
+        assert topic_of(node) == "release on friday"
+    (mine,) = alice.of(TopicEvent)
+    assert (mine.text, mine.self) == ("release on friday", True)
+    assert topic_of(alice) == "release on friday" and alice.messages() == []
+    # Cleared: an empty topic line, the current one everywhere.
+    net.set_topic(bob, "")
+    net.tick_all(1.0)
+    for node in (alice, bob, carol):
+        assert [t.text for t in node.of(TopicEvent)] == ["release on friday", ""]
+        assert topic_of(node) == ""
+    assert [e[3] for e in carol.history()] == ["release on friday", ""]  # kept in history
+
+
+def test_a_node_that_comes_later_learns_the_topic_by_catch_up() -> None:
+    net = CoreNet()
+    alice, bob = line_of(net, "alice", "bob")
+    net.say(alice, "before")
+    net.set_topic(alice, "old topic")
+    net.tick_all(0.1)  # bob's clock has seen alice's topic: his sorts after it
+    net.set_topic(bob, "the topic")
+    net.say(bob, "after")
+    net.tick_all(1.0)
+    carol = net.add("carol")
+    assert topic_of(carol) is None
+    net.line([bob, carol])
+    net.tick_all(SETTLE_S)
+    assert topic_of(carol) == "the topic"
+    current = carol.core.topic()
+    assert current is not None and (current.origin, current.self) == (bob.node_id, False)
+    # Shown as earlier topic lines, not as chat lines.
+    assert sorted(t.text for t in carol.of(TopicEvent)) == ["old topic", "the topic"]
+    assert all(t.history for t in carol.of(TopicEvent))
+    assert sorted(carol.texts()) == ["after", "before"]
+
+
+def test_the_current_topic_is_the_topic_line_that_sorts_last_in_the_room() -> None:
+    net = CoreNet()
+    alice, bob = line_of(net, "alice", "bob")
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, bob)
+    assert isinstance(link, Link)
+    net.tick_all(1.0)
+    net.set_topic(alice, "current")
+    net.tick_all(1.0)
+    # A valid topic line stamped a minute ago (a catch-up of an old one, say)
+    # is kept in the history but is not the current topic.
+    old = mallory.chat("stale", 1, hlc=int((net.wall - 60) * 1e6), topic=True)
+    mallory.send(link.out, old)
+    net.tick_all(2.0)
+    assert "stale" in [t.text for t in bob.of(TopicEvent)]
+    assert "stale" in [e[3] for e in bob.history()]
+    for node in (alice, bob):
+        assert topic_of(node) == "current"
+    newer = mallory.chat("newer", 2, topic=True)
+    mallory.send(link.out, newer)
+    net.tick_all(1.0)
+    for node in (alice, bob):
+        assert topic_of(node) == "newer"
+    assert bob.stats()["frames_refused"] == {}
+
+
+def test_a_topic_over_the_limit_or_with_control_characters_is_refused_locally() -> None:
+    net = CoreNet()
+    (alice,) = line_of(net, "alice")
+    with pytest.raises(LineTooLong):
+        net.set_topic(alice, "x" * (wire.MAX_TOPIC_CHARS + 1))
+    for bad in ("two\nlines", "bell\x07"):
+        with pytest.raises(UsageError):
+            net.set_topic(alice, bad)
+    with pytest.raises(UsageError):
+        alice.core.new_line("waves", True, net.now, net.wall, topic=True)
+    assert alice.of(TopicEvent) == [] and topic_of(alice) is None
+    net.set_topic(alice, "y" * wire.MAX_TOPIC_CHARS)
+    assert topic_of(alice) == "y" * wire.MAX_TOPIC_CHARS
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"text": "waves", "action": True},
+        {"text": "x" * (wire.MAX_TOPIC_CHARS + 1)},
+        {"text": "not numbered", "line": 0},
+    ],
+    ids=["action", "too_long", "unnumbered"],
+)
+def test_a_hostile_topic_line_is_a_protocol_error_and_never_the_topic(
+    fields: dict[str, object],
+) -> None:
+    net = CoreNet()
+    alice, bob = line_of(net, "alice", "bob")
+    mallory = net.hostile("mallory")
+    link = net.connect(mallory, bob)
+    assert isinstance(link, Link)
+    values = {"line": 1, **fields}
+    mallory.send(link.out, mallory.chat(topic=True, **values))  # type: ignore[arg-type]
+    net.tick_all(1.0)
+    assert bob.stats()["frames_refused"] == {"invalid_fields": 1}
+    assert mallory.name not in net.linked(bob)  # the link that brought it is closed
+    for node in (alice, bob):
+        assert node.of(TopicEvent) == [] and node.messages() == []
+        assert topic_of(node) is None
+
+
+def test_topics_set_at_once_on_two_nodes_end_as_one_topic_everywhere() -> None:
+    net = CoreNet()
+    alice, bob, carol = line_of(net, "alice", "bob", "carol")
+    net.set_topic(alice, "from alice")
+    net.set_topic(carol, "from carol")  # before either has heard of the other's
+    net.tick_all(1.0)
+    topics = {topic_of(node) for node in (alice, bob, carol)}
+    assert len(topics) == 1 and topics <= {"from alice", "from carol"}

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from p2pchat.events import JoinEvent, LeaveEvent
+from p2pchat.events import JoinEvent, LeaveEvent, MessageEvent, TopicEvent
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
 VERSION = int(re.search(r"\*\*Protocol version\*\* is the integer `(\d+)`", DOC).group(1))  # type: ignore[union-attr]
@@ -307,6 +307,7 @@ def test_doc_tables_give_every_signed_field() -> None:
     assert doc_table("presence")[-3] == ("every", "float 64", "0.0")
     assert doc_table("presence")[-2] == ("gone", "array of [bin, int]", "[]")
     assert doc_table("presence")[-1] == ("away", "str", '""')
+    assert doc_table("chat")[-2:] == [("hlc", "int", "0"), ("topic", "bool", "false")]
     assert ("ts", "float 64", "—") in join
 
 
@@ -412,5 +413,39 @@ def test_presence_signed_without_dh_and_every_is_refused(cluster: Cluster) -> No
             "the node to refuse the presence as a bad signature",
         )
         assert not any(m.node == outsider.node_id for m in node.snapshot().members)
+    finally:
+        outsider.close()
+
+
+def test_outsider_topic_line_sets_the_rooms_topic(cluster: Cluster) -> None:
+    """A numbered chat line with ``topic`` true, signed as the tables say: the
+    node takes it as the room's topic (a ``topic`` event, never a
+    ``message``); a later line with ``topic`` left out (default false) is
+    chat, and the topic stays."""
+    node = cluster.add("host")
+    outsider = Outsider(node.port, cluster.room)
+    try:
+        outsider.handshake()
+        outsider.flood("join", time.time(), dh=outsider.dh)
+        now = time.time()
+        hlc = int(now * 1e6)
+        outsider.flood("chat", now, text="release on friday", line=1, hlc=hlc, topic=True)
+        outsider.flood("chat", now, text="hi all", line=2, hlc=hlc + 1)
+        rec = cluster.recorders[0]
+
+        def mine(kind: type[MessageEvent | TopicEvent]) -> list[Any]:
+            return [
+                e
+                for e in rec.events
+                if isinstance(e, kind) and getattr(e, "origin", "") == outsider.node_id
+            ]
+
+        wait_for(lambda: bool(mine(MessageEvent)), 5.0, "the outsider's chat line")
+        assert [e.text for e in mine(TopicEvent)] == ["release on friday"]
+        assert [e.text for e in mine(MessageEvent)] == ["hi all"]
+        current = node.topic()
+        assert current is not None and current.text == "release on friday"
+        assert current.origin == outsider.node_id
+        assert not node.stats().frames_refused
     finally:
         outsider.close()

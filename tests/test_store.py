@@ -56,8 +56,11 @@ def scratch() -> Iterator[None]:
         _scratch = None
 
 
-def chat(origin: str, line: int, hlc: int, room: str = ROOM, text: str = "hi") -> wire.Chat:
+def chat(
+    origin: str, line: int, hlc: int, room: str = ROOM, text: str = "hi", topic: bool = False
+) -> wire.Chat:
     return wire.Chat(
+        topic=topic,
         id=os.urandom(16).hex(),
         origin=origin,
         seq=line,
@@ -227,6 +230,71 @@ def test_recent_is_in_one_order_with_ties_broken_by_origin_then_line(kind: str) 
             (B, 1),
         ]
         assert [(m.origin, m.line) for m in store.recent(ROOM, 2)] == [(A, 2), (B, 1)]
+
+
+@KINDS
+def test_the_current_topic_is_the_topic_line_last_in_the_rooms_order(kind: str) -> None:
+    with open_store(kind, max_age_s=3600.0, max_lines=5) as store:
+        assert store.topic(ROOM) is None
+        first = chat(B, 1, NOW_US, text="first", topic=True)
+        store.add(first)
+        store.add(chat(A, 1, NOW_US + 5, text="a chat line, not a topic"))
+        assert store.topic(ROOM) == first
+        # Ties on the clock go by origin: A's sorts before B's, so B's stays.
+        store.add(chat(A, 2, NOW_US, text="tied", topic=True))
+        assert store.topic(ROOM) == first
+        later = chat(A, 3, NOW_US + 1, text="", topic=True)  # cleared
+        store.add(later)
+        assert store.topic(ROOM) == later
+        store.add(chat(B, 2, NOW_US - 10, text="older, caught up", topic=True))
+        assert store.topic(ROOM) == later
+        store.add(chat(B, 3, NOW_US - 20, text="another room", room="other", topic=True))
+        assert store.topic(ROOM) == later and store.topic("other") is not None
+        # The window drops the oldest lines of the room first; a topic goes with its line.
+        for n in range(4, 7):
+            store.add(chat(B, n, NOW_US + 10 + n))
+        store.prune(NOW_S)
+        assert next(m.text for m in store.recent(ROOM, 10)) == ""  # the clear kept, oldest
+        assert store.topic(ROOM) == later
+        store.add(chat(B, 7, NOW_US + 100))
+        store.prune(NOW_S)
+        assert store.topic(ROOM) is None
+
+
+def test_the_current_topic_survives_a_reopen(tmp_path: Path) -> None:
+    data = str(tmp_path / "node")
+    mine = chat(A, 1, NOW_US + 2, text="release on friday", topic=True)
+    with Store.open(data) as store:
+        store.add(chat(B, 1, NOW_US + 1, text="older", topic=True))
+        store.add_own(mine)  # committed at once
+        store.add(chat(B, 2, NOW_US + 3, text="a chat line"))
+    with Store.open(data) as store:
+        assert store.topic(ROOM) == mine
+        assert [m.topic for m in store.recent(ROOM, 10)] == [True, True, False]
+
+
+def test_a_store_made_before_topics_gets_the_column(tmp_path: Path) -> None:
+    """A database whose ``lines`` table has no ``topic`` column opens: its lines are
+    no topics, and topic lines stored afterwards are found after a reopen."""
+    data = tmp_path / "node"
+    with Store.open(str(data)) as store:
+        store.add(chat(A, 1, NOW_US, text="plain"))
+    db = sqlite3.connect(str(data / DB_NAME))
+    db.executescript(
+        "CREATE TABLE old AS SELECT id, room, origin, line, hlc, body FROM lines;"
+        "DROP TABLE lines;"
+        "CREATE TABLE lines (id TEXT PRIMARY KEY, room TEXT NOT NULL, origin TEXT NOT NULL,"
+        " line INTEGER NOT NULL, hlc INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO lines SELECT * FROM old; DROP TABLE old;"
+    )
+    db.close()
+    topic = chat(B, 1, NOW_US + 1, text="new", topic=True)
+    with Store.open(str(data)) as store:
+        assert store.topic(ROOM) is None and store.count(ROOM) == 1
+        store.add(topic)
+    with Store.open(str(data)) as store:
+        assert store.topic(ROOM) == topic
+        assert [m.text for m in store.recent(ROOM, 10)] == ["plain", "new"]
 
 
 @KINDS

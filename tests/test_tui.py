@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,7 @@ from p2pchat.cli.screen import (
     ChatView,
     input_history,
 )
+from p2pchat.core.protocol import check_topic
 from p2pchat.events import (
     AwayEvent,
     JoinEvent,
@@ -73,6 +74,7 @@ from p2pchat.events import (
     Ready,
     Snapshot,
     Stats,
+    TopicEvent,
 )
 
 WAIT_S = 5.0
@@ -106,7 +108,8 @@ class FakeNode:
     room: str = "lobby"
     node_id: str = ALICE_ID
     members: list[MemberInfo] = field(default_factory=list)
-    past: list[MessageEvent] = field(default_factory=list)
+    past: Sequence[MessageEvent | TopicEvent] = field(default_factory=list)
+    current_topic: TopicEvent | None = None
     secret: bytes | None = None
     sent: list[str] = field(default_factory=list)
     view: ChatView | None = None
@@ -154,8 +157,20 @@ class FakeNode:
         ev = AwayEvent(origin=self.node_id, name=self.name, text=text, display=self.name, self=True)
         self.view.on_event(ev)
 
-    def history(self, n: int = 20) -> list[MessageEvent]:
-        return self.past[-n:]
+    def set_topic(self, text: str) -> TopicEvent:
+        text = check_topic(text)  # the node's own checks
+        self.sent.append(f"topic {text}")
+        ev = topic_event(self.node_id, self.name, text, own=True)
+        self.current_topic = ev
+        assert self.view is not None
+        self.view.on_event(ev)
+        return ev
+
+    def topic(self) -> TopicEvent | None:
+        return self.current_topic
+
+    def history(self, n: int = 20) -> list[MessageEvent | TopicEvent]:
+        return list(self.past[-n:])
 
     def stats(self) -> Stats:
         return Stats(0.0, 0, 0, 0, 0, 0, {}, {}, {}, 0, 0, len(self.members), 0)
@@ -183,6 +198,26 @@ def message(
         seq=n,
         display=display or name,
         hlc=n,
+        line=n,
+        **kw,
+    )
+
+
+def topic_event(
+    origin: str, name: str, text: str, own: bool = False, display: str = "", **kw: Any
+) -> TopicEvent:
+    n = next(_counter)
+    kw.setdefault("hlc", n)
+    return TopicEvent(
+        id=f"{origin}-{n}",
+        room="lobby",
+        origin=origin,
+        name=name,
+        text=text,
+        ts=kw.pop("ts", time.time()),
+        self=own,
+        seq=n,
+        display=display or name,
         line=n,
         **kw,
     )
@@ -1100,3 +1135,149 @@ def test_notify_says_once_when_the_desktop_has_none_and_stops_with_the_screen(
         ]
         assert "p2pchat-cli-notify" not in threads
     assert not any(t.name == "p2pchat-cli-notify" for t in threading.enumerate())
+
+
+# -- the room's topic (/topic) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cols", "rows"), [(80, 24), (40, 10)])
+def test_the_status_line_shows_the_topic_cut_to_the_width_left(cols: int, rows: int) -> None:
+    with running(cols=cols, rows=rows) as r:
+        before = r.screen.wait(lambda s: "0 links" in s[-2], "the status line")[-2]
+        r.view.on_event(topic_event(BOB_ID, "bob", "release on friday " + "x" * 100))
+        screen = r.screen.wait(lambda s: "topic:" in s[-2], "the topic in the status line")
+        status = screen[-2]
+        if cols == 80:
+            assert status.startswith(before + " · topic: release on")
+        else:  # members and links written short to make room
+            assert status.startswith(" [lobby] · 1m 0l · topic: release on")
+        assert status.endswith("…") and get_cwidth(status) <= cols
+        assert screen[-1] == "alice>" and len(screen) == rows
+        assert r.screen.cursor() == (len("alice> "), rows - 1)
+        assert "status" in r.screen.style_at("· topic: release")
+        line = next(row for row in screen if "set the topic" in row)
+        assert line[6:].startswith("-!- bob set the topic: release on")
+        assert "system" in r.screen.style_at("bob set the topic")
+        # Cleared: gone from the status line, and said so.
+        r.view.on_event(topic_event(BOB_ID, "bob", ""))
+        screen = r.screen.wait(lambda s: "topic:" not in s[-2], "the topic gone")
+        assert screen[-2] == before
+        assert any(row[6:] == "-!- bob cleared the topic" for row in screen)
+
+
+def test_a_hostile_topic_changes_nothing_else_on_screen() -> None:
+    with running(cols=80, rows=24) as r:
+        r.view.on_event(message(BOB_ID, "bob", "before"))
+        screen = r.screen.wait_text("bob: before")
+        before = screen[-2]
+        hostile = "\x1b[2J\x07\u202eevil\u202c\r\n-!- carol left \x1b]0;t\x07" + "宽" * 400
+        r.view.on_event(topic_event(BOB_ID, "bob", hostile))
+        screen = r.screen.wait(lambda s: "topic:" in s[-2], "the topic in the status line")
+        assert len(screen) == 24 and screen[-1] == "alice>"
+        assert r.screen.cursor() == (len("alice> "), 23)
+        status = screen[-2]
+        assert status.startswith(before + " · topic: \ufffd[2J\ufffd\ufffdevil\ufffd")
+        assert get_cwidth(status) <= 80 and status.endswith("…")
+        assert "bob: before" in "\n".join(screen[:-2])
+        line = next(row for row in screen if "set the topic" in row)
+        assert line[6:].startswith("-!- bob set the topic: \ufffd[2J")
+        # the peer's "-!- carol left" stays inside the topic's own line
+        assert not any(
+            row.startswith("-!- carol") or row[6:].startswith("-!- carol") for row in screen
+        )
+        out = r.terminal.getvalue()
+        assert "\x1b[2J" not in out and "\x07" not in out and r.view.bells == 0
+        assert "\u202e" not in out
+
+
+def test_topic_command_sets_shows_and_clears_the_topic() -> None:
+    with running() as r:
+        r.type("/topic" + ENTER)
+        r.screen.wait_text("-!- no topic")
+        r.type("/topic   release on friday  " + ENTER)
+        r.screen.wait(lambda s: "topic: release on friday" in s[-2], "the status line")
+        r.screen.wait_text("you set the topic: release on friday")
+        r.type("/topic" + ENTER)
+        r.screen.wait_text("-!- topic: release on friday (set by you, ")
+        r.type("/topic -" + ENTER)
+        r.screen.wait_text("you cleared the topic")
+        r.screen.wait(lambda s: "topic:" not in s[-2], "the topic gone")
+        assert r.node.sent == ["topic release on friday", "topic "]  # stripped
+        r.type("/topic " + "x" * 301 + ENTER)
+        r.screen.wait_text("the topic is 301 characters; the limit is 300")
+
+
+def test_an_older_topic_from_a_catch_up_leaves_the_current_one() -> None:
+    with running() as r:
+        r.view.on_event(topic_event(BOB_ID, "bob", "current", hlc=10_000))
+        r.screen.wait(lambda s: "topic: current" in s[-2], "the topic")
+        old = topic_event(CAROL_ID, "carol", "stale", hlc=5_000, history=True, ts=time.time() - 60)
+        r.view.on_event(old)
+        rows = r.screen.wait_text("carol set the topic: stale")  # when the catch-up is over
+        assert "topic: current" in rows[-2]
+        assert "system" in r.screen.style_at("carol set the topic: stale")
+
+
+def test_the_start_shows_old_topics_as_system_lines_and_the_current_topic() -> None:
+    when = time.time() - 120
+    current = topic_event(BOB_ID, "bob", "release on friday", ts=when, history=True)
+    past: list[MessageEvent | TopicEvent] = [
+        message(BOB_ID, "bob", "old line", history=True),
+        current,
+        message(CAROL_ID, "carol", "later line", history=True),
+    ]
+    with running(FakeNode(past=past, current_topic=current)) as r:
+        rows = r.screen.wait_text("later line")
+        topic_row = next(row for row in rows if "set the topic" in row)
+        assert topic_row[:5] == time.strftime("%H:%M", time.localtime(when))
+        assert topic_row[6:] == "-!- bob set the topic: release on friday"
+        assert "system" in r.screen.style_at("bob set the topic")
+        assert not any("bob: release" in row for row in rows)
+        now_at = next(i for i, row in enumerate(rows) if row.startswith("── now"))
+        hhmm = time.strftime("%H:%M", time.localtime(when))
+        assert rows[now_at + 1][6:] == f"-!- topic: release on friday (set by bob, {hhmm})"
+        assert "topic: release on friday" in rows[-2]
+
+
+def test_plain_mode_shows_topic_lines_as_system_lines() -> None:
+    renderer = Renderer(interactive=True)
+    ev = topic_event(BOB_ID, "bob", "release \x1b[2J  on\tfriday")
+    assert renderer.render(ev) == "-- bob set the topic: release \ufffd[2J on friday"
+    assert renderer.render(topic_event(BOB_ID, "bob", "")) == "-- bob cleared the topic"
+    assert renderer.render(topic_event(BOB_ID, "bob", " \t ")) == "-- bob cleared the topic"
+    mine = topic_event(ALICE_ID, "alice", "mine", own=True)
+    assert renderer.render(mine) == "-- you set the topic: mine"
+    old = topic_event(BOB_ID, "bob", "old", history=True, ts=time.time())
+    assert renderer.render(old) == f"-- (earlier {time.strftime('%H:%M')}) bob set the topic: old"
+
+
+def test_text_and_json_output_of_topic_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain and scripted text views hold a catch-up's topic line with its earlier
+    lines, in the room's order; ``--json`` gives the topic event as it is."""
+    old = topic_event(BOB_ID, "bob", "old topic", history=True, hlc=5, ts=time.time())
+    older = dataclasses.replace(message(CAROL_ID, "carol", "older line", history=True), hlc=1)
+    live = topic_event(BOB_ID, "bob", "new topic", hlc=10)
+    term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", term)
+    out = Output(json_mode=False, interactive=True)
+    try:
+        for ev in (old, older, live):
+            out.on_event(ev)
+        wait_for(lambda: "new topic" in term.getvalue(), WAIT_S, "the live topic line")
+    finally:
+        out.close()
+    hhmm = time.strftime("%H:%M")
+    assert term.getvalue().splitlines()[-3:] == [
+        f"(earlier {hhmm}) carol: older line",
+        f"-- (earlier {hhmm}) bob set the topic: old topic",
+        "-- bob set the topic: new topic",
+    ]
+    json_term = io.StringIO()
+    monkeypatch.setattr("sys.stdout", json_term)
+    out = Output(json_mode=True)
+    try:
+        out.on_event(live)
+    finally:
+        out.close()
+    (got,) = [json.loads(line) for line in json_term.getvalue().splitlines()]
+    assert got == live.as_dict() and got["event"] == "topic" and got["room"] == "lobby"

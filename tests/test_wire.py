@@ -317,7 +317,9 @@ def test_largest_frame_body_is_accepted() -> None:
 
 
 def test_unknown_trailing_elements_are_ignored() -> None:
-    data = packed_frame(chat_dict(action=False, line=0, hlc=0, color="red", extra=[1, 2, 3]))
+    data = packed_frame(
+        chat_dict(action=False, line=0, hlc=0, topic=False, color="red", extra=[1, 2, 3])
+    )
     (got,) = decode_all(data)
     assert got == Chat(**COMMON, text="hi")
 
@@ -561,6 +563,19 @@ BAD_FRAMES = [
         frame_of(b'{"type":"refuse","code":"busy","reason":"\\ud800"}'),
     ),
     _bad(
+        "topic-that-is-an-action",
+        packed_frame(chat_dict(action=True, line=1, hlc=1, topic=True)),
+    ),
+    _bad(
+        "topic-301-chars",
+        packed_frame(chat_dict(text="t" * 301, action=False, line=1, hlc=1, topic=True)),
+    ),
+    _bad("topic-unnumbered", packed_frame(chat_dict(action=False, line=0, hlc=1, topic=True))),
+    _bad(
+        "topic-with-escape",
+        packed_frame(chat_dict(text="\x1b[2J", action=False, line=1, hlc=1, topic=True)),
+    ),
+    _bad(
         "presence-away-201-chars",
         packed_frame({**PRESENCE_DEFAULTS, "away": "a" * 201}),
     ),
@@ -721,3 +736,20 @@ def test_presence_away_is_its_last_field_signed_with_its_default() -> None:
         assert decode_all(encode_frame(msg)) == [msg]
         (by_hand,) = decode_all(packed_frame({**PRESENCE_DEFAULTS, "away": away}))
         assert isinstance(by_hand, Presence) and by_hand.away == away
+
+
+def test_chat_topic_is_its_last_field_signed_with_its_default() -> None:
+    """``topic`` follows ``hlc``; a chat line that leaves it out is signed
+    with ``"topic":false``; a topic of 300 code points, or an empty one (a
+    cleared topic), passes; a chat line of 301 is no topic and passes too."""
+    assert Chat.__struct_fields__[-2:] == ("hlc", "topic")
+    assert wire.signing_bytes(Chat(**COMMON, text="hi")).endswith(b',"hlc":0,"topic":false}')
+    for text in ("é" * wire.MAX_TOPIC_CHARS, "", "release\ton friday"):
+        msg = Chat(**COMMON, text=text, line=1, hlc=1, topic=True)
+        assert decode_all(encode_frame(msg)) == [msg]
+        (by_hand,) = decode_all(
+            packed_frame(chat_dict(text=text, action=False, line=1, hlc=1, topic=True))
+        )
+        assert isinstance(by_hand, Chat) and by_hand.topic and by_hand.text == text
+    (plain,) = decode_all(packed_frame(chat_dict(text="x" * 301)))
+    assert isinstance(plain, Chat) and not plain.topic

@@ -262,6 +262,19 @@ def _cwidth(text: str) -> int:
     return sum(max(get_cwidth(ch), 0) for ch in text)
 
 
+def fit_cells(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` terminal cells (as the terminal
+    shows them: wide characters take two), ending in ``…`` when cut.
+
+    Args:
+        text: already cleaned text (no control characters).
+        width: the cells available, at least 1.
+    """
+    if _cwidth(text) <= width:
+        return text
+    return _fit(text, max(width - 1, 0)) + "…"
+
+
 def _fit(text: str, width: int) -> str:
     out, used = [], 0
     for ch in text:

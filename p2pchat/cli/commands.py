@@ -9,6 +9,7 @@ from p2pchat import names
 from p2pchat.cli.args import validate_name
 from p2pchat.cli.render import (
     clean,
+    format_current_topic,
     format_history,
     format_peers,
     format_stats,
@@ -16,6 +17,7 @@ from p2pchat.cli.render import (
     format_whois,
 )
 from p2pchat.errors import LineTooLong, LocalError, UsageError
+from p2pchat.events import TopicEvent
 from p2pchat.node import Node
 
 COMMANDS = (
@@ -27,6 +29,7 @@ COMMANDS = (
     "/history",
     "/nick",
     "/away",
+    "/topic",
     "/me",
     "/help",
     "/quit",
@@ -79,6 +82,9 @@ commands:
   /nick NEW    change your name (no blanks; a name someone has: warned first)
   /away [TEXT] mark yourself away (TEXT shown to the room, at most 200
                characters); /away alone: back
+  /topic [TEXT] set the room's topic (at most 300 characters, kept in the
+               history, shown in the status line); /topic alone: show it;
+               /topic - clears it
   /me ACTION   an action line, shown as "* you ACTION"
   /help        this text
   /quit        leave the room (so do Ctrl+D, Ctrl+C and SIGTERM)
@@ -133,9 +139,33 @@ def _history(node: Node, out: Replies, arg: str) -> None:
         return
     lines = node.history(n)
     if out.json_mode:
-        out.obj("history", room=node.room, lines=[asdict(m) for m in lines])
+        # message objects as they were; a topic line as its topic event
+        shown = [m.as_dict() if isinstance(m, TopicEvent) else asdict(m) for m in lines]
+        out.obj("history", room=node.room, lines=shown)
     else:
         out.text(*format_history(node.room, lines))
+
+
+TOPIC_CLEAR = "-"
+"""``/topic -`` clears the room's topic (a topic of just ``-`` cannot be set)."""
+
+
+def _topic(node: Node, out: Replies, arg: str) -> None:
+    """``/topic``: show the current topic; ``/topic TEXT`` sets it;
+    ``/topic -`` clears it."""
+    if not arg:
+        current = node.topic()
+        if out.json_mode:
+            out.obj("current_topic", topic=current.as_dict() if current is not None else None)
+        else:
+            out.text(format_current_topic(current))
+        return
+    try:
+        node.set_topic("" if arg == TOPIC_CLEAR else arg)
+    except LineTooLong as exc:
+        out.error(str(exc))
+    except LocalError as exc:  # control characters, overloaded
+        out.error(f"topic not set: {exc}")
 
 
 def split_name(arg: str) -> tuple[str, str]:
@@ -261,6 +291,8 @@ def _command(node: Node, out: Replies, line: str, state: CommandState, warned: s
             node.set_away(arg)
         except LocalError as exc:
             out.error(f"cannot set away: {exc}")
+    elif cmd == "topic":
+        _topic(node, out, arg)
     elif cmd == "me":
         if not arg:
             out.error("usage: /me ACTION")

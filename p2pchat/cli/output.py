@@ -19,7 +19,7 @@ from p2pchat.cli.args import PROG
 from p2pchat.cli.arrival import Arrival
 from p2pchat.cli.render import Renderer, terminal_width, wrap_rows
 from p2pchat.errors import StartupError
-from p2pchat.events import Event, MessageEvent, PeerDown, PeerUp, Ready
+from p2pchat.events import Event, MessageEvent, PeerDown, PeerUp, Ready, TopicEvent
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,11 @@ class Output:
                     return
                 else:
                     line = self.renderer.render(ev)
-                    if line is not None and isinstance(ev, MessageEvent) and ev.history:
+                    lines = (MessageEvent, TopicEvent)
+                    if line is not None and isinstance(ev, lines) and ev.history:
                         self._hold_earlier(ev, line)
                         return
-                    if isinstance(ev, MessageEvent) and any(
+                    if isinstance(ev, lines) and any(
                         key[1] == ev.origin for key, _ in self._earlier
                     ):
                         # A live line of an origin whose earlier lines wait for
@@ -164,7 +165,7 @@ class Output:
         else:
             self.text(f"!! {text}")
 
-    def _hold_earlier(self, ev: MessageEvent, line: str) -> None:
+    def _hold_earlier(self, ev: MessageEvent | TopicEvent, line: str) -> None:
         """Keep an earlier line until its catch-up is over (caller holds
         ``_lock``): a catch-up of 10,000 lines prints only the latest
         ``_EARLIER_SHOWN``, in order, under a line that says how many came."""

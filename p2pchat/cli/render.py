@@ -27,6 +27,7 @@ from p2pchat.events import (
     PeerUp,
     Ready,
     Stats,
+    TopicEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,30 @@ def format_line(ev: MessageEvent, who: str) -> str:
     padded line cannot push its end onto a row of its own)."""
     text = _BLANKS_RE.sub(" ", clean(ev.text))
     return f"* {who} {text}" if ev.action else f"{who}: {text}"
+
+
+def format_topic(ev: TopicEvent, who: str) -> str:
+    """A topic line as shown: ``bob set the topic: text`` or ``bob cleared
+    the topic`` (``you ...`` for ours), without a mark; ``who`` is already
+    cleaned, the text is cleaned here (runs of blanks shown as one space)."""
+    if ev.self:
+        who = "you"
+    if not ev.text.strip():  # a peer's topic of blanks clears it as much as ""
+        return f"{who} cleared the topic"
+    return f"{who} set the topic: {_BLANKS_RE.sub(' ', clean(ev.text))}"
+
+
+def format_current_topic(ev: TopicEvent | None) -> str:
+    """The room's current topic as ``/topic`` and the start of the views
+    show it: ``-- topic: text (set by bob, 14:02)``, ``-- no topic (cleared
+    by bob, 14:02)`` or ``-- no topic``."""
+    if ev is None:
+        return "-- no topic"
+    who = "you" if ev.self else clean(ev.display or ev.name)
+    when = format_clock(ev.ts)
+    if not ev.text.strip():
+        return f"-- no topic (cleared by {who}, {when})"
+    return f"-- topic: {_BLANKS_RE.sub(' ', clean(ev.text))} (set by {who}, {when})"
 
 
 def peer_row(line: str) -> str:
@@ -147,15 +172,19 @@ def terminal_width() -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
-def format_history(room: str, lines: Sequence[MessageEvent]) -> list[str]:
-    """``/history``: a header, then each line with its time."""
+def format_history(room: str, lines: Sequence[MessageEvent | TopicEvent]) -> list[str]:
+    """``/history``: a header, then each line with its time (a topic line
+    as ``-- bob set the topic: ...``)."""
     if not lines:
         return [f"-- no lines yet in {clean(room)}"]
     n = len(lines)
     out = [f"-- the last {n} line{'s' if n != 1 else ''} of {clean(room)}:"]
     for ev in lines:
         who = clean(ev.display or ev.name)
-        out.append(f"   {format_clock(ev.ts)}  {format_line(ev, who)}")
+        if isinstance(ev, TopicEvent):
+            out.append(f"   {format_clock(ev.ts)}  -- {format_topic(ev, who)}")
+        else:
+            out.append(f"   {format_clock(ev.ts)}  {format_line(ev, who)}")
     return out
 
 
@@ -309,6 +338,9 @@ class Renderer:
                 to = f" to {clean(ev.to_display)}" if ev.self else ""
                 return f"[private{to}] {line}"
             return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else peer_row(line)
+        if isinstance(ev, TopicEvent):
+            line = format_topic(ev, self._who(ev.origin, ev.display, ev.name))
+            return f"-- (earlier {format_clock(ev.ts)}) {line}" if ev.history else f"-- {line}"
         if isinstance(ev, JoinEvent):
             who = self._who(ev.origin, ev.display, ev.name)
             if ev.via == "presence" and not self.interactive:

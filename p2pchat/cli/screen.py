@@ -47,6 +47,7 @@ from prompt_toolkit.layout.processors import BeforeInput
 from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.output import Output as PtOutput
 from prompt_toolkit.styles import Style
+from prompt_toolkit.utils import get_cwidth
 
 from p2pchat import wire
 from p2pchat.cli.arrival import Arrival
@@ -61,6 +62,7 @@ from p2pchat.cli.chatlog import (
     ChatLine,
     ChatLog,
     complete,
+    fit_cells,
     mentions,
     sender_style,
     split_long_line,
@@ -68,7 +70,7 @@ from p2pchat.cli.chatlog import (
 )
 from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.notify import NOTIFY_INTERVAL_S, Notifier
-from p2pchat.cli.render import Renderer, clean
+from p2pchat.cli.render import Renderer, clean, format_current_topic, format_topic
 from p2pchat.events import (
     AwayEvent,
     Event,
@@ -81,6 +83,7 @@ from p2pchat.events import (
     PeerDown,
     PeerUp,
     Ready,
+    TopicEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,10 @@ INBOX_MAX = 100_000
 """Events queued for the screen at most; beyond, events are dropped (a frozen screen)."""
 MEMBERS_WIDTH = 22
 """Columns of the member list (F2)."""
+STATUS_TOPIC_LABEL = " · topic: "
+STATUS_TOPIC_MIN = 12
+"""Cells of topic text the status line shows at least (members and links are
+written short, ``3m 2l``, to make room for them); with fewer, no topic."""
 
 LOCAL_COMMANDS = ("/clear", "/time")
 LOCAL_HELP = (
@@ -132,6 +139,7 @@ STYLE = Style.from_dict(
         "status": "reverse",
         "status.lock": "reverse bold",
         "status.unread": "reverse bold",
+        "status.topic": "reverse",
         "prompt": "bold",
         "confirm": "bold ansiyellow",
         "members.head": "bold underline",
@@ -225,6 +233,11 @@ def _reply_line(line: str) -> ChatLine:
     if line.startswith(("-- ", "* ")):
         return ChatLine(time.time(), SYSTEM, line.split(" ", 1)[1])
     return ChatLine(time.time(), SYSTEM, line)
+
+
+def _cells(frags: StyleAndTextTuples) -> int:
+    """Terminal cells the fragments' text takes."""
+    return sum(max(get_cwidth(ch), 0) for f in frags for ch in f[1])
 
 
 class _StderrToView:
@@ -333,6 +346,7 @@ class ChatView:
         self.arrival = arrival or Arrival(time.monotonic())
         self._arrival_timer: asyncio.TimerHandle | None = None
         self.members: list[MemberInfo] = []
+        self.topic: TopicEvent | None = None  # the room's current topic line
         self.links = 0
         self.show_members = False
         self.confirm: list[str] | None = None  # pasted lines waiting for y/n
@@ -412,12 +426,35 @@ class ChatView:
         return [("class:prompt", f"{clean(self.node.name)}> ")]
 
     def _status_fragments(self) -> StyleAndTextTuples:
+        topic = self.topic
+        text = tidy(topic.text).strip() if topic is not None else ""
+        frags = self._status_counts(compact=False)
+        if not text:
+            return frags
+        # The topic comes last, cut to the cells left, after its label: it
+        # never moves the rest, and nothing in it can pass for a counter.
+        # Where the counters leave it too little room, they are written short.
+        columns = self.app.output.get_size().columns
+        left = columns - _cells(frags) - len(STATUS_TOPIC_LABEL)
+        if left < STATUS_TOPIC_MIN:
+            frags = self._status_counts(compact=True)
+            left = columns - _cells(frags) - len(STATUS_TOPIC_LABEL)
+        if left >= STATUS_TOPIC_MIN:
+            frags.append(("class:status.topic", STATUS_TOPIC_LABEL + fit_cells(text, left)))
+        return frags
+
+    def _status_counts(self, compact: bool) -> StyleAndTextTuples:
+        """The status line but the topic: the room, the lock, members and
+        links (``3 members · 2 links``, or ``3m 2l`` when ``compact``), unread."""
         frags: StyleAndTextTuples = [("", f" [{clean(self.node.room)}]")]
         if getattr(self.node.config, "secret", None):
             frags.append(("class:status.lock", " 🔒private"))
         n = len(self.members)
-        frags.append(("", f" · {n} member{'s' if n != 1 else ''}"))
-        frags.append(("", f" · {self.links} link{'s' if self.links != 1 else ''}"))
+        if compact:
+            frags.append(("", f" · {n}m {self.links}l"))
+        else:
+            frags.append(("", f" · {n} member{'s' if n != 1 else ''}"))
+            frags.append(("", f" · {self.links} link{'s' if self.links != 1 else ''}"))
         if self.log.offset and self.log.unread:
             frags.append(("class:status.unread", f" · {self.log.unread} unread"))
         elif self.log.offset:
@@ -701,6 +738,9 @@ class ChatView:
                 body = f"* {line.who} {ev.text}" if ev.action else ev.text
                 self.notifier.notify(f"{line.who} ({where})", body)
             return bell
+        if isinstance(ev, TopicEvent):
+            self._on_topic(ev)
+            return False
         if isinstance(ev, (JoinEvent, LeaveEvent, NickEvent, AwayEvent, PeerUp, PeerDown, Ready)):
             self._refresh_members()
         if isinstance(ev, PeerDown) and self._closing:
@@ -750,6 +790,24 @@ class ChatView:
         self._schedule_arrival()
         self.app.invalidate()
 
+    def _on_topic(self, ev: TopicEvent) -> None:
+        """A topic line: the status line's topic if it sorts after the one
+        shown (a catch-up may bring older ones), and a system line (held
+        with a catch-up's earlier lines when it is one)."""
+        if self.topic is None or ev.order() > self.topic.order():
+            self.topic = ev
+        if ev.history:
+            self._hold_earlier(ev)
+            return
+        if any(key[1] == ev.origin for key, _ in self._earlier):
+            self._flush_earlier()
+        self.add(self._topic_line(ev))
+
+    def _topic_line(self, ev: TopicEvent, earlier: bool = False) -> ChatLine:
+        """``bob set the topic: ...`` as a system line (at its own time if earlier)."""
+        who = tidy(ev.display or ev.name)
+        return ChatLine(ev.ts if earlier else time.time(), SYSTEM, format_topic(ev, who))
+
     def _message_line(self, ev: MessageEvent, earlier: bool = False) -> ChatLine:
         kind = EARLIER if earlier else OWN if ev.self else CHAT
         return ChatLine(
@@ -764,11 +822,14 @@ class ChatView:
             mention=not earlier and not ev.self and mentions(ev.text, self.node.name),
         )
 
-    def _hold_earlier(self, ev: MessageEvent) -> None:
+    def _hold_earlier(self, ev: MessageEvent | TopicEvent) -> None:
         """Hold a catch-up's earlier line until the catch-up is quiet for
         :data:`EARLIER_QUIET_S`; then the latest :data:`EARLIER_SHOWN` are
         shown in the room's order."""
-        line = self._message_line(ev, earlier=True)
+        if isinstance(ev, TopicEvent):
+            line = self._topic_line(ev, earlier=True)
+        else:
+            line = self._message_line(ev, earlier=True)
         heapq.heappush(self._earlier, ((ev.hlc, ev.origin, ev.line), line))
         if len(self._earlier) > EARLIER_SHOWN:
             heapq.heappop(self._earlier)
@@ -814,22 +875,27 @@ class ChatView:
 
     def show_start_context(self) -> None:
         """The room's last :data:`START_CONTEXT_LINES` stored lines, dimmed,
-        under a separator (before the node starts)."""
+        under a separator (topic lines as system lines), then the room's
+        current topic (before the node starts)."""
         try:
             lines = self.node.history(START_CONTEXT_LINES)
+            self.topic = self.node.topic()
         except Exception:
             log.debug("no history", exc_info=True)
             return
-        if not lines:
-            return
-        n = len(lines)
-        room = clean(self.node.room)
-        self.add(
-            ChatLine(time.time(), SEPARATOR, f"the last {n} line{'s' if n != 1 else ''} of {room}")
-        )
-        for ev in lines:
-            self.add(self._message_line(ev, earlier=True))
-        self.add(ChatLine(time.time(), SEPARATOR, "now"))
+        if lines:
+            n = len(lines)
+            room = clean(self.node.room)
+            head = f"the last {n} line{'s' if n != 1 else ''} of {room}"
+            self.add(ChatLine(time.time(), SEPARATOR, head))
+            for ev in lines:
+                if isinstance(ev, TopicEvent):
+                    self.add(self._topic_line(ev, earlier=True))
+                else:
+                    self.add(self._message_line(ev, earlier=True))
+            self.add(ChatLine(time.time(), SEPARATOR, "now"))
+        if self.topic is not None and self.topic.text.strip():
+            self._add_text(format_current_topic(self.topic), SYSTEM)
 
     def _hint(self) -> None:
         self._refresh_members()

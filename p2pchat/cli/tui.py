@@ -29,6 +29,7 @@ from p2pchat.cli.chatlog import SYSTEM, ChatLine
 from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.notify import Notifier, find_backend
 from p2pchat.cli.output import Output
+from p2pchat.cli.render import format_current_topic
 from p2pchat.cli.screen import ChatView, input_history
 from p2pchat.cli.session import Stopper, close, make_node
 from p2pchat.errors import UsageError
@@ -217,6 +218,9 @@ def run_plain(opts: Options) -> int:
                 try:
                     node.start()
                     save_last_name(opts.data_dir, node.name)
+                    topic = node.topic()
+                    if topic is not None and topic.text.strip():
+                        out.text(format_current_topic(topic))
                     commands = CommandState()
                     while not stopper.requested:
                         try:

@@ -131,6 +131,12 @@ class HistoryStore(Protocol):
         """The last ``n`` lines of ``room`` in the agreed order, oldest first."""
         ...
 
+    def topic(self, room: str) -> wire.Chat | None:
+        """The topic line of ``room`` that sorts last by ``(hlc, origin,
+        line)`` (the room's current topic; its text "" if it cleared it), or
+        None if no topic line is held."""
+        ...
+
     def prune(self, now_s: float) -> int:
         """Drop the lines outside the window (and too far ahead); returns how many."""
         ...
@@ -188,6 +194,7 @@ class MemoryStore:
         self._lines: dict[str, wire.Chat] = {}  # id -> line
         self._order: dict[str, list[_Key]] = {}  # room -> keys in the agreed order
         self._numbered: dict[tuple[str, str], dict[int, list[str]]] = {}  # (room, origin)
+        self._topics: dict[str, list[_Key]] = {}  # room -> its topic lines' keys, in order
         self._names: OrderedDict[str, str] = OrderedDict()  # least recently used first
         self.closed = False
 
@@ -219,6 +226,8 @@ class MemoryStore:
             return False
         self._lines[msg.id] = msg
         bisect.insort(self._order.setdefault(msg.room, []), _key(msg))
+        if msg.topic:
+            bisect.insort(self._topics.setdefault(msg.room, []), _key(msg))
         if msg.line > 0:
             by_line = self._numbered.setdefault((msg.room, msg.origin), {})
             by_line.setdefault(msg.line, []).append(msg.id)
@@ -232,6 +241,11 @@ class MemoryStore:
         i = bisect.bisect_left(order, _key(msg))
         if i < len(order) and order[i][3] == msg_id:
             del order[i]
+        if msg.topic:
+            topics = self._topics[msg.room]
+            topics.remove(_key(msg))
+            if not topics:
+                del self._topics[msg.room]
         if msg.line > 0:
             by_line = self._numbered[(msg.room, msg.origin)]
             ids = by_line[msg.line]
@@ -344,6 +358,12 @@ class MemoryStore:
         """The last ``n`` lines of ``room`` in the agreed order, oldest first."""
         order = self._order.get(room, [])
         return [self._lines[k[3]] for k in order[max(0, len(order) - n) :]]
+
+    def topic(self, room: str) -> wire.Chat | None:
+        """The topic line of ``room`` that sorts last by ``(hlc, origin,
+        line)`` (then id), or None if none is held."""
+        topics = self._topics.get(room)
+        return self._lines[topics[-1][3]] if topics else None
 
     def prune(self, now_s: float) -> int:
         """Drop the lines older than the window, beyond the newest

@@ -46,7 +46,15 @@ from p2pchat.core.membership import Membership
 from p2pchat.core.overlay import Overlay
 from p2pchat.core.state import LinkUp, Shared
 from p2pchat.errors import LineTooLong, UsageError
-from p2pchat.events import AwayEvent, KeyInfo, MessageEvent, NickEvent, PeerDown, PeerUp
+from p2pchat.events import (
+    AwayEvent,
+    KeyInfo,
+    MessageEvent,
+    NickEvent,
+    PeerDown,
+    PeerUp,
+    TopicEvent,
+)
 from p2pchat.flood import SeenCache
 from p2pchat.identity import Identity
 from p2pchat.privacy import RoomSecret
@@ -103,6 +111,26 @@ def check_away(text: str) -> str:
     if len(text) > wire.MAX_AWAY_CHARS:
         raise UsageError(f"away text is {len(text)} characters; the limit is {wire.MAX_AWAY_CHARS}")
     _check_chars(text, "away text", "an")
+    return text
+
+
+def check_topic(text: str) -> str:
+    """Check a room topic of ours; returns it without blanks at either end
+    ("" = clear the topic).
+
+    Raises:
+        LineTooLong: more than ``wire.MAX_TOPIC_CHARS`` code points (not
+            split: a topic is one line).
+        UsageError: a line break or control character, or not valid
+            Unicode text.
+    """
+    text = text.strip()
+    if len(text) > wire.MAX_TOPIC_CHARS:
+        raise LineTooLong(
+            f"the topic is {len(text)} characters; the limit is {wire.MAX_TOPIC_CHARS}. "
+            "Nothing was sent."
+        )
+    _check_chars(text, "topic", "a")
     return text
 
 
@@ -249,12 +277,23 @@ class Protocol:
             counts["order_held"] = s.order.released_by_cap
         return counts
 
-    def history(self, n: int) -> list[MessageEvent]:
+    def history(self, n: int) -> list[MessageEvent | TopicEvent]:
         """The room's last ``n`` stored lines in the order every node agrees
-        on, oldest first, as events with ``history=True``."""
+        on, oldest first, as events with ``history=True`` (topic lines as
+        :class:`~p2pchat.events.TopicEvent`)."""
         s = self.s
         lines = s.store.recent(self.wire_room, min(n, self.config.history_max_lines))
         return [s.message_event(m, self_=m.origin == self.node_id, history=True) for m in lines]
+
+    def topic(self) -> TopicEvent | None:
+        """The room's current topic: its stored topic line that sorts last
+        by ``(hlc, origin, line)``, with ``history=True`` (``text`` "" if
+        that line cleared it), or None if the store holds no topic line."""
+        msg = self.s.store.topic(self.wire_room)
+        if msg is None:
+            return None
+        ev = self.s.message_event(msg, self_=msg.origin == self.node_id, history=True)
+        return ev if isinstance(ev, TopicEvent) else None
 
     def whois(self, name: str) -> list[KeyInfo]:
         """See :meth:`Membership.whois <p2pchat.core.membership.Membership.whois>`."""
@@ -502,14 +541,24 @@ class Protocol:
 
     # -- the user ----------------------------------------------------------------------
 
-    def new_line(self, text: str, action: bool, now: float, wall: float) -> wire.Chat:
+    def new_line(
+        self, text: str, action: bool, now: float, wall: float, topic: bool = False
+    ) -> wire.Chat:
         """Our next chat line, numbered and signed, not yet stored or sent
         (the shell stores it durably, then calls :meth:`line_stored`).
+        ``topic``: a room topic line instead (``text`` stripped; "" clears
+        the topic; ``action`` must be False).
 
         Raises:
-            UsageError, LineTooLong: see :func:`check_text`; or we left.
+            UsageError, LineTooLong: see :func:`check_text` (for a topic,
+                :func:`check_topic`; or ``action`` with ``topic``); or we left.
         """
-        check_text(text)
+        if topic:
+            if action:
+                raise UsageError("a topic cannot be an action line")
+            text = check_topic(text)
+        else:
+            check_text(text)
         s = self._begin(now, wall)
         if s.closed:
             raise UsageError("the node is closed")
@@ -519,11 +568,12 @@ class Protocol:
                 action=action,
                 line=s.store.next_line(self.wire_room),
                 hlc=s.clock.now(),
+                topic=topic,
                 **s.envelope(),
             )
         )
 
-    def own_event(self, msg: wire.Chat) -> MessageEvent:
+    def own_event(self, msg: wire.Chat) -> MessageEvent | TopicEvent:
         """The event of our own line ``msg``."""
         return self.s.message_event(msg, self_=True)
 
@@ -534,9 +584,11 @@ class Protocol:
         self.broadcast.forward(msg, None)
         return s.take()
 
-    def send_line(self, text: str, action: bool, now: float, wall: float) -> list[Action]:
+    def send_line(
+        self, text: str, action: bool, now: float, wall: float, topic: bool = False
+    ) -> list[Action]:
         """:meth:`new_line`, the store's ``add_own``, :meth:`line_stored` in one."""
-        msg = self.new_line(text, action, now, wall)
+        msg = self.new_line(text, action, now, wall, topic)
         self.s.store.add_own(msg)
         return self.line_stored(msg, now, wall)
 

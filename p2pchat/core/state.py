@@ -27,7 +27,7 @@ from p2pchat.core.admission import SIGNATURE_REASONS, Admission, BoundedMap
 from p2pchat.core.config import NodeConfig
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.order import OriginOrder, Release
-from p2pchat.events import Event, MessageEvent
+from p2pchat.events import Event, MessageEvent, TopicEvent
 from p2pchat.identity import Identity
 from p2pchat.roster import Roster
 
@@ -281,8 +281,26 @@ class Shared:
             self.wire_room, origin, line
         )
 
-    def message_event(self, msg: wire.Chat, self_: bool, history: bool = False) -> MessageEvent:
-        """The event of a chat line, as the front end shows it."""
+    def message_event(
+        self, msg: wire.Chat, self_: bool, history: bool = False
+    ) -> MessageEvent | TopicEvent:
+        """The event of a chat line, as the front end shows it: a
+        :class:`~p2pchat.events.TopicEvent` for a topic line."""
+        if msg.topic:
+            return TopicEvent(
+                id=msg.id,
+                room=self.config.room,
+                origin=msg.origin,
+                name=msg.name,
+                text=msg.text,
+                ts=msg.ts,
+                self=self_,
+                seq=msg.seq,
+                display=self.roster.display(msg.origin, msg.name),
+                history=history,
+                hlc=msg.hlc,
+                line=msg.line,
+            )
         return MessageEvent(
             id=msg.id,
             origin=msg.origin,

@@ -10,14 +10,14 @@ epoch seconds (a fixed origin plus ``now``).  Links are the simulator's ints.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, Literal, Protocol
 
 from p2pchat import wire
 from p2pchat.core.actions import Action, LinkId
 from p2pchat.core.config import NodeConfig
 from p2pchat.core.history_store import MemoryStore
-from p2pchat.events import MessageEvent
+from p2pchat.events import MessageEvent, TopicEvent
 from p2pchat.identity import Identity
 
 
@@ -114,7 +114,7 @@ class Core(Protocol):
         """A graceful quit."""
         ...
 
-    def history(self, n: int) -> list[MessageEvent]:
+    def history(self, n: int) -> Sequence[MessageEvent | TopicEvent]:
         """The room's newest ``n`` lines, oldest first, as ``/history`` shows them."""
         ...
 
