@@ -409,3 +409,27 @@ def test_discovery_results_pass_the_same_policy(traps: Callable[..., Trap]) -> N
         wait_for(lambda: good.hits + forbidden.hits > 0, DELIVERY_S, "a dial of the peer")
         assert forbidden.hits == 0, "the node dialled 0.0.0.0 (this machine)"
         assert node.stats().addrs_refused == {"unspecified": 1, "multicast": 1}
+
+
+def test_mdns_stays_on_ipv4_loopback_when_told_to() -> None:
+    """``--interface 127.0.0.1`` (every test) gives zeroconf that address and IPv4 only: no IPv6
+    socket is opened, so nothing is sent on another interface; every interface means both
+    families."""
+    from p2pchat.discovery import mdns_interfaces
+
+    assert mdns_interfaces(["127.0.0.1"]) == (["127.0.0.1"], "v4")
+    assert mdns_interfaces(["::1"]) == (["::1"], "v6")
+    assert mdns_interfaces(["127.0.0.1", "fe80::1%lo"]) == (["127.0.0.1", "fe80::1"], "all")
+    assert mdns_interfaces(None) == (None, "all" if socket.has_ipv6 else "v4")
+
+
+def test_local_addresses_of_both_families() -> None:
+    from p2pchat.discovery import local_addresses, local_ipv6_addresses
+
+    found = local_addresses(link_local=True)
+    assert found
+    assert all(addrs.parse(a) is not None for a in found)
+    assert all(addrs.normalize(a) == a for a in found)
+    six = local_ipv6_addresses(link_local=True)
+    assert all("%" in a for a in six if addrs.is_link_local_v6(a))
+    assert not any(addrs.is_link_local_v6(a) for a in local_ipv6_addresses())

@@ -4,7 +4,8 @@
 other over mDNS (AAAA records, ``ff02::fb``) and chat, every line exactly once.  (2) An IPv4-only
 host and an IPv6-only host on one bridge cannot reach each other; a dual-stack third joins them
 into one room, and reports the IPv4 host by its plain IPv4 address (its dual-stack listener sees
-it as ``::ffff:a.b.c.d``).
+it as ``::ffff:a.b.c.d``).  (3) Without mDNS, ``--peer [fe80::...%eth0]:7420`` (a link-local
+address with its zone) links two IPv6-only hosts.
 
 Needs root and iproute2; skipped (with the reason) where namespaces cannot be made.  Run alone
 with ``pytest -m netns tests/test_netns_v6.py``.
@@ -12,13 +13,16 @@ with ``pytest -m netns tests/test_netns_v6.py``.
 
 from __future__ import annotations
 
+import functools
+import secrets
+import sys
 from collections import Counter
 
 import pytest
-from netns_lab import netns_available
-from test_netns import DELIVERY_DEADLINE_S, MESH_DEADLINE_S, chat_lan, wait_mesh
+from netns_lab import Lan, lan, netns_available
+from test_netns import DELIVERY_DEADLINE_S, MESH_DEADLINE_S, REPO, chat_lan, wait_mesh
 
-from p2pchat.harness import NodeProcess, pump_for, wait_until
+from p2pchat.harness import NodeProcess, env_with_path, pump_for, stop, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
@@ -80,3 +84,38 @@ def test_a_dual_stack_host_joins_an_ipv4_only_and_an_ipv6_only_host() -> None:
         by_peer = {str(ev["peer"]): str(ev["address"]) for ev in dual.of("peer_up")}
         assert by_peer[str(v4_node.node_id)].startswith(net.hosts[0].addr + ":"), by_peer
         assert by_peer[str(v6_node.node_id)].startswith(f"[{net.hosts[2].addr6}]:"), by_peer
+
+
+def link_local(net: Lan, i: int) -> str:
+    """Host ``i``'s link-local IPv6 address on ``eth0`` (the kernel's, from its MAC)."""
+    out = net.run(i, ["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"])
+    return out.split("inet6 ")[1].split("/")[0]
+
+
+def spawn(net: Lan, i: int, room: str, *extra: str) -> NodeProcess:
+    """``p2pchat --json`` on host ``i`` in ``room``, with ``extra`` options."""
+    argv = [sys.executable, "-m", "p2pchat", "--ephemeral", "--name", f"host{i}"]
+    argv += ["--room", room, "--json", *extra]
+    popen = functools.partial(net.popen, i)
+    return NodeProcess.spawn(argv, f"host{i}", cwd=str(REPO), env=env_with_path(REPO), popen=popen)
+
+
+def test_a_link_local_peer_with_its_zone() -> None:
+    room = f"lab-{secrets.token_hex(4)}"
+    with lan(2, ["v6", "v6"]) as net:
+        nodes: list[NodeProcess] = []
+        try:
+            nodes.append(spawn(net, 0, room, "--no-mdns", "--port", "7420"))
+            target = f"[{link_local(net, 0)}%eth0]:7420"
+            nodes.append(spawn(net, 1, room, "--no-mdns", "--peer", target))
+            wait_mesh(nodes)
+            send_and_check_once(nodes)
+            (up,) = nodes[1].of("peer_up")
+            assert up["address"] == target, up  # the link it dialled, by the address typed
+            # host0 names host1 by the source address of that link: its link-local one with
+            # the zone, or its ULA when the link-local one was still tentative (DAD)
+            (up,) = nodes[0].of("peer_up")
+            host = str(up["address"]).rpartition("]")[0].lstrip("[")
+            assert host in (f"{link_local(net, 1)}%eth0", net.hosts[1].addr6), up
+        finally:
+            stop(nodes)
