@@ -16,6 +16,7 @@ import socket
 from typing import Protocol
 
 from p2pchat import wire
+from p2pchat.addrs import refusal
 from p2pchat.core.actions import Dial
 from p2pchat.core.config import NodeConfig
 from p2pchat.dialer import Dialer
@@ -149,8 +150,10 @@ class Peers:
         addrs = list(peer.addresses)
         with node._lock:
             dialer = self.dialers.get(peer.node_id)
-            if dialer is not None and not dialer.stopped.is_set():
-                dialer.addresses = addrs
+            # The address policy (p2pchat.addrs), as the core applies (and counts) in found().
+            allowed = [a for a in addrs if refusal(a, core.s.loopback_ok) is None]
+            if dialer is not None and not dialer.stopped.is_set() and allowed:
+                dialer.addresses = allowed
                 dialer.port = peer.port
         node._call(lambda now, wall: core.found(peer.node_id, addrs, peer.port, now))
 

@@ -15,8 +15,9 @@ Layout of ``lan(n)``::
   send (mDNS included) can reach a real network.
 * ``10.X.Y.0/24`` is picked at random per run; multicast is on for every veth
   and each host has a route for ``224.0.0.0/4`` on its ``eth0``.
-* Each host's address family is ``"v4"`` (the default), ``"v6"`` (no IPv4
-  address on ``eth0`` at all) or ``"both"`` (``lan(n, families=[...])``).  IPv6
+* Each host's address family is ``"v4"`` (the default: IPv6 disabled on
+  ``eth0``, not even a link-local address), ``"v6"`` (no IPv4 address on
+  ``eth0`` at all) or ``"both"`` (``lan(n, families=[...])``).  IPv6
   addresses are ``<prefix>::<i+1>/64`` in a ``fd00::/8`` /64 (a unique local
   prefix, RFC 4193) picked at random per run, added with ``nodad`` so that
   they work at once; ``ff00::/8`` is routed on ``eth0`` (the kernel's
@@ -73,6 +74,17 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and proc.returncode != 0:
         raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
     return proc
+
+
+def _sysctl(ns: str, setting: str) -> None:
+    """Set ``key=value`` with ``sysctl`` inside namespace ``ns`` (a missing
+    key, e.g. a kernel without IPv6, is no error)."""
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "sysctl", "-q", "-e", "-w", setting],
+        capture_output=True,
+        timeout=_CMD_TIMEOUT_S,
+        check=False,
+    )
 
 
 def _list_namespaces() -> list[str]:
@@ -228,6 +240,8 @@ def _build(tag: str, n_hosts: int, created: list[str], families: Sequence[str]) 
         _ip("-n", sw, "link", "set", "dev", port, "multicast", "on")
         _ip("-n", sw, "link", "set", port, "up")
         _ip("-n", ns, "link", "set", "dev", "eth0", "multicast", "on")
+        if not v6:  # an IPv4-only host: not even a link-local IPv6 address on eth0
+            _sysctl(ns, "net.ipv6.conf.eth0.disable_ipv6=1")
         if v4:
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
         if v6:
