@@ -98,15 +98,18 @@ def test_parse_peer_ipv6(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("::1", ["::1"]), ("FD00::0:1", ["fd00::1"]), ("fe80::1%lo", ["fe80::1%lo"])],
+    [("::1", ["::1"]), ("FD00::0:1", ["fd00::1"]), ("fe80::1%eth9", ["fe80::1%eth9"])],
 )
 def test_parse_interface_ipv6(text: str, expected: list[str]) -> None:
     assert args.parse_interface(text) == expected
 
 
 def test_parse_interface_name_stands_for_its_addresses() -> None:
-    found = args.parse_interface("lo")
-    assert "127.0.0.1" in found
+    import ifaddr
+
+    (name,) = [a.name for a in ifaddr.get_adapters() if any(ip.ip == LOOPBACK for ip in a.ips)]
+    found = args.parse_interface(name)  # lo, lo0, ...
+    assert LOOPBACK in found
     with pytest.raises(UsageError, match="no interface named"):
         args.parse_interface("nosuch-if0")
 
