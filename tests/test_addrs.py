@@ -436,3 +436,11 @@ def test_local_addresses_of_both_families() -> None:
     six = local_ipv6_addresses(link_local=True)
     assert all("%" in a for a in six if addrs.is_link_local_v6(a))
     assert not any(addrs.is_link_local_v6(a) for a in local_ipv6_addresses())
+
+
+def test_every_refusal_reason_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
+    missing = [r for r in addrs.REFUSAL_REASONS if f"`{r}`" not in doc]
+    assert not missing, f"docs/reliability.md does not list {missing}"
