@@ -186,6 +186,19 @@ def local_addresses(link_local: bool = False) -> list[str]:
     return v4 + v6 or ["127.0.0.1"]
 
 
+def zone_by_name(addr: str) -> str:
+    """``addr`` with a numeric IPv6 zone (an interface index, ``fe80::1%2``)
+    turned into the interface's name (``fe80::1%eth0``), as users type it and
+    as the listener names link-local peers; anything else unchanged."""
+    host, sep, zone = addr.partition("%")
+    if not sep or not zone.isdigit():
+        return addr
+    try:
+        return f"{host}%{socket.if_indextoname(int(zone))}"
+    except (OSError, ValueError, OverflowError):
+        return addr
+
+
 def mdns_interfaces(interfaces: list[str] | None) -> tuple[list[str | int] | None, str]:
     """What to pass zeroconf for ``interfaces`` (``--interface`` addresses,
     or None for every interface): ``(interfaces, ip_version)``.
@@ -406,9 +419,11 @@ class MdnsDiscovery:
             version = int(_txt(props, "v"))
         except ValueError:
             version = -1
-        # Both families; a link-local IPv6 address with the zone (interface
-        # index) it was heard on: fe80::1%2.
-        addresses = tuple(found.parsed_scoped_addresses())[:MAX_FOUND_ADDRESSES]
+        # Both families; a link-local IPv6 address with the zone it was heard
+        # on (zeroconf gives its index, fe80::1%2; shown by name, fe80::1%eth0).
+        addresses = tuple(
+            zone_by_name(a) for a in found.parsed_scoped_addresses()[:MAX_FOUND_ADDRESSES]
+        )
         if not addresses:
             return
         self._names[name] = node_id

@@ -19,9 +19,10 @@ Layout of ``lan(n)``::
   ``eth0``, not even a link-local address), ``"v6"`` (no IPv4 address on
   ``eth0`` at all) or ``"both"`` (``lan(n, families=[...])``).  IPv6
   addresses are ``<prefix>::<i+1>/64`` in a ``fd00::/8`` /64 (a unique local
-  prefix, RFC 4193) picked at random per run, added with ``nodad`` so that
-  they work at once; ``ff00::/8`` is routed on ``eth0`` (the kernel's
-  multicast route, made sure of).
+  prefix, RFC 4193) picked at random per run, added with ``nodad`` (and
+  DAD is off on ``eth0``, so the link-local address works at once too);
+  ``ff00::/8`` is routed on ``eth0`` (the kernel's multicast route, made
+  sure of).
 * Namespace names carry the creating PID (``p2plab-<pid>-<hex>-...``); stale
   namespaces of dead runs are removed before a new lab is built, those of
   live runs are left alone.
@@ -242,6 +243,8 @@ def _build(tag: str, n_hosts: int, created: list[str], families: Sequence[str]) 
         _ip("-n", ns, "link", "set", "dev", "eth0", "multicast", "on")
         if not v6:  # an IPv4-only host: not even a link-local IPv6 address on eth0
             _sysctl(ns, "net.ipv6.conf.eth0.disable_ipv6=1")
+        else:  # no duplicate address detection: the link-local address works at once too
+            _sysctl(ns, "net.ipv6.conf.eth0.accept_dad=0")
         if v4:
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
         if v6:

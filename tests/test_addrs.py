@@ -444,3 +444,13 @@ def test_every_refusal_reason_is_documented() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "reliability.md").read_text()
     missing = [r for r in addrs.REFUSAL_REASONS if f"`{r}`" not in doc]
     assert not missing, f"docs/reliability.md does not list {missing}"
+
+
+def test_a_numeric_zone_is_shown_by_name() -> None:
+    from p2pchat.discovery import zone_by_name
+
+    lo = socket.if_indextoname(1)
+    assert zone_by_name("fe80::1%1") == f"fe80::1%{lo}"
+    assert zone_by_name("fe80::1%eth0") == "fe80::1%eth0"
+    assert zone_by_name("fd00::1") == "fd00::1"
+    assert zone_by_name("fe80::1%999999") == "fe80::1%999999"  # no such interface: as it came

@@ -22,6 +22,7 @@ import pytest
 from netns_lab import Lan, lan, netns_available
 from test_netns import DELIVERY_DEADLINE_S, MESH_DEADLINE_S, REPO, chat_lan, wait_mesh
 
+from p2pchat import addrs
 from p2pchat.harness import NodeProcess, env_with_path, pump_for, stop, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
@@ -58,11 +59,14 @@ def test_three_hosts_on_an_ipv6_only_lan_chat() -> None:
     with chat_lan(3, ["v6", "v6", "v6"]) as (net, nodes):
         wait_mesh(nodes)
         send_and_check_once(nodes)
+        # Every link is over IPv6: the LAN's unique local addresses, or link-local ones
+        # (from AAAA records, dialled with the zone they were heard on: named by eth0 here).
         v6 = {h.addr6 for h in net.hosts}
         for n in nodes:
             for ev in n.of("peer_up"):
                 host = str(ev["address"]).rpartition("]")[0].lstrip("[")
-                assert host in v6, f"{n.label}: link over {ev['address']}, not the LAN's IPv6"
+                ok = host in v6 or (addrs.is_link_local_v6(host) and host.endswith("%eth0"))
+                assert ok, f"{n.label}: link over {ev['address']}, not the LAN's IPv6"
 
 
 def test_a_dual_stack_host_joins_an_ipv4_only_and_an_ipv6_only_host() -> None:
@@ -117,5 +121,22 @@ def test_a_link_local_peer_with_its_zone() -> None:
             (up,) = nodes[0].of("peer_up")
             host = str(up["address"]).rpartition("]")[0].lstrip("[")
             assert host in (f"{link_local(net, 1)}%eth0", net.hosts[1].addr6), up
+        finally:
+            stop(nodes)
+
+
+def test_interface_options_name_ipv6_addresses() -> None:
+    """``--interface fd..::1`` (IPv6 only: mDNS on that interface's index, AAAA of that address)
+    on two hosts, ``--interface eth0`` (the name: all its addresses) on the third."""
+    room = f"lab-{secrets.token_hex(4)}"
+    service = f"_p2pt{secrets.token_hex(4)}._tcp.local."
+    with lan(3, ["v6", "v6", "v6"]) as net:
+        nodes: list[NodeProcess] = []
+        try:
+            for i, host in enumerate(net.hosts):
+                where = host.addr6 if i < 2 else "eth0"
+                nodes.append(spawn(net, i, room, "--service-type", service, "--interface", where))
+            wait_mesh(nodes)
+            send_and_check_once(nodes)
         finally:
             stop(nodes)
