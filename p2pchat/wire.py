@@ -278,7 +278,6 @@ class Nick(Flooded, tag="nick", frozen=True, kw_only=True):
 
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-IPv4 = Annotated[str, msgspec.Meta(pattern=f"^{_OCTET}\\.{_OCTET}\\.{_OCTET}\\.{_OCTET}$")]
 _IPV6_CHARS = "[0-9a-f:]{2,39}"
 IPAddr = Annotated[
     str,
