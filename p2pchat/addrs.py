@@ -31,6 +31,7 @@ dialled only if it is a unicast address another host can own:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -62,6 +63,7 @@ def parse(text: str) -> IPAddress | None:
     return addr
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(host: str) -> str:
     """The text form of ``host`` this project prints and compares: IPv4
     dotted quad, IPv6 compressed (zone kept), ``::ffff:a.b.c.d`` as
@@ -120,6 +122,7 @@ def loopback_only(own: Iterable[str]) -> bool:
     return bool(own) and all(is_loopback(a) for a in own)
 
 
+@functools.lru_cache(maxsize=4096)  # presences repeat their addresses every few seconds
 def refusal(host: str, loopback_ok: bool) -> str | None:
     """Why a learnt address must not be dialled (one of
     :data:`REFUSAL_REASONS`), or None to dial it.  See the module docstring.
