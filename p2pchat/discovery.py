@@ -18,6 +18,7 @@ discovery (or none) to :class:`~p2pchat.node.Node`.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import queue
 import socket
@@ -42,6 +43,10 @@ RESOLVE_TIMEOUT_S = 3.0
 REGISTER_TIMEOUT_S = 5.0
 """How long closing waits for a registration still under way (it takes about
 1.7 s: RFC 6762 section 8 probing and announcing), so the goodbye follows it."""
+
+
+MAX_FOUND_ADDRESSES = 8
+"""Most addresses (A and AAAA records) taken from one resolved instance."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,9 @@ class FoundPeer:
         name: its display name (TXT ``name``).
         room: its room (TXT ``room``).
         version: its protocol version (TXT ``v``), or -1 if missing/garbled.
-        addresses: its IPv4 addresses (A records), as dotted quads.
+        addresses: its addresses (A and AAAA records, at most
+            :data:`MAX_FOUND_ADDRESSES`): dotted quads, compressed IPv6, a
+            link-local IPv6 one with the zone it was heard on (``fe80::1%2``).
         port: its TCP port (SRV record).
     """
 
@@ -124,6 +131,92 @@ def local_ipv4_addresses() -> list[str]:
     return found or loopback or ["127.0.0.1"]
 
 
+def local_ipv6_addresses(link_local: bool = False) -> list[str]:
+    """IPv6 addresses of this machine's interfaces (compressed text), ``::1``
+    last, or an empty list on a machine without IPv6.
+
+    Args:
+        link_local: include ``fe80::/10`` addresses, each with its zone
+            (``fe80::1%eth0``): for the AAAA records (a receiver reads them
+            with the zone of the interface it heard them on), never for
+            presences (a zone means nothing on another machine).
+    """
+    import ifaddr
+
+    found: list[str] = []
+    loopback: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                continue
+            addr = ipaddress.IPv6Address(ip.ip[0].split("%")[0])
+            if addr.is_link_local:
+                if link_local:
+                    found.append(f"{addr}%{adapter.name}")
+                continue
+            (loopback if addr.is_loopback else found).append(str(addr))
+    return found + loopback
+
+
+def interface_addresses(name: str) -> list[str] | None:
+    """The addresses of the interface called ``name`` (``eth0``), IPv4 then
+    IPv6, a link-local one with its zone (``fe80::1%eth0``); None if this
+    machine has no interface of that name."""
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        if adapter.name != name:
+            continue
+        v4 = [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
+        v6 = []
+        for ip in adapter.ips:
+            if not isinstance(ip.ip, str):
+                addr = ipaddress.IPv6Address(ip.ip[0].split("%")[0])
+                v6.append(f"{addr}%{name}" if addr.is_link_local else str(addr))
+        return v4 + v6
+    return None
+
+
+def local_addresses(link_local: bool = False) -> list[str]:
+    """This machine's addresses of both families, IPv4 first, without
+    loopback ones, or only the loopback ones when there is nothing else
+    (``127.0.0.1`` at least).  ``link_local``: as in :func:`local_ipv6_addresses`."""
+    v4 = [a for a in local_ipv4_addresses() if not a.startswith("127.")]
+    v6 = [a for a in local_ipv6_addresses(link_local) if a != "::1"]
+    return v4 + v6 or ["127.0.0.1"]
+
+
+def zone_by_name(addr: str) -> str:
+    """``addr`` with a numeric IPv6 zone (an interface index, ``fe80::1%2``)
+    turned into the interface's name (``fe80::1%eth0``), as users type it and
+    as the listener names link-local peers; anything else unchanged."""
+    host, sep, zone = addr.partition("%")
+    if not sep or not zone.isdigit():
+        return addr
+    try:
+        return f"{host}%{socket.if_indextoname(int(zone))}"
+    except (OSError, ValueError, OverflowError):
+        return addr
+
+
+def mdns_interfaces(interfaces: list[str] | None) -> tuple[list[str | int] | None, str]:
+    """What to pass zeroconf for ``interfaces`` (``--interface`` addresses,
+    or None for every interface): ``(interfaces, ip_version)``.
+
+    None with ``"all"`` (A and AAAA on every interface of both families) when
+    the machine has IPv6, else ``"v4"``.  A list is the addresses with
+    their zones taken off (zeroconf maps an IPv6 address to its interface
+    index itself), with ``"v4"``, ``"v6"`` or ``"all"`` for the families in
+    it: a list of IPv4 addresses only (``127.0.0.1`` in tests) never opens
+    an IPv6 socket, so nothing leaves on another interface.
+    """
+    if not interfaces:
+        return None, "all" if socket.has_ipv6 else "v4"
+    plain: list[str | int] = [a.split("%")[0] for a in interfaces]
+    fams = {6 if ":" in str(a) else 4 for a in plain}
+    return plain, "all" if fams == {4, 6} else ("v6" if fams == {6} else "v4")
+
+
 def instance_prefix(name: str, max_bytes: int = 52) -> str:
     """``name`` cut to at most ``max_bytes`` UTF-8 bytes on a character
     boundary, so that ``"<name> [<8 hex>]"`` fits a DNS label (63 bytes,
@@ -146,9 +239,12 @@ class MdnsDiscovery:
     """DNS-SD over multicast DNS with python-zeroconf.
 
     Args:
-        interfaces: IPv4 addresses to run mDNS on, or None for every
-            interface (the right choice for users; tests pass
-            ``["127.0.0.1"]``).  The A records announce these addresses.
+        interfaces: IPv4 or IPv6 addresses to run mDNS on, or None for every
+            interface of both families (the right choice for users; tests
+            pass ``["127.0.0.1"]``, which keeps mDNS on IPv4 loopback: see
+            :func:`mdns_interfaces`).  The A and AAAA records announce these
+            addresses (all of the machine's but loopback ones for None, link-local
+            IPv6 ones included).
         service_type: the DNS-SD service type; tests use a unique one so that
             parallel runs never see each other.
 
@@ -194,13 +290,38 @@ class MdnsDiscovery:
         import zeroconf
 
         self._on_found, self._on_lost, self._local = on_found, on_lost, local
+        chosen, version = mdns_interfaces(self.interfaces)
+        versions = {
+            "all": zeroconf.IPVersion.All,
+            "v4": zeroconf.IPVersion.V4Only,
+            "v6": zeroconf.IPVersion.V6Only,
+        }
         try:
-            zc = zeroconf.Zeroconf(interfaces=self.interfaces or zeroconf.InterfaceChoice.All)
-        except OSError as exc:
-            raise StartupError(f"cannot start mDNS: {exc.strerror or exc}") from None
+            try:
+                zc = zeroconf.Zeroconf(
+                    interfaces=chosen or zeroconf.InterfaceChoice.All,
+                    ip_version=versions[version],
+                )
+            except (OSError, RuntimeError) as exc:
+                if chosen is not None or version != "all":
+                    raise
+                # No usable IPv6 (disabled in the kernel): A records only.
+                log.info("mDNS without IPv6: %s", exc)
+                zc = zeroconf.Zeroconf(
+                    interfaces=zeroconf.InterfaceChoice.All, ip_version=zeroconf.IPVersion.V4Only
+                )
+                version = "v4"
+        except (OSError, RuntimeError) as exc:
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StartupError(f"cannot start mDNS: {text}") from None
         self._zc = zc
-        addresses = self.interfaces or local_ipv4_addresses()
-        addresses = [a for a in addresses if a != "0.0.0.0"] or ["127.0.0.1"]
+        if self.interfaces:
+            addresses = [a for a in self.interfaces if a not in ("0.0.0.0", "::")]
+        else:
+            addresses = local_addresses(link_local=True)
+            if version == "v4":
+                addresses = [a for a in addresses if ":" not in a] or ["127.0.0.1"]
+        addresses = [a.split("%")[0] for a in addresses] or ["127.0.0.1"]
         short = local.node_id[:8]
         # RFC 6763 section 4.1.1: the instance name is free UTF-8 text, up to
         # 63 octets; the node id part keeps two nodes of one name apart.
@@ -217,7 +338,7 @@ class MdnsDiscovery:
                     "room": local.room,
                 },
                 server=f"p2pchat-{local.node_id}.local.",
-                addresses=[socket.inet_aton(a) for a in addresses],
+                parsed_addresses=addresses,
             )
             self._browser = zeroconf.ServiceBrowser(
                 zc, self.service_type, handlers=[self._on_change]
@@ -298,7 +419,11 @@ class MdnsDiscovery:
             version = int(_txt(props, "v"))
         except ValueError:
             version = -1
-        addresses = tuple(a for a in found.parsed_addresses() if ":" not in a)
+        # Both families; a link-local IPv6 address with the zone it was heard
+        # on (zeroconf gives its index, fe80::1%2; shown by name, fe80::1%eth0).
+        addresses = tuple(
+            zone_by_name(a) for a in found.parsed_scoped_addresses()[:MAX_FOUND_ADDRESSES]
+        )
         if not addresses:
             return
         self._names[name] = node_id

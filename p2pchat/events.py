@@ -275,6 +275,9 @@ class Stats(Event):
         store_stalls: times the store's writer thread was so far behind (a
             disk stalled for seconds) that handing it a batch gave up after
             1 s (the batch waits for the next hand-over; nothing is lost).
+        addrs_refused: addresses learnt from peers (presences, mDNS) that
+            the node will not dial, by reason (``multicast``, ``loopback``,
+            ...: :data:`p2pchat.addrs.REFUSAL_REASONS`).
     """
 
     kind: ClassVar[str] = "stats"
@@ -295,3 +298,4 @@ class Stats(Event):
     catchup_in: int = 0
     catchup_out: int = 0
     store_stalls: int = 0
+    addrs_refused: dict[str, int] = field(default_factory=dict)

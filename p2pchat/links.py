@@ -30,7 +30,7 @@ from p2pchat.core.protocol import Protocol as Core
 from p2pchat.core.slots import Held, inbound_refusal
 from p2pchat.errors import StartupError
 from p2pchat.events import Event, Notice
-from p2pchat.transport import Link, Listener, PortInUse
+from p2pchat.transport import ANY_HOST, Link, Listener, PortInUse
 
 log = logging.getLogger("p2pchat.node")
 
@@ -97,7 +97,7 @@ class Links:
                 interface address is not on this machine.
         """
         config = self.node.config
-        hosts = config.interfaces or ["0.0.0.0"]
+        hosts = config.interfaces or [ANY_HOST]  # both families (IPv4 only if no IPv6)
         try:
             self._bind_all(hosts, config.port)
         except PortInUse as exc:

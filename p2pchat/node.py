@@ -400,6 +400,7 @@ class Node:
                 catchup_in=s.counts["catchup_in"],
                 catchup_out=s.counts["catchup_out"],
                 store_stalls=getattr(self._store, "writer_stalls", 0),
+                addrs_refused=dict(s.addrs_refused),
             )
 
     def set_name(self, name: str) -> None:

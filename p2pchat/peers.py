@@ -16,6 +16,7 @@ import socket
 from typing import Protocol
 
 from p2pchat import wire
+from p2pchat.addrs import refusal
 from p2pchat.core.actions import Dial
 from p2pchat.core.config import NodeConfig
 from p2pchat.dialer import Dialer
@@ -149,8 +150,10 @@ class Peers:
         addrs = list(peer.addresses)
         with node._lock:
             dialer = self.dialers.get(peer.node_id)
-            if dialer is not None and not dialer.stopped.is_set():
-                dialer.addresses = addrs
+            # The address policy (p2pchat.addrs), as the core applies (and counts) in found().
+            allowed = [a for a in addrs if refusal(a, core.s.loopback_ok) is None]
+            if dialer is not None and not dialer.stopped.is_set() and allowed:
+                dialer.addresses = allowed
                 dialer.port = peer.port
         node._call(lambda now, wall: core.found(peer.node_id, addrs, peer.port, now))
 
@@ -192,10 +195,12 @@ class Peers:
 
 
 def advertised_addresses(config: NodeConfig) -> list[str]:
-    """IPv4 addresses for our presence: the ``interfaces``, or all of them (at most 8)."""
-    addrs = [a for a in config.interfaces if a != "0.0.0.0"]
-    if not addrs:
-        from p2pchat.discovery import local_ipv4_addresses
+    """Addresses for our presence, both families: the ``interfaces``, or
+    the machine's (:func:`~p2pchat.discovery.local_addresses`: loopback only
+    when it has nothing else), at most 8.  Never a link-local IPv6 address:
+    its zone names an interface of this machine, meaningless to others."""
+    from p2pchat.addrs import is_link_local_v6, normalize
+    from p2pchat.discovery import local_addresses
 
-        addrs = local_ipv4_addresses()
-    return addrs[:8]
+    addrs = [a for a in config.interfaces if a not in ("0.0.0.0", "::")] or local_addresses()
+    return [normalize(a) for a in addrs if not is_link_local_v6(a)][:8]

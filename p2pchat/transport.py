@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from p2pchat import wire
+from p2pchat.addrs import hostport, is_link_local_v6, normalize
 from p2pchat.core.config import LinkConfig as LinkConfig
 from p2pchat.errors import LinkRefused, RemoteProtocolError, StartupError, VersionMismatch
 from p2pchat.portable import WriteProbe, reuse_address, send_nowait
@@ -160,9 +161,10 @@ class Link:
 
     @property
     def address(self) -> str:
-        """``host:port`` of the peer: its listening port once known."""
+        """``host:port`` of the peer (``[host]:port`` for IPv6): its listening
+        port once known."""
         port = self.peer.port if self.peer and self.peer.port else self.remote[1]
-        return f"{self.remote[0]}:{port}"
+        return hostport(normalize(self.remote[0]), port)
 
     @property
     def dialer(self) -> str:
@@ -525,14 +527,44 @@ class _Closed(Exception):
         self.reason = reason
 
 
+ANY_HOST = "::"
+"""The listener's host for "every interface": one dual-stack IPv6 socket
+(``IPV6_V6ONLY`` off) that takes IPv4 peers too, or IPv4 only (``0.0.0.0``)
+on a machine without IPv6."""
+
+
+def _sockaddr(host: str, port: int) -> tuple[socket.AddressFamily, tuple[object, ...]]:
+    """``(family, sockaddr)`` of a numeric address for bind (an IPv6 zone
+    such as ``%eth0`` resolved to its index).
+
+    Raises:
+        StartupError: ``host`` is no IP address of either family.
+    """
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        info = socket.getaddrinfo(
+            host, port, fam, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST | socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError):
+        raise StartupError(f"{host} is not an IP address") from None
+    return fam, info[0][4]
+
+
 class Listener:
     """A listening TCP socket and its accept thread.
 
     Args:
-        host: IPv4 address to bind (``"0.0.0.0"`` for all).
+        host: IPv4 or IPv6 address to bind (an IPv6 link-local one with its
+            zone, ``fe80::1%eth0``); :data:`ANY_HOST` (``"::"``) for every
+            interface of both families (a dual-stack socket; IPv4 only,
+            ``0.0.0.0``, when the machine has no IPv6), ``"0.0.0.0"`` for
+            every IPv4 one.
         port: TCP port (0 = any free port).
         on_accept: called on the listener thread with ``(sock, (ip, port))``
-            for each accepted connection; must not block.
+            for each accepted connection; must not block.  ``ip`` is in the
+            text form of :func:`p2pchat.addrs.normalize`: an IPv4 peer of a
+            dual-stack socket is a plain dotted quad, a link-local IPv6 peer
+            carries its zone.
 
     Raises:
         StartupError: the port is taken or the address is not on this machine.
@@ -546,18 +578,17 @@ class Listener:
         on_accept: Callable[[socket.socket, tuple[str, int]], None],
         backlog: int = 64,
     ) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        reuse_address(sock)
-        try:
-            sock.bind((host, port))
-            sock.listen(backlog)
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(f"port {port} on {host} is already in use") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise StartupError(f"address {host} is not on this machine") from None
-            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        if host == ANY_HOST:
+            try:
+                sock = self._bind(host, port, backlog)
+            except PortInUse:
+                raise
+            except (StartupError, OSError) as exc:  # no IPv6 here: IPv4 only
+                log.info("no IPv6 listener (%s): listening on IPv4 only", exc)
+                host = "0.0.0.0"
+                sock = self._bind(host, port, backlog)
+        else:
+            sock = self._bind(host, port, backlog)
         # close() wakes accept() by shutting the socket down; the timeout is a
         # safety net (an idle thread that polls costs a wake-up each time).
         sock.settimeout(5.0)
@@ -569,6 +600,27 @@ class Listener:
         self._thread = threading.Thread(
             target=self._loop, name=f"p2pchat-listener-{host}", daemon=True
         )
+
+    @staticmethod
+    def _bind(host: str, port: int, backlog: int) -> socket.socket:
+        if host == ANY_HOST and not socket.has_ipv6:
+            raise StartupError("this Python has no IPv6")
+        fam, where = _sockaddr(host, port)
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        reuse_address(sock)
+        try:
+            if host == ANY_HOST:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(where)
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} on {host} is already in use") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise StartupError(f"address {host} is not on this machine") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        return sock
 
     def start(self) -> None:
         """Start the accept thread."""
@@ -587,7 +639,7 @@ class Listener:
                 time.sleep(0.1)  # e.g. EMFILE: don't spin
                 continue
             try:
-                self._on_accept(conn, (addr[0], addr[1]))
+                self._on_accept(conn, (peer_host(addr), addr[1]))
             except Exception:
                 log.exception("accept handler failed")
                 conn.close()
@@ -610,16 +662,32 @@ class PortInUse(StartupError):
     """The listening port is taken (the node may fall back to a free port)."""
 
 
+def peer_host(addr: tuple[object, ...]) -> str:
+    """The host of a socket address from ``accept``/``getpeername``, as
+    :func:`p2pchat.addrs.normalize` prints it: ``::ffff:10.0.0.1`` is
+    ``10.0.0.1``; a link-local IPv6 peer gets its zone (``fe80::1%eth0``)."""
+    host = str(addr[0])
+    if len(addr) >= 4 and addr[3] and "%" not in host and is_link_local_v6(host):
+        scope = int(str(addr[3]))
+        try:
+            host = f"{host}%{socket.if_indextoname(scope)}"
+        except OSError:
+            host = f"{host}%{scope}"
+    return normalize(host)
+
+
 def dial(addresses: list[str], port: int, timeout_s: float) -> tuple[socket.socket, str]:
     """Connect to the first of ``addresses`` that answers on ``port``.
 
     Args:
-        addresses: IPv4 addresses or host names, tried in order.
+        addresses: IPv4 or IPv6 addresses (a link-local one with its zone,
+            ``fe80::1%eth0``) or host names, tried in order.
         port: TCP port.
         timeout_s: connect timeout per address, seconds.
 
     Returns:
-        ``(socket, address)`` of the first successful connection.
+        ``(socket, address)`` of the first successful connection
+        (``address`` as given).
 
     Raises:
         OSError: no address could be reached (the last error).
@@ -630,6 +698,9 @@ def dial(addresses: list[str], port: int, timeout_s: float) -> tuple[socket.sock
             sock = socket.create_connection((host, port), timeout=timeout_s)
         except OSError as exc:
             last = exc
+            continue
+        except UnicodeError as exc:  # a host name that IDNA refuses
+            last = OSError(f"bad host name {host!r}: {exc}")
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, host

@@ -33,6 +33,7 @@ and on the writing side ``sock.sendall(encode_frame(message))``.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import operator
 import os
 import re
@@ -287,7 +288,32 @@ class Nick(Flooded, tag="nick", frozen=True, kw_only=True):
 
 
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-IPv4 = Annotated[str, msgspec.Meta(pattern=f"^{_OCTET}\\.{_OCTET}\\.{_OCTET}\\.{_OCTET}$")]
+_IPV6_CHARS = "[0-9a-f:]{2,39}"
+IPAddr = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=f"^({_OCTET}\\.{_OCTET}\\.{_OCTET}\\.{_OCTET}|{_IPV6_CHARS})$", max_length=39
+    ),
+]
+"""An address in a presence: an IPv4 dotted quad (no leading zeros) or an
+IPv6 address in the compressed lowercase form of RFC 5952 (``fd00::7``), no
+zone, not IPv4-mapped; the pattern lets the characters through,
+:func:`check_ipv6_text` the rest (on decoding: a bad one is an
+``invalid_fields`` frame)."""
+
+
+def check_ipv6_text(text: str) -> None:
+    """Raise ValueError unless ``text`` (IPv6 characters only) is an IPv6
+    address in RFC 5952 form, not IPv4-mapped (an IPv4 address travels as a
+    dotted quad)."""
+    try:
+        addr = ipaddress.IPv6Address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv6 address") from None
+    if addr.ipv4_mapped is not None:
+        raise ValueError(f"{text!r}: an IPv4 address travels as a dotted quad")
+    if str(addr) != text:
+        raise ValueError(f"{text!r} is not in compressed form ({addr})")
 
 
 class Lost(msgspec.Struct, array_like=True, frozen=True):
@@ -304,7 +330,8 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     """Periodic "still here" from the origin (see ``docs/protocol.md``).
 
     Attributes:
-        addrs: IPv4 addresses the origin listens on (optional, at most 8).
+        addrs: addresses the origin listens on, IPv4 and IPv6 (optional, at
+            most 8; see :data:`IPAddr`).
         port: the origin's TCP listening port (optional; 0 = unknown).
         dh: the origin's X25519 public key for direct messages, 64 hex
             digits (optional; signed with the rest of the presence).
@@ -320,7 +347,7 @@ class Presence(Flooded, tag="presence", frozen=True, kw_only=True):
     a mesh re-link when the node that joined them dies.
     """
 
-    addrs: Annotated[list[IPv4], msgspec.Meta(max_length=8)] = msgspec.field(default_factory=list)
+    addrs: Annotated[list[IPAddr], msgspec.Meta(max_length=8)] = msgspec.field(default_factory=list)
     port: Port = 0
     dh: PublicKey = ""
     every: Annotated[float, msgspec.Meta(ge=0, le=MAX_PRESENCE_EVERY_S)] = 0.0
@@ -713,10 +740,17 @@ def _validate(msg: Message) -> None:
             check_name(msg.old, "old name")
         elif isinstance(msg, Leave) and has_control_chars(msg.reason):
             raise RemoteProtocolError("leave reason contains control characters")
-        elif isinstance(msg, Presence) and msg.away:
-            _check_text(msg.away, "away text")
-            if has_control_chars(msg.away):
-                raise RemoteProtocolError("away text contains control characters")
+        elif isinstance(msg, Presence):
+            if msg.away:
+                _check_text(msg.away, "away text")
+                if has_control_chars(msg.away):
+                    raise RemoteProtocolError("away text contains control characters")
+            for addr in msg.addrs:
+                if ":" in addr:
+                    try:
+                        check_ipv6_text(addr)
+                    except ValueError as exc:
+                        raise RemoteProtocolError(f"presence addrs: {exc}") from None
     elif isinstance(msg, Sync):
         _check_label(msg.room, "room")
     elif isinstance(msg, Lines):

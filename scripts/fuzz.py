@@ -74,6 +74,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
 import json
 import logging
@@ -339,8 +340,20 @@ def random_message(rng: random.Random) -> wire.Message:
         return wire.Leave(reason=_text(rng, 32), **common)
     if kind == 6:
         return wire.Nick(old=_name(rng), **common)
-    addrs = [".".join(str(rng.randint(0, 255)) for _ in range(4)) for _ in range(rng.randint(0, 8))]
+    addrs = [_address(rng) for _ in range(rng.randint(0, 8))]
     return wire.Presence(addrs=addrs, port=rng.randint(0, 65535), **common)
+
+
+def _address(rng: random.Random) -> str:
+    """A valid presence address: a dotted quad, or an IPv6 address in RFC 5952
+    form (never an IPv4-mapped one, which a presence may not carry)."""
+    if rng.random() < 0.5:
+        return ".".join(str(rng.randint(0, 255)) for _ in range(4))
+    # a few zero groups, so that "::" compression shows up
+    groups = [rng.choice((0, 0, rng.getrandbits(16))) for _ in range(8)]
+    groups[0] = groups[0] or 0xFD00
+    addr = ipaddress.IPv6Address(sum(g << (16 * (7 - i)) for i, g in enumerate(groups)))
+    return str(addr)
 
 
 def frame_of(body: bytes) -> bytes:

@@ -290,7 +290,10 @@ class CoreNet:
             store = MemoryStore(cfg.history_max_age_s, cfg.history_max_lines)
         ident = identity or Identity.generate()
         rng = random.Random(self.rng.getrandbits(64))
-        core = Protocol(cfg, ident, store, now=self.now, wall=self.wall, rng=rng)
+        # On loopback, as the addresses it learns (p2pchat.addrs: loopback only then).
+        core = Protocol(
+            cfg, ident, store, now=self.now, wall=self.wall, rng=rng, addrs=["127.0.0.1"]
+        )
         node = CoreNode(name, ident, core, store)
         self._register(node)
         return node

@@ -15,6 +15,14 @@ Layout of ``lan(n)``::
   send (mDNS included) can reach a real network.
 * ``10.X.Y.0/24`` is picked at random per run; multicast is on for every veth
   and each host has a route for ``224.0.0.0/4`` on its ``eth0``.
+* Each host's address family is ``"v4"`` (the default: IPv6 disabled on
+  ``eth0``, not even a link-local address), ``"v6"`` (no IPv4 address on
+  ``eth0`` at all) or ``"both"`` (``lan(n, families=[...])``).  IPv6
+  addresses are ``<prefix>::<i+1>/64`` in a ``fd00::/8`` /64 (a unique local
+  prefix, RFC 4193) picked at random per run, added with ``nodad`` (and
+  DAD is off on ``eth0``, so the link-local address works at once too);
+  ``ff00::/8`` is routed on ``eth0`` (the kernel's multicast route, made
+  sure of).
 * Namespace names carry the creating PID (``p2plab-<pid>-<hex>-...``); stale
   namespaces of dead runs are removed before a new lab is built, those of
   live runs are left alone.
@@ -67,6 +75,17 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and proc.returncode != 0:
         raise LabError(f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
     return proc
+
+
+def _sysctl(ns: str, setting: str) -> None:
+    """Set ``key=value`` with ``sysctl`` inside namespace ``ns`` (a missing
+    key, e.g. a kernel without IPv6, is no error)."""
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "sysctl", "-q", "-e", "-w", setting],
+        capture_output=True,
+        timeout=_CMD_TIMEOUT_S,
+        check=False,
+    )
 
 
 def _list_namespaces() -> list[str]:
@@ -122,14 +141,21 @@ def netns_available() -> tuple[bool, str]:
     return True, ""
 
 
+FAMILIES = ("v4", "v6", "both")
+"""The address families a host of the lab may have on its ``eth0``."""
+
+
 @dataclass(frozen=True)
 class Host:
-    """One host of the lab: its namespace name and IPv4 address (no prefix length)."""
+    """One host of the lab: its namespace name, IPv4 address (no prefix
+    length; "" on an IPv6-only host) and IPv6 address ("" on an IPv4-only one)."""
 
     index: int
     ns: str
     addr: str
     ifname: str = "eth0"
+    addr6: str = ""
+    family: str = "v4"
 
 
 @dataclass
@@ -140,6 +166,7 @@ class Lan:
     subnet: str
     hosts: list[Host]
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    prefix6: str = ""
 
     def popen(self, i: int, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside host ``i``'s namespace (``ip netns exec``).
@@ -185,9 +212,11 @@ class Lan:
                         stream.close()
 
 
-def _build(tag: str, n_hosts: int, created: list[str]) -> Lan:
+def _build(tag: str, n_hosts: int, created: list[str], families: Sequence[str]) -> Lan:
     x, y = random.randint(0, 255), random.randint(0, 255)
     subnet = f"10.{x}.{y}.0/24"
+    words = [random.randint(0, 0xFFFF) for _ in range(3)]
+    prefix6 = f"fd{random.randint(0, 255):02x}:" + ":".join(f"{w:x}" for w in words)
     sw = f"{tag}-sw"
     _ip("netns", "add", sw)
     created.append(sw)
@@ -197,7 +226,10 @@ def _build(tag: str, n_hosts: int, created: list[str]) -> Lan:
     hosts = []
     for i in range(n_hosts):
         ns = f"{tag}-h{i}"
-        addr = f"10.{x}.{y}.{i + 1}"
+        family = families[i]
+        v4, v6 = family in ("v4", "both"), family in ("v6", "both")
+        addr = f"10.{x}.{y}.{i + 1}" if v4 else ""
+        addr6 = f"{prefix6}::{i + 1:x}" if v6 else ""
         _ip("netns", "add", ns)
         created.append(ns)
         _ip("-n", ns, "link", "set", "lo", "up")
@@ -209,27 +241,58 @@ def _build(tag: str, n_hosts: int, created: list[str]) -> Lan:
         _ip("-n", sw, "link", "set", "dev", port, "multicast", "on")
         _ip("-n", sw, "link", "set", port, "up")
         _ip("-n", ns, "link", "set", "dev", "eth0", "multicast", "on")
-        _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        if not v6:  # an IPv4-only host: not even a link-local IPv6 address on eth0
+            _sysctl(ns, "net.ipv6.conf.eth0.disable_ipv6=1")
+        else:  # no duplicate address detection: the link-local address works at once too
+            _sysctl(ns, "net.ipv6.conf.eth0.accept_dad=0")
+        if v4:
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        if v6:
+            _ip("-n", ns, "-6", "addr", "add", f"{addr6}/64", "dev", "eth0", "nodad")
         _ip("-n", ns, "link", "set", "eth0", "up")
-        _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
-        hosts.append(Host(index=i, ns=ns, addr=addr))
-    return Lan(switch_ns=sw, subnet=subnet, hosts=hosts)
+        if v4:
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+        if v6:
+            # The kernel adds this route when eth0 comes up; add it if it did not.
+            table = ("-6", "route", "show", "table", "local", "ff00::/8", "dev", "eth0")
+            if not _ip("-n", ns, *table).stdout.strip():
+                _ip(
+                    "-n",
+                    ns,
+                    "-6",
+                    "route",
+                    "add",
+                    "multicast",
+                    "ff00::/8",
+                    "dev",
+                    "eth0",
+                    "table",
+                    "local",
+                )
+        hosts.append(Host(index=i, ns=ns, addr=addr, addr6=addr6, family=family))
+    return Lan(switch_ns=sw, subnet=subnet, hosts=hosts, prefix6=f"{prefix6}::/64")
 
 
 @contextlib.contextmanager
-def lan(n_hosts: int) -> Iterator[Lan]:
+def lan(n_hosts: int, families: Sequence[str] | None = None) -> Iterator[Lan]:
     """Build a LAN of ``n_hosts`` namespaces on one bridge; tear it down on exit.
+
+    ``families``: each host's address family (:data:`FAMILIES`), IPv4 only
+    for all when None.
 
     Raises :class:`LabError` if an ``ip`` command fails (what was built so far
     is removed)."""
     if not 1 <= n_hosts <= MAX_HOSTS:
         raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}")
+    families = list(families) if families is not None else ["v4"] * n_hosts
+    if len(families) != n_hosts or not set(families) <= set(FAMILIES):
+        raise ValueError(f"families must be {n_hosts} of {FAMILIES}")
     remove_stale_namespaces()
     tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
     created: list[str] = []
     net: Lan | None = None
     try:
-        net = _build(tag, n_hosts, created)
+        net = _build(tag, n_hosts, created, families)
         yield net
     finally:
         if net is not None:

@@ -146,7 +146,9 @@ def test_parse_peer_rejects(text: str) -> None:
         args.parse_peer(text)
 
 
-@pytest.mark.parametrize("text", ["nope", "10.0.0", "::1", "0.0.0.0", "300.1.1.1"])
+@pytest.mark.parametrize(
+    "text", ["nope", "10.0.0", "0.0.0.0", "::", "300.1.1.1", "fe80::1", "ff02::fb", "a b"]
+)
 def test_parse_interface_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         args.parse_interface(text)
@@ -166,7 +168,7 @@ def test_parse_interface_rejects(text: str) -> None:
         ["--name", "alice", "--port", "65536"],
         ["--name", "alice", "--port", "seven"],
         ["--name", "alice", "--peer", "h:0"],
-        ["--name", "alice", "--interface", "eth0"],
+        ["--name", "alice", "--interface", "nosuch-if0"],
         ["--name", "alice", "--log-level", "loud"],
         ["--name", "alice", "--service-type", "p2pchat.local"],
         ["--name", "alice", "--bogus"],

@@ -40,13 +40,16 @@ TIMEOUT_LEAVE_BOUND_S = 10.5 + 2.0
 
 
 @contextlib.contextmanager
-def chat_lan(n_hosts: int) -> Iterator[tuple[Lan, list[NodeProcess]]]:
-    """A lab of ``n_hosts`` hosts, each running ``p2pchat`` with real mDNS;
-    the processes are stopped and their reader threads joined on exit."""
+def chat_lan(
+    n_hosts: int, families: list[str] | None = None
+) -> Iterator[tuple[Lan, list[NodeProcess]]]:
+    """A lab of ``n_hosts`` hosts (``families``: each one's address family,
+    see :func:`netns_lab.lan`), each running ``p2pchat`` with real mDNS; the
+    processes are stopped and their reader threads joined on exit."""
     room = f"lab-{secrets.token_hex(4)}"
     service_type = f"_p2pt{secrets.token_hex(4)}._tcp.local."
     env = env_with_path(REPO)
-    with lan(n_hosts) as net:
+    with lan(n_hosts, families) as net:
         nodes: list[NodeProcess] = []
         try:
             for i in range(n_hosts):

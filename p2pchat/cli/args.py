@@ -70,7 +70,7 @@ class Options:
         port: TCP port to listen on (0 = any free port).
         port_fallback: take a free port if ``port`` is taken (only when
             ``--port`` was not given).
-        interfaces: IPv4 addresses to listen and run mDNS on; empty = all.
+        interfaces: IPv4 and IPv6 addresses to listen and run mDNS on; empty = all.
         peers: static peers ``(host, port)``.
         mdns: run mDNS discovery.
         json: scripted mode with one JSON object per event.
@@ -205,25 +205,48 @@ def parse_peer(text: str) -> tuple[str, int]:
     return host, port
 
 
-def parse_interface(text: str) -> str:
-    """Parse an ``--interface`` value: one IPv4 address of this machine.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+def parse_interface(text: str) -> list[str]:
+    """Parse an ``--interface`` value: an IPv4 or IPv6 address of this
+    machine (a link-local IPv6 one with its zone, ``fe80::1%eth0``), or the
+    name of an interface, which stands for all its addresses.
 
     Args:
-        text: a dotted-quad IPv4 address.
+        text: the address or interface name.
 
     Returns:
-        The address in canonical form.
+        The addresses in canonical form (one for an address).
 
     Raises:
-        UsageError: not an IPv4 address, or the wildcard 0.0.0.0.
+        UsageError: a wildcard (``0.0.0.0``, ``::``), a multicast address, a
+            link-local IPv6 address without its zone, or no such interface
+            (or one without any address).
     """
+    text = text.strip()
     try:
-        addr = ipaddress.IPv4Address(text.strip())
+        addr = ipaddress.ip_address(text)
     except ValueError:
-        raise UsageError(f"interface {text!r} is not an IPv4 address") from None
-    if addr.is_unspecified:
-        raise UsageError("interface 0.0.0.0 means every interface: leave out --interface")
-    return str(addr)
+        addr = None
+    if addr is not None:
+        if addr.is_unspecified:
+            raise UsageError(f"interface {text} means every interface: leave out --interface")
+        if addr.is_multicast:
+            raise UsageError(f"interface {text} is a multicast address")
+        if isinstance(addr, ipaddress.IPv6Address) and addr.is_link_local and not addr.scope_id:
+            raise UsageError(f"interface {text}: a link-local address needs its zone, {text}%eth0")
+        return [str(addr)]
+    if not _IFNAME_RE.match(text):
+        raise UsageError(f"interface {text!r} is neither an IP address nor an interface name")
+    from p2pchat.discovery import interface_addresses
+
+    found = interface_addresses(text)
+    if found is None:
+        raise UsageError(f"no interface named {text!r} on this machine")
+    if not found:
+        raise UsageError(f"interface {text!r} has no IP address")
+    return found
 
 
 def default_data_dir() -> str:
@@ -343,12 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--interface",
-        metavar="ADDR",
+        metavar="ADDR|NAME",
         type=_arg_type(parse_interface),
-        action="append",
+        action="extend",
         default=[],
-        help="listen and run mDNS only on this IPv4 address of this machine "
-        "(repeatable; default: every interface)",
+        help="listen and run mDNS only on this IPv4 or IPv6 address of this machine "
+        "(fe80::1%%eth0 for a link-local one), or on every address of this interface "
+        "(repeatable; default: every interface, both families)",
     )
     p.add_argument(
         "--peer",

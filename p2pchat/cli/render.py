@@ -268,6 +268,7 @@ def format_stats(stats: Stats) -> list[str]:
         f"   duplicates dropped {stats.duplicates_dropped}; seen-cache {stats.seen_cache} ids",
         f"   bad frames: {group(stats.frames_refused)}",
         f"   links refused or dropped: {group(stats.links_refused)}",
+        f"   learnt addresses not dialled: {group(stats.addrs_refused)}",
         f"   rate-limited: {group(stats.rate_limited)}; queue drops {stats.queue_drops}",
         f"   history: {stats.stored_lines} lines stored; catch-up in {stats.catchup_in}, "
         f"out {stats.catchup_out}; store writer stalls {stats.store_stalls}",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import msgspec
 
 from p2pchat import flood, identity, names, wire
+from p2pchat.addrs import screen
 from p2pchat.core.actions import LinkId
 from p2pchat.core.admission import BoundedMap
 from p2pchat.core.state import MAX_ORIGINS, Shared
@@ -89,7 +90,10 @@ class Membership:
         if stale:
             return False
         if isinstance(msg, wire.Presence) and msg.port and msg.addrs:
-            self.addrs.put(origin, (list(msg.addrs), msg.port))
+            # The address policy (p2pchat.addrs): never multicast, loopback... of either family.
+            where = screen(msg.addrs, s.loopback_ok, s.addrs_refused)
+            if where:
+                self.addrs.put(origin, (where, msg.port))
         member = s.roster.get(origin)
         renamed = member is not None and member.name != msg.name
         was = s.roster.display(origin) if renamed else ""  # how it was shown: before any flag

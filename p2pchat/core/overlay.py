@@ -52,6 +52,8 @@ import random
 from collections.abc import Collection, Container, Iterable
 from dataclasses import dataclass, field
 
+from p2pchat.addrs import family, prefer
+
 DEFAULT_TARGET = 5
 """Links a node dials up to: HyParView's log N + c (the paper's active view
 is 5 for 10,000 nodes).  Inbound links come on top: in a room started all at
@@ -75,12 +77,14 @@ class Known:
     """A peer of the passive view: where it listens and how dials to it went.
 
     Attributes:
-        addrs: its IPv4 addresses, as text (at most 8 kept).
+        addrs: its addresses of either family, as text (at most 8 kept).
         port: its TCP port.
         static: named by ``--peer`` (never forgotten or given away).
         failures: dials in a row that failed.
         not_before: earliest time (seconds) to dial it again.
         since: when it was first learnt (seconds).
+        answered: the address a dial of ours last reached it at ("" if none):
+            dialled first next time.
     """
 
     addrs: list[str]
@@ -89,6 +93,7 @@ class Known:
     failures: int = 0
     not_before: float = float("-inf")
     since: float = float("-inf")
+    answered: str = ""
 
 
 @dataclass
@@ -131,6 +136,7 @@ class Overlay:
     _replace: int = 0  # failed links still to replace (above the target)
     _last_evict: float = float("-inf")
     _last_merge: float = float("-inf")
+    family: int = 0  # the address family (4 or 6) that answered our last dial
 
     def __post_init__(self) -> None:
         if not 0 <= self.target <= self.max_active:
@@ -171,9 +177,25 @@ class Overlay:
             del self.passive[peer]
 
     def address(self, peer: str) -> tuple[list[str], int] | None:
-        """``(addrs, port)`` of a passive peer, or None."""
+        """``(addrs, port)`` of a passive peer, or None.  The addresses in
+        the order to dial them: the one that answered before first, then
+        those of the family that answered our last dial (a node on a LAN
+        with no IPv6 route does not wait on IPv6 addresses first, and the
+        other way round)."""
         known = self.passive.get(peer)
-        return None if known is None else (list(known.addrs), known.port)
+        if known is None:
+            return None
+        return prefer(known.addrs, known.answered, self.family), known.port
+
+    def answered(self, peer: str, host: str) -> None:
+        """A dial of ours reached ``peer`` at ``host``: that address, and its
+        family, are tried first from now on."""
+        fam = family(host)
+        if fam:
+            self.family = fam
+        known = self.passive.get(peer)
+        if known is not None:
+            known.answered = host
 
     # -- links ----------------------------------------------------------------------
 

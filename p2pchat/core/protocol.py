@@ -36,6 +36,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from p2pchat import identity, wire
+from p2pchat.addrs import hostport_split, loopback_only, screen
 from p2pchat.core.actions import Action, Dial, LinkId, Retire
 from p2pchat.core.antientropy import AntiEntropy
 from p2pchat.core.broadcast import Broadcast
@@ -203,6 +204,7 @@ class Protocol:
             s.order.seed(origin, tops[origin])
         self.node_id = s.node_id
         self.port = port
+        self._addrs: list[str] = []
         self.addrs = list(addrs)
         self.members = Membership(s)
         self.history_ = AntiEntropy(s)
@@ -220,6 +222,18 @@ class Protocol:
         self._next_tick = now
 
     # -- what the shell reads -----------------------------------------------------------
+
+    @property
+    def addrs(self) -> list[str]:
+        """Our addresses for presences (both families; the shell sets them
+        once it listens).  Whether all are loopback decides whether loopback
+        addresses learnt from peers are dialled (:mod:`p2pchat.addrs`)."""
+        return self._addrs
+
+    @addrs.setter
+    def addrs(self, value: Sequence[str]) -> None:
+        self._addrs = list(value)
+        self.s.loopback_ok = loopback_only(self._addrs)
 
     @property
     def name(self) -> str:
@@ -415,6 +429,8 @@ class Protocol:
         for the newcomer itself).  True if ``up`` itself was dropped."""
         s = self.s
         pid = up.peer.node
+        if up.direction == "out":  # dial this address (and its family) first next time
+            self.overlay.answered(pid, hostport_split(up.address)[0])
         victim = self.overlay.link_up(pid, up.direction == "in", s.now)
         if victim is None:
             return False
@@ -487,8 +503,10 @@ class Protocol:
         s = self.s
         s.now = now
         if not s.closed and node != self.node_id:
-            self.overlay.learn(node, list(addrs), port, now)
-            self._fill_overlay()
+            where = screen(addrs, s.loopback_ok, s.addrs_refused)  # p2pchat.addrs
+            if where:
+                self.overlay.learn(node, where, port, now)
+                self._fill_overlay()
         return s.take()
 
     def lost(self, node: str) -> list[Action]:

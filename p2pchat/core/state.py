@@ -126,6 +126,9 @@ class Shared:
         )
         self.frames_refused = self.admission.refused  # one table of reasons (core.admission)
         self.links_refused: dict[str, int] = {}
+        # Learnt addresses not dialled, by reason (p2pchat.addrs.refusal).
+        self.addrs_refused: dict[str, int] = {}
+        self.loopback_ok = False  # this node runs on loopback only (p2pchat.addrs.loopback_only)
         self.rate_limited: dict[str, int] = {}
         self.bad_sigs: dict[LinkId, int] = {}
         self.equivocators: BoundedMap[str, str] = BoundedMap(MAX_ORIGINS)  # origin -> key
