@@ -11,16 +11,20 @@ the core's actions; each takes the node's state lock only to call the core.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import time
 from typing import Protocol
 
 from p2pchat import wire
-from p2pchat.core.actions import Dial
+from p2pchat.core.actions import Action, Dial
 from p2pchat.core.config import NodeConfig
+from p2pchat.core.protocol import Protocol as Core
 from p2pchat.dialer import Dialer
 from p2pchat.discovery import FoundPeer
 from p2pchat.links import Links, ShellHost
+from p2pchat.peerbook import PeerBook, Remembered
 from p2pchat.privacy import TAG_PREFIX
 from p2pchat.transport import Link
 
@@ -57,6 +61,10 @@ class Peers:
         self.dialers: dict[str, Dialer] = {}
         # Other rooms' nodes discovery showed us: room (as its TXT says) -> node ids.
         self.rooms: dict[str, set[str]] = {}
+        # Remembered peers (p2pchat/peerbook.py), and the addresses mDNS gave
+        # of each node (those are not remembered): node id -> addresses.
+        self.book = PeerBook(self.config.data_dir, time.time())
+        self.on_lan: dict[str, set[str]] = {}
 
     # -- DialOwner: what a dialler asks (any thread) -------------------------------------
 
@@ -86,6 +94,8 @@ class Peers:
                 del self.dialers[dialer.key]
         if dialer.once:
             linked, code = dialer.outcome
+            if not linked:
+                self.book.failed(dialer.node_id, list(dialer.addresses), dialer.port)
             core = node._core
             node._call(lambda now, wall: core.dial_done(dialer.node_id, now, linked, code))
 
@@ -101,6 +111,55 @@ class Peers:
             dialer = Dialer(self, key, [host], port)
             self.dialers[key] = dialer
         dialer.thread.start()
+
+    def recall(self) -> None:
+        """Start: the remembered peers go to the core like peers a presence
+        named (its overlay dials them with backoff and its address policy
+        applies; never static).  The caller's thread (``Node.start``)."""
+        core = self.node._core
+        for node_id, hosts, port in self.book.peers():
+            if node_id != self.node.node_id:
+                self.node._call(functools.partial(_found, core, node_id, hosts, port))
+
+    def answered(self, link: Link) -> None:
+        """A link is up: if we dialled it, and not at an address mDNS gave
+        for that node, its address is remembered (``typed`` if a ``--peer``
+        dialler dialled it, else ``learnt``).  A link's reader thread."""
+        if link.direction != "out" or link.peer is None:
+            return
+        host, port = link.remote[0], link.remote[1]
+        node_id = link.peer.node
+        with self.node._lock:
+            if host in self.on_lan.get(node_id, ()):
+                return
+            static = self.dialers.get(f"{host}:{port}")
+            typed = static is not None and not static.once
+        self.book.answered(host, port, node_id, "typed" if typed else "learnt", time.time())
+
+    def forget(self, host: str, port: int | None) -> list[Remembered]:
+        """``/forget``: remove the remembered ``host:port`` (every port of
+        ``host`` when ``port`` is None), take the nodes that answered there
+        out of the overlay's passive view and stop their diallers, and stop
+        a ``--peer`` dialler of that address.  Links that are up stay.  Any
+        thread.
+
+        Returns:
+            the entries removed.
+        """
+        gone = self.book.forget(host, port, time.time())
+        nodes = {e.node for e in gone}
+        with self.node._lock:
+            stop = [
+                d
+                for key, d in self.dialers.items()
+                if key in nodes or (not d.once and host in d.addresses and port in (None, d.port))
+            ]
+        core = self.node._core
+        for node_id in nodes:
+            self.node._call(functools.partial(_lost, core, node_id))
+        for dialer in stop:
+            dialer.stop()
+        return gone
 
     def dial(self, action: Dial) -> None:
         """The core asks for one dial (its overlay): a dialler thread, unless
@@ -148,6 +207,8 @@ class Peers:
             return
         addrs = list(peer.addresses)
         with node._lock:
+            if peer.node_id in self.on_lan or len(self.on_lan) < self.config.max_known_peers:
+                self.on_lan[peer.node_id] = set(addrs)  # not remembered (Peers.answered)
             dialer = self.dialers.get(peer.node_id)
             if dialer is not None and not dialer.stopped.is_set():
                 dialer.addresses = addrs
@@ -185,10 +246,21 @@ class Peers:
         with self.node._lock:
             for nodes in self.rooms.values():
                 nodes.discard(node_id)
+            self.on_lan.pop(node_id, None)
             self.node._core.lost(node_id)
             dialer = self.dialers.get(node_id)
         if dialer is not None:
             dialer.stop()
+
+
+def _found(
+    core: Core, node_id: str, hosts: list[str], port: int, now: float, wall: float
+) -> list[Action]:
+    return core.found(node_id, hosts, port, now)
+
+
+def _lost(core: Core, node_id: str, now: float, wall: float) -> list[Action]:
+    return core.lost(node_id)
 
 
 def advertised_addresses(config: NodeConfig) -> list[str]:
