@@ -290,3 +290,17 @@ def test_a_peer_found_by_mdns_is_not_remembered(cluster: Cluster, tmp_path: Path
         a.close()
         assert a.remembered() == []
     assert not (tmp_path / "a" / FILE_NAME).exists()
+
+
+def test_a_typed_host_name_is_remembered_as_typed(cluster: Cluster, tmp_path: Path) -> None:
+    """--peer by name (a MagicDNS name, say): the name is kept, and dialled
+    by name (resolved again) at the next start."""
+    b = cluster.add("bob")
+    a_dir = str(tmp_path / "a")
+    a = cluster.add("alice", data_dir=a_dir)
+    a.add_peer("localhost", b.port)  # as --peer localhost:PORT
+    wait_for(lambda: bool(a.remembered()), 10.0, "alice to remember bob")
+    assert [(e.host, e.port, e.source) for e in a.remembered()] == [("localhost", b.port, "typed")]
+    a.close()
+    a2 = cluster.add("alice", data_dir=a_dir)
+    wait_for(lambda: b.node_id in {li.peer for li in a2.snapshot().links}, 10.0, "the link again")
