@@ -559,6 +559,7 @@ class Node:
                 return
             try:
                 self._call(self._core.tick)
+                self.peers.recall_due()  # remembered peers, offered again (p2pchat/peers.py)
             except Exception:
                 log.exception("router: internal error in the timers")
 

@@ -7,7 +7,8 @@ from (``typed`` or ``learnt``), when it last answered (wall-clock seconds)
 and how many dials to it failed since.  On the next start the node dials
 them again through the core's overlay (:meth:`Protocol.found
 <p2pchat.core.protocol.Protocol.found>`): with the overlay's backoff, forgotten
-after its ``max_failures`` dials in a row, never static, and through whatever
+by it after its ``max_failures`` dials in a row but offered again later
+(:meth:`Peers.recall_due <p2pchat.peers.Peers.recall_due>`), never static, and through whatever
 address policy the overlay's ``learn`` applies (an address read from the data
 directory is no more trusted than one a peer sent).  Peers found by mDNS are
 not remembered: mDNS finds them again on the same LAN, and they would only

@@ -36,6 +36,14 @@ MAX_ROOMS_SEEN = 32
 MAX_NODES_PER_ROOM = 256
 """Most nodes it counts in one of them."""
 
+RECALL_FIRST_S = 60.0
+"""Seconds after start (or after the last offer) before the remembered peers
+with no link are offered to the overlay again; doubled at each offer up to
+:data:`RECALL_MAX_S`."""
+
+RECALL_MAX_S = 960.0
+"""Longest wait between two offers of the remembered peers (16 minutes)."""
+
 
 class PeerHost(ShellHost, Protocol):
     """What :class:`Peers` needs of its node besides :class:`~p2pchat.links.ShellHost`."""
@@ -65,6 +73,8 @@ class Peers:
         # of each node (those are not remembered): node id -> addresses.
         self.book = PeerBook(self.config.data_dir, time.time())
         self.on_lan: dict[str, set[str]] = {}
+        self._recall_wait = RECALL_FIRST_S  # Peers.recall_due: the router thread's
+        self._next_recall = float("inf")  # until recall() at start
 
     # -- DialOwner: what a dialler asks (any thread) -------------------------------------
 
@@ -116,9 +126,36 @@ class Peers:
         """Start: the remembered peers go to the core like peers a presence
         named (its overlay dials them with backoff and its address policy
         applies; never static).  The caller's thread (``Node.start``)."""
+        self._recall_wait = RECALL_FIRST_S
+        self._next_recall = time.monotonic() + self._recall_wait
+        self._offer_remembered()
+
+    def recall_due(self) -> None:
+        """The router's turn (every few seconds): offer the remembered peers
+        the node has no link to again, :data:`RECALL_FIRST_S` after the last
+        offer, doubling to :data:`RECALL_MAX_S` (back to the first when a
+        peer we dialled answers).  The overlay forgets a peer after a few
+        failed dials; this brings back a site that was down when the node
+        started (a VPN not up yet).  The overlay decides whether to dial: below
+        its target, or one at a time as a peer that is no member of the room
+        (its merge rule), so two sites that formed apart join.  The router
+        thread."""
+        now = time.monotonic()
+        if now < self._next_recall or not self.book.enabled:
+            return
+        self._next_recall = now + self._recall_wait
+        if self.node._core.closed:
+            return
+        self._recall_wait = min(self._recall_wait * 2, RECALL_MAX_S)
+        self._offer_remembered()
+
+    def _offer_remembered(self) -> None:
+        """The remembered peers with no link now, to the core's ``found``."""
         core = self.node._core
         for node_id, hosts, port in self.book.peers():
-            if node_id != self.node.node_id:
+            with self.node._lock:
+                skip = node_id == self.node.node_id or node_id in core.links
+            if not skip:
                 self.node._call(functools.partial(_found, core, node_id, hosts, port))
 
     def answered(self, link: Link) -> None:
@@ -134,6 +171,7 @@ class Peers:
                 return
             static = self.dialers.get(f"{host}:{port}")
             typed = static is not None and not static.once
+        self._recall_wait = RECALL_FIRST_S
         self.book.answered(host, port, node_id, "typed" if typed else "learnt", time.time())
 
     def forget(self, host: str, port: int | None) -> list[Remembered]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import LOOPBACK, Cluster, HandDiscovery, wait_for
 
+from p2pchat import peers as peers_module
 from p2pchat import wire
 from p2pchat.cli.commands import handle_line
 from p2pchat.discovery import FoundPeer
@@ -304,3 +305,38 @@ def test_a_typed_host_name_is_remembered_as_typed(cluster: Cluster, tmp_path: Pa
     a.close()
     a2 = cluster.add("alice", data_dir=a_dir)
     wait_for(lambda: b.node_id in {li.peer for li in a2.snapshot().links}, 10.0, "the link again")
+
+
+def test_remembered_peers_are_offered_again_after_the_overlay_gave_up(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node started while its remembered peer is down (a VPN not up yet):
+    its overlay gives up on the peer, but the remembered peers are offered
+    again later, so it links once the peer is back."""
+    monkeypatch.setattr(peers_module, "RECALL_FIRST_S", 0.5)
+    b_dir, a_dir = str(tmp_path / "b"), str(tmp_path / "a")
+    b = cluster.add("bob", data_dir=b_dir)
+    a = cluster.add("alice", peers=[b], data_dir=a_dir)
+    wait_for(lambda: bool(a.remembered()), 10.0, "alice to remember bob")
+    a.close()
+    b_id, b_port = b.node_id, b.port
+    b.close()
+
+    config = NodeConfig(
+        name="alice", room=cluster.room, port=0, interfaces=[LOOPBACK], data_dir=a_dir
+    )
+    with Node(config) as a2:
+        a2._core.overlay.max_failures = 1  # gives up on bob at his first failed dial
+        a2.start()
+        wait_for(
+            lambda: a2.stats().links == 0 and b_id not in a2._core.overlay.passive,
+            10.0,
+            "alice's overlay to give up on bob",
+        )
+        b2 = cluster.add("bob", data_dir=b_dir, port=b_port)
+        assert b2.node_id == b_id
+        wait_for(
+            lambda: b_id in {li.peer for li in a2.snapshot().links},
+            15.0,
+            "alice to link to bob from her remembered peers, offered again",
+        )
