@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -340,3 +341,47 @@ def test_remembered_peers_are_offered_again_after_the_overlay_gave_up(
             15.0,
             "alice to link to bob from her remembered peers, offered again",
         )
+
+
+class Objs:
+    """A Replies collecting JSON replies (scripted mode)."""
+
+    json_mode = True
+
+    def __init__(self) -> None:
+        self.objs: list[dict[str, object]] = []
+        self.errors: list[str] = []
+
+    def text(self, *lines: str) -> None:
+        raise AssertionError("not in line mode")
+
+    def error(self, text: str) -> None:
+        self.errors.append(text)
+
+    def obj(self, kind: str, **fields: object) -> None:
+        self.objs.append({"event": kind, **fields})
+
+
+def test_peers_and_forget_in_json_and_ipv6_form(cluster: Cluster, tmp_path: Path) -> None:
+    a = cluster.add("alice", data_dir=str(tmp_path / "a"))
+    now = time.time()
+    a.peers.book.answered("fd00::5", 7421, NODE_B, "typed", now - 90)
+    a.peers.book.answered("10.8.0.1", 7420, NODE_A, "learnt", now - 30)
+    out = Objs()
+    handle_line(a, out, "/peers")
+    (peers,) = out.objs
+    assert [(e["host"], e["port"], e["source"]) for e in peers["remembered"]] == [  # type: ignore[attr-defined]
+        ("10.8.0.1", 7420, "learnt"),
+        ("fd00::5", 7421, "typed"),
+    ]
+    handle_line(a, out, "/forget [fd00::5]:7421")
+    assert out.objs[-1]["event"] == "forget"
+    assert [e["host"] for e in out.objs[-1]["forgotten"]] == ["fd00::5"]  # type: ignore[attr-defined]
+    handle_line(a, out, "/forget 10.8.0.1:99999")
+    handle_line(a, out, "/forget")
+    assert out.errors[0].startswith("cannot forget: ")
+    assert out.errors[1].startswith("usage: /forget HOST")
+    lines = Lines()
+    handle_line(a, lines, "/peers")
+    assert lines.lines[-2] == "-- 1 remembered peer:"
+    assert re.fullmatch(r"--   10\.8\.0\.1:7420  learnt  last answered 3\ds ago", lines.lines[-1])
