@@ -265,7 +265,10 @@ class Stats(Event):
             (per link) or ``origin`` (per origin node); also ``members_full``
             (newcomers not added to a full roster) and ``order_held`` (lines
             shown before their predecessor came and before the 1 s hold ran
-            out, because the held lines reached a cap).
+            out, because the held lines reached a cap); and remembered peers
+            (``p2pchat/peerbook.py``) dropped by a bound: ``remembered_full``,
+            ``remembered_expired``, ``remembered_unreadable`` (the file
+            ignored), ``remembered_bad_entry``, ``remembered_unwritable``.
         queue_drops: links dropped because their send queue was full.
         links: links up now; members: members in the room, us included;
         seen_cache: ids in the seen-cache.

@@ -60,6 +60,7 @@ class LinkHost(ShellHost, Protocol):
     def _drain(self) -> None: ...
     def _emit(self, events: list[Event]) -> None: ...
     def wake_dialer(self, node_id: str) -> None: ...
+    def link_answered(self, link: Link) -> None: ...
 
 
 class Links:
@@ -213,6 +214,8 @@ class Links:
         self.node._call(
             lambda now, wall: core.link_up(link, peer, link.direction, link.address, now, wall)
         )
+        if not link.done.is_set():
+            self.node.link_answered(link)  # remembered peers (p2pchat/peerbook.py)
 
     def on_message(
         self, link: Link, msg: wire.FloodMessage | wire.TreeMessage | wire.HistoryMessage

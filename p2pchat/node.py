@@ -51,6 +51,7 @@ from p2pchat.events import (
     LinkInfo,
     MemberInfo,
     MessageEvent,
+    Notice,
     Ready,
     Snapshot,
     Stats,
@@ -59,6 +60,7 @@ from p2pchat.events import (
 from p2pchat.flood import TokenBucket
 from p2pchat.identity import Identity
 from p2pchat.links import Links
+from p2pchat.peerbook import Remembered
 from p2pchat.peers import Peers, advertised_addresses
 from p2pchat.store import Store
 from p2pchat.transport import Link
@@ -255,6 +257,7 @@ class Node:
             self._router.start()
             for host, port in self.config.peers:
                 self.add_peer(host, port)
+            self.peers.recall()  # remembered peers (p2pchat/peerbook.py)
             if self._discovery is not None:
                 self._discovery.start(
                     LocalService(
@@ -270,6 +273,8 @@ class Node:
         except BaseException:
             self.close()
             raise
+        if self.peers.book.warning:
+            self._emit([Notice(text=self.peers.book.warning, level="warning")])
         self._emit([Ready(node=self.node_id, name=self.name, room=self.room, port=self.port)])
 
     def send(self, text: str, action: bool = False) -> MessageEvent:
@@ -391,7 +396,7 @@ class Node:
                 duplicates_dropped=s.counts["duplicates_dropped"],
                 frames_refused=dict(s.frames_refused),
                 links_refused=dict(s.links_refused),
-                rate_limited=self._core.rate_limited_counts(),
+                rate_limited={**self._core.rate_limited_counts(), **self.peers.book.counts},
                 queue_drops=self.links.queue_drops,
                 links=len(s.links),
                 members=len(s.roster),
@@ -425,6 +430,25 @@ class Node:
     def add_peer(self, host: str, port: int) -> None:
         """Add a static peer, dialled with backoff for as long as the node runs."""
         self.peers.add_static(host, port)
+
+    def remembered(self) -> list[Remembered]:
+        """The remembered peers (:mod:`p2pchat.peerbook`), the most recently
+        answered first; empty for an ephemeral node.  Any thread."""
+        return self.peers.book.entries()
+
+    def forget_peer(self, host: str, port: int | None = None) -> list[Remembered]:
+        """Forget a remembered address and stop dialling it (:meth:`Peers.forget
+        <p2pchat.peers.Peers.forget>`; every port of ``host`` when ``port``
+        is None).  Any thread.
+
+        Returns:
+            the entries removed (empty: nothing was remembered there).
+        """
+        return self.peers.forget(host, port)
+
+    def link_answered(self, link: Link) -> None:
+        """A link is up: :meth:`Peers.answered <p2pchat.peers.Peers.answered>`."""
+        self.peers.answered(link)
 
     def history(self, n: int = 20) -> list[MessageEvent | TopicEvent]:
         """The room's last ``n`` lines in the one order every node agrees on
@@ -512,6 +536,7 @@ class Node:
         while time.monotonic() < deadline and any(link.queued() for link in links):
             time.sleep(0.02)
         for link in links:
+            self.peers.answered(link)  # still answering: remembered as of now
             link.retire()  # half-close after the leave: peers read it, then EOF
         self._stopping.set()
         self._wake.set()
@@ -541,6 +566,7 @@ class Node:
         if self._router is not None and self._router is not threading.current_thread():
             self._router.join(5.0)
         self._drain()  # the last events (links down)
+        self.peers.book.save(time.time())
         with self._lock:
             self._store.close()
 
@@ -568,6 +594,7 @@ class Node:
                 return
             try:
                 self._call(self._core.tick)
+                self.peers.recall_due()  # remembered peers, offered again (p2pchat/peers.py)
             except Exception:
                 log.exception("router: internal error in the timers")
 

@@ -11,17 +11,21 @@ the core's actions; each takes the node's state lock only to call the core.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import time
 from typing import Protocol
 
 from p2pchat import wire
 from p2pchat.addrs import refusal
-from p2pchat.core.actions import Dial
+from p2pchat.core.actions import Action, Dial
 from p2pchat.core.config import NodeConfig
+from p2pchat.core.protocol import Protocol as Core
 from p2pchat.dialer import Dialer
 from p2pchat.discovery import FoundPeer
 from p2pchat.links import Links, ShellHost
+from p2pchat.peerbook import PeerBook, Remembered
 from p2pchat.privacy import TAG_PREFIX
 from p2pchat.transport import Link
 
@@ -32,6 +36,14 @@ MAX_ROOMS_SEEN = 32
 
 MAX_NODES_PER_ROOM = 256
 """Most nodes it counts in one of them."""
+
+RECALL_FIRST_S = 60.0
+"""Seconds after start (or after the last offer) before the remembered peers
+with no link are offered to the overlay again; doubled at each offer up to
+:data:`RECALL_MAX_S`."""
+
+RECALL_MAX_S = 960.0
+"""Longest wait between two offers of the remembered peers (16 minutes)."""
 
 
 class PeerHost(ShellHost, Protocol):
@@ -58,6 +70,12 @@ class Peers:
         self.dialers: dict[str, Dialer] = {}
         # Other rooms' nodes discovery showed us: room (as its TXT says) -> node ids.
         self.rooms: dict[str, set[str]] = {}
+        # Remembered peers (p2pchat/peerbook.py), and the addresses mDNS gave
+        # of each node (those are not remembered): node id -> addresses.
+        self.book = PeerBook(self.config.data_dir, time.time())
+        self.on_lan: dict[str, set[str]] = {}
+        self._recall_wait = RECALL_FIRST_S  # Peers.recall_due: the router thread's
+        self._next_recall = float("inf")  # until recall() at start
 
     # -- DialOwner: what a dialler asks (any thread) -------------------------------------
 
@@ -87,6 +105,8 @@ class Peers:
                 del self.dialers[dialer.key]
         if dialer.once:
             linked, code = dialer.outcome
+            if not linked:
+                self.book.failed(dialer.node_id, list(dialer.addresses), dialer.port)
             core = node._core
             node._call(lambda now, wall: core.dial_done(dialer.node_id, now, linked, code))
 
@@ -102,6 +122,83 @@ class Peers:
             dialer = Dialer(self, key, [host], port)
             self.dialers[key] = dialer
         dialer.thread.start()
+
+    def recall(self) -> None:
+        """Start: the remembered peers go to the core like peers a presence
+        named (its overlay dials them with backoff and its address policy
+        applies; never static).  The caller's thread (``Node.start``)."""
+        self._recall_wait = RECALL_FIRST_S
+        self._next_recall = time.monotonic() + self._recall_wait
+        self._offer_remembered()
+
+    def recall_due(self) -> None:
+        """The router's turn (every few seconds): offer the remembered peers
+        the node has no link to again, :data:`RECALL_FIRST_S` after the last
+        offer, doubling to :data:`RECALL_MAX_S` (back to the first when a
+        peer we dialled answers).  The overlay forgets a peer after a few
+        failed dials; this brings back a site that was down when the node
+        started (a VPN not up yet).  The overlay decides whether to dial: below
+        its target, or one at a time as a peer that is no member of the room
+        (its merge rule), so two sites that formed apart join.  The router
+        thread."""
+        now = time.monotonic()
+        if now < self._next_recall or not self.book.enabled:
+            return
+        self._next_recall = now + self._recall_wait
+        if self.node._core.closed:
+            return
+        self._recall_wait = min(self._recall_wait * 2, RECALL_MAX_S)
+        self._offer_remembered()
+
+    def _offer_remembered(self) -> None:
+        """The remembered peers with no link now, to the core's ``found``."""
+        core = self.node._core
+        for node_id, hosts, port in self.book.peers():
+            with self.node._lock:
+                skip = node_id == self.node.node_id or node_id in core.links
+            if not skip:
+                self.node._call(functools.partial(_found, core, node_id, hosts, port))
+
+    def answered(self, link: Link) -> None:
+        """A link is up: if we dialled it, and not at an address mDNS gave
+        for that node, its address is remembered (``typed`` if a ``--peer``
+        dialler dialled it, else ``learnt``).  A link's reader thread."""
+        if link.direction != "out" or link.peer is None:
+            return
+        host, port = link.remote[0], link.remote[1]
+        node_id = link.peer.node
+        with self.node._lock:
+            if host in self.on_lan.get(node_id, ()):
+                return
+            static = self.dialers.get(f"{host}:{port}")
+            typed = static is not None and not static.once
+        self._recall_wait = RECALL_FIRST_S
+        self.book.answered(host, port, node_id, "typed" if typed else "learnt", time.time())
+
+    def forget(self, host: str, port: int | None) -> list[Remembered]:
+        """``/forget``: remove the remembered ``host:port`` (every port of
+        ``host`` when ``port`` is None), take the nodes that answered there
+        out of the overlay's passive view and stop their diallers, and stop
+        a ``--peer`` dialler of that address.  Links that are up stay.  Any
+        thread.
+
+        Returns:
+            the entries removed.
+        """
+        gone = self.book.forget(host, port, time.time())
+        nodes = {e.node for e in gone}
+        with self.node._lock:
+            stop = [
+                d
+                for key, d in self.dialers.items()
+                if key in nodes or (not d.once and host in d.addresses and port in (None, d.port))
+            ]
+        core = self.node._core
+        for node_id in nodes:
+            self.node._call(functools.partial(_lost, core, node_id))
+        for dialer in stop:
+            dialer.stop()
+        return gone
 
     def dial(self, action: Dial) -> None:
         """The core asks for one dial (its overlay): a dialler thread, unless
@@ -149,6 +246,8 @@ class Peers:
             return
         addrs = list(peer.addresses)
         with node._lock:
+            if peer.node_id in self.on_lan or len(self.on_lan) < self.config.max_known_peers:
+                self.on_lan[peer.node_id] = set(addrs)  # not remembered (Peers.answered)
             dialer = self.dialers.get(peer.node_id)
             # The address policy (p2pchat.addrs), as the core applies (and counts) in found().
             allowed = [a for a in addrs if refusal(a, core.s.loopback_ok) is None]
@@ -188,10 +287,21 @@ class Peers:
         with self.node._lock:
             for nodes in self.rooms.values():
                 nodes.discard(node_id)
+            self.on_lan.pop(node_id, None)
             self.node._core.lost(node_id)
             dialer = self.dialers.get(node_id)
         if dialer is not None:
             dialer.stop()
+
+
+def _found(
+    core: Core, node_id: str, hosts: list[str], port: int, now: float, wall: float
+) -> list[Action]:
+    return core.found(node_id, hosts, port, now)
+
+
+def _lost(core: Core, node_id: str, now: float, wall: float) -> list[Action]:
+    return core.lost(node_id)
 
 
 def advertised_addresses(config: NodeConfig) -> list[str]:

@@ -421,6 +421,9 @@ class FakeNode:
             for i in range(1, min(n, 2) + 1)
         ]
 
+    def remembered(self) -> list[object]:
+        return []
+
     def close(self) -> None:
         self.closed += 1
 
@@ -492,6 +495,7 @@ def test_scripted_json_commands(
     (peers,) = [o for o in objs if o["event"] == "peers"]
     assert peers["links"][0]["address"] == "127.0.0.1:7421"
     assert peers["links"][0]["direction"] == "out"
+    assert peers["remembered"] == []
     (help_,) = [o for o in objs if o["event"] == "help"]
     assert "/nick NEW" in help_["text"]
     errors = [o["text"] for o in objs if o["event"] == "error"]

@@ -14,7 +14,7 @@ from p2pchat.privacy import TAG_PREFIX
 
 def peers() -> Peers:
     host: Any = SimpleNamespace(
-        config=SimpleNamespace(max_known_peers=64),
+        config=SimpleNamespace(max_known_peers=64, data_dir=None),
         node_id="ff" * 8,
         _lock=threading.RLock(),
         _core=SimpleNamespace(wire_room="lobby", lost=lambda node: None),

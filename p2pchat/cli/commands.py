@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from p2pchat import names
-from p2pchat.cli.args import validate_name
+from p2pchat.cli.args import parse_peer, validate_name
 from p2pchat.cli.render import (
     clean,
     format_current_topic,
+    format_duration,
     format_history,
     format_peers,
     format_stats,
@@ -19,12 +21,14 @@ from p2pchat.cli.render import (
 from p2pchat.errors import LineTooLong, LocalError, UsageError
 from p2pchat.events import TopicEvent
 from p2pchat.node import Node
+from p2pchat.peerbook import Remembered, format_address
 
 COMMANDS = (
     "/who",
     "/whois",
     "/msg",
     "/peers",
+    "/forget",
     "/stats",
     "/history",
     "/nick",
@@ -76,7 +80,10 @@ commands:
   /msg NAME TEXT  a private line to NAME, encrypted end to end (alice#3f2a
                picks alice by key fingerprint, as /who shows look-alikes;
                "bob smith" in quotes for a name with blanks)
-  /peers       your direct links: name, address, in/out, uptime
+  /peers       your direct links: name, address, in/out, uptime; and the
+               remembered peers (dialled at start) with when they last answered
+  /forget ADDR forget a remembered peer (HOST, HOST:PORT or [IPv6]:PORT) and
+               stop dialling it
   /stats       counters: frames and bytes, duplicates, refusals, rate limits
   /history [N] the room's last N lines (default 20), in the order every node shows
   /nick NEW    change your name (no blanks; a name someone has: warned first)
@@ -166,6 +173,49 @@ def _topic(node: Node, out: Replies, arg: str) -> None:
         out.error(str(exc))
     except LocalError as exc:  # control characters, overloaded
         out.error(f"topic not set: {exc}")
+
+
+def format_remembered(entries: list[Remembered], now: float) -> list[str]:
+    """The remembered peers as ``/peers`` shows them after the links.
+
+    Args:
+        entries: the book's entries (:meth:`Node.remembered`).
+        now: wall-clock seconds, to say how long ago each answered.
+
+    Returns:
+        The lines (none when nothing is remembered).
+    """
+    if not entries:
+        return []
+    out = [f"-- {len(entries)} remembered peer{'s' if len(entries) != 1 else ''}:"]
+    for e in entries:
+        failed = f", {e.failures} failed dials since" if e.failures else ""
+        out.append(
+            f"--   {clean(format_address(e.host, e.port))}  {e.source}  last answered "
+            f"{format_duration(now - e.answered)} ago{failed}"
+        )
+    return out
+
+
+def _forget(node: Node, out: Replies, arg: str) -> None:
+    """``/forget ADDR``: ``HOST`` (every port), ``HOST:PORT`` or ``[IPv6]:PORT``."""
+    if not arg:
+        out.error("usage: /forget HOST, HOST:PORT or [IPv6]:PORT (/peers lists them)")
+        return
+    try:
+        host, port = parse_peer(arg)
+    except UsageError as exc:
+        out.error(f"cannot forget: {exc}")
+        return
+    with_port = "]:" in arg if arg.startswith("[") else arg.count(":") == 1
+    gone = node.forget_peer(host, port if with_port else None)
+    shown = clean(format_address(host, port) if with_port else host)
+    if out.json_mode:
+        out.obj("forget", address=arg, forgotten=[asdict(e) for e in gone])
+    elif gone:
+        out.text(f"-- forgot {', '.join(clean(format_address(e.host, e.port)) for e in gone)}")
+    else:
+        out.text(f"-- {shown} is not remembered (/peers lists the remembered peers)")
 
 
 def split_name(arg: str) -> tuple[str, str]:
@@ -277,10 +327,17 @@ def _command(node: Node, out: Replies, line: str, state: CommandState, warned: s
         _history(node, out, arg)
     elif cmd == "peers":
         snap = node.snapshot()
+        book = node.remembered()
         if out.json_mode:
-            out.obj("peers", links=[asdict(link) for link in snap.links])
+            out.obj(
+                "peers",
+                links=[asdict(link) for link in snap.links],
+                remembered=[asdict(e) for e in book],
+            )
         else:
-            out.text(*format_peers(snap.links))
+            out.text(*format_peers(snap.links), *format_remembered(book, time.time()))
+    elif cmd == "forget":
+        _forget(node, out, arg)
     elif cmd == "nick":
         if not arg:
             out.error("usage: /nick NEW")
