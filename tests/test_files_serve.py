@@ -3,7 +3,7 @@ in flight per peer, each refusal counted."""
 
 from __future__ import annotations
 
-from p2pchat.files.serve import Action, Server, ServeConfig
+from p2pchat.files.serve import Action, ServeConfig, Server
 
 FILE = bytes(range(32))
 OTHER = bytes(32)
@@ -94,7 +94,9 @@ def test_a_peer_is_held_to_its_rate_and_told_busy() -> None:
 
 
 def test_refused_requests_cost_tokens_too() -> None:
-    config = ServeConfig(rate_bytes_per_s=0.0, burst_bytes=64 * 1024, min_request_cost_bytes=16 * 1024)
+    config = ServeConfig(
+        rate_bytes_per_s=0.0, burst_bytes=64 * 1024, min_request_cost_bytes=16 * 1024
+    )
     server = Server(config)
     reasons = [server.request("mallory", OTHER, 0, 0.0).reason for _ in range(6)]
     assert reasons == ["file_unknown"] * 4 + ["file_rate"] * 2
