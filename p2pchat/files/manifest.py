@@ -44,7 +44,7 @@ MAX_CHUNK_BYTES: Final = 1 << 20
 """Largest chunk size, 1 MiB."""
 
 DEFAULT_CHUNK_BYTES: Final = 1 << 18
-"""The default chunk size, 256 KiB: big enough that a request costs ~0.1 % of
+"""The default chunk size, 256 KiB: big enough that a request costs ~0.02 % of
 its bytes and SHA-256 runs at full speed, small enough that a 10 MB file has
 40 chunks to spread among holders.  How to measure it: ``docs/files.md`` §2."""
 
