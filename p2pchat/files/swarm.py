@@ -33,9 +33,11 @@ Policy:
   requests per chunk); the first good copy wins, the others are cancelled.
 
 A chunk is accepted (:data:`Outcome.ACCEPTED`) once only; every other answer
-is a duplicate, unexpected (never asked of that holder) or bad, and the
-caller writes nothing for those.  Holder ids are opaque strings (node keys).
-One thread at a time (the node's, under its lock).
+is a duplicate, unexpected (never asked of that holder) or bad.  The caller's
+order for an arriving chunk: :meth:`~Swarm.expects` (if not, drop it unread),
+then check and write it (``PartialFile.write_chunk`` does both, and writes
+nothing if the hash fails), then :meth:`~Swarm.received` with the result.
+Holder ids are opaque strings (node keys).  One thread at a time (the node's, under its lock).
 """
 
 from __future__ import annotations
@@ -90,11 +92,11 @@ class Outcome(enum.Enum):
     """What :meth:`Swarm.received` made of an answer."""
 
     ACCEPTED = "accepted"
-    """First good copy: write it (it was hash-checked by the caller)."""
+    """First good copy: the chunk is done (announce it, serve it)."""
     DUPLICATE = "duplicate"
-    """The chunk was already done: write nothing."""
+    """The chunk was already done (a late endgame copy)."""
     UNEXPECTED = "unexpected"
-    """Never asked of this holder, or the holder is banned: write nothing."""
+    """Never asked of this holder, or the holder is banned (``expects`` was false)."""
     BAD = "bad"
     """Failed its hash: counted against the holder; asked elsewhere."""
 
@@ -215,7 +217,9 @@ class Swarm:
         )
 
     def received(self, holder: str, index: int, ok: bool, now: float) -> Outcome:
-        """A chunk arrived from ``holder``; ``ok`` is whether it matched its hash.
+        """A chunk arrived from ``holder``; ``ok`` is whether it matched its hash
+        (call after :meth:`expects` said yes and the chunk was checked and,
+        if good, written).
 
         Args:
             holder: who sent it.
@@ -224,7 +228,7 @@ class Swarm:
             now: monotonic seconds.
 
         Returns:
-            The :class:`Outcome`; write the chunk only on ``ACCEPTED``.
+            The :class:`Outcome`.
         """
         state = self._holders.get(holder)
         if (
