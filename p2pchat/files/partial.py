@@ -424,7 +424,7 @@ class PartialFile:
                 the download is closed and can be resumed later.
             OSError: other write errors.
         """
-        offset, length = self.offer_span(index)
+        offset, length = self.span(index)
         if self.is_done(index):
             return True
         if len(data) != length or leaf_hash(data) != self.leaves[index]:
@@ -441,7 +441,7 @@ class PartialFile:
             self.flush(now)
         return True
 
-    def offer_span(self, index: int) -> tuple[int, int]:
+    def span(self, index: int) -> tuple[int, int]:
         """``(offset, length)`` of chunk ``index``."""
         return chunk_span(self.offer.size, self.offer.chunk_size, index)
 
@@ -490,7 +490,7 @@ class PartialFile:
         """
         if not self.is_done(index):
             return None
-        offset, length = self.offer_span(index)
+        offset, length = self.span(index)
         data = self._writer.pread(length, offset)
         return data if leaf_hash(data) == self.leaves[index] else None
 
@@ -521,7 +521,7 @@ class PartialFile:
         whole = hashlib.sha256()
         bad = []
         for index in range(len(self.leaves)):
-            offset, length = self.offer_span(index)
+            offset, length = self.span(index)
             data = self._writer.pread(length, offset)
             if leaf_hash(data) != self.leaves[index]:
                 bad.append(index)
