@@ -36,6 +36,8 @@ import hashlib
 import os
 import shutil
 import struct
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol
@@ -104,6 +106,7 @@ class FileWriter:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._seek_lock = threading.Lock()  # Windows: seek + read/write as one step
 
     def allocate(self, size: int) -> None:
         """``posix_fallocate`` where the OS and file system have it, so a
@@ -117,14 +120,24 @@ class FileWriter:
                 # EOPNOTSUPP, EINVAL...: the file system cannot; write as we go.
 
     def pwrite(self, data: bytes, offset: int) -> None:
-        """Write all of ``data`` at ``offset`` (loops over short writes)."""
+        """Write all of ``data`` at ``offset`` (loops over short writes).
+        Windows has no ``os.pwrite``: a seek and a write under a lock there."""
         view = memoryview(data)
         while view:
-            written = os.pwrite(self._fd, view, offset)
+            if sys.platform == "win32":
+                with self._seek_lock:
+                    os.lseek(self._fd, offset, os.SEEK_SET)
+                    written = os.write(self._fd, view)
+            else:
+                written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
 
     def pread(self, length: int, offset: int) -> bytes:
-        """``os.pread``."""
+        """``os.pread`` (a seek and a read under a lock on Windows)."""
+        if sys.platform == "win32":
+            with self._seek_lock:
+                os.lseek(self._fd, offset, os.SEEK_SET)
+                return os.read(self._fd, length)
         return os.pread(self._fd, length, offset)
 
     def fsync(self) -> None:
