@@ -18,6 +18,7 @@ import time
 from typing import Protocol
 
 from p2pchat import wire
+from p2pchat.addrs import parse as parse_address
 from p2pchat.addrs import refusal
 from p2pchat.core.actions import Action, Dial
 from p2pchat.core.config import NodeConfig
@@ -129,6 +130,12 @@ class Peers:
         applies; never static).  The caller's thread (``Node.start``)."""
         self._recall_wait = RECALL_FIRST_S
         self._next_recall = time.monotonic() + self._recall_wait
+        # A host name typed with --peer (a MagicDNS name, say) is no address
+        # the overlay may dial (p2pchat.addrs refuses names learnt from peers):
+        # it comes back as the user typed it, a static peer resolved afresh.
+        for e in self.book.entries():
+            if e.source == "typed" and parse_address(e.host) is None:
+                self.add_static(e.host, e.port)
         self._offer_remembered()
 
     def recall_due(self) -> None:
@@ -153,9 +160,10 @@ class Peers:
     def _offer_remembered(self) -> None:
         """The remembered peers with no link now, to the core's ``found``."""
         core = self.node._core
-        for node_id, hosts, port in self.book.peers():
+        for node_id, named, port in self.book.peers():
+            hosts = [h for h in named if parse_address(h) is not None]  # names: recall()
             with self.node._lock:
-                skip = node_id == self.node.node_id or node_id in core.links
+                skip = not hosts or node_id == self.node.node_id or node_id in core.links
             if not skip:
                 self.node._call(functools.partial(_found, core, node_id, hosts, port))
 
