@@ -111,6 +111,12 @@ def doc_value(type_: str, value: Any) -> str:
         return "[" + ",".join(doc_string(v) for v in value) + "]"
     if type_ == "array of [bin, int]":  # presence.gone: [node id, seq] pairs, ids as hex
         return "[" + ",".join(f"[{doc_string(n)},{int(q)}]" for n, q in value) + "]"
+    if type_ == "array or nil":  # chat.offer: [file, fname, size, chunk, root] (§5.19)
+        if value is None:
+            return "null"
+        file, fname, size, chunk, root = value
+        hashes = doc_string(file), doc_string(root)
+        return f"[{hashes[0]},{doc_string(fname)},{int(size)},{int(chunk)},{hashes[1]}]"
     raise AssertionError(f"no rule for {type_}")
 
 
@@ -307,7 +313,11 @@ def test_doc_tables_give_every_signed_field() -> None:
     assert doc_table("presence")[-3] == ("every", "float 64", "0.0")
     assert doc_table("presence")[-2] == ("gone", "array of [bin, int]", "[]")
     assert doc_table("presence")[-1] == ("away", "str", '""')
-    assert doc_table("chat")[-2:] == [("hlc", "int", "0"), ("topic", "bool", "false")]
+    assert doc_table("chat")[-3:] == [
+        ("hlc", "int", "0"),
+        ("topic", "bool", "false"),
+        ("offer", "array or nil", "null"),
+    ]
     assert ("ts", "float 64", "—") in join
 
 

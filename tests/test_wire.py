@@ -318,7 +318,9 @@ def test_largest_frame_body_is_accepted() -> None:
 
 def test_unknown_trailing_elements_are_ignored() -> None:
     data = packed_frame(
-        chat_dict(action=False, line=0, hlc=0, topic=False, color="red", extra=[1, 2, 3])
+        chat_dict(
+            action=False, line=0, hlc=0, topic=False, offer=None, color="red", extra=[1, 2, 3]
+        )
     )
     (got,) = decode_all(data)
     assert got == Chat(**COMMON, text="hi")
@@ -742,8 +744,9 @@ def test_chat_topic_is_its_last_field_signed_with_its_default() -> None:
     """``topic`` follows ``hlc``; a chat line that leaves it out is signed
     with ``"topic":false``; a topic of 300 code points, or an empty one (a
     cleared topic), passes; a chat line of 301 is no topic and passes too."""
-    assert Chat.__struct_fields__[-2:] == ("hlc", "topic")
-    assert wire.signing_bytes(Chat(**COMMON, text="hi")).endswith(b',"hlc":0,"topic":false}')
+    assert Chat.__struct_fields__[-3:-1] == ("hlc", "topic")
+    signed = wire.signing_bytes(Chat(**COMMON, text="hi"))
+    assert signed.endswith(b',"hlc":0,"topic":false,"offer":null}')
     for text in ("é" * wire.MAX_TOPIC_CHARS, "", "release\ton friday"):
         msg = Chat(**COMMON, text=text, line=1, hlc=1, topic=True)
         assert decode_all(encode_frame(msg)) == [msg]
