@@ -263,7 +263,7 @@ def build() -> dict[str, Any]:
                 **env("1000000000000000000000000000000b", 11, 1732245700.0, "alicja"),
             ),
             alice,
-            "A file offered to the room: a numbered line with `text` `\"\"` and `offer` "
+            'A file offered to the room: a numbered line with `text` `""` and `offer` '
             "`[file, fname, size, chunk, root]` (a file of 2,400,000 bytes, the bytes 0..255 "
             "repeated, in chunks of 262,144 bytes: 10 chunks); `file` is the id of `size`, "
             "`chunk` and `root`.",
