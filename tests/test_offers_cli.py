@@ -1,0 +1,223 @@
+"""File offers on the command line (issue 14, part 1): the offer line, the offer
+numbers and ``resolve_offer``, ``/files``, the ``file_offer`` JSON event, and
+``/send`` between processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import unique_room
+from test_cli import LOOPBACK, NO_MDNS, _clean_exit, _pair, spawn  # noqa: F401 - the fixture
+
+from p2pchat.cli import offers as cli_offers
+from p2pchat.cli import output, render
+from p2pchat.cli.offers import format_size, resolve_offer
+from p2pchat.events import FileOfferEvent
+from p2pchat.files.manifest import Offer, file_id_of
+from p2pchat.harness import NodeProcess
+
+B_ID = "b0b0" * 4
+ROOT = bytes(range(32))
+
+
+def offer_of(name: str = "report.pdf", size: int = 2_400_000) -> Offer:
+    chunk = 1 << 18
+    return Offer(file_id_of(size, chunk, ROOT), name, size, chunk, ROOT)
+
+
+def event(offer: Offer | None = None, **fields: object) -> FileOfferEvent:
+    values: dict[str, object] = {
+        "id": "1" * 32,
+        "room": "lobby",
+        "origin": B_ID,
+        "name": "bob",
+        "offer": offer or offer_of(),
+        "ts": 1_700_000_000.0,
+        "self": False,
+        "seq": 3,
+        "display": "bob",
+        "line": 1,
+        "hlc": 5,
+    }
+    values.update(fields)
+    return FileOfferEvent(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def fresh_numbers() -> Iterator[None]:
+    """Offer numbers are per process: each test starts at 1."""
+    cli_offers.TABLE.clear()
+    yield
+    cli_offers.TABLE.clear()
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1.0 kB"),
+        (2_400_000, "2.4 MB"),
+        (999_960, "1.0 MB"),
+        (1_500_000_000, "1.5 GB"),
+        (256 << 30, "274.9 GB"),
+    ],
+)
+def test_sizes_are_decimal_with_one_decimal_place(size: int, shown: str) -> None:
+    assert format_size(size) == shown
+
+
+def test_an_offer_is_shown_as_a_line_with_its_number() -> None:
+    r = render.Renderer(interactive=True)
+    first = event()
+    assert r.render(first) == "bob offers report.pdf (2.4 MB) - /get 1"
+    other = event(offer_of("notes.txt", 512), id="2" * 32)
+    assert r.render(other) == "bob offers notes.txt (512 B) - /get 2"
+    assert r.render(first) == "bob offers report.pdf (2.4 MB) - /get 1"  # stable for the run
+    private = event(offer_of("plan.odt", 31_000), to_me=True, id="3" * 32)
+    assert r.render(private) == "bob offers you plan.odt (31.0 kB) - /get 3"
+    mine = event(offer_of("mine.iso", 4_700_000_000), self=True, display="alice", id="4" * 32)
+    assert r.render(mine) == "you offer mine.iso (4.7 GB)"
+    sealed = event(offer_of("x.bin", 10), self=True, to="c" * 16, to_display="carol")
+    assert r.render(sealed) == "you offer x.bin (10 B) to carol"
+    earlier = event(history=True)
+    line = r.render(earlier)
+    assert line is not None and re.fullmatch(
+        r"\(earlier \d\d:\d\d( \d\d \w+)?\) bob offers report\.pdf \(2\.4 MB\) - /get 1", line
+    )
+    history = render.format_history("lobby", [earlier])
+    assert history[1].endswith("  bob offers report.pdf (2.4 MB) - /get 1")
+
+
+def test_a_name_is_cleaned_before_it_reaches_the_terminal() -> None:
+    """Admission refuses such names; the views clean them all the same."""
+    evil = event(offer_of("a\u202egpj.exe\x1b[2J  b\tc"), name="ev\x07il", display="ev\x07il")
+    line = render.Renderer().render(evil)
+    assert line == "ev\ufffdil offers a\ufffdgpj.exe\ufffd[2J b c (2.4 MB) - /get 1"
+    (row,) = render.format_files([evil])[1:]
+    assert "\u202e" not in row and "\x1b" not in row and "\x07" not in row
+
+
+def test_resolve_offer_takes_a_number_or_a_long_enough_id_prefix() -> None:
+    first, second = event(), event(offer_of("b.txt", 5), id="2" * 32)
+    r = render.Renderer()
+    r.render(first)
+    r.render(second)
+    assert resolve_offer("1") == first and resolve_offer(" 2 ") == second
+    assert resolve_offer("3") is None and resolve_offer("0") is None
+    hex_id = second.file_hex
+    assert resolve_offer(hex_id) == second
+    assert resolve_offer(hex_id[:8].upper()) == second
+    assert resolve_offer(hex_id[:7]) is None  # too short to name one
+    assert resolve_offer("zz" * 8) is None and resolve_offer("") is None
+    again = event(id="5" * 32, origin="c" * 16, name="carol", display="carol")
+    assert r.render(again) == "carol offers report.pdf (2.4 MB) - /get 1"  # the same file
+    assert resolve_offer("1") == again  # the latest offer of it
+
+
+def test_files_lists_the_offers_with_number_name_size_who_and_when() -> None:
+    assert render.format_files([]) == ["-- no files offered (yet)"]
+    rows = render.format_files([event(), event(offer_of("b.txt", 5), self=True, to="c" * 16)])
+    assert rows[0] == "-- 2 files offered:"
+    assert re.fullmatch(r"--     1  report\.pdf  2\.4 MB  from bob, \d\d:\d\d( \d\d \w+)?", rows[1])
+    assert re.fullmatch(r"--     2  b\.txt  5 B  from you, .*\(private\)", rows[2])
+
+
+def test_the_json_event_carries_the_number(capsys: pytest.CaptureFixture[str]) -> None:
+    out = output.Output(json_mode=True)
+    try:
+        out.on_event(event(offer_of("notes.txt", 512), id="9" * 32))
+        out.on_event(event())
+    finally:
+        out.close()
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    offer = offer_of()
+    assert second == {
+        "event": "file_offer",
+        "file": offer.file_id.hex(),
+        "number": 2,
+        "from": "bob",
+        "origin": B_ID,
+        "name": "report.pdf",
+        "size": 2_400_000,
+        "chunk_size": 1 << 18,
+        "root": ROOT.hex(),
+        "private": False,
+        "self": False,
+        "history": False,
+        "time": 1_700_000_000.0,
+        "to": "",
+        "id": "1" * 32,
+        "hlc": 5,
+        "line": 1,
+    }
+    assert first["number"] == 1 and first["name"] == "notes.txt"
+
+
+# -- between processes --------------------------------------------------------------
+
+
+def test_send_offers_a_file_that_reaches_the_others_as_a_file_offer(
+    spawn: Callable[..., NodeProcess],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """bob ``/send PATH``: alice (``--json``) gets a ``file_offer`` event and
+    ``/files`` lists it; ``/send alice PATH`` reaches her alone, sealed;
+    carol, in text mode and later, sees the room's offer by catch-up."""
+    room = unique_room()
+    alice, bob, a_id, b_id = _pair(spawn, room)
+    report = tmp_path / "report.pdf"
+    report.write_bytes(bytes(range(256)) * 9375)  # 2,400,000 bytes
+    bob.send_line(f"/send {report}")
+    got = alice.wait_event("file_offer", name="report.pdf")
+    assert (got["from"], got["origin"], got["size"], got["chunk_size"]) == (
+        "bob",
+        b_id,
+        2_400_000,
+        1 << 18,
+    )
+    assert (got["number"], got["private"], got["self"], got["history"]) == (1, False, False, False)
+    assert re.fullmatch("[0-9a-f]{64}", got["file"]) and got["time"] > 0
+    mine = bob.wait_event("file_offer", name="report.pdf")
+    assert mine["self"] is True and mine["file"] == got["file"]
+    assert not alice.of("message") and not bob.of("message")  # never a chat line too
+    alice.send_line("/files")
+    files = alice.wait_event("files")
+    assert files["transfers"] == []
+    (listed,) = files["offers"]
+    assert (listed["number"], listed["file"], listed["name"]) == (1, got["file"], "report.pdf")
+    assert listed["history"] is True  # from the store
+    # One member only.
+    secret = tmp_path / "secret plan.txt"
+    secret.write_bytes(b"for alice only\n")
+    bob.send_line(f"/send alice {secret}")
+    private = alice.wait_event("file_offer", name="secret plan.txt")
+    assert (private["private"], private["number"], private["size"]) == (True, 2, 15)
+    sent = bob.wait_event("file_offer", name="secret plan.txt")
+    assert (sent["private"], sent["to"]) == (True, a_id)
+    bob.send_line(f"/send {tmp_path / 'nothing here'}")
+    assert "no such file" in bob.wait_event("error")["text"]
+    # Later, in text mode: the room's offer by catch-up, not the private one.
+    port = alice.wait_event("ready")["port"]
+    carol = spawn(
+        "--name", "carol", "--room", room, *NO_MDNS, "--peer", f"{LOOPBACK}:{port}",
+        json_mode=False,
+    )  # fmt: skip
+    line = carol.wait_line(lambda s: "offers" in s, "the offer line")
+    assert re.fullmatch(
+        r"\(earlier \d\d:\d\d( \d\d \w+)?\) bob offers report\.pdf \(2\.4 MB\) - /get 1", line
+    )
+    carol.send_line("/files")
+    carol.wait_line(lambda s: s == "-- 1 file offered:", "the /files header")
+    row = carol.wait_line(lambda s: s.startswith("--     1  "), "the /files row")
+    assert "report.pdf  2.4 MB  from bob" in row
+    carol.send_line("/quit")
+    _clean_exit(carol)
+    assert not any("secret" in s for s in carol.lines)
+    for node in (alice, bob):
+        node.send_line("/quit")
+        _clean_exit(node)
