@@ -345,14 +345,18 @@ class Stats(Event):
         frames_refused: bad frames by reason code (``oversized``,
             ``invalid_utf8``, ``malformed``, ``invalid_fields``,
             ``before_handshake``, ``unexpected_handshake``, ``too_slow``,
-            ``wrong_room``); each but ``wrong_room`` also ended its link.
+            ``wrong_room``, and the message reasons of
+            :data:`p2pchat.core.admission.REASONS`: ``bad_signature``,
+            ``bad_file_name``, ...); the frame reasons also ended their link.
         links_refused: links refused or dropped by reason code (``version``,
             ``room``, ``self``, ``busy``, ``handshake_busy``,
             ``handshake_timeout``, ``keepalive_timeout``, ``protocol_error``,
             ``queue_full``).
         rate_limited: flooded messages dropped by a token bucket: ``link``
             (per link) or ``origin`` (per origin node); also ``members_full``
-            (newcomers not added to a full roster) and ``order_held`` (lines
+            (newcomers not added to a full roster), ``direct_offers_full``
+            (one-member file offers forgotten, oldest first, past the 256 kept
+            for ``/files``) and ``order_held`` (lines
             shown before their predecessor came and before the 1 s hold ran
             out, because the held lines reached a cap); and remembered peers
             (``p2pchat/peerbook.py``) dropped by a bound: ``remembered_full``,

@@ -17,6 +17,7 @@ from corenet import CoreNet, CoreNode, Link, RawPeer
 
 from p2pchat import wire
 from p2pchat.core import offers
+from p2pchat.core.direct import MAX_DIRECT_OFFERS
 from p2pchat.events import FileOfferEvent, MessageEvent
 from p2pchat.files.manifest import Offer, file_id_of, hash_file, offer_for
 from p2pchat.identity import seal
@@ -222,3 +223,24 @@ def test_a_receiver_that_knows_only_lines_finds_no_line_in_an_offers_box() -> No
     with pytest.raises(UnicodeDecodeError):
         plain[1:].decode("utf-8")
     assert offers.open_box_offer(plain[1:]) == an_offer()
+
+
+def test_one_member_offers_kept_for_a_run_are_bounded_and_the_oldest_go_first() -> None:
+    """A peer that sends us offer after offer (valid ones) cannot grow the
+    table: 256 are kept, the oldest forgotten and counted."""
+    net = CoreNet()
+    (bob,) = line_of(net, "bob")
+    mallory, link = hostile_link(net, bob)
+    sent = []
+    for n in range(MAX_DIRECT_OFFERS + 10):
+        offer = an_offer(size=1000 + n, name=f"f{n}.bin")
+        sent.append(offer)
+        mallory.send(link.out, _sealed_to(mallory, bob, offers.box_plaintext(offer)))
+        if n % 50 == 49:
+            net.tick_all(1.0)  # within the origin's burst
+    net.tick_all(1.0)
+    assert len(offered(bob)) == len(sent)  # each was shown
+    kept = [e.offer for e in bob.core.offers()]
+    assert kept == sent[-MAX_DIRECT_OFFERS:]
+    assert bob.stats()["rate_limited"] == {"direct_offers_full": 10}
+    assert bob.stats()["frames_refused"] == {}

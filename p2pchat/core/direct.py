@@ -22,7 +22,7 @@ from p2pchat.identity import seal
 
 MAX_DIRECT_OFFERS = 256
 """Most one-member offers (to us, and ours) kept for ``/files`` in one run;
-the oldest go first."""
+the oldest go first (counted: ``rate_limited.direct_offers_full``)."""
 
 
 def check_direct_text(text: str) -> None:
@@ -99,7 +99,7 @@ class Directs:
             to=msg.to,
             to_display=s.roster.display(msg.to),
         )
-        self.offers.put(msg.id, ev)
+        self._keep(ev)
         return msg, ev
 
     def seal(self, to: str, text: str, action: bool) -> tuple[wire.Direct, MessageEvent]:
@@ -237,5 +237,13 @@ class Directs:
             display=s.roster.display(msg.origin, msg.name),
             to_me=True,
         )
-        self.offers.put(msg.id, ev)
+        self._keep(ev)
         return ev
+
+    def _keep(self, ev: FileOfferEvent) -> None:
+        """Keep a one-member offer for :attr:`offers`; count the oldest
+        forgotten when the table is full."""
+        if ev.id not in self.offers and len(self.offers) >= self.offers.max_entries:
+            limited = self.s.rate_limited
+            limited["direct_offers_full"] = limited.get("direct_offers_full", 0) + 1
+        self.offers.put(ev.id, ev)
