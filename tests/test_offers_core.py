@@ -18,6 +18,7 @@ from corenet import CoreNet, CoreNode, Link, RawPeer
 from p2pchat import wire
 from p2pchat.core import offers
 from p2pchat.core.direct import MAX_DIRECT_OFFERS
+from p2pchat.errors import UsageError
 from p2pchat.events import FileOfferEvent, MessageEvent
 from p2pchat.files.manifest import Offer, file_id_of, hash_file, offer_for
 from p2pchat.identity import seal
@@ -244,3 +245,19 @@ def test_one_member_offers_kept_for_a_run_are_bounded_and_the_oldest_go_first() 
     assert kept == sent[-MAX_DIRECT_OFFERS:]
     assert bob.stats()["rate_limited"] == {"direct_offers_full": 10}
     assert bob.stats()["frames_refused"] == {}
+
+
+def test_our_own_offer_is_checked_by_the_rules_receivers_apply() -> None:
+    net = CoreNet()
+    alice, bob = line_of(net, "alice", "bob")
+    good = an_offer()
+    bad_name = Offer(good.file_id, "a/b.txt", good.size, good.chunk_size, good.root)
+    lying = Offer(bytes(32), good.name, good.size, good.chunk_size, good.root)
+    for bad in (bad_name, lying):
+        for to in (None, bob.node_id):
+            with pytest.raises(UsageError, match="cannot offer"):
+                net.offer(alice, bad, to=to)
+    with pytest.raises(UsageError):
+        alice.core.new_line("look", False, net.now, net.wall, offer=good)
+    net.tick_all(1.0)
+    assert offered(alice) == offered(bob) == [] and alice.history() == []

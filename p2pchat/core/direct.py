@@ -82,9 +82,11 @@ class Directs:
 
         Raises:
             UsageError: see :meth:`resolve`; the member has not announced a
-                key for direct messages yet.
+                key for direct messages yet; an offer receivers would refuse
+                (:func:`p2pchat.core.offers.check_own`).
         """
         s = self.s
+        offers.check_own(offer)
         msg = self._sealed(to, offers.box_plaintext(offer))
         ev = FileOfferEvent(
             id=msg.id,

@@ -25,6 +25,7 @@ from typing import Final
 import msgspec
 
 from p2pchat import wire
+from p2pchat.errors import UsageError
 from p2pchat.files.errors import BadOffer
 from p2pchat.files.manifest import Offer, make_offer
 
@@ -57,6 +58,21 @@ def offer_of(fields: wire.FileOffer) -> Offer:
         fields.chunk,
         bytes.fromhex(fields.root),
     )
+
+
+def check_own(offer: Offer) -> wire.FileOffer:
+    """The wire fields of our own ``offer``, checked by the rules receivers
+    apply (so that we never flood an offer every member refuses).
+
+    Raises:
+        UsageError: the offer breaks a rule (the sentence says which).
+    """
+    fields = fields_of(offer)
+    try:
+        offer_of(fields)
+    except BadOffer as exc:
+        raise UsageError(f"cannot offer {offer.name!r}: {exc}") from None
+    return fields
 
 
 def unchecked(fields: wire.FileOffer) -> Offer:

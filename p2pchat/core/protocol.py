@@ -599,11 +599,14 @@ class Protocol:
         Raises:
             UsageError, LineTooLong: see :func:`check_text` (for a topic,
                 :func:`check_topic`; or ``action`` with ``topic``); an offer
-                with text, action or topic; or we left.
+                with text, action or topic, or one receivers would refuse
+                (:func:`p2pchat.core.offers.check_own`); or we left.
         """
+        offered = None
         if offer is not None:
             if text or action or topic:
                 raise UsageError("a file offer line has no text and is no action or topic")
+            offered = offers.check_own(offer)
         elif topic:
             if action:
                 raise UsageError("a topic cannot be an action line")
@@ -620,7 +623,7 @@ class Protocol:
                 line=s.store.next_line(self.wire_room),
                 hlc=s.clock.now(),
                 topic=topic,
-                offer=None if offer is None else offers.fields_of(offer),
+                offer=offered,
                 **s.envelope(),
             )
         )
