@@ -10,15 +10,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import unique_room
+from conftest import Cluster, Recorder, unique_room, wait_for
 from test_cli import LOOPBACK, NO_MDNS, _clean_exit, _pair, spawn  # noqa: F401 - the fixture
 
 from p2pchat.cli import offers as cli_offers
 from p2pchat.cli import output, render
 from p2pchat.cli.offers import format_size, resolve_offer
-from p2pchat.events import FileOfferEvent
+from p2pchat.errors import UsageError
+from p2pchat.events import FileOfferEvent, MessageEvent
 from p2pchat.files.manifest import Offer, file_id_of
 from p2pchat.harness import NodeProcess
+from p2pchat.node import Node
 
 B_ID = "b0b0" * 4
 ROOT = bytes(range(32))
@@ -221,3 +223,48 @@ def test_send_offers_a_file_that_reaches_the_others_as_a_file_offer(
     for node in (alice, bob):
         node.send_line("/quit")
         _clean_exit(node)
+
+
+# -- the Node API, nodes in one process -------------------------------------------------
+
+
+def test_node_send_offer_to_the_room_and_to_one_member(cluster: Cluster) -> None:
+    alice = cluster.add("alice")
+    bob = cluster.add("bob", peers=[alice])
+    carol = cluster.add("carol", peers=[bob])
+    cluster.wait_all_know_each_other()
+    rec_a, _, rec_c = cluster.recorders
+
+    def offers_seen(rec: Recorder) -> list[FileOfferEvent]:
+        return [e for e in rec.events if isinstance(e, FileOfferEvent)]
+
+    room_offer = offer_of("report.pdf")
+    mine = bob.send_offer(room_offer)
+    assert (mine.self, mine.offer, mine.private, mine.line) == (True, room_offer, False, 1)
+    for rec in (rec_a, rec_c):
+        wait_for(lambda rec=rec: bool(offers_seen(rec)), 5.0, "the room offer")  # type: ignore[misc]
+    for node in (alice, carol):
+        found = node.offer(room_offer.file_id.hex().upper())
+        assert found is not None and found.origin == bob.node_id and found.history
+        assert [e.offer for e in node.offers()] == [room_offer]
+        assert [type(e) for e in node.history()] == [FileOfferEvent]
+    secret = offer_of("plan.txt", 15)
+    wait_for(lambda: _sealable(bob, carol.node_id, secret), 5.0, "carol's key for direct messages")
+    wait_for(lambda: len(offers_seen(rec_c)) == 2, 5.0, "the one-member offer")
+    got = offers_seen(rec_c)[1]
+    assert (got.offer, got.to_me, got.origin) == (secret, True, bob.node_id)
+    assert carol.offer(secret.file_id.hex()) == got
+    assert [e.offer for e in bob.offers()] == [room_offer, secret]
+    assert alice.offer(secret.file_id.hex()) is None  # flooded to her too, sealed: unread
+    assert [e.offer for e in offers_seen(rec_a)] == [room_offer]
+    assert not any(isinstance(e, MessageEvent) for r in cluster.recorders for e in r.events)
+    assert all(not n.stats().frames_refused for n in (alice, bob, carol))
+
+
+def _sealable(node: Node, to: str, offer: Offer) -> bool:
+    """Offer ``offer`` to ``to`` alone once its key is known (True when sent)."""
+    try:
+        node.send_offer(offer, to=to)
+    except UsageError:
+        return False
+    return True
