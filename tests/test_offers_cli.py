@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import Cluster, Recorder, unique_room, wait_for
 from test_cli import LOOPBACK, NO_MDNS, _clean_exit, _pair, spawn  # noqa: F401 - the fixture
+from test_tui import BOB_ID as TUI_BOB
+from test_tui import running
 
 from p2pchat.cli import offers as cli_offers
 from p2pchat.cli import output, render
@@ -193,6 +195,14 @@ def test_send_offers_a_file_that_reaches_the_others_as_a_file_offer(
     (listed,) = files["offers"]
     assert (listed["number"], listed["file"], listed["name"]) == (1, got["file"], "report.pdf")
     assert listed["history"] is True  # from the store
+    bob.send_line("/history")
+    (kept,) = bob.wait_event("history")["lines"]
+    assert (kept["event"], kept["file"], kept["number"], kept["self"]) == (
+        "file_offer",
+        got["file"],
+        1,
+        True,
+    )
     # One member only.
     secret = tmp_path / "secret plan.txt"
     secret.write_bytes(b"for alice only\n")
@@ -268,3 +278,21 @@ def _sealable(node: Node, to: str, offer: Offer) -> bool:
     except UsageError:
         return False
     return True
+
+
+# -- the full screen -----------------------------------------------------------------
+
+
+def test_the_full_screen_shows_offers_as_system_lines_with_names_cleaned() -> None:
+    with running(cols=80, rows=24) as r:
+        r.view.on_event(event(origin=TUI_BOB))
+        r.screen.wait_text("-!- bob offers report.pdf (2.4 MB) - /get 1")
+        assert "system" in r.screen.style_at("bob offers report.pdf")
+        assert r.view.bells == 0
+        hostile = offer_of("\u202eevil\x1b[2J\x07.txt", 10)
+        r.view.on_event(event(hostile, origin=TUI_BOB, id="2" * 32, to_me=True))
+        rows = r.screen.wait_text("bob offers you \ufffdevil\ufffd[2J\ufffd.txt (10 B) - /get 2")
+        assert r.view.bells == 1  # offered to us alone: as a private line
+        out = r.terminal.getvalue()
+        assert "\x1b[2J" not in out and "\u202e" not in out
+        assert len(rows) == 24 and rows[-1] == "alice>"
