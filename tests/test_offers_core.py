@@ -97,6 +97,23 @@ def test_a_node_that_comes_later_gets_the_offer_by_catch_up() -> None:
     assert [e.offer for e in carol.core.offers()] == [offer]
 
 
+def test_a_node_that_was_away_gets_the_offer_when_it_comes_back_and_sees_it_once() -> None:
+    net = CoreNet()
+    alice, bob, carol = line_of(net, "alice", "bob", "carol")
+    net.cut(bob, carol)  # carol is away (a split, or her laptop asleep)
+    offer = an_offer(name="minutes.md")
+    net.offer(alice, offer)
+    net.tick_all(1.0)
+    assert [e.offer for e in offered(bob)] == [offer] and offered(carol) == []
+    net.line([bob, carol])
+    net.tick_all(SETTLE_S)
+    (ev,) = offered(carol)  # once, by catch-up
+    assert ev.history and ev.offer == offer and ev.origin == alice.node_id
+    assert carol.stats()["catchup_in"] == 1
+    net.tick_all(SETTLE_S)
+    assert len(offered(carol)) == 1 and [e.offer for e in carol.core.offers()] == [offer]
+
+
 def _bad(offer: Offer, reason: str) -> tuple[wire.FileOffer, str]:
     good = offers.fields_of(offer)
     if reason == "bad_file_name":
