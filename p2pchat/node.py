@@ -317,8 +317,10 @@ class Node:
             Our event of the offer, also passed to ``on_event``.
 
         Raises:
-            UsageError: the node is not running; for ``to``, as
-                :meth:`send_direct` (nobody or several answer to it, no key yet).
+            UsageError: the node is not running; the offer breaks a rule
+                receivers apply (``files.manifest.make_offer``: its name, sizes
+                or id); for ``to``, as :meth:`send_direct` (nobody or several
+                answer to it, no key yet).
             LocalError: as :meth:`send` (rate limit, store).
         """
         if to is None:
@@ -505,7 +507,8 @@ class Node:
     def history(self, n: int = 20) -> list[LineEvent]:
         """The room's last ``n`` lines in the one order every node agrees on
         (hybrid logical clock, then origin id, then line number), oldest
-        first, each with ``history=True`` (topic lines as ``TopicEvent``).
+        first, each with ``history=True`` (topic lines as ``TopicEvent``,
+        file offers as ``FileOfferEvent``).
         Any thread.
 
         Raises:

@@ -17,6 +17,7 @@ from corenet import CoreNet, CoreNode, Link, RawPeer
 
 from p2pchat import wire
 from p2pchat.core import offers
+from p2pchat.core.admission import REASONS as ADMISSION_REASONS
 from p2pchat.core.direct import MAX_DIRECT_OFFERS
 from p2pchat.errors import UsageError
 from p2pchat.events import FileOfferEvent, MessageEvent
@@ -130,6 +131,7 @@ def _bad(offer: Offer, reason: str) -> tuple[wire.FileOffer, str]:
 
 
 REASONS = ["bad_file_name", "bad_chunk_size", "bad_file_size", "bad_file_hash"]
+assert set(REASONS) == set(offers.OFFER_REASONS) <= set(ADMISSION_REASONS)
 
 
 @pytest.mark.parametrize("reason", REASONS)
