@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from p2pchat.files.manifest import Offer
+
 
 @dataclass(frozen=True)
 class Event:
@@ -96,6 +98,93 @@ class TopicEvent(Event):
     def order(self) -> tuple[int, str, int]:
         """Where the line sorts in the room: ``(hlc, origin, line)``."""
         return (self.hlc, self.origin, self.line)
+
+
+@dataclass(frozen=True)
+class FileOfferEvent(Event):
+    """A file offered (``/send``), delivered once like a chat line (never
+    also as a :class:`MessageEvent`).
+
+    A room offer is a numbered line kept in the history (``history`` as in
+    :class:`MessageEvent`: caught up, or from :meth:`~p2pchat.node.Node.offers`);
+    a one-member offer came sealed to us alone (``to_me``) or is ours to
+    one member (``self`` and ``to``); it is never kept in the history.
+
+    Attributes:
+        id: the message id of the offer line or direct message.
+        room: the room's name as this node knows it.
+        origin, name, display, ts, self, seq, history, hlc, line: as in
+            :class:`MessageEvent` (``hlc`` and ``line`` 0 for a one-member offer).
+        offer: what is offered: file id, base name, size, chunk size, root
+            (validated by :func:`~p2pchat.files.manifest.make_offer`).  The
+            name is a peer's: clean it before printing, make it safe
+            (:func:`~p2pchat.files.safename.safe_filename`) before saving.
+        to_me: a one-member offer sealed to us.
+        to, to_display: the one member our own one-member offer went to
+            ("" for a room offer).
+    """
+
+    kind: ClassVar[str] = "file_offer"
+    id: str
+    room: str
+    origin: str
+    name: str
+    offer: Offer
+    ts: float
+    self: bool
+    seq: int
+    display: str = ""
+    to_me: bool = False
+    to: str = ""
+    to_display: str = ""
+    history: bool = False
+    hlc: int = 0
+    line: int = 0
+
+    @property
+    def text(self) -> str:
+        """The line's text: always "" (a front end words the offer itself)."""
+        return ""
+
+    @property
+    def private(self) -> bool:
+        """True for a one-member offer (to us, or ours to one member)."""
+        return self.to_me or bool(self.to)
+
+    @property
+    def file_hex(self) -> str:
+        """The file id, 64 lowercase hex digits."""
+        return self.offer.file_id.hex()
+
+    def order(self) -> tuple[int, str, int]:
+        """Where the line sorts in the room: ``(hlc, origin, line)``."""
+        return (self.hlc, self.origin, self.line)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``file_offer`` JSON object (README, "Scripted use"): ``file``
+        (hex id), ``from`` (the sender as shown), ``origin``, ``name`` (the
+        offered base name), ``size``, ``chunk_size``, ``root`` (hex),
+        ``private``, ``self``, ``history``, ``time`` (``ts``), ``to`` (the
+        one member ours went to, or ""), ``id``, ``hlc``, ``line``.  The
+        command line adds ``number``."""
+        return {
+            "event": self.kind,
+            "file": self.file_hex,
+            "from": self.display or self.name,
+            "origin": self.origin,
+            "name": self.offer.name,
+            "size": self.offer.size,
+            "chunk_size": self.offer.chunk_size,
+            "root": self.offer.root.hex(),
+            "private": self.private,
+            "self": self.self,
+            "history": self.history,
+            "time": self.ts,
+            "to": self.to,
+            "id": self.id,
+            "hlc": self.hlc,
+            "line": self.line,
+        }
 
 
 @dataclass(frozen=True)
@@ -256,14 +345,18 @@ class Stats(Event):
         frames_refused: bad frames by reason code (``oversized``,
             ``invalid_utf8``, ``malformed``, ``invalid_fields``,
             ``before_handshake``, ``unexpected_handshake``, ``too_slow``,
-            ``wrong_room``); each but ``wrong_room`` also ended its link.
+            ``wrong_room``, and the message reasons of
+            :data:`p2pchat.core.admission.REASONS`: ``bad_signature``,
+            ``bad_file_name``, ...); the frame reasons also ended their link.
         links_refused: links refused or dropped by reason code (``version``,
             ``room``, ``self``, ``busy``, ``handshake_busy``,
             ``handshake_timeout``, ``keepalive_timeout``, ``protocol_error``,
             ``queue_full``).
         rate_limited: flooded messages dropped by a token bucket: ``link``
             (per link) or ``origin`` (per origin node); also ``members_full``
-            (newcomers not added to a full roster) and ``order_held`` (lines
+            (newcomers not added to a full roster), ``direct_offers_full``
+            (one-member file offers forgotten, oldest first, past the 256 kept
+            for ``/files``) and ``order_held`` (lines
             shown before their predecessor came and before the 1 s hold ran
             out, because the held lines reached a cap); and remembered peers
             (``p2pchat/peerbook.py``) dropped by a bound: ``remembered_full``,
@@ -302,3 +395,8 @@ class Stats(Event):
     catchup_out: int = 0
     store_stalls: int = 0
     addrs_refused: dict[str, int] = field(default_factory=dict)
+
+
+LineEvent = MessageEvent | TopicEvent | FileOfferEvent
+"""The event of a line of the room's history: a chat line, a topic line or a
+room file offer (``Node.history`` returns these)."""

@@ -47,7 +47,9 @@ from p2pchat.discovery import Discovery, LocalService
 from p2pchat.errors import LocalError, UsageError
 from p2pchat.events import (
     Event,
+    FileOfferEvent,
     KeyInfo,
+    LineEvent,
     LinkInfo,
     MemberInfo,
     MessageEvent,
@@ -57,6 +59,7 @@ from p2pchat.events import (
     Stats,
     TopicEvent,
 )
+from p2pchat.files.manifest import Offer
 from p2pchat.flood import TokenBucket
 from p2pchat.identity import Identity
 from p2pchat.links import Links
@@ -298,6 +301,54 @@ class Node:
         assert isinstance(ev, MessageEvent)
         return ev
 
+    def send_offer(self, offer: Offer, to: str | None = None) -> FileOfferEvent:
+        """Offer a file: to the room (``to`` None: a numbered, signed line
+        with the offer, kept and caught up like a chat line, sent as
+        :meth:`send`), or to one member only (``to``: its node id, or as
+        :meth:`send_direct`; sealed to its key like ``/msg``, never kept in
+        the history).  Any thread.
+
+        Args:
+            offer: what to offer (:func:`p2pchat.files.manifest.offer_for`
+                of the file's manifest); serving its chunks is the caller's.
+            to: the one member, or None for the room.
+
+        Returns:
+            Our event of the offer, also passed to ``on_event``.
+
+        Raises:
+            UsageError: the node is not running; the offer breaks a rule
+                receivers apply (``files.manifest.make_offer``: its name, sizes
+                or id); for ``to``, as :meth:`send_direct` (nobody or several
+                answer to it, no key yet).
+            LocalError: as :meth:`send` (rate limit, store).
+        """
+        if to is None:
+            ev = self._send_own("", False, topic=False, offer=offer)
+        else:
+            self._wait_own_token()
+            with self._lock:
+                ev, actions = self._core.send_direct_offer(to, offer, time.monotonic(), time.time())
+                self._queue(actions)
+            self._drain()
+        assert isinstance(ev, FileOfferEvent)
+        return ev
+
+    def offers(self) -> list[FileOfferEvent]:
+        """The file offers this node knows, oldest first: the room's offer
+        lines still in the history window (at most 256, ``history=True``),
+        then the one-member offers to us, or ours, of this run (at most 256).
+        Any thread."""
+        with self._lock:
+            return self._core.offers()
+
+    def offer(self, file_id: str) -> FileOfferEvent | None:
+        """The latest offer of the file whose id is ``file_id`` (64 hex
+        digits, any case) among :meth:`offers`, or None.  Any thread."""
+        want = file_id.lower()
+        found = [ev for ev in self.offers() if ev.file_hex == want]
+        return found[-1] if found else None
+
     def set_topic(self, text: str) -> TopicEvent:
         """Set the room's topic to ``text`` (blanks at either end dropped;
         "" clears it): a numbered, signed topic line, sent and kept like a
@@ -324,12 +375,15 @@ class Node:
         with self._lock:
             return self._core.topic()
 
-    def _send_own(self, text: str, action: bool, topic: bool) -> MessageEvent | TopicEvent:
+    def _send_own(
+        self, text: str, action: bool, topic: bool, offer: Offer | None = None
+    ) -> LineEvent:
         """Number, sign, store durably and flood a line of ours (see :meth:`send`)."""
         self._wait_own_token()
         with self._own_line_lock:  # own lines are numbered, stored and sent in order
             with self._lock:
-                msg = self._core.new_line(text, action, time.monotonic(), time.time(), topic)
+                now, wall = time.monotonic(), time.time()
+                msg = self._core.new_line(text, action, now, wall, topic, offer)
             # Durable before it counts as sent; outside the state lock so that
             # links keep flowing meanwhile.
             self._store.add_own(msg)
@@ -450,10 +504,11 @@ class Node:
         """A link is up: :meth:`Peers.answered <p2pchat.peers.Peers.answered>`."""
         self.peers.answered(link)
 
-    def history(self, n: int = 20) -> list[MessageEvent | TopicEvent]:
+    def history(self, n: int = 20) -> list[LineEvent]:
         """The room's last ``n`` lines in the one order every node agrees on
         (hybrid logical clock, then origin id, then line number), oldest
-        first, each with ``history=True`` (topic lines as ``TopicEvent``).
+        first, each with ``history=True`` (topic lines as ``TopicEvent``,
+        file offers as ``FileOfferEvent``).
         Any thread.
 
         Raises:

@@ -8,9 +8,10 @@ disk for an ephemeral node (``--ephemeral``).  It holds:
   hybrid-clock value of our own lines, and per room the number of our last
   own line;
 * ``lines``: every chat line of the window, keyed by message id, with its
-  room, origin, line number, hybrid logical clock and whether it is a room
+  room, origin, line number, hybrid logical clock, whether it is a room
   topic (``topic``, 0 or 1: the index finds the current topic without
-  reading bodies; added to a table made before it), and the line itself as
+  reading bodies; added to a table made before it) and whether it offers a
+  file (``offer``, 0 or 1, likewise), and the line itself as
   its JSON text (``wire.encode_json``: the encoding of protocol version 1,
   kept whatever the frames' encoding, so stores outlive a protocol change;
   catch-up forwards the line unchanged, signature and all);
@@ -95,7 +96,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from p2pchat import wire
 from p2pchat.core.history_store import MemoryStore
@@ -142,8 +143,8 @@ WRITER_THREAD = "p2pchat-store-writer"
 """The name of the writer thread."""
 
 _INSERT_LINE = (
-    "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body, topic) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO lines (id, room, origin, line, hlc, body, topic, offer) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _SCHEMA = """
@@ -155,7 +156,8 @@ CREATE TABLE IF NOT EXISTS lines (
     line INTEGER NOT NULL,
     hlc INTEGER NOT NULL,
     body BLOB NOT NULL,
-    topic INTEGER NOT NULL DEFAULT 0
+    topic INTEGER NOT NULL DEFAULT 0,
+    offer INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_order ON lines (room, hlc, origin, line);
 CREATE INDEX IF NOT EXISTS lines_origin ON lines (room, origin, line);
@@ -209,13 +211,24 @@ def _lock_dir(path: Path) -> IO[bytes]:
     return f
 
 
+_SLIM_OFFER: Final = wire.FileOffer(file="0" * 64, fname="", size=0, chunk=0, root="0" * 64)
+"""What the index keeps of a line's file offer: only that it has one."""
+
+
 def _slim(
-    msg_id: str, room: str, origin: str, line: int, hlc: int, topic: bool = False
+    msg_id: str,
+    room: str,
+    origin: str,
+    line: int,
+    hlc: int,
+    topic: bool = False,
+    offer: bool = False,
 ) -> wire.Chat:
     """What the in-memory index keeps of a line on disk: its id, room, origin,
-    number, clock and whether it is a topic (with the index, about 0.5 KB a
-    line, against 1.2 KB with whole lines); the rest stays on disk.  Rooms
-    and origins are shared strings."""
+    number, clock, whether it is a topic and whether it offers a file
+    (:data:`_SLIM_OFFER`) (with the index, about 0.5 KB a line, against 1.2
+    KB with whole lines); the rest stays on disk.  Rooms and origins are
+    shared strings."""
     return wire.Chat(
         id=msg_id,
         origin=sys.intern(origin),
@@ -228,6 +241,7 @@ def _slim(
         line=line,
         hlc=hlc,
         topic=topic,
+        offer=_SLIM_OFFER if offer else None,
     )
 
 
@@ -244,9 +258,11 @@ class _Batch:
         self.error: str | None = None
 
 
-def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes, int]:
+def _row(msg: wire.Chat) -> tuple[str, str, str, int, int, bytes, int, int]:
     """The ``lines`` row of ``msg``, in :data:`_INSERT_LINE`'s order."""
-    return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, wire.encode_json(msg), int(msg.topic))
+    body = wire.encode_json(msg)
+    offer = int(msg.offer is not None)
+    return (msg.id, msg.room, msg.origin, msg.line, msg.hlc, body, int(msg.topic), offer)
 
 
 class _Writer:
@@ -479,11 +495,13 @@ class Store:
         for name, key in db.execute("SELECT name, key FROM names ORDER BY rowid"):
             self._names[str(name)] = str(key)
         # In the order of the window, so that each line lands at the end of its room's list.
-        for msg_id, room, origin, line, hlc, topic in db.execute(
-            "SELECT id, room, origin, line, hlc, topic FROM lines "
+        for msg_id, room, origin, line, hlc, topic, offer in db.execute(
+            "SELECT id, room, origin, line, hlc, topic, offer FROM lines "
             "ORDER BY room, hlc, origin, line, id"
         ):
-            slim = _slim(str(msg_id), str(room), str(origin), int(line), int(hlc), bool(topic))
+            slim = _slim(
+                str(msg_id), str(room), str(origin), int(line), int(hlc), bool(topic), bool(offer)
+            )
             self._mem.add(slim)
         self._seq_durable = self._seq_asked = self._seq + SEQ_BLOCK
         db.execute(
@@ -579,6 +597,8 @@ class Store:
             columns = {r[1] for r in db.execute("PRAGMA table_info(lines)")}
             if "topic" not in columns:  # a table made before topics: none of its lines is one
                 db.execute("ALTER TABLE lines ADD COLUMN topic INTEGER NOT NULL DEFAULT 0")
+            if "offer" not in columns:  # made before file offers: none of its lines is one
+                db.execute("ALTER TABLE lines ADD COLUMN offer INTEGER NOT NULL DEFAULT 0")
             db.commit()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {db_path}: {exc}") from None
@@ -631,7 +651,9 @@ class Store:
         """What the index keeps of ``msg``: the whole line for an ephemeral store."""
         if not self._on_disk:
             return msg
-        return _slim(msg.id, msg.room, msg.origin, msg.line, msg.hlc, msg.topic)
+        return _slim(
+            msg.id, msg.room, msg.origin, msg.line, msg.hlc, msg.topic, msg.offer is not None
+        )
 
     def next_seq(self) -> int:
         """The next sequence number of a flooded message of ours: strictly
@@ -825,6 +847,12 @@ class Store:
             held = self._mem.topic(room)
             whole = self._whole([held]) if held is not None else []
             return whole[0] if whole else None
+
+    def offers(self, room: str, n: int) -> list[wire.Chat]:
+        """The last ``n`` lines of ``room`` that offer a file, in the agreed
+        order, oldest first.  Found in the index; ``n`` body reads at most."""
+        with self._mutex:
+            return self._whole(self._mem.offers(room, n))
 
     def _whole(self, held: list[wire.Chat]) -> list[wire.Chat]:
         """The whole lines of ``held`` (from the index), in its order: those not

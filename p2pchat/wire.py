@@ -39,6 +39,7 @@ import os
 import re
 import struct
 import time
+import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal, NoReturn, TypeVar
@@ -239,6 +240,34 @@ class Flooded(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     sig: Signature = ""
 
 
+FileId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+"""A file id or a Merkle root: 32 bytes (64 lowercase hex digits in memory, bin on the wire)."""
+
+
+class FileOffer(msgspec.Struct, array_like=True, frozen=True):
+    """A file offered (``chat.offer``, or inside a one-member ``direct``'s
+    box), sent as ``[file, fname, size, chunk, root]`` (``docs/files.md`` §3).
+
+    Attributes:
+        file: the file id, :func:`p2pchat.files.manifest.file_id_of` of
+            ``size``, ``chunk`` and ``root``.
+        fname: the base name, at most 255 bytes of UTF-8 (no path, no
+            control or invisible characters: checked at admission).
+        size: the file's length in bytes.
+        chunk: bytes per chunk, a power of two from 64 KiB to 1 MiB.
+        root: the Merkle root of the chunk hashes.
+    The decoder checks only the types (and the two hashes' length); the
+    rest is :func:`p2pchat.files.manifest.make_offer`'s, at admission, so a
+    bad offer is dropped and counted by its reason, its link kept.
+    """
+
+    file: FileId
+    fname: str
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    chunk: Annotated[int, msgspec.Meta(ge=0)]
+    root: FileId
+
+
 class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
     """A chat line.
 
@@ -259,6 +288,11 @@ class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
             numbered (``line`` at least 1).  The
             room's current topic is its topic line that sorts last by
             ``(hlc, origin, line)`` (``docs/protocol.md`` §5.5).
+        offer: a file offered to the room (``/send``, :class:`FileOffer`),
+            or None (a chat line).  A line with an offer is numbered, has
+            ``text`` "", is no action and no topic; its fields are checked at
+            admission by :func:`p2pchat.files.manifest.make_offer`
+            (``docs/protocol.md`` §5.5).
     """
 
     text: Text
@@ -266,6 +300,7 @@ class Chat(Flooded, tag="chat", frozen=True, kw_only=True):
     line: LineNo = 0
     hlc: Hlc = 0
     topic: bool = False
+    offer: FileOffer | None = None
 
 
 class Join(Flooded, tag="join", frozen=True, kw_only=True):
@@ -542,6 +577,15 @@ def _make_twin(cls: type[msgspec.Struct]) -> type:
         meta = getattr(f.type, "__metadata__", ())
         base = f.type.__origin__ if meta else f.type
         element = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+        optional = [a for a in typing.get_args(base) if a is not type(None)]
+        nested = (
+            optional[0]
+            if typing.get_origin(base) in (typing.Union, types.UnionType)
+            and len(optional) == 1
+            and isinstance(optional[0], type)
+            and issubclass(optional[0], msgspec.Struct)
+            else None
+        )
         hexed = hex_bytes(f.type)
         hexed_element = None if element is None else hex_bytes(element)
         to_part, from_part = f"m.{name}", f"w.{name}"
@@ -555,6 +599,13 @@ def _make_twin(cls: type[msgspec.Struct]) -> type:
                     f"(w.{name}.hex() if len(w.{name}) in (0, {size})"
                     f" else _wrong_length({name!r}, w.{name}, {size}))"
                 )
+        elif nested is not None:  # an optional struct (chat.offer): its twin or nil
+            inner = _make_twin(nested)
+            wire_type = inner | None
+            env[f"_to_{name}"] = _TO_WIRE[nested]
+            env[f"_from_{name}"] = _FROM_WIRE[inner]
+            to_part = f"(None if m.{name} is None else _to_{name}(m.{name}))"
+            from_part = f"(None if w.{name} is None else _from_{name}(w.{name}))"
         elif hexed_element is not None:
             wire_type = Annotated[(list[_bin_type(*hexed_element)], *meta)]  # type: ignore[misc]
             to_part = f"[_fromhex(x) for x in m.{name}]"
@@ -723,6 +774,16 @@ def _check_topic(msg: Chat) -> None:
         )
 
 
+def _check_offer_line(msg: Chat) -> None:
+    """A line with an offer is numbered (kept and caught up as any line),
+    carries no text (the receiver words it), and is no action and no topic.
+    The offer's own fields are checked at admission (``make_offer``)."""
+    if msg.text or msg.action or msg.topic:
+        raise RemoteProtocolError("a file offer line has no text and is no action or topic")
+    if msg.line == 0:
+        raise RemoteProtocolError("a file offer line must be numbered")
+
+
 def _validate(msg: Message) -> None:
     if isinstance(msg, Hello):
         check_name(msg.name)
@@ -736,6 +797,8 @@ def _validate(msg: Message) -> None:
                 raise RemoteProtocolError("text contains a control character or line break")
             if msg.topic:
                 _check_topic(msg)
+            if msg.offer is not None:
+                _check_offer_line(msg)
         elif isinstance(msg, Nick):
             check_name(msg.old, "old name")
         elif isinstance(msg, Leave) and has_control_chars(msg.reason):

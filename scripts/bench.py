@@ -125,7 +125,7 @@ MAX_RUNS = 100
 INDEX_DIGITS = 8  # a line's text starts with its index, zero-padded
 MIN_SIZE = INDEX_DIGITS + 1
 MAX_SIZE = 2000  # wire.MAX_TEXT_CHARS; the text is ASCII, so bytes == code points
-CHAT_PREFIX = b"\x9f\xa4chat"  # how a chat frame body starts: an array of 15, "chat"
+CHAT_PREFIX = b"\xdc\x00\x10\xa4chat"  # how a chat frame body starts: an array of 16, "chat"
 FRAME_HEADER = struct.Struct("!I")
 MAX_RELAY_FRAME = 65536
 QUIET_S = 0.3  # a report waits until the counters were still for this long...

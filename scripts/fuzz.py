@@ -925,6 +925,7 @@ LIVE_FLOODED_FIELDS: Final = (
     "old",
     "to",
     "topic",
+    "offer",
 )
 
 HONEST_EVERY: Final = 50
@@ -934,6 +935,31 @@ SOURCE_ADDRESSES: Final = tuple(f"127.0.0.{n}" for n in range(2, 34))
 """Where the attacker's links come from (127.0.0.0/8 only): one address at a
 time, moving on at every new link, so that per-address limits meet a fresh
 address (the honest nodes use 127.0.0.1)."""
+
+
+def _fuzz_offers() -> tuple[Any, ...]:
+    """``chat.offer`` values for the live fuzz: none, a valid offer, and one
+    bad by each offer rule (name, chunk size, size, id)."""
+    from p2pchat.files.manifest import file_id_of
+
+    root = bytes(range(32))
+
+    def offer(fname: str, size: int, chunk: int, fid: bytes | None = None) -> Any:
+        file = fid if fid is not None else file_id_of(size, chunk, root)
+        return wire.FileOffer(file=file.hex(), fname=fname, size=size, chunk=chunk, root=root.hex())
+
+    return (
+        None,
+        offer("report.pdf", 2_400_000, 1 << 18),
+        offer("../etc/passwd", 10, 1 << 16),
+        offer("a\u202eb.txt", 10, 1 << 16),
+        offer("x.bin", 10, 100_000),
+        offer("big.iso", 1 << 40, 1 << 20),
+        offer("lie.txt", 10, 1 << 16, bytes(32)),
+    )
+
+
+_FUZZ_OFFERS: Final = _fuzz_offers()
 
 
 @dataclass
@@ -1418,6 +1444,8 @@ class LiveFuzz:
             value = rng.choice(("", "0" * 64, other.identity.dh, "ab"))
         elif name == "topic":  # a line made a topic: over 300 code points or an action is refused
             value = rng.choice((True, False))
+        elif name == "offer":  # a line made a file offer (valid, bad by each rule), or not one
+            value = rng.choice(_FUZZ_OFFERS)
         else:  # "to"
             value = rng.choice((self.honest.node_id, f"{rng.getrandbits(64):016x}", "ab"))
         try:

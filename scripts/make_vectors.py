@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2pchat import history, identity, wire
+from p2pchat.files.manifest import DEFAULT_CHUNK_BYTES, hash_file
 from p2pchat.identity import Identity
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "vectors.json"
@@ -240,6 +242,31 @@ def build() -> dict[str, Any]:
             alice,
             "A room topic: a numbered line with `topic` true (never with `action`); "
             '`text` `""` would clear the topic.',
+        )
+    )
+    report = bytes(range(256)) * 9375  # a made-up file of 2,400,000 bytes
+    manifest, _ = hash_file(io.BytesIO(report), DEFAULT_CHUNK_BYTES)
+    flooded.append(
+        signed_vector(
+            "chat_offer",
+            wire.Chat(
+                text="",
+                line=len(chats) + 2,
+                hlc=1732245700000000,
+                offer=wire.FileOffer(
+                    file=manifest.file_id.hex(),
+                    fname="report.pdf",
+                    size=manifest.size,
+                    chunk=manifest.chunk_size,
+                    root=manifest.root.hex(),
+                ),
+                **env("1000000000000000000000000000000b", 11, 1732245700.0, "alicja"),
+            ),
+            alice,
+            'A file offered to the room: a numbered line with `text` `""` and `offer` '
+            "`[file, fname, size, chunk, root]` (a file of 2,400,000 bytes, the bytes 0..255 "
+            "repeated, in chunks of 262,144 bytes: 10 chunks); `file` is the id of `size`, "
+            "`chunk` and `root`.",
         )
     )
     flooded.append(

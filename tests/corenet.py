@@ -50,6 +50,7 @@ from p2pchat.core.history_store import MemoryStore
 from p2pchat.core.protocol import Protocol
 from p2pchat.errors import RemoteProtocolError
 from p2pchat.events import Event, MessageEvent, Notice
+from p2pchat.files.manifest import Offer
 from p2pchat.identity import Identity
 
 WALL0 = 1.7e9
@@ -630,6 +631,14 @@ class CoreNet:
         ev, actions = node.core.send_direct(to, text, False, self.now, self.wall)
         self._act(node, actions)
         return ev
+
+    def offer(self, node: CoreNode, offer: Offer, to: str | None = None) -> None:
+        """``node``'s user offers a file: to the room (an offer line), or to
+        the one member ``to`` (a sealed ``direct``)."""
+        if to is None:
+            self._act(node, node.core.send_line("", False, self.now, self.wall, offer=offer))
+        else:
+            self._act(node, node.core.send_direct_offer(to, offer, self.now, self.wall)[1])
 
     def rename(self, node: CoreNode, name: str) -> None:
         """``node``'s user types ``/nick name`` (``set_name``)."""

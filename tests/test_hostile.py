@@ -553,10 +553,11 @@ def test_deeply_nested_data_is_a_counted_protocol_error(
     else:
         raw.hello(pair.room)
         body = wire.encode_body(raw.chat(pair.room, "deep"))
-        # One more element in the chat's array (a fixarray: its count is in
-        # its first byte), after the known fields: nested 5000 deep.
-        assert 0x90 <= body[0] < 0x9F
-        raw.send(frame_of(bytes([body[0] + 1]) + body[1:] + DEEP_MSGPACK))
+        # One more element in the chat's array (an array 16: its count is in
+        # the two bytes after 0xdc), after the known fields: nested 5000 deep.
+        assert body[0] == 0xDC
+        count = int.from_bytes(body[1:3], "big") + 1
+        raw.send(frame_of(b"\xdc" + count.to_bytes(2, "big") + body[3:] + DEEP_MSGPACK))
     raw.wait_closed()
     honest_lines_still_flow(pair, "deeply nested data")
 

@@ -23,6 +23,7 @@ CLI_LAYERS = [
     "p2pchat.cli.arrival",
     "p2pchat.cli.notify",
     "p2pchat.cli.render",
+    "p2pchat.cli.offers",
     "p2pchat.cli.args",
 ]
 """p2pchat/cli/, top first; tui and scripted are side by side (neither imports the other)."""

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from p2pchat.events import JoinEvent, LeaveEvent, MessageEvent, TopicEvent
+from p2pchat.events import FileOfferEvent, JoinEvent, LeaveEvent, MessageEvent, TopicEvent
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
 VERSION = int(re.search(r"\*\*Protocol version\*\* is the integer `(\d+)`", DOC).group(1))  # type: ignore[union-attr]
@@ -111,6 +111,12 @@ def doc_value(type_: str, value: Any) -> str:
         return "[" + ",".join(doc_string(v) for v in value) + "]"
     if type_ == "array of [bin, int]":  # presence.gone: [node id, seq] pairs, ids as hex
         return "[" + ",".join(f"[{doc_string(n)},{int(q)}]" for n, q in value) + "]"
+    if type_ == "array or nil":  # chat.offer: [file, fname, size, chunk, root] (§5.19)
+        if value is None:
+            return "null"
+        file, fname, size, chunk, root = value
+        hashes = doc_string(file), doc_string(root)
+        return f"[{hashes[0]},{doc_string(fname)},{int(size)},{int(chunk)},{hashes[1]}]"
     raise AssertionError(f"no rule for {type_}")
 
 
@@ -144,6 +150,8 @@ def doc_pack(kind: str, fields: dict[str, Any], hops: int, sig: str) -> bytes:
     out: list[Any] = []
     for name, type_, default in table[: last + 1]:
         value = values[name] if name in values else doc_default(default)
+        if type_ == "array or nil" and value is not None:  # chat.offer, §5.19: bins as bytes
+            value = [bytes.fromhex(value[0]), *value[1:4], bytes.fromhex(value[4])]
         out.append(bytes.fromhex(value) if type_ == "bin" else value)
     return msgspec.msgpack.encode(out)
 
@@ -307,7 +315,11 @@ def test_doc_tables_give_every_signed_field() -> None:
     assert doc_table("presence")[-3] == ("every", "float 64", "0.0")
     assert doc_table("presence")[-2] == ("gone", "array of [bin, int]", "[]")
     assert doc_table("presence")[-1] == ("away", "str", '""')
-    assert doc_table("chat")[-2:] == [("hlc", "int", "0"), ("topic", "bool", "false")]
+    assert doc_table("chat")[-3:] == [
+        ("hlc", "int", "0"),
+        ("topic", "bool", "false"),
+        ("offer", "array or nil", "null"),
+    ]
     assert ("ts", "float 64", "—") in join
 
 
@@ -447,5 +459,45 @@ def test_outsider_topic_line_sets_the_rooms_topic(cluster: Cluster) -> None:
         assert current is not None and current.text == "release on friday"
         assert current.origin == outsider.node_id
         assert not node.stats().frames_refused
+    finally:
+        outsider.close()
+
+
+def test_outsider_file_offer_is_taken_and_a_lying_one_is_counted(cluster: Cluster) -> None:
+    """A chat line with ``offer`` set (section 5.19), its file id computed as
+    the document says: the node shows a ``file_offer`` (never a ``message``)
+    and lists it; an offer whose id does not match is dropped as
+    ``bad_file_hash``, the link kept (the next line arrives)."""
+    node = cluster.add("host")
+    outsider = Outsider(node.port, cluster.room)
+    try:
+        outsider.handshake()
+        outsider.flood("join", time.time(), dh=outsider.dh)
+        now = time.time()
+        hlc = int(now * 1e6)
+        size, chunk, root = 2_400_000, 262_144, hashlib.sha256(b"any root").digest()
+        file_id = hashlib.sha256(
+            b"p2pchat-file-v1\x00" + size.to_bytes(8, "big") + chunk.to_bytes(4, "big") + root
+        ).hexdigest()
+        offer = [file_id, "report.pdf", size, chunk, root.hex()]
+        outsider.flood("chat", now, text="", line=1, hlc=hlc, offer=offer)
+        lying = [file_id, "report.pdf", size + 1, chunk, root.hex()]
+        outsider.flood("chat", now, text="", line=2, hlc=hlc + 1, offer=lying)
+        outsider.flood("chat", now, text="still linked", line=3, hlc=hlc + 2)
+        rec = cluster.recorders[0]
+
+        def mine(kind: type[MessageEvent | FileOfferEvent]) -> list[Any]:
+            return [
+                e
+                for e in rec.events
+                if isinstance(e, kind) and getattr(e, "origin", "") == outsider.node_id
+            ]
+
+        wait_for(lambda: bool(mine(MessageEvent)), 5.0, "the outsider's chat line")
+        (got,) = mine(FileOfferEvent)
+        assert (got.file_hex, got.offer.name, got.offer.size) == (file_id, "report.pdf", size)
+        assert [e.text for e in mine(MessageEvent)] == ["still linked"]
+        assert node.offer(file_id) is not None and len(node.offers()) == 1
+        assert node.stats().frames_refused == {"bad_file_hash": 1}
     finally:
         outsider.close()

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -449,3 +450,61 @@ def test_the_memory_store_answers_as_the_sqlite_store_does(
         assert sql.missing(ROOM, have, since, 5) == mem.missing(ROOM, have, since, 5)
     finally:
         sql.close()
+
+
+def offer_line(origin: str, line: int, hlc: int, fname: str, room: str = ROOM) -> wire.Chat:
+    """A file offer line (the store does not check the offer's id: admission did)."""
+    offer = wire.FileOffer(
+        file=os.urandom(32).hex(), fname=fname, size=10, chunk=1 << 18, root=os.urandom(32).hex()
+    )
+    return msgspec.structs.replace(chat(origin, line, hlc, room, text=""), offer=offer)
+
+
+@KINDS
+def test_the_rooms_offers_are_its_offer_lines_in_the_rooms_order(kind: str) -> None:
+    with open_store(kind, max_age_s=3600.0, max_lines=4) as store:
+        assert store.offers(ROOM, 10) == []
+        late = offer_line(A, 1, NOW_US + 5, "late.pdf")
+        early = offer_line(B, 1, NOW_US + 1, "early.pdf")
+        store.add(late)
+        store.add(chat(A, 2, NOW_US + 6, text="a chat line, no offer"))
+        store.add(early)  # caught up: it sorts first
+        store.add(offer_line(B, 2, NOW_US, "other room", room="other"))
+        assert store.offers(ROOM, 10) == [early, late]
+        assert store.offers(ROOM, 1) == [late]  # the newest n
+        assert [m.offer is not None for m in store.recent(ROOM, 10)] == [True, True, False]
+        # The window drops the oldest lines first; an offer goes with its line.
+        for n in range(3, 6):
+            store.add(chat(A, n, NOW_US + 10 + n))
+        store.prune(NOW_S)
+        assert store.offers(ROOM, 10) == []
+        assert len(store.offers("other", 10)) == 1
+
+
+def test_offers_survive_a_reopen_and_a_store_made_before_them_gets_the_column(
+    tmp_path: Path,
+) -> None:
+    """A database whose ``lines`` table has no ``offer`` column (nor ``topic``)
+    opens: none of its lines is an offer; offer lines stored afterwards are
+    found after a reopen, whole."""
+    data = tmp_path / "node"
+    with Store.open(str(data)) as store:
+        store.add(chat(A, 1, NOW_US, text="plain"))
+    db = sqlite3.connect(str(data / DB_NAME))
+    db.executescript(
+        "CREATE TABLE old AS SELECT id, room, origin, line, hlc, body FROM lines;"
+        "DROP TABLE lines;"
+        "CREATE TABLE lines (id TEXT PRIMARY KEY, room TEXT NOT NULL, origin TEXT NOT NULL,"
+        " line INTEGER NOT NULL, hlc INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO lines SELECT * FROM old; DROP TABLE old;"
+    )
+    db.close()
+    mine = offer_line(A, 2, NOW_US + 2, "report.pdf")
+    theirs = offer_line(B, 1, NOW_US + 1, "notes.txt")
+    with Store.open(str(data)) as store:
+        assert store.offers(ROOM, 10) == [] and store.count(ROOM) == 1
+        store.add(theirs)
+        store.add_own(mine)
+    with Store.open(str(data)) as store:
+        assert store.offers(ROOM, 10) == [theirs, mine]
+        assert [m.text for m in store.recent(ROOM, 10)] == ["plain", "", ""]

@@ -309,6 +309,7 @@ MSGPACK_TYPES = {
     msgspec.inspect.FloatType: "float 64",
     msgspec.inspect.BoolType: "bool",
     msgspec.inspect.ListType: "array",
+    msgspec.inspect.UnionType: "array or nil",  # chat.offer: a FileOffer array, or nil
 }
 JSON_KINDS = ("hello", "refuse")
 
@@ -364,6 +365,22 @@ def test_doc_table_lists_the_reference_fields_in_order(kind: str) -> None:
             assert required.startswith("no"), (kind, name, required)
             want = "empty" if name in binary else f"`{msgspec.json.encode(default).decode()}`"
             assert doc_default == want, (kind, name)
+
+
+def test_doc_table_of_a_file_offer() -> None:
+    """Section 5.19 lists ``wire.FileOffer``'s elements in order, the two
+    hashes as bin of 32 bytes."""
+    text = DOC[DOC.index("### 5.19 File offers") : DOC.index("## 6. Error handling")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| `")
+    ]
+    assert [r[0].strip("`") for r in rows] == list(wire.FileOffer.__struct_fields__)
+    types = {r[0].strip("`"): r[1] for r in rows}
+    assert types == {"file": "bin", "fname": "str", "size": "int", "chunk": "int", "root": "bin"}
+    assert bin_sizes(wire.FileOffer) == {"file": "32 bytes", "root": "32 bytes"}
+    assert all(r[2].startswith("32 bytes") for r in rows if r[1] == "bin")
 
 
 def test_doc_table_of_a_sync_entry() -> None:

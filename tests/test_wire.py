@@ -59,6 +59,15 @@ EVERY_KIND: list[Message] = [
     Keepalive(),
     Chat(**COMMON, text="hello, world"),
     Chat(**COMMON, text="waves", action=True),
+    Chat(
+        **COMMON,
+        text="",
+        line=2,
+        hlc=3,
+        offer=wire.FileOffer(
+            file="ab" * 32, fname="report.pdf", size=10, chunk=1 << 18, root="cd" * 32
+        ),
+    ),
     Join(**COMMON),
     Leave(**COMMON),
     Leave(**COMMON, reason="timeout"),
@@ -165,6 +174,7 @@ def test_kind_names_the_type_tag() -> None:
         "hello",
         "refuse",
         "keepalive",
+        "chat",
         "chat",
         "chat",
         "join",
@@ -318,7 +328,9 @@ def test_largest_frame_body_is_accepted() -> None:
 
 def test_unknown_trailing_elements_are_ignored() -> None:
     data = packed_frame(
-        chat_dict(action=False, line=0, hlc=0, topic=False, color="red", extra=[1, 2, 3])
+        chat_dict(
+            action=False, line=0, hlc=0, topic=False, offer=None, color="red", extra=[1, 2, 3]
+        )
     )
     (got,) = decode_all(data)
     assert got == Chat(**COMMON, text="hi")
@@ -478,6 +490,10 @@ def test_decode_body_refuses_bad_sizes(body: bytes) -> None:
         decode_body(body)
 
 
+OFFER: list[Any] = [b"\xab" * 32, "report.pdf", 10, 1 << 18, b"\xcd" * 32]
+"""A ``chat.offer`` array made by hand (its id is not checked by the decoder)."""
+
+
 def _bad(name: str, data: bytes) -> Any:
     return pytest.param(data, id=name)
 
@@ -574,6 +590,55 @@ BAD_FRAMES = [
     _bad(
         "topic-with-escape",
         packed_frame(chat_dict(text="\x1b[2J", action=False, line=1, hlc=1, topic=True)),
+    ),
+    _bad(
+        "offer-with-text",
+        packed_frame(chat_dict(text="look", action=False, line=1, hlc=1, topic=False, offer=OFFER)),
+    ),
+    _bad(
+        "offer-that-is-an-action",
+        packed_frame(chat_dict(text="", action=True, line=1, hlc=1, topic=False, offer=OFFER)),
+    ),
+    _bad(
+        "offer-that-is-a-topic",
+        packed_frame(chat_dict(text="", action=False, line=1, hlc=1, topic=True, offer=OFFER)),
+    ),
+    _bad(
+        "offer-unnumbered",
+        packed_frame(chat_dict(text="", action=False, line=0, hlc=1, topic=False, offer=OFFER)),
+    ),
+    _bad(
+        "offer-file-id-31-bytes",
+        packed_frame(
+            chat_dict(
+                text="", action=False, line=1, hlc=1, topic=False, offer=[b"\1" * 31, *OFFER[1:]]
+            )
+        ),
+    ),
+    _bad(
+        "offer-root-as-str",
+        packed_frame(
+            chat_dict(
+                text="", action=False, line=1, hlc=1, topic=False, offer=[*OFFER[:4], "cd" * 32]
+            )
+        ),
+    ),
+    _bad(
+        "offer-size-negative",
+        packed_frame(
+            chat_dict(
+                text="",
+                action=False,
+                line=1,
+                hlc=1,
+                topic=False,
+                offer=[*OFFER[:2], -1, *OFFER[3:]],
+            )
+        ),
+    ),
+    _bad(
+        "offer-not-an-array",
+        packed_frame(chat_dict(text="", action=False, line=1, hlc=1, topic=False, offer="x")),
     ),
     _bad(
         "presence-away-201-chars",
@@ -742,8 +807,9 @@ def test_chat_topic_is_its_last_field_signed_with_its_default() -> None:
     """``topic`` follows ``hlc``; a chat line that leaves it out is signed
     with ``"topic":false``; a topic of 300 code points, or an empty one (a
     cleared topic), passes; a chat line of 301 is no topic and passes too."""
-    assert Chat.__struct_fields__[-2:] == ("hlc", "topic")
-    assert wire.signing_bytes(Chat(**COMMON, text="hi")).endswith(b',"hlc":0,"topic":false}')
+    assert Chat.__struct_fields__[-3:-1] == ("hlc", "topic")
+    signed = wire.signing_bytes(Chat(**COMMON, text="hi"))
+    assert signed.endswith(b',"hlc":0,"topic":false,"offer":null}')
     for text in ("é" * wire.MAX_TOPIC_CHARS, "", "release\ton friday"):
         msg = Chat(**COMMON, text=text, line=1, hlc=1, topic=True)
         assert decode_all(encode_frame(msg)) == [msg]
@@ -753,3 +819,38 @@ def test_chat_topic_is_its_last_field_signed_with_its_default() -> None:
         assert isinstance(by_hand, Chat) and by_hand.topic and by_hand.text == text
     (plain,) = decode_all(packed_frame(chat_dict(text="x" * 301)))
     assert isinstance(plain, Chat) and not plain.topic
+
+
+def test_chat_offer_is_its_last_field_signed_with_its_default() -> None:
+    """``offer`` follows ``topic``: nil (``null`` in the signed bytes) for a
+    chat line, an array ``[file, fname, size, chunk, root]`` (hashes as bin
+    32, hex in the signed bytes) for an offer line.  The decoder checks only
+    the shape: a name, size, chunk size or id the offer rules refuse still
+    decodes (admission refuses it, counted by reason, the link kept)."""
+    assert Chat.__struct_fields__[-2:] == ("topic", "offer")
+    assert wire.FileOffer.__struct_fields__ == ("file", "fname", "size", "chunk", "root")
+    fields = {"text": "", "action": False, "line": 1, "hlc": 1, "topic": False}
+    (by_hand,) = decode_all(packed_frame(chat_dict(**fields, offer=OFFER)))
+    assert isinstance(by_hand, Chat) and by_hand.offer == wire.FileOffer(
+        file="ab" * 32, fname="report.pdf", size=10, chunk=1 << 18, root="cd" * 32
+    )
+    assert decode_all(encode_frame(by_hand)) == [by_hand]
+    assert wire.decode_json(wire.encode_json(by_hand)) == by_hand  # as the store keeps it
+    signed = wire.signing_bytes(by_hand)
+    assert signed.endswith(
+        b'"offer":["' + b"ab" * 32 + b'","report.pdf",10,262144,"' + b"cd" * 32 + b'"]}'
+    )
+    for odd in (["../x", 7, 3], ["", 1 << 50, 1 << 40]):
+        offer = [OFFER[0], *odd, OFFER[4]]
+        (got,) = decode_all(packed_frame(chat_dict(**fields, offer=offer)))
+        assert isinstance(got, Chat) and got.offer is not None and got.offer.fname == odd[0]
+
+
+def test_an_offer_with_the_longest_name_is_a_small_frame() -> None:
+    """255 bytes of name (the offer rules' most): about 450 bytes in all."""
+    offer = wire.FileOffer(
+        file="ab" * 32, fname="é" * 127 + "x", size=(1 << 38), chunk=1 << 20, root="cd" * 32
+    )
+    msg = Chat(**COMMON, text="", line=1, hlc=1, offer=offer, key="ee" * 32, sig="ff" * 64)
+    frame = encode_frame(msg)
+    assert len(frame) < 600 and decode_all(frame) == [msg]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from p2pchat import names
 from p2pchat.cli.args import parse_peer, validate_name
+from p2pchat.cli.offers import TABLE as OFFERS
+from p2pchat.cli.offers import files_json, offer_json
 from p2pchat.cli.render import (
     clean,
     format_current_topic,
     format_duration,
+    format_files,
     format_history,
     format_peers,
     format_stats,
@@ -19,7 +24,9 @@ from p2pchat.cli.render import (
     format_whois,
 )
 from p2pchat.errors import LineTooLong, LocalError, UsageError
-from p2pchat.events import TopicEvent
+from p2pchat.events import FileOfferEvent, TopicEvent
+from p2pchat.files.errors import BadOffer
+from p2pchat.files.manifest import hash_file, offer_for
 from p2pchat.node import Node
 from p2pchat.peerbook import Remembered, format_address
 
@@ -34,6 +41,8 @@ COMMANDS = (
     "/nick",
     "/away",
     "/topic",
+    "/send",
+    "/files",
     "/me",
     "/help",
     "/quit",
@@ -92,6 +101,9 @@ commands:
   /topic [TEXT] set the room's topic (at most 300 characters, kept in the
                history, shown in the status line); /topic alone: show it;
                /topic - clears it
+  /send [NAME] PATH  offer a file to the room (or to NAME alone, sealed to
+               its key): shown as "you offer report.pdf (2.4 MB)"
+  /files       the files offered (number, name, size, who, when)
   /me ACTION   an action line, shown as "* you ACTION"
   /help        this text
   /quit        leave the room (so do Ctrl+D, Ctrl+C and SIGTERM)
@@ -146,8 +158,16 @@ def _history(node: Node, out: Replies, arg: str) -> None:
         return
     lines = node.history(n)
     if out.json_mode:
-        # message objects as they were; a topic line as its topic event
-        shown = [m.as_dict() if isinstance(m, TopicEvent) else asdict(m) for m in lines]
+        # message objects as they were; a topic line as its topic event, an
+        # offer as its file_offer event (numbered)
+        shown = [
+            offer_json(m, OFFERS.number(m))
+            if isinstance(m, FileOfferEvent)
+            else m.as_dict()
+            if isinstance(m, TopicEvent)
+            else asdict(m)
+            for m in lines
+        ]
         out.obj("history", room=node.room, lines=shown)
     else:
         out.text(*format_history(node.room, lines))
@@ -173,6 +193,58 @@ def _topic(node: Node, out: Replies, arg: str) -> None:
         out.error(str(exc))
     except LocalError as exc:  # control characters, overloaded
         out.error(f"topic not set: {exc}")
+
+
+def _files(node: Node, out: Replies) -> None:
+    """``/files``: the offers this node knows, oldest first (``transfers``:
+    none yet; the transfer engine fills them in)."""
+    offers = node.offers()
+    if out.json_mode:
+        out.obj("files", offers=files_json(offers), transfers=[])
+    else:
+        out.text(*format_files(offers))
+
+
+SEND_THREAD = "p2pchat-send-hash"
+"""The name of the thread that hashes a file for ``/send``."""
+
+
+def _send_file(node: Node, out: Replies, arg: str) -> threading.Thread | None:
+    """``/send PATH`` (the room) or ``/send NAME PATH`` (one member): hash the
+    file on a thread of its own (it reads the whole file: ~1-2 s per GiB),
+    then offer it (:meth:`Node.send_offer`); problems are reported through
+    ``out``.  Returns the thread (None if nothing was started)."""
+    if not arg:
+        out.error("usage: /send PATH, or /send NAME PATH to offer a file to one member")
+        return None
+    to: str | None = None
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        who, rest = split_name(arg)
+        if who and rest and Path(rest).expanduser().is_file():
+            to, path = who, Path(rest).expanduser()
+        else:
+            out.error(f"cannot send {clean(arg)}: no such file")
+            return None
+    if to is not None and _is_self(node, to):
+        out.error(f"{clean(to)} is you: a file goes to another member (/who lists them)")
+        return None
+
+    def work() -> None:
+        try:
+            with path.open("rb") as f:
+                manifest, _ = hash_file(f)
+            node.send_offer(offer_for(manifest, path.name), to=to)
+        except BadOffer as exc:
+            out.error(f"cannot offer {clean(path.name)}: {exc}")
+        except (OSError, ValueError) as exc:
+            out.error(f"cannot read {clean(str(path))}: {exc}")
+        except LocalError as exc:
+            out.error(f"not offered: {exc}")
+
+    thread = threading.Thread(target=work, name=SEND_THREAD, daemon=True)
+    thread.start()
+    return thread
 
 
 def format_remembered(entries: list[Remembered], now: float) -> list[str]:
@@ -350,6 +422,10 @@ def _command(node: Node, out: Replies, line: str, state: CommandState, warned: s
             out.error(f"cannot set away: {exc}")
     elif cmd == "topic":
         _topic(node, out, arg)
+    elif cmd == "files":
+        _files(node, out)
+    elif cmd == "send":
+        _send_file(node, out, arg)
     elif cmd == "me":
         if not arg:
             out.error("usage: /me ACTION")

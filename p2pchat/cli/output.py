@@ -17,9 +17,20 @@ from typing import Any
 
 from p2pchat.cli.args import PROG
 from p2pchat.cli.arrival import Arrival
+from p2pchat.cli.offers import TABLE as OFFERS
+from p2pchat.cli.offers import offer_json
 from p2pchat.cli.render import Renderer, terminal_width, wrap_rows
 from p2pchat.errors import StartupError
-from p2pchat.events import Event, MessageEvent, PeerDown, PeerUp, Ready, TopicEvent
+from p2pchat.events import (
+    Event,
+    FileOfferEvent,
+    LineEvent,
+    MessageEvent,
+    PeerDown,
+    PeerUp,
+    Ready,
+    TopicEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +106,17 @@ class Output:
         try:
             with self._lock:
                 if self.json_mode:
-                    line: str | None = _json_line(ev.as_dict())
+                    obj = ev.as_dict()
+                    if isinstance(ev, FileOfferEvent):  # numbered as the text views number it
+                        obj = offer_json(ev, OFFERS.number(ev))
+                    line: str | None = _json_line(obj)
                 elif self.leaving and isinstance(ev, PeerDown):
                     line = None  # our own leave takes every link down: not news
                 elif self.arrival is not None and not self._arrival_news(ev):
                     return
                 else:
                     line = self.renderer.render(ev)
-                    lines = (MessageEvent, TopicEvent)
+                    lines = (MessageEvent, TopicEvent, FileOfferEvent)
                     if line is not None and isinstance(ev, lines) and ev.history:
                         self._hold_earlier(ev, line)
                         return
@@ -165,7 +179,7 @@ class Output:
         else:
             self.text(f"!! {text}")
 
-    def _hold_earlier(self, ev: MessageEvent | TopicEvent, line: str) -> None:
+    def _hold_earlier(self, ev: LineEvent, line: str) -> None:
         """Keep an earlier line until its catch-up is over (caller holds
         ``_lock``): a catch-up of 10,000 lines prints only the latest
         ``_EARLIER_SHOWN``, in order, under a line that says how many came."""

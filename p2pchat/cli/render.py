@@ -12,12 +12,16 @@ import shutil
 import time
 from collections.abc import Iterable, Sequence
 
+from p2pchat.cli.offers import TABLE as OFFERS
+from p2pchat.cli.offers import format_size
 from p2pchat.events import (
     AwayEvent,
     Event,
+    FileOfferEvent,
     JoinEvent,
     KeyInfo,
     LeaveEvent,
+    LineEvent,
     LinkInfo,
     MemberInfo,
     MessageEvent,
@@ -105,6 +109,43 @@ def format_current_topic(ev: TopicEvent | None) -> str:
     return f"-- topic: {_BLANKS_RE.sub(' ', clean(ev.text))} (set by {who}, {when})"
 
 
+def shown_name(ev: FileOfferEvent) -> str:
+    """The offered base name, safe to print: control and bidi characters
+    shown as U+FFFD (:func:`~p2pchat.cli.render.clean`), runs of blanks as
+    one space."""
+    return _BLANKS_RE.sub(" ", clean(ev.offer.name))
+
+
+def format_offer(ev: FileOfferEvent, who: str, number: int) -> str:
+    """An offer as its line shows it (``who`` already cleaned):
+    ``bob offers report.pdf (2.4 MB) - /get 3``, ``bob offers you report.pdf
+    (2.4 MB) - /get 3`` (one-member), ``you offer report.pdf (2.4 MB)``
+    (ours; ``... to carol`` for a one-member offer of ours)."""
+    what = f"{shown_name(ev)} ({format_size(ev.offer.size)})"
+    if ev.self:
+        to = f" to {clean(ev.to_display or ev.to[:8])}" if ev.to else ""
+        return f"you offer {what}{to}"
+    you = "you " if ev.to_me else ""
+    return f"{who} offers {you}{what} - /get {number}"
+
+
+def format_files(offers: list[FileOfferEvent]) -> list[str]:
+    """``/files``: one row per offer, oldest first: number, name, size, who,
+    when (and ``private`` for a one-member offer)."""
+    if not offers:
+        return ["-- no files offered (yet)"]
+    out = [f"-- {len(offers)} file{'s' if len(offers) != 1 else ''} offered:"]
+    for ev in offers:
+        n = OFFERS.number(ev)
+        who = "you" if ev.self else clean(ev.display or ev.name)
+        private = " (private)" if ev.private else ""
+        out.append(
+            f"--   {n:>3}  {shown_name(ev)}  {format_size(ev.offer.size)}  "
+            f"from {who}, {format_clock(ev.ts)}{private}"
+        )
+    return out
+
+
 def peer_row(line: str) -> str:
     """A line whose text a peer chose, shifted one column right if it would
     start like one of this node's own lines (:data:`SYSTEM_MARKS`: an action
@@ -172,9 +213,9 @@ def terminal_width() -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
-def format_history(room: str, lines: Sequence[MessageEvent | TopicEvent]) -> list[str]:
+def format_history(room: str, lines: Sequence[LineEvent]) -> list[str]:
     """``/history``: a header, then each line with its time (a topic line
-    as ``-- bob set the topic: ...``)."""
+    as ``-- bob set the topic: ...``, an offer as ``bob offers ... - /get 3``)."""
     if not lines:
         return [f"-- no lines yet in {clean(room)}"]
     n = len(lines)
@@ -183,6 +224,8 @@ def format_history(room: str, lines: Sequence[MessageEvent | TopicEvent]) -> lis
         who = clean(ev.display or ev.name)
         if isinstance(ev, TopicEvent):
             out.append(f"   {format_clock(ev.ts)}  -- {format_topic(ev, who)}")
+        elif isinstance(ev, FileOfferEvent):
+            out.append(f"   {format_clock(ev.ts)}  {format_offer(ev, who, OFFERS.number(ev))}")
         else:
             out.append(f"   {format_clock(ev.ts)}  {format_line(ev, who)}")
     return out
@@ -342,6 +385,10 @@ class Renderer:
         if isinstance(ev, TopicEvent):
             line = format_topic(ev, self._who(ev.origin, ev.display, ev.name))
             return f"-- (earlier {format_clock(ev.ts)}) {line}" if ev.history else f"-- {line}"
+        if isinstance(ev, FileOfferEvent):
+            who = self._who(ev.origin, ev.display, ev.name)
+            line = format_offer(ev, who, OFFERS.number(ev))
+            return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else peer_row(line)
         if isinstance(ev, JoinEvent):
             who = self._who(ev.origin, ev.display, ev.name)
             if ev.via == "presence" and not self.interactive:

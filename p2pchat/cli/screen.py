@@ -70,12 +70,21 @@ from p2pchat.cli.chatlog import (
 )
 from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.notify import NOTIFY_INTERVAL_S, Notifier
-from p2pchat.cli.render import Renderer, clean, format_current_topic, format_topic
+from p2pchat.cli.offers import TABLE as OFFERS
+from p2pchat.cli.render import (
+    Renderer,
+    clean,
+    format_current_topic,
+    format_offer,
+    format_topic,
+)
 from p2pchat.events import (
     AwayEvent,
     Event,
+    FileOfferEvent,
     JoinEvent,
     LeaveEvent,
+    LineEvent,
     MemberInfo,
     MessageEvent,
     NickEvent,
@@ -741,6 +750,14 @@ class ChatView:
         if isinstance(ev, TopicEvent):
             self._on_topic(ev)
             return False
+        if isinstance(ev, FileOfferEvent):
+            if ev.history:
+                self._hold_earlier(ev)
+                return False
+            if any(key[1] == ev.origin for key, _ in self._earlier):
+                self._flush_earlier()
+            self.add(self._offer_line(ev))
+            return ev.to_me  # a file offered to us alone: as a private line
         if isinstance(ev, (JoinEvent, LeaveEvent, NickEvent, AwayEvent, PeerUp, PeerDown, Ready)):
             self._refresh_members()
         if isinstance(ev, PeerDown) and self._closing:
@@ -808,6 +825,21 @@ class ChatView:
         who = tidy(ev.display or ev.name)
         return ChatLine(ev.ts if earlier else time.time(), SYSTEM, format_topic(ev, who))
 
+    def _offer_line(self, ev: FileOfferEvent, earlier: bool = False) -> ChatLine:
+        """``bob offers report.pdf (2.4 MB) - /get 3`` as a system line (the
+        name cleaned; numbered in the process's one table)."""
+        who = tidy(ev.display or ev.name)
+        text = format_offer(ev, who, OFFERS.number(ev))
+        return ChatLine(ev.ts if earlier else time.time(), SYSTEM, text)
+
+    def _line_of(self, ev: LineEvent, earlier: bool = False) -> ChatLine:
+        """The chat-area line of a history line of any kind."""
+        if isinstance(ev, TopicEvent):
+            return self._topic_line(ev, earlier)
+        if isinstance(ev, FileOfferEvent):
+            return self._offer_line(ev, earlier)
+        return self._message_line(ev, earlier)
+
     def _message_line(self, ev: MessageEvent, earlier: bool = False) -> ChatLine:
         kind = EARLIER if earlier else OWN if ev.self else CHAT
         return ChatLine(
@@ -822,14 +854,11 @@ class ChatView:
             mention=not earlier and not ev.self and mentions(ev.text, self.node.name),
         )
 
-    def _hold_earlier(self, ev: MessageEvent | TopicEvent) -> None:
+    def _hold_earlier(self, ev: LineEvent) -> None:
         """Hold a catch-up's earlier line until the catch-up is quiet for
         :data:`EARLIER_QUIET_S`; then the latest :data:`EARLIER_SHOWN` are
         shown in the room's order."""
-        if isinstance(ev, TopicEvent):
-            line = self._topic_line(ev, earlier=True)
-        else:
-            line = self._message_line(ev, earlier=True)
+        line = self._line_of(ev, earlier=True)
         heapq.heappush(self._earlier, ((ev.hlc, ev.origin, ev.line), line))
         if len(self._earlier) > EARLIER_SHOWN:
             heapq.heappop(self._earlier)
@@ -889,10 +918,7 @@ class ChatView:
             head = f"the last {n} line{'s' if n != 1 else ''} of {room}"
             self.add(ChatLine(time.time(), SEPARATOR, head))
             for ev in lines:
-                if isinstance(ev, TopicEvent):
-                    self.add(self._topic_line(ev, earlier=True))
-                else:
-                    self.add(self._message_line(ev, earlier=True))
+                self.add(self._line_of(ev, earlier=True))
             self.add(ChatLine(time.time(), SEPARATOR, "now"))
         if self.topic is not None and self.topic.text.strip():
             self._add_text(format_current_topic(self.topic), SYSTEM)

@@ -6,6 +6,8 @@ floor are passed in.  The order is ``docs/protocol.md`` §6.1:
 1. room;
 2. key and signature (``docs/protocol.md`` §7.3): ``unsigned``, ``wrong_key``,
    ``bad_signature``;
+   then a line's file offer (:func:`p2pchat.core.offers.refusal`):
+   ``bad_file_name``, ``bad_chunk_size``, ``bad_file_size``, ``bad_file_hash``;
 3. our own origin: an authentic copy of our own message (``own``, dropped
    quietly, not a refusal);
 4. clock: ``ts``, or a line's ``hlc``, more than ``wire.MAX_CLOCK_SKEW_S``
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
 from p2pchat import identity, wire
+from p2pchat.core import offers
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -73,6 +76,16 @@ REASONS: Final[dict[str, str]] = {
     "replayed": "an old message sent again after the seen-cache forgot it",
     "equivocation": "a second line under one origin and line number (the higher id)",
     "undecryptable": "a direct message to us that does not open",
+    "bad_file_name": (
+        "a file offer's name is empty, over 255 bytes of UTF-8, a path, blank at an end, "
+        "or holds a control, format, separator, private-use or unassigned character"
+    ),
+    "bad_chunk_size": "a file offer's chunk size is not a power of two from 64 KiB to 1 MiB",
+    "bad_file_size": "a file offer's size is above 256 GiB or more than 262,144 chunks",
+    "bad_file_hash": (
+        "a file offer's id is not the id of its size, chunk size and root, "
+        "or a one-member offer's box does not decode"
+    ),
 }
 
 
@@ -172,6 +185,10 @@ class Admission:
         bad = self.signature(msg)
         if bad is not None:
             return self.refuse(bad)
+        if isinstance(msg, wire.Chat) and msg.offer is not None:
+            bad = offers.refusal(msg.offer)
+            if bad is not None:
+                return self.refuse(bad)
         if msg.origin == self.self_id:
             return "own"
         ahead = wall_s + self.skew_s

@@ -11,11 +11,18 @@ Pure: no sockets, threads or clock (see :mod:`p2pchat.core.state`).
 from __future__ import annotations
 
 from p2pchat import names, wire
+from p2pchat.core import offers
 from p2pchat.core.admission import BoundedMap
 from p2pchat.core.state import MAX_ORIGINS, Shared
 from p2pchat.errors import LineTooLong, UsageError
-from p2pchat.events import MessageEvent
+from p2pchat.events import FileOfferEvent, MessageEvent
+from p2pchat.files.errors import BadOffer
+from p2pchat.files.manifest import Offer
 from p2pchat.identity import seal
+
+MAX_DIRECT_OFFERS = 256
+"""Most one-member offers (to us, and ours) kept for ``/files`` in one run;
+the oldest go first (counted: ``rate_limited.direct_offers_full``)."""
 
 
 def check_direct_text(text: str) -> None:
@@ -41,11 +48,61 @@ class Directs:
     def __init__(self, s: Shared) -> None:
         self.s = s
         self.dh_keys: BoundedMap[str, str] = BoundedMap(MAX_ORIGINS)  # origin -> X25519 key
+        # One-member offers of this run, to us or ours: message id -> event.
+        self.offers: BoundedMap[str, FileOfferEvent] = BoundedMap(MAX_DIRECT_OFFERS)
 
     def heard(self, msg: wire.FloodMessage) -> None:
         """Keep the direct-message key an admitted ``join`` or ``presence`` announces."""
         if isinstance(msg, wire.Presence | wire.Join) and msg.dh:
             self.dh_keys.put(msg.origin, msg.dh)
+
+    def _sealed(self, to: str, plain: bytes) -> wire.Direct:
+        """A signed ``direct`` to the member ``to`` stands for, ``plain`` in its box.
+
+        Raises:
+            UsageError: see :meth:`resolve`; no key announced yet.
+        """
+        s = self.s
+        node = to if s.roster.get(to) is not None and to != s.node_id else self.resolve(to)
+        dh = self.dh_keys.get(node)
+        if dh is None:
+            raise UsageError(
+                f"{s.roster.display(node)} has not announced a key for direct "
+                "messages yet; try again in a few seconds"
+            )
+        env = s.envelope()
+        aad = f"{env['id']}:{s.node_id}:{node}".encode()
+        eph, box = seal(dh, plain, aad)
+        return s.signed(wire.Direct(to=node, eph=eph, box=box, **env))
+
+    def seal_offer(self, to: str, offer: Offer) -> tuple[wire.Direct, FileOfferEvent]:
+        """Our one-member offer of ``offer`` to the member ``to`` stands for
+        (its node id, or as :meth:`resolve`): a ``direct`` whose box holds
+        the offer (:func:`p2pchat.core.offers.box_plaintext`), and its event.
+
+        Raises:
+            UsageError: see :meth:`resolve`; the member has not announced a
+                key for direct messages yet; an offer receivers would refuse
+                (:func:`p2pchat.core.offers.check_own`).
+        """
+        s = self.s
+        offers.check_own(offer)
+        msg = self._sealed(to, offers.box_plaintext(offer))
+        ev = FileOfferEvent(
+            id=msg.id,
+            room=s.config.room,
+            origin=s.node_id,
+            name=s.name,
+            offer=offer,
+            ts=msg.ts,
+            self=True,
+            seq=msg.seq,
+            display=s.name,
+            to=msg.to,
+            to_display=s.roster.display(msg.to),
+        )
+        self._keep(ev)
+        return msg, ev
 
     def seal(self, to: str, text: str, action: bool) -> tuple[wire.Direct, MessageEvent]:
         """Our direct message to the member ``to`` stands for, and its event.
@@ -58,17 +115,9 @@ class Directs:
         """
         s = self.s
         check_direct_text(text)
-        node = self.resolve(to)
-        dh = self.dh_keys.get(node)
-        if dh is None:
-            raise UsageError(
-                f"{s.roster.display(node)} has not announced a key for direct "
-                "messages yet; try again in a few seconds"
-            )
-        env = s.envelope()
-        aad = f"{env['id']}:{s.node_id}:{node}".encode()
-        eph, box = seal(dh, bytes([int(action)]) + text.encode("utf-8"), aad)
-        msg = s.signed(wire.Direct(to=node, eph=eph, box=box, **env))
+        flag = offers.BOX_ACTION if action else offers.BOX_LINE
+        msg = self._sealed(self.resolve(to), bytes([flag]) + text.encode("utf-8"))
+        node = msg.to
         ev = MessageEvent(
             id=msg.id,
             origin=s.node_id,
@@ -133,12 +182,17 @@ class Directs:
             raise UsageError(f"{len(found)} members are called {who!r}: say which ({names_})")
         return found[0].node
 
-    def open(self, msg: wire.Direct) -> MessageEvent | None:
+    def open(self, msg: wire.Direct) -> MessageEvent | FileOfferEvent | None:
         """The event of a direct message to us, or None (counted as
-        ``undecryptable``) if it does not open or holds no valid line."""
+        ``undecryptable``) if it does not open or holds no valid line; a
+        box that holds a file offer (flag :data:`~p2pchat.core.offers.BOX_OFFER`)
+        gives a :class:`~p2pchat.events.FileOfferEvent` with ``to_me``, or
+        None if the offer is refused (counted under its reason)."""
         s = self.s
         aad = f"{msg.id}:{msg.origin}:{msg.to}".encode()
         plain = s.identity.open(msg.eph, msg.box, aad)
+        if plain and plain[0] == offers.BOX_OFFER:
+            return self._open_offer(msg, plain[1:])
         text = ""
         if plain:
             try:
@@ -163,3 +217,35 @@ class Directs:
             to=s.node_id,
             to_display=s.name,
         )
+
+    def _open_offer(self, msg: wire.Direct, body: bytes) -> FileOfferEvent | None:
+        """The event of a one-member offer to us (``body``: the box after its
+        flag byte), kept for :attr:`offers`; None if refused (counted)."""
+        s = self.s
+        try:
+            offer = offers.open_box_offer(body)
+        except BadOffer as exc:
+            s.admission.refuse(exc.code)
+            return None
+        ev = FileOfferEvent(
+            id=msg.id,
+            room=s.config.room,
+            origin=msg.origin,
+            name=msg.name,
+            offer=offer,
+            ts=msg.ts,
+            self=False,
+            seq=msg.seq,
+            display=s.roster.display(msg.origin, msg.name),
+            to_me=True,
+        )
+        self._keep(ev)
+        return ev
+
+    def _keep(self, ev: FileOfferEvent) -> None:
+        """Keep a one-member offer for :attr:`offers`; count the oldest
+        forgotten when the table is full."""
+        if ev.id not in self.offers and len(self.offers) >= self.offers.max_entries:
+            limited = self.s.rate_limited
+            limited["direct_offers_full"] = limited.get("direct_offers_full", 0) + 1
+        self.offers.put(ev.id, ev)

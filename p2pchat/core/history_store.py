@@ -137,6 +137,11 @@ class HistoryStore(Protocol):
         None if no topic line is held."""
         ...
 
+    def offers(self, room: str, n: int) -> list[wire.Chat]:
+        """The last ``n`` lines of ``room`` that offer a file (``offer`` set),
+        in the agreed order, oldest first."""
+        ...
+
     def prune(self, now_s: float) -> int:
         """Drop the lines outside the window (and too far ahead); returns how many."""
         ...
@@ -195,6 +200,7 @@ class MemoryStore:
         self._order: dict[str, list[_Key]] = {}  # room -> keys in the agreed order
         self._numbered: dict[tuple[str, str], dict[int, list[str]]] = {}  # (room, origin)
         self._topics: dict[str, list[_Key]] = {}  # room -> its topic lines' keys, in order
+        self._offers: dict[str, list[_Key]] = {}  # room -> its file offer lines' keys, in order
         self._names: OrderedDict[str, str] = OrderedDict()  # least recently used first
         self.closed = False
 
@@ -228,6 +234,8 @@ class MemoryStore:
         bisect.insort(self._order.setdefault(msg.room, []), _key(msg))
         if msg.topic:
             bisect.insort(self._topics.setdefault(msg.room, []), _key(msg))
+        if msg.offer is not None:
+            bisect.insort(self._offers.setdefault(msg.room, []), _key(msg))
         if msg.line > 0:
             by_line = self._numbered.setdefault((msg.room, msg.origin), {})
             by_line.setdefault(msg.line, []).append(msg.id)
@@ -246,6 +254,11 @@ class MemoryStore:
             topics.remove(_key(msg))
             if not topics:
                 del self._topics[msg.room]
+        if msg.offer is not None:
+            offers = self._offers[msg.room]
+            offers.remove(_key(msg))
+            if not offers:
+                del self._offers[msg.room]
         if msg.line > 0:
             by_line = self._numbered[(msg.room, msg.origin)]
             ids = by_line[msg.line]
@@ -364,6 +377,11 @@ class MemoryStore:
         line)`` (then id), or None if none is held."""
         topics = self._topics.get(room)
         return self._lines[topics[-1][3]] if topics else None
+
+    def offers(self, room: str, n: int) -> list[wire.Chat]:
+        """The last ``n`` file offer lines of ``room``, oldest first."""
+        offers = self._offers.get(room, [])
+        return [self._lines[k[3]] for k in offers[max(0, len(offers) - n) :]]
 
     def prune(self, now_s: float) -> int:
         """Drop the lines older than the window, beyond the newest

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 
 from p2pchat import identity, wire
 from p2pchat.addrs import hostport_split, loopback_only, screen
+from p2pchat.core import offers
 from p2pchat.core.actions import Action, Dial, LinkId, Retire
 from p2pchat.core.antientropy import AntiEntropy
 from p2pchat.core.broadcast import Broadcast
@@ -49,13 +50,16 @@ from p2pchat.core.state import LinkUp, Shared
 from p2pchat.errors import LineTooLong, UsageError
 from p2pchat.events import (
     AwayEvent,
+    FileOfferEvent,
     KeyInfo,
+    LineEvent,
     MessageEvent,
     NickEvent,
     PeerDown,
     PeerUp,
     TopicEvent,
 )
+from p2pchat.files.manifest import Offer
 from p2pchat.flood import SeenCache
 from p2pchat.identity import Identity
 from p2pchat.privacy import RoomSecret
@@ -64,6 +68,9 @@ from p2pchat.roster import Roster
 TICK_S = 0.5
 """Period of the housekeeping tick: seen-cache expiry, overlay, catch-up
 timers, member timeouts."""
+
+MAX_OFFERS_LISTED = 256
+"""Most room offers, and most one-member offers, :meth:`Protocol.offers` lists."""
 
 MAX_PRESENCE_ADDRS = 8
 """Addresses of the latest presences offered to the overlay at each tick."""
@@ -291,10 +298,11 @@ class Protocol:
             counts["order_held"] = s.order.released_by_cap
         return counts
 
-    def history(self, n: int) -> list[MessageEvent | TopicEvent]:
+    def history(self, n: int) -> list[LineEvent]:
         """The room's last ``n`` stored lines in the order every node agrees
         on, oldest first, as events with ``history=True`` (topic lines as
-        :class:`~p2pchat.events.TopicEvent`)."""
+        :class:`~p2pchat.events.TopicEvent`, file offers as
+        :class:`~p2pchat.events.FileOfferEvent`)."""
         s = self.s
         lines = s.store.recent(self.wire_room, min(n, self.config.history_max_lines))
         return [s.message_event(m, self_=m.origin == self.node_id, history=True) for m in lines]
@@ -308,6 +316,20 @@ class Protocol:
             return None
         ev = self.s.message_event(msg, self_=msg.origin == self.node_id, history=True)
         return ev if isinstance(ev, TopicEvent) else None
+
+    def offers(self) -> list[FileOfferEvent]:
+        """The file offers we know of, oldest first: the room's offer lines
+        still in the history window (the newest ``MAX_OFFERS_LISTED``, in the
+        room's order, ``history=True``), then the one-member offers to us (or
+        ours to one member) of this run (at most ``MAX_OFFERS_LISTED``), by
+        time."""
+        s = self.s
+        room = [
+            s.message_event(m, self_=m.origin == self.node_id, history=True)
+            for m in s.store.offers(self.wire_room, MAX_OFFERS_LISTED)
+        ]
+        out = [ev for ev in room if isinstance(ev, FileOfferEvent)]
+        return out + sorted(self.directs.offers.values(), key=lambda ev: ev.ts)
 
     def whois(self, name: str) -> list[KeyInfo]:
         """See :meth:`Membership.whois <p2pchat.core.membership.Membership.whois>`."""
@@ -560,18 +582,32 @@ class Protocol:
     # -- the user ----------------------------------------------------------------------
 
     def new_line(
-        self, text: str, action: bool, now: float, wall: float, topic: bool = False
+        self,
+        text: str,
+        action: bool,
+        now: float,
+        wall: float,
+        topic: bool = False,
+        offer: Offer | None = None,
     ) -> wire.Chat:
         """Our next chat line, numbered and signed, not yet stored or sent
         (the shell stores it durably, then calls :meth:`line_stored`).
         ``topic``: a room topic line instead (``text`` stripped; "" clears
-        the topic; ``action`` must be False).
+        the topic; ``action`` must be False).  ``offer``: a file offered to
+        the room instead (``text`` must be "", no action, no topic).
 
         Raises:
             UsageError, LineTooLong: see :func:`check_text` (for a topic,
-                :func:`check_topic`; or ``action`` with ``topic``); or we left.
+                :func:`check_topic`; or ``action`` with ``topic``); an offer
+                with text, action or topic, or one receivers would refuse
+                (:func:`p2pchat.core.offers.check_own`); or we left.
         """
-        if topic:
+        offered = None
+        if offer is not None:
+            if text or action or topic:
+                raise UsageError("a file offer line has no text and is no action or topic")
+            offered = offers.check_own(offer)
+        elif topic:
             if action:
                 raise UsageError("a topic cannot be an action line")
             text = check_topic(text)
@@ -587,11 +623,12 @@ class Protocol:
                 line=s.store.next_line(self.wire_room),
                 hlc=s.clock.now(),
                 topic=topic,
+                offer=offered,
                 **s.envelope(),
             )
         )
 
-    def own_event(self, msg: wire.Chat) -> MessageEvent | TopicEvent:
+    def own_event(self, msg: wire.Chat) -> LineEvent:
         """The event of our own line ``msg``."""
         return self.s.message_event(msg, self_=True)
 
@@ -603,10 +640,16 @@ class Protocol:
         return s.take()
 
     def send_line(
-        self, text: str, action: bool, now: float, wall: float, topic: bool = False
+        self,
+        text: str,
+        action: bool,
+        now: float,
+        wall: float,
+        topic: bool = False,
+        offer: Offer | None = None,
     ) -> list[Action]:
         """:meth:`new_line`, the store's ``add_own``, :meth:`line_stored` in one."""
-        msg = self.new_line(text, action, now, wall, topic)
+        msg = self.new_line(text, action, now, wall, topic, offer)
         self.s.store.add_own(msg)
         return self.line_stored(msg, now, wall)
 
@@ -625,6 +668,26 @@ class Protocol:
         if s.closed:
             raise UsageError("the node is closed")
         msg, ev = self.directs.seal(to, text, action)
+        self.broadcast.forward(msg, None)
+        s.emit(ev)
+        return ev, s.take()
+
+    def send_direct_offer(
+        self, to: str, offer: Offer, now: float, wall: float
+    ) -> tuple[FileOfferEvent, list[Action]]:
+        """A file offered to the one member ``to`` stands for (a node id, or
+        as :meth:`send_direct`), sealed to its key in a ``direct`` message
+        (:mod:`p2pchat.core.offers`); returns our event for it (also the
+        last action's) and the actions.
+
+        Raises:
+            UsageError: see :meth:`Directs.seal_offer
+                <p2pchat.core.direct.Directs.seal_offer>`; or we left.
+        """
+        s = self._begin(now, wall)
+        if s.closed:
+            raise UsageError("the node is closed")
+        msg, ev = self.directs.seal_offer(to, offer)
         self.broadcast.forward(msg, None)
         s.emit(ev)
         return ev, s.take()

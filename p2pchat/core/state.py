@@ -22,12 +22,13 @@ from typing import Any
 import msgspec
 
 from p2pchat import flood, history, wire
+from p2pchat.core import offers
 from p2pchat.core.actions import Action, Close, Emit, LinkId, Send
 from p2pchat.core.admission import SIGNATURE_REASONS, Admission, BoundedMap
 from p2pchat.core.config import NodeConfig
 from p2pchat.core.history_store import HistoryStore
 from p2pchat.core.order import OriginOrder, Release
-from p2pchat.events import Event, MessageEvent, TopicEvent
+from p2pchat.events import Event, FileOfferEvent, LineEvent, MessageEvent, TopicEvent
 from p2pchat.identity import Identity
 from p2pchat.roster import Roster
 
@@ -284,11 +285,25 @@ class Shared:
             self.wire_room, origin, line
         )
 
-    def message_event(
-        self, msg: wire.Chat, self_: bool, history: bool = False
-    ) -> MessageEvent | TopicEvent:
+    def message_event(self, msg: wire.Chat, self_: bool, history: bool = False) -> LineEvent:
         """The event of a chat line, as the front end shows it: a
-        :class:`~p2pchat.events.TopicEvent` for a topic line."""
+        :class:`~p2pchat.events.TopicEvent` for a topic line, a
+        :class:`~p2pchat.events.FileOfferEvent` for a room file offer."""
+        if msg.offer is not None:
+            return FileOfferEvent(
+                id=msg.id,
+                room=self.config.room,
+                origin=msg.origin,
+                name=msg.name,
+                offer=offers.unchecked(msg.offer),
+                ts=msg.ts,
+                self=self_,
+                seq=msg.seq,
+                display=self.roster.display(msg.origin, msg.name),
+                history=history,
+                hlc=msg.hlc,
+                line=msg.line,
+            )
         if msg.topic:
             return TopicEvent(
                 id=msg.id,

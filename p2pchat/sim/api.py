@@ -17,7 +17,7 @@ from p2pchat import wire
 from p2pchat.core.actions import Action, LinkId
 from p2pchat.core.config import NodeConfig
 from p2pchat.core.history_store import MemoryStore
-from p2pchat.events import MessageEvent, TopicEvent
+from p2pchat.events import LineEvent
 from p2pchat.identity import Identity
 
 
@@ -114,7 +114,7 @@ class Core(Protocol):
         """A graceful quit."""
         ...
 
-    def history(self, n: int) -> Sequence[MessageEvent | TopicEvent]:
+    def history(self, n: int) -> Sequence[LineEvent]:
         """The room's newest ``n`` lines, oldest first, as ``/history`` shows them."""
         ...
 
