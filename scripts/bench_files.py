@@ -34,7 +34,9 @@ after the other (never at once; their order alternates between runs):
    each receiver at its ``file_offer`` event.  Time: from the ``/send`` line
    to each receiver's ``file_done``.  Where p2pchat has no ``/send`` yet (its
    ``/help`` does not list it), the table says "p2pchat: not available (no
-   /send)" and the baselines are still measured; ``--no-p2pchat`` skips it.
+   /send)" and the baselines are still measured; ``--no-p2pchat`` skips it;
+   ``--p2pchat-arg=--chunk-size=256K`` (repeatable) adds an argument to
+   every node's command line.
 
 Every received copy is checked against the source's SHA-256 (after the clock
 stops; p2pchat checks its own and reports it in ``file_done``).  A cell's
@@ -60,6 +62,7 @@ Examples::
     sudo python3 scripts/bench_files.py --receivers 1,10 --runs 3 --json --plot files.png
     sudo python3 scripts/bench_files.py --no-p2pchat --size 5 --receivers 1,2
     sudo python3 scripts/bench_files.py --interrupt-sender 10
+    sudo python3 scripts/bench_files.py --receivers 1,10 --p2pchat-arg=--chunk-size=1M
     sudo python3 scripts/bench_files.py --cleanup
 
 The workers (``--worker-*``) are this script in another mode, started by the
@@ -524,6 +527,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure p2pchat too (--no-p2pchat: the baselines only)",
     )
     p.add_argument(
+        "--p2pchat-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for every p2pchat node (repeatable; as "
+        "--p2pchat-arg=--chunk-size=256K)",
+    )
+    p.add_argument(
         "--interrupt-sender",
         type=float,
         default=0.0,
@@ -718,6 +729,7 @@ class Ctx:
         tmp: a scratch directory (the run's own).
         rate_bps, interrupt_s, timeout_s: the options.
         download_dir_flag: whether p2pchat takes ``--download-dir``.
+        p2pchat_args: ``--p2pchat-arg``, for every node.
     """
 
     net: Any
@@ -729,6 +741,7 @@ class Ctx:
     interrupt_s: float
     timeout_s: float
     download_dir_flag: bool = False
+    p2pchat_args: list[str] = field(default_factory=list)
 
     def addr(self, i: int) -> str:
         """Host ``i``'s address (0: the sender)."""
@@ -1031,6 +1044,7 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
             argv = _p2pchat_argv(name, ctx.addr(i), room, service, home)
             if ctx.download_dir_flag:
                 argv += ["--download-dir", str(home / "downloads")]
+            argv += ctx.p2pchat_args
             nodes.append(ctx.spawn(i, argv, name, env=_p2pchat_env(home)))
         wait_until(
             lambda: all(p.ready_event is not None for p in nodes),
@@ -1150,6 +1164,7 @@ def measure(args: argparse.Namespace, setup: Setup) -> list[Trial]:
         print(f"writing {size / MB:g} MB of random bytes ...", file=sys.stderr, flush=True)
         digest = make_source(source, size)
         ctx = Ctx(net, source, digest, size, tmp, setup.rate_bps, setup.interrupt_s, timeout_s)
+        ctx.p2pchat_args = list(args.p2pchat_arg)
         want_p2pchat = args.p2pchat
         if want_p2pchat:
             try:
