@@ -163,6 +163,14 @@ def test_table_and_json_when_p2pchat_is_not_available() -> None:
     assert series["server"][1] == pytest.approx([4.4, 43.0])
 
 
+def test_plot_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    trials = [t for t in _trials() if t.system != "p2pchat"]
+    out = tmp_path / "files.png"
+    bf.plot(str(out), _setup(), bf.summarize(trials))
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def test_progress_events_read_in_any_of_the_usual_shapes() -> None:
     size = 1000
     assert bf._progress_fraction({"fraction": 0.4}, size) == 0.4
