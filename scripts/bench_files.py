@@ -1068,7 +1068,9 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
             sender.proc.pid, ctx.interrupt_s, start, wire_seconds(ctx.size, ctx.rate_bps) / 2
         )
         asked: list[str | None] = [None] * n
+        after_get = [0] * n  # each receiver's events before its /get
         ends: list[float] = [math.nan] * n
+        done: list[dict[str, Any] | None] = [None] * n
         failures: list[str | None] = [None] * n
         deadline = start + ctx.timeout_s
         try:
@@ -1077,42 +1079,49 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
                     p.pump()
                 now = time.monotonic()
                 for ev in sender.events[seen:]:
-                    if ev.get("event") == "error" and "unknown command" in str(ev.get("text")):
+                    if ev.get("event") != "error":
+                        continue
+                    if "unknown command" in str(ev.get("text")):
                         raise Unavailable(UNAVAILABLE_NO_SEND)
-                    if ev.get("event") == "error":
-                        raise BenchError(f"the sender refused /send: {ev.get('text')}")
+                    failures = [f"the sender refused /send: {ev.get('text')}"] * n
                 seen = len(sender.events)
                 fraction = 0.0
                 for k, r in enumerate(receivers):
                     if asked[k] is None and (offers := r.of("file_offer")):
                         asked[k] = str(offers[-1]["file"])
+                        after_get[k] = len(r.events)
                         r.send_line(f"/get {asked[k]}")
-                    for ev in r.events:
+                    if asked[k] is None or failures[k] is not None or done[k] is not None:
+                        continue
+                    for ev in r.events[after_get[k] :]:
                         kind = ev.get("event")
-                        if asked[k] is None or ev.get("file") != asked[k]:
+                        if kind == "error":
+                            failures[k] = f"receiver {k + 1}: /get refused: {ev.get('text')}"
+                        elif ev.get("file") != asked[k]:
                             continue
-                        if kind == "file_progress":
+                        elif kind == "file_progress":
                             fraction = max(fraction, _progress_fraction(ev, ctx.size))
-                        elif kind == "file_done" and math.isnan(ends[k]) and failures[k] is None:
-                            ends[k] = now
-                            if ev.get("sha256") != ctx.sha256 or _copy_differs(ev, ctx):
-                                failures[k] = f"receiver {k + 1}: the copy differs"
-                        elif kind == "file_failed" and failures[k] is None and math.isnan(ends[k]):
+                        elif kind == "file_done":
+                            ends[k], done[k] = now, ev
+                        elif kind == "file_failed":
                             failures[k] = f"receiver {k + 1}: failed: {ev.get('reason')}"
+                        if failures[k] is not None or done[k] is not None:
+                            break
                 stopper.check(now, fraction)
-                if all(
-                    math.isfinite(e) or f is not None for e, f in zip(ends, failures, strict=True)
-                ):
+                if all(d is not None or f is not None for d, f in zip(done, failures, strict=True)):
                     break
                 sender.pump(POLL_S)
         finally:
             stopper.resume()
         trial = Trial("p2pchat", n, [], [])
-        for k in range(n):
+        for k in range(n):  # the copies are checked once every clock has stopped
+            ev = done[k]
+            if failures[k] is None and ev is not None and _copy_differs(ev, ctx):
+                failures[k] = f"receiver {k + 1}: the copy differs ({ev.get('path')})"
             if failures[k] is not None:
                 trial.failures.append(str(failures[k]))
                 trial.times_s.append(math.nan)
-            elif math.isnan(ends[k]):
+            elif ev is None:
                 what = "no offer" if asked[k] is None else "no file_done"
                 trial.failures.append(f"receiver {k + 1}: {what} after {ctx.timeout_s:.0f} s")
                 trial.times_s.append(math.nan)
@@ -1128,8 +1137,10 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
 
 
 def _copy_differs(ev: dict[str, Any], ctx: Ctx) -> bool:
-    """Whether the file a ``file_done`` event names is not the source (checked by this
-    bench too, not only by p2pchat; a missing path counts as different)."""
+    """Whether the file a ``file_done`` event names is not the source: its ``sha256``
+    field, and the file itself hashed by this bench (a missing path counts as different)."""
+    if ev.get("sha256") != ctx.sha256:
+        return True
     path = ev.get("path")
     if not isinstance(path, str) or not Path(path).is_file():
         return True

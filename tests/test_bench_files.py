@@ -69,6 +69,20 @@ def test_command_line_defaults_and_refusals(capsys: pytest.CaptureFixture[str]) 
         assert "error:" in capsys.readouterr().err
 
 
+def test_without_iproute2_it_says_how_to_install_it_and_exits_2(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))  # neither ip nor tc on it
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--no-p2pchat"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert "ip and tc not found: install iproute2" in done.stderr
+    assert done.stdout == ""
+
+
 def test_median_and_ratio_ignore_what_is_missing() -> None:
     assert bf.median([3.0, 1.0, 2.0]) == 2.0
     assert bf.median([1.0, math.nan, 3.0]) == 2.0
