@@ -34,7 +34,8 @@ after the other (never at once; their order alternates between runs):
    each receiver at its ``file_offer`` event.  Time: from the ``/send`` line
    to each receiver's ``file_done``.  Where p2pchat has no ``/send`` yet (its
    ``/help`` does not list it), the table says "p2pchat: not available (no
-   /send)" and the baselines are still measured; ``--no-p2pchat`` skips it;
+   /send)" (or "no /get", while only the offer has landed) and the baselines
+   are still measured; ``--no-p2pchat`` skips it;
    ``--p2pchat-arg=--chunk-size=256K`` (repeatable) adds an argument to
    every node's command line.
 
@@ -128,6 +129,7 @@ GOALS = {
     "server(N)/server(1)": "about N expected",
 }
 UNAVAILABLE_NO_SEND = "not available (no /send)"
+UNAVAILABLE_NO_GET = "not available (no /get)"
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
 _RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
@@ -977,11 +979,12 @@ def _p2pchat_env(home: Path) -> dict[str, str]:
 
 
 def probe_p2pchat(ctx: Ctx) -> tuple[bool, bool]:
-    """Whether p2pchat here has ``/send`` (its ``/help`` lists it) and the
+    """Whether p2pchat here has ``/get`` (its ``/help`` lists it) and the
     ``--download-dir`` option: one node on the sender's loopback, no mDNS.
 
     Raises:
-        Unavailable: the node did not start or answer (with its output)."""
+        Unavailable: it has no ``/send`` (:data:`UNAVAILABLE_NO_SEND`), or
+            the node did not start or answer (with its output)."""
     from p2pchat.harness import WaitFailed
 
     home = ctx.tmp / "probe"
@@ -1006,7 +1009,9 @@ def probe_p2pchat(ctx: Ctx) -> tuple[bool, bool]:
         raise Unavailable(f"not available (the probe node did not answer: {exc})") from None
     finally:
         _stop([node])
-    return re.search(r"^\s*/send\b", text, re.M) is not None, "--download-dir" in help_out
+    if re.search(r"^\s*/send\b", text, re.M) is None:
+        raise Unavailable(UNAVAILABLE_NO_SEND)
+    return re.search(r"^\s*/get\b", text, re.M) is not None, "--download-dir" in help_out
 
 
 def _progress_fraction(ev: dict[str, Any], size: int) -> float:
@@ -1020,7 +1025,7 @@ def _progress_fraction(ev: dict[str, Any], size: int) -> float:
     if isinstance(v, int | float):
         return float(v) / 100
     total = ev.get("size") if isinstance(ev.get("size"), int) else size
-    for key in ("received", "have", "done", "bytes", "bytes_done"):
+    for key in ("done_bytes", "received", "have", "done", "bytes", "bytes_done"):
         v = ev.get(key)
         if isinstance(v, int) and total:
             return v / total
@@ -1095,6 +1100,8 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
                         continue
                     for ev in r.events[after_get[k] :]:
                         kind = ev.get("event")
+                        if kind == "error" and "unknown command" in str(ev.get("text")):
+                            raise Unavailable(UNAVAILABLE_NO_GET)
                         if kind == "error":
                             failures[k] = f"receiver {k + 1}: /get refused: {ev.get('text')}"
                         elif ev.get("file") != asked[k]:
@@ -1179,9 +1186,9 @@ def measure(args: argparse.Namespace, setup: Setup) -> list[Trial]:
         want_p2pchat = args.p2pchat
         if want_p2pchat:
             try:
-                has_send, ctx.download_dir_flag = probe_p2pchat(ctx)
-                if not has_send:
-                    raise Unavailable(UNAVAILABLE_NO_SEND)
+                has_get, ctx.download_dir_flag = probe_p2pchat(ctx)
+                if not has_get:
+                    raise Unavailable(UNAVAILABLE_NO_GET)
             except Unavailable as exc:
                 setup.unavailable["p2pchat"] = str(exc)
                 want_p2pchat = False
