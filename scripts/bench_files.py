@@ -12,7 +12,8 @@ egress) a token bucket::
 (``--rate``).  Nothing of the lab exists in the main namespace, so nothing it
 sends (mDNS included) reaches a real network.  The file is ``--size`` MB
 (10^6 bytes) of random bytes.  Measured side by side in one run, one system
-after the other (never at once; their order alternates between runs):
+after the other (never at once; the TCP copy first, then for each receiver
+count the server and p2pchat, in an order that alternates):
 
 1. ``tcp``: a plain TCP copy, Python's ``socket.sendfile`` from the sender to
    a socket reader on receiver 1 that writes the bytes to a file: the
@@ -28,8 +29,9 @@ after the other (never at once; their order alternates between runs):
    client to each client's exit (seen by this driver).
 3. ``p2pchat``: ``p2pchat --json --name s --interface 10.77.0.1 --room
    bench-<hex>`` on the sender and likewise on every receiver (mDNS inside
-   the namespaces only; a service type of the run's own; ``--data-dir`` and
-   ``--download-dir`` in the run's temporary directory); once every node
+   the namespaces only; a service type of the run's own; ``--data-dir`` and,
+   where p2pchat has it, ``--download-dir`` in the run's temporary directory,
+   as are ``HOME`` and the XDG folders); once every node
    sees every other, ``/send PATH`` on the sender and ``/get <file id>`` on
    each receiver at its ``file_offer`` event.  Time: from the ``/send`` line
    to each receiver's ``file_done``.  Where p2pchat has no ``/send`` yet (its
