@@ -17,6 +17,8 @@ import pytest
 from conftest import wait_for
 from netns_lab import netns_available
 
+from p2pchat.harness import NodeProcess, stop
+
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_files.py"
 sys.path.insert(0, str(BENCH.parent))
 import bench_files as bf  # noqa: E402
@@ -229,6 +231,54 @@ def _stopped(pid: int) -> bool:
 
 def _wait_state(pid: int, stopped: bool) -> None:
     wait_for(lambda: _stopped(pid) == stopped, 5.0, f"pid {pid} stopped={stopped}")
+
+
+# -- the workers, on 127.0.0.1 -----------------------------------------------------------
+
+
+def _worker(mode: str, *args: str) -> NodeProcess:
+    argv = [sys.executable, str(BENCH), f"--worker-{mode}", *args]
+    return NodeProcess.spawn(argv, mode)
+
+
+def test_http_server_worker_and_the_urllib_client(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    data = os.urandom(300_000)
+    (tmp_path / "src" / "f.bin").write_bytes(data)
+    server = _worker("http", "--addr", "127.0.0.1", "--path", str(tmp_path / "src"))
+    try:
+        port = server.wait_event("ready")["port"]
+        url = f"http://127.0.0.1:{port}/f.bin"
+        argv = [sys.executable, str(BENCH), "--worker-get", "--url", url]
+        got = subprocess.run([*argv, "--path", str(tmp_path / "out")], timeout=60, check=False)
+        assert got.returncode == 0
+        assert (tmp_path / "out").read_bytes() == data
+        server.close_stdin()  # the server ends when its stdin does
+        assert server.wait(timeout_s=20) == 0
+    finally:
+        stop([server])
+
+
+def test_tcp_copy_workers(tmp_path: Path) -> None:
+    data = os.urandom(500_000)
+    (tmp_path / "src").write_bytes(data)
+    recv = _worker("tcp-recv", "--addr", "127.0.0.1", "--path", str(tmp_path / "out"))
+    procs = [recv]
+    try:
+        port = recv.wait_event("ready")["port"]
+        send = _worker(
+            "tcp-send", "--addr", "127.0.0.1", "--port", str(port), "--path", str(tmp_path / "src")
+        )
+        procs.append(send)
+        send.wait_event("ready")
+        send.send_line("go")
+        done = recv.wait_event("done")
+        start = send.wait_event("sent")["start"]
+        assert done["bytes"] == len(data)
+        assert 0 < done["end"] - start < 30  # one monotonic clock for both processes
+        assert (tmp_path / "out").read_bytes() == data
+    finally:
+        stop(procs)
 
 
 # -- in network namespaces ---------------------------------------------------------------
