@@ -54,6 +54,7 @@ PREFIX = "p2plab-"
 """Every namespace of the lab starts with this."""
 
 _NAME_RE = re.compile(r"^p2plab-(\d+)-[0-9a-f]+-(?:sw|h\d+)$")
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}-$")
 _CMD_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 MAX_HOSTS = 200
@@ -103,14 +104,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_namespaces() -> list[str]:
-    """Delete lab namespaces whose creating process is gone; return their names."""
-    removed = []
+def _name_re(prefix: str) -> re.Pattern[str]:
+    if prefix == PREFIX:
+        return _NAME_RE
+    return re.compile(rf"^{re.escape(prefix)}(\d+)-[0-9a-f]+-(?:sw|h\d+)$")
+
+
+def stale_namespaces(prefix: str = PREFIX) -> list[str]:
+    """The lab namespaces named with ``prefix`` whose creating process is gone."""
+    pattern = _name_re(prefix)
+    stale = []
     for name in _list_namespaces():
-        m = _NAME_RE.match(name)
+        m = pattern.match(name)
         if m and not _pid_alive(int(m.group(1))):
-            _ip("netns", "del", name, check=False)
-            removed.append(name)
+            stale.append(name)
+    return stale
+
+
+def remove_stale_namespaces(prefix: str = PREFIX) -> list[str]:
+    """Delete lab namespaces (named with ``prefix``) whose creating process is
+    gone; return their names."""
+    removed = []
+    for name in stale_namespaces(prefix):
+        _ip("netns", "del", name, check=False)
+        removed.append(name)
     return removed
 
 
@@ -212,8 +229,14 @@ class Lan:
                         stream.close()
 
 
-def _build(tag: str, n_hosts: int, created: list[str], families: Sequence[str]) -> Lan:
-    x, y = random.randint(0, 255), random.randint(0, 255)
+def _build(
+    tag: str,
+    n_hosts: int,
+    created: list[str],
+    families: Sequence[str],
+    net24: tuple[int, int] | None,
+) -> Lan:
+    x, y = net24 if net24 is not None else (random.randint(0, 255), random.randint(0, 255))
     subnet = f"10.{x}.{y}.0/24"
     words = [random.randint(0, 0xFFFF) for _ in range(3)]
     prefix6 = f"fd{random.randint(0, 255):02x}:" + ":".join(f"{w:x}" for w in words)
@@ -274,11 +297,21 @@ def _build(tag: str, n_hosts: int, created: list[str], families: Sequence[str]) 
 
 
 @contextlib.contextmanager
-def lan(n_hosts: int, families: Sequence[str] | None = None) -> Iterator[Lan]:
+def lan(
+    n_hosts: int,
+    families: Sequence[str] | None = None,
+    *,
+    prefix: str = PREFIX,
+    net24: tuple[int, int] | None = None,
+) -> Iterator[Lan]:
     """Build a LAN of ``n_hosts`` namespaces on one bridge; tear it down on exit.
 
     ``families``: each host's address family (:data:`FAMILIES`), IPv4 only
-    for all when None.
+    for all when None.  ``prefix``: what every namespace name starts with
+    (default :data:`PREFIX`; another tool's own, e.g. ``"bf-"``, keeps its
+    namespaces apart: 1-8 lower-case letters or digits and a ``-``).
+    ``net24``: ``(X, Y)`` for the subnet ``10.X.Y.0/24`` (default: random);
+    host ``i`` is ``10.X.Y.{i+1}``.
 
     Raises :class:`LabError` if an ``ip`` command fails (what was built so far
     is removed)."""
@@ -287,12 +320,16 @@ def lan(n_hosts: int, families: Sequence[str] | None = None) -> Iterator[Lan]:
     families = list(families) if families is not None else ["v4"] * n_hosts
     if len(families) != n_hosts or not set(families) <= set(FAMILIES):
         raise ValueError(f"families must be {n_hosts} of {FAMILIES}")
-    remove_stale_namespaces()
-    tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(f"prefix {prefix!r}: 1-8 lower-case letters or digits and a '-'")
+    if net24 is not None and not all(0 <= part <= 255 for part in net24):
+        raise ValueError("net24 must be two octets (0-255)")
+    remove_stale_namespaces(prefix)
+    tag = f"{prefix}{os.getpid()}-{secrets.token_hex(3)}"
     created: list[str] = []
     net: Lan | None = None
     try:
-        net = _build(tag, n_hosts, created, families)
+        net = _build(tag, n_hosts, created, families, net24)
         yield net
     finally:
         if net is not None:
