@@ -11,6 +11,8 @@ chat hello would reach the stub core and fail the test: only data links come).
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +21,19 @@ from typing import Any
 
 from p2pchat import wire
 from p2pchat.core.config import LinkConfig, NodeConfig
+from p2pchat.files import datawire
 from p2pchat.files.engine import Holder
 from p2pchat.files.events import FileDone, FileFailed, FileProgress
 from p2pchat.files.manifest import Offer
+from p2pchat.files.partial import WriterFactory, open_writer
+from p2pchat.files.seal import data_link_cipher
 from p2pchat.files.serve import ServeConfig
 from p2pchat.files.swarm import SwarmConfig
 from p2pchat.files.transfers import FileTransfers
 from p2pchat.identity import Identity
 from p2pchat.links import Links
 from p2pchat.privacy import RoomSecret
+from p2pchat.transport import Link, Listener, dial
 
 LOOPBACK = "127.0.0.1"
 FAST_LINKS = LinkConfig(handshake_timeout_s=3.0, keepalive_interval_s=1.0, link_timeout_s=4.0)
@@ -61,9 +67,7 @@ class _StubCore:
 
 class _StubNode:
     def __init__(self, make_hello: Callable[[str], wire.Hello]) -> None:
-        self.config = NodeConfig(
-            name="n", room="r", port=0, interfaces=[LOOPBACK], link=FAST_LINKS
-        )
+        self.config = NodeConfig(name="n", room="r", port=0, interfaces=[LOOPBACK], link=FAST_LINKS)
         self._lock = threading.RLock()
         self._core = _StubCore(make_hello)
 
@@ -95,6 +99,7 @@ class FilePeer:
         serve_config: ServeConfig | None = None,
         swarm_config: SwarmConfig | None = None,
         max_data_links: int = 16,
+        open_file: WriterFactory = open_writer,
     ) -> None:
         self.tmp = tmp
         self.identity = identity or Identity.generate()
@@ -120,6 +125,7 @@ class FilePeer:
             max_data_links=max_data_links,
             swarm_config=swarm_config or SwarmConfig(request_timeout_s=3.0),
             serve_config=serve_config,
+            open_file=open_file,
         )
         self.links.data_owner = self.transfers.data_owner
 
@@ -205,3 +211,103 @@ def make_file(path: Path, size: int, seed: int = 1) -> bytes:
     data = bytes(out[:size])
     path.write_bytes(data)
     return data
+
+
+Script = Callable[["HostilePeer", Link, Any], None]
+
+
+class HostilePeer:
+    """A raw data-link peer: a real sealed :class:`Link` whose answers are
+    whatever ``script(peer, link, msg)`` sends (``link.send`` of any bytes).
+    It listens on 127.0.0.1 (a holder to dial) and can dial a FilePeer.
+
+    Attributes:
+        got: every message received, in order.
+    """
+
+    def __init__(self, script: Script, room: str = "files-test") -> None:
+        self.identity = Identity.generate()
+        self.room = room
+        self.script = script
+        self.got: list[Any] = []
+        self.links: list[Link] = []
+        self.lock = threading.Lock()
+        self.listener = Listener(LOOPBACK, 0, self._accept)
+        self.port = self.listener.port
+        self.listener.start()
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    def holder(self) -> Holder:
+        return Holder(self.node_id, [LOOPBACK], self.port)
+
+    def hello(self) -> wire.Hello:
+        return wire.Hello(
+            version=wire.PROTOCOL_VERSION,
+            node=self.identity.node_id,
+            name="evil",
+            room=self.room,
+            port=self.port,
+            features=["data"],
+            nonce=os.urandom(16).hex(),
+            key=self.identity.key,
+        )
+
+    def _accept(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+        self._start(Link(sock, "in", remote, self, self.hello(), FAST_LINKS))
+
+    def dial(self, port: int, source: str = LOOPBACK) -> Link:
+        sock = socket.create_connection((LOOPBACK, port), timeout=3.0, source_address=(source, 0))
+        link = Link(sock, "out", (LOOPBACK, port), self, self.hello(), FAST_LINKS)
+        self._start(link)
+        return link
+
+    def _start(self, link: Link) -> None:
+        with self.lock:
+            self.links.append(link)
+        link.start()
+
+    # LinkOwner
+    def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
+        link.decode_body = datawire.decode_body
+        link.cipher = data_link_cipher(
+            self.identity, hello.key, link.hello.nonce, hello.nonce, link.direction == "out", None
+        )
+        return None
+
+    def prove(self, link: Link, hello: wire.Hello) -> wire.Proof:
+        data = wire.proof_bytes(hello.nonce, self.node_id, hello.node, link.hello.room)
+        return wire.Proof(sig=self.identity.sign(data))
+
+    def check_proof(self, link: Link, hello: wire.Hello, proof: wire.Proof) -> bool:
+        return True
+
+    def on_link_up(self, link: Link) -> None:
+        pass
+
+    def on_message(self, link: Link, msg: Any) -> None:
+        with self.lock:
+            self.got.append(msg)
+        self.script(self, link, msg)
+
+    def on_link_closed(self, link: Link, reason: str, was_up: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        self.listener.close()
+        self.listener.join(5.0)
+        with self.lock:
+            links = list(self.links)
+        for link in links:
+            link.close("test over")
+            link.join(5.0)
+
+
+def send(link: Link, msg: datawire.DataMessage) -> None:
+    """Send one data-link message on a hostile link."""
+    link.send(datawire.encode_frame(msg))
+
+
+__all__ = ["dial"]

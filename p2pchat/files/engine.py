@@ -45,7 +45,7 @@ from p2pchat.files.manifest import (
     piece_count,
     verify_piece,
 )
-from p2pchat.files.partial import PartialFile
+from p2pchat.files.partial import PartialFile, WriterFactory, open_writer
 from p2pchat.files.serve import Action as ServeAction
 from p2pchat.files.serve import ServeConfig, Server
 from p2pchat.files.source import SourceFile
@@ -194,6 +194,7 @@ class Engine:
         serve_config: the server's limits.
         on_index: called with no arguments whenever the download or offer
             index changed (the shell saves it).
+        open_file: opens part and map files (tests pass one that fills the disk).
 
     Attributes:
         counts: ``frames_refused``, ``rate_limited`` and ``counters`` dicts.
@@ -210,6 +211,7 @@ class Engine:
         swarm_config: SwarmConfig | None = None,
         serve_config: ServeConfig | None = None,
         on_index: Callable[[], None] = lambda: None,
+        open_file: WriterFactory = open_writer,
     ) -> None:
         self.node_id = node_id
         self.download_dir = download_dir
@@ -219,6 +221,8 @@ class Engine:
         self.swarm_config = swarm_config or SwarmConfig()
         self.server = Server(serve_config)
         self.on_index = on_index
+        self.open_file = open_file
+        self.idle_close_s = IDLE_CLOSE_S
         self.downloads: dict[bytes, _Download] = {}
         self.served: dict[bytes, _Served] = {}
         self.links: dict[int, _Link] = {}
@@ -259,7 +263,9 @@ class Engine:
         if fid in self.served and self.served[fid].source is not None and d is None:
             return []  # our own offer: nothing to fetch
         if d is None or d.state in ("failed", "cancelled"):
-            d = _Download(offer)
+            old, d = d, _Download(offer)
+            if old is not None:  # the maps of linked holders still hold (fhas kept them)
+                d.maps, d.holders = old.maps, old.holders
             self.downloads[fid] = d
             map_path = self.index.get(fid)
             if map_path is not None:
@@ -279,7 +285,7 @@ class Engine:
 
     def _resume(self, d: _Download, map_path: Path) -> None:
         try:
-            partial = PartialFile.resume(map_path)
+            partial = PartialFile.resume(map_path, open_file=self.open_file)
         except (DamagedState, OSError):
             return
         if partial.offer != d.offer:
@@ -526,7 +532,9 @@ class Engine:
         if len(d.pieces) == piece_count(d.n):
             leaves = tuple(h for p in range(piece_count(d.n)) for h in d.pieces[p])
             try:
-                partial = PartialFile.create(self.download_dir, d.offer, leaves)
+                partial = PartialFile.create(
+                    self.download_dir, d.offer, leaves, open_file=self.open_file
+                )
             except (TransferError, OSError) as exc:
                 return self._fail(d, str(exc), now)
             d.pieces.clear()
@@ -623,7 +631,7 @@ class Engine:
             return self._fill(d, now)
         if d.swarm is not None:
             d.swarm.declined(link.node, msg.idx, now)
-        return self._fill(d, now)
+        return [] if msg.busy else self._fill(d, now)  # busy: ask again at the next tick
 
     def _on_cancel(self, link: _Link, msg: dw.FCancel, now: float) -> list[EngineAction]:
         if self.server.cancel(link.node, msg.file, msg.idx):
@@ -714,7 +722,7 @@ class Engine:
                     d.progress_bytes = d.done_bytes
                     out.append(Emit(self._progress(d, now)))
         for link in list(self.links.values()):
-            if now - link.at > IDLE_CLOSE_S:
+            if now - link.at > self.idle_close_s:
                 out.append(Close(link.id, "idle"))
         return out + self._dial(now)
 
@@ -741,7 +749,9 @@ class Engine:
         for piece, (_, deadline) in list(d.piece_asked.items()):
             if deadline <= now:
                 del d.piece_asked[piece]
-        nodes = [n for n in d.maps if n in self.by_node and n not in d.no]
+        # Only a holder with a chunk surely has the hash list (a receiver still
+        # fetching its own would answer "no").
+        nodes = [n for n, has in d.maps.items() if has and n in self.by_node and n not in d.no]
         if not nodes:
             return []
         for piece in range(piece_count(d.n)):

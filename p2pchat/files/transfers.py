@@ -52,7 +52,7 @@ from p2pchat.files.engine import Close, Dial, Emit, Engine, EngineAction, Holder
 from p2pchat.files.errors import DamagedState, TransferError
 from p2pchat.files.events import TransferStatus
 from p2pchat.files.manifest import Offer, offer_for
-from p2pchat.files.partial import PartialFile, check_free_space
+from p2pchat.files.partial import PartialFile, WriterFactory, check_free_space, open_writer
 from p2pchat.files.seal import data_link_cipher
 from p2pchat.files.serve import ServeConfig
 from p2pchat.files.source import SourceFile
@@ -99,7 +99,8 @@ class FileTransfers:
         on_event: gets every event (file thread).
         loopback_ok: loopback addresses from peers may be dialled.
         max_data_links: data links at most, in and out.
-        swarm_config, serve_config, rng: limits and randomness (tests).
+        swarm_config, serve_config, rng, open_file: limits, randomness and
+            the part files' writer (tests).
 
     Raises:
         OSError: the download directory cannot be created.
@@ -121,6 +122,7 @@ class FileTransfers:
         swarm_config: SwarmConfig | None = None,
         serve_config: ServeConfig | None = None,
         rng: random.Random | None = None,
+        open_file: WriterFactory = open_writer,
     ) -> None:
         self.identity = identity
         self.room = room
@@ -148,6 +150,7 @@ class FileTransfers:
             swarm_config=swarm_config,
             serve_config=serve_config,
             on_index=self._save_index,
+            open_file=open_file,
         )
         self._offers_meta: dict[bytes, dict[str, Any]] = {}
         self._counts_cache: dict[str, dict[str, int]] = {}
@@ -367,11 +370,13 @@ class FileTransfers:
                 if kind == "abort":
                     return
                 actions = self._handle(kind, arg, now)
-                if now >= next_tick:
+                ticked = now >= next_tick
+                if ticked:
                     next_tick = now + TICK_S
                     actions += engine.tick(now)
-                    self._refresh(now)
                 actions += engine.pump(self._room, now)
+                if ticked or kind != "msg" or any(isinstance(a, Emit) for a in actions):
+                    self._refresh(now)  # before the events: status() agrees with them
                 self._execute(actions)
         except Exception:  # a bug of ours: stop transfers, keep the node
             log.exception("file transfers: internal error")
@@ -552,7 +557,7 @@ class FileTransfers:
                 self._engine.offer(offer, source, allowed)
         for map_path in downloads.values():
             try:
-                partial = PartialFile.resume(Path(map_path))
+                partial = PartialFile.resume(Path(map_path), open_file=self._engine.open_file)
             except (DamagedState, OSError, TypeError):
                 continue
             self._engine.adopt_resumed(partial)
