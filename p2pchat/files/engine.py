@@ -70,7 +70,11 @@ PIECE_TIMEOUT_S: Final = 10.0
 """A hash-list piece unanswered for 10 s is asked of another holder."""
 
 DIAL_BACKOFF_S: Final = 5.0
-"""A holder that could not be dialled is not dialled again for 5 s."""
+"""A holder that could not be dialled, or whose data link closed, is not
+dialled again for 5 s."""
+
+VIOLATION_BACKOFF_S: Final = 60.0
+"""A holder whose data link ended in a protocol error is not dialled for 60 s."""
 
 PROGRESS_EVERY_S: Final = 0.25
 """At most 4 ``FileProgress`` a second per file; ``fhas`` batches as often."""
@@ -323,7 +327,10 @@ class Engine:
         if d is None:
             return []
         for h in holders:
-            if h.node == self.node_id or len(d.holders) >= MAX_HOLDERS_PER_FILE:
+            if h.node == self.node_id:
+                continue
+            if h.node not in d.holders and len(d.holders) >= MAX_HOLDERS_PER_FILE:
+                self.rate_limited["file_holders"] += 1
                 continue
             kept = [
                 addrs.normalize(a) for a in h.addrs if addrs.refusal(a, self.loopback_ok) is None
@@ -406,6 +413,7 @@ class Engine:
         link = self.links.pop(link_id, None)
         if link is None:
             return []
+        self.dial_after[link.node] = max(self.dial_after.get(link.node, 0.0), now + DIAL_BACKOFF_S)
         self.jobs = deque(j for j in self.jobs if j[0] != link_id)
         if self.by_node.get(link.node) == link_id:
             del self.by_node[link.node]
@@ -438,6 +446,7 @@ class Engine:
             return handler(self, link, msg, now)
         except _Violation as exc:
             self.frames_refused[exc.code] += 1
+            self.dial_after[link.node] = now + VIOLATION_BACKOFF_S
             return [Close(link.id, str(exc), exc.code)]
 
     def _on_have(self, link: _Link, msg: dw.FHave, now: float) -> list[EngineAction]:

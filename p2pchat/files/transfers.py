@@ -153,7 +153,11 @@ class FileTransfers:
             open_file=open_file,
         )
         self._offers_meta: dict[bytes, dict[str, Any]] = {}
-        self._counts_cache: dict[str, dict[str, int]] = {}
+        self._counts_cache: dict[str, dict[str, int]] = {
+            "frames_refused": {},
+            "rate_limited": {},
+            "counters": {},
+        }
         self._status_cache: list[TransferStatus] = []
         self._load_index()
         self._thread = threading.Thread(target=self._run, name="p2pchat-files", daemon=True)
@@ -235,6 +239,9 @@ class FileTransfers:
         with self._lock:
             out = {k: dict(v) for k, v in self._counts_cache.items()}
             out["links_refused"] = dict(self._links_refused)
+            refused = out.setdefault("frames_refused", {})
+            for code, n in self._frame_errors.items():
+                refused[code] = refused.get(code, 0) + n
         return out
 
     def close(self, timeout_s: float) -> None:
@@ -463,8 +470,6 @@ class FileTransfers:
         counts = self._engine.counts()
         with self._lock:
             self._engine.handshaking = sum(1 for k in self._links if k not in self._engine.links)
-            for code, n in self._frame_errors.items():
-                counts["frames_refused"][code] = counts["frames_refused"].get(code, 0) + n
             self._status_cache = status
             self._counts_cache = counts
 
