@@ -203,6 +203,7 @@ def test_slices_out_of_order_end_the_link(tmp_path: Path, bob: FilePeer) -> None
         send(link, dw.FChunk(file=msg.file, idx=msg.idx, off=2 * dw.MAX_SLICE_BYTES, data=b"x"))
 
     evil = HostilePeer(_Holder(manifest, skip_ahead))
+    bob.transfers._engine.dial_backoff_s = 0.1  # 5 s after an ordinary close
     try:
         bob.transfers.get(offer, [evil.holder()])
         wait_for(
@@ -253,3 +254,18 @@ def test_an_idle_data_link_is_closed(tmp_path: Path, alice: FilePeer) -> None:
         assert time.monotonic() - start >= 0.4  # keepalives do not count as use
     finally:
         evil.close()
+
+
+def test_a_data_link_needs_the_room_secret_not_only_its_tag(tmp_path: Path) -> None:
+    """The room's tag is public (hellos, mDNS); a peer that shows it without
+    the secret cannot derive the data link's keys: alice's proof does not
+    open for it, its own does not open for alice."""
+    alice = FilePeer(tmp_path / "alice", secret=b"members only")
+    evil = HostilePeer(_nothing, room=alice.wire_room)
+    try:
+        link = evil.dial(alice.port)
+        wait_for(lambda: link.done.is_set(), 10, "the link to fail")
+        assert link.up_at is None
+    finally:
+        evil.close()
+        alice.close()

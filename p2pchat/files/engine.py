@@ -227,6 +227,7 @@ class Engine:
         self.on_index = on_index
         self.open_file = open_file
         self.idle_close_s = IDLE_CLOSE_S
+        self.dial_backoff_s = DIAL_BACKOFF_S
         self.downloads: dict[bytes, _Download] = {}
         self.served: dict[bytes, _Served] = {}
         self.links: dict[int, _Link] = {}
@@ -388,7 +389,7 @@ class Engine:
     def dial_failed(self, node: str, now: float) -> list[EngineAction]:
         """A :class:`Dial` did not give a link."""
         self.dialling.discard(node)
-        self.dial_after[node] = now + DIAL_BACKOFF_S
+        self.dial_after[node] = now + self.dial_backoff_s
         self.counters["data_dial_failed"] += 1
         return []
 
@@ -413,7 +414,8 @@ class Engine:
         link = self.links.pop(link_id, None)
         if link is None:
             return []
-        self.dial_after[link.node] = max(self.dial_after.get(link.node, 0.0), now + DIAL_BACKOFF_S)
+        after = now + self.dial_backoff_s
+        self.dial_after[link.node] = max(self.dial_after.get(link.node, 0.0), after)
         self.jobs = deque(j for j in self.jobs if j[0] != link_id)
         if self.by_node.get(link.node) == link_id:
             del self.by_node[link.node]
