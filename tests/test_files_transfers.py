@@ -12,7 +12,12 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +33,7 @@ from p2pchat.files.events import FileDone
 from p2pchat.files.manifest import Manifest, Offer
 from p2pchat.files.partial import ChunkWriter, FileWriter, open_writer
 from p2pchat.files.serve import ServeConfig
+from p2pchat.identity import Identity
 from p2pchat.transport import Link
 
 Make = Callable[..., FilePeer]
@@ -439,3 +445,72 @@ def test_cancel_keeps_the_part_file_and_get_resumes(tmp_path: Path, peers: Make)
     bob.transfers.get(offer, [alice.holder()])
     wait_for(lambda: bob.done(offer.file_id) is not None, 30, "bob's file_done")
     assert done_file(bob, offer).path.read_bytes() == data
+
+
+def _child(*args: str) -> subprocess.Popen[str]:
+    here = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=str(here.parent))
+    return subprocess.Popen(
+        [sys.executable, str(here / "files_child.py"), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _kill(child: subprocess.Popen[str]) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    for stream in (child.stdin, child.stdout):
+        if stream is not None:
+            stream.close()
+
+
+def test_resume_after_kill_9_of_the_receiver(tmp_path: Path, peers: Make) -> None:
+    alice = peers("alice", serve_config=SLOW)
+    data = make_file(tmp_path / "big.iso", 4 * 1024 * 1024)
+    offer = alice.offer(tmp_path / "big.iso")
+    fields = [offer.file_id.hex(), offer.name, offer.size, offer.chunk_size, offer.root.hex()]
+    holder = {"node": alice.node_id, "port": alice.port}
+    child = _child("get", str(tmp_path / "bob"), json.dumps(fields), json.dumps(holder))
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "started"
+        wait_for(lambda: _marked(tmp_path / "bob" / "dl") >= 4, 30, "4 chunks marked at bob")
+    finally:
+        _kill(child)
+    kept = _marked(tmp_path / "bob" / "dl")
+    assert 4 <= kept < offer.n_chunks
+    bob = peers("bob", identity=Identity.load_or_create(str(tmp_path / "bob" / "state")))
+    assert state(bob, offer) == "waiting"
+    bob.transfers.get(offer, [alice.holder()])
+    wait_for(lambda: bob.done(offer.file_id) is not None, 30, "bob's file_done after kill -9")
+    assert done_file(bob, offer).path.read_bytes() == data
+    assert bob.transfers.counts()["counters"]["swarm_accepted"] == offer.n_chunks - kept
+
+
+def test_resume_after_kill_9_of_the_sender(tmp_path: Path, peers: Make) -> None:
+    data = make_file(tmp_path / "big.iso", 3 * 1024 * 1024)
+    child = _child("offer", str(tmp_path / "alice"), "0", str(tmp_path / "big.iso"))
+    try:
+        assert child.stdout is not None
+        info = json.loads(child.stdout.readline())
+        f = info["offer"]
+        offer = Offer(bytes.fromhex(f[0]), f[1], f[2], f[3], bytes.fromhex(f[4]))
+        bob = peers("bob")
+        bob.transfers.get(offer, [Holder(info["node"], [LOOPBACK], info["port"])])
+        wait_for(lambda: done_bytes(bob, offer) > 0, 30, "a first chunk at bob")
+    finally:
+        _kill(child)
+    assert bob.done(offer.file_id) is None
+    again = _child("offer", str(tmp_path / "alice"), str(info["port"]), "-")
+    try:
+        assert again.stdout is not None and json.loads(again.stdout.readline())["port"]
+        wait_for(lambda: bob.done(offer.file_id) is not None, 60, "bob's file_done")
+        assert done_file(bob, offer).path.read_bytes() == data
+    finally:
+        assert again.stdin is not None
+        again.stdin.close()
+        again.wait(20)
+        assert again.stdout is not None
+        again.stdout.close()
