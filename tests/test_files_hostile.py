@@ -266,6 +266,35 @@ def test_a_data_link_needs_the_room_secret_not_only_its_tag(tmp_path: Path) -> N
         link = evil.dial(alice.port)
         wait_for(lambda: link.done.is_set(), 10, "the link to fail")
         assert link.up_at is None
+        wait_for(
+            lambda: alice.transfers.counts()["frames_refused"].get("wrong_secret") == 1,
+            5,
+            "the frame counted",
+        )
     finally:
         evil.close()
         alice.close()
+
+
+def test_a_have_map_with_bits_past_the_end_ends_the_link(tmp_path: Path, bob: FilePeer) -> None:
+    make_file(tmp_path / "f", 1024 * 1024)  # 4 chunks: a map of one byte, 4 bits used
+    manifest = _manifest(tmp_path / "f")
+    from p2pchat.files.manifest import offer_for
+
+    offer = offer_for(manifest, "f")
+
+    def bad_map(peer: HostilePeer, link: Link, msg: Any) -> None:
+        if isinstance(msg, dw.FHave):
+            send(link, dw.FHave(file=msg.file, map=b"\xff"))
+
+    evil = HostilePeer(bad_map)
+    try:
+        bob.transfers.get(offer, [evil.holder()])
+        wait_for(
+            lambda: bob.transfers.counts()["frames_refused"].get("data_bad_map", 0) == 1,
+            10,
+            "bob to refuse the map",
+        )
+        wait_for(lambda: all(k.done.is_set() for k in evil.links), 10, "the link closed")
+    finally:
+        evil.close()

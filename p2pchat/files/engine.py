@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from p2pchat import addrs
+from p2pchat.errors import RemoteProtocolError
 from p2pchat.files import datawire as dw
 from p2pchat.files.errors import (
     BadOffer,
@@ -446,10 +447,11 @@ class Engine:
             return []
         try:
             return handler(self, link, msg, now)
-        except _Violation as exc:
-            self.frames_refused[exc.code] += 1
+        except (_Violation, RemoteProtocolError) as exc:  # the swarm's too (bad maps)
+            code = exc.code if isinstance(exc, _Violation) else "data_" + exc.code
+            self.frames_refused[code] += 1
             self.dial_after[link.node] = now + VIOLATION_BACKOFF_S
-            return [Close(link.id, str(exc), exc.code)]
+            return [Close(link.id, str(exc), code)]
 
     def _on_have(self, link: _Link, msg: dw.FHave, now: float) -> list[EngineAction]:
         fid = msg.file

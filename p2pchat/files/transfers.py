@@ -363,32 +363,32 @@ class FileTransfers:
     def _run(self) -> None:
         engine = self._engine
         next_tick = time.monotonic()
-        try:
-            while True:
-                timeout = max(0.0, next_tick - time.monotonic())
-                try:
-                    kind, arg = self._inbox.get(timeout=timeout)
-                except queue.Empty:
-                    kind, arg = "tick", None
-                now = time.monotonic()
-                if kind == "stop":
-                    engine.close(now)
-                    return
-                if kind == "abort":
-                    return
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                kind, arg = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                kind, arg = "tick", None
+            now = time.monotonic()
+            if kind == "stop":
+                engine.close(now)
+                return
+            if kind == "abort":
+                return
+            ticked = now >= next_tick
+            if ticked:
+                next_tick = now + TICK_S
+            try:
                 actions = self._handle(kind, arg, now)
-                ticked = now >= next_tick
                 if ticked:
-                    next_tick = now + TICK_S
                     actions += engine.tick(now)
                 actions += engine.pump(self._room, now)
                 if ticked or kind != "msg" or any(isinstance(a, Emit) for a in actions):
                     self._refresh(now)  # before the events: status() agrees with them
-                self._execute(actions)
-        except Exception:  # a bug of ours: stop transfers, keep the node
-            log.exception("file transfers: internal error")
-            with contextlib.suppress(Exception):
-                engine.close(time.monotonic())
+            except Exception:  # a bug of ours: this input is lost, the rest goes on
+                log.exception("file transfers: internal error on %s", kind)
+                continue
+            self._execute(actions)
 
     def _handle(self, kind: str, arg: Any, now: float) -> list[EngineAction]:
         engine = self._engine
