@@ -467,6 +467,7 @@ def _kill(child: subprocess.Popen[str]) -> None:
             stream.close()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGKILL")
 def test_resume_after_kill_9_of_the_receiver(tmp_path: Path, peers: Make) -> None:
     alice = peers("alice", serve_config=SLOW)
     data = make_file(tmp_path / "big.iso", 4 * 1024 * 1024)
@@ -489,6 +490,7 @@ def test_resume_after_kill_9_of_the_receiver(tmp_path: Path, peers: Make) -> Non
     assert bob.transfers.counts()["counters"]["swarm_accepted"] == offer.n_chunks - kept
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGKILL")
 def test_resume_after_kill_9_of_the_sender(tmp_path: Path, peers: Make) -> None:
     data = make_file(tmp_path / "big.iso", 3 * 1024 * 1024)
     child = _child("offer", str(tmp_path / "alice"), "0", str(tmp_path / "big.iso"))

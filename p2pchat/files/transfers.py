@@ -257,6 +257,7 @@ class FileTransfers:
         with contextlib.suppress(queue.Full):
             self._inbox.put(("stop", None), timeout=max(0.0, deadline - time.monotonic()))
         self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._drain()  # a reader waiting on a full inbox goes on, and ends
         for link in links:
             link.close("closing")
         for link in links:
@@ -274,6 +275,7 @@ class FileTransfers:
             links = list(self._links.values())
         self._put(("abort", None))
         self._thread.join(10.0)
+        self._drain()
         for link in links:
             link.close("aborted")
             link.join(5.0)
@@ -281,6 +283,12 @@ class FileTransfers:
             diallers = list(self._diallers)
         for t in diallers:
             t.join(5.0)
+
+    def _drain(self) -> None:
+        """Empty the inbox once the file thread is gone (nothing will read it)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._inbox.get_nowait()
 
     # -- LinkOwner (reader threads) ------------------------------------------------------
 
@@ -336,6 +344,8 @@ class FileTransfers:
 
     def on_message(self, link: Link, msg: Any) -> None:
         """A data-link message: to the file thread (waits while its inbox is full)."""
+        if self._closed:
+            return
         try:
             self._inbox.put(("msg", (link.number, msg)), timeout=self.link_config.link_timeout_s)
         except queue.Full:
