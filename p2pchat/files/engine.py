@@ -39,7 +39,6 @@ from p2pchat.files.errors import (
 )
 from p2pchat.files.events import FileDone, FileFailed, FileProgress, TransferStatus
 from p2pchat.files.manifest import (
-    PIECE_HASHES,
     Manifest,
     Offer,
     chunk_span,
@@ -1009,5 +1008,3 @@ _HANDLERS: dict[type, Callable[[Engine, _Link, object, float], list[EngineAction
     dw.FCancel: Engine._on_cancel,  # type: ignore[dict-item]
     dw.FHolders: Engine._on_holders,  # type: ignore[dict-item]
 }
-
-__all__ = ["PIECE_HASHES", "Engine", "Holder"]
