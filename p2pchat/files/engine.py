@@ -478,6 +478,7 @@ class Engine:
             fresh = link.node not in s.interested
             if fresh and len(s.interested) >= MAX_INTERESTED_PER_FILE:
                 s.interested.pop(next(iter(s.interested)))
+                self.counters["file_interested_forgotten"] += 1
             s.interested[link.node] = Holder(link.node, [link.host], link.port)
             if fid not in link.sent_have:
                 out.append(self._frame(link, dw.FHave(file=fid, map=self._map_of(fid))))
