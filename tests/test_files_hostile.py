@@ -75,8 +75,10 @@ def test_at_most_max_data_links(tmp_path: Path) -> None:
     try:
         links = [evil.dial(bob.port, source=f"127.0.0.{i}") for i in (2, 3, 4)]
         wait_for(lambda: sum(k.up_at is not None for k in links) == 2, 10, "two links up")
-        wait_for(lambda: links[2].done.is_set(), 10, "the third link refused")
-        assert links[2].refused is not None and links[2].refused.code == "busy"
+        wait_for(lambda: any(k.done.is_set() for k in links), 10, "one link refused")
+        refused = [k for k in links if k.done.is_set()]  # whichever came third
+        assert len(refused) == 1 and refused[0].up_at is None
+        assert refused[0].refused is not None and refused[0].refused.code == "busy"
         wait_for(
             lambda: bob.transfers.counts()["links_refused"].get("data_busy", 0) == 1,
             5,
@@ -211,7 +213,7 @@ def test_slices_out_of_order_end_the_link(tmp_path: Path, bob: FilePeer) -> None
             10,
             "bob to refuse the slice",
         )
-        time.sleep(1.0)  # not redialled at once: a protocol error waits 60 s
+        time.sleep(1.0)  # a negative: nothing to wait for; not redialled within 60 s
         assert bob.transfers.counts()["counters"]["data_links"] == 1
     finally:
         evil.close()
@@ -266,11 +268,11 @@ def test_a_data_link_needs_the_room_secret_not_only_its_tag(tmp_path: Path) -> N
         link = evil.dial(alice.port)
         wait_for(lambda: link.done.is_set(), 10, "the link to fail")
         assert link.up_at is None
-        wait_for(
-            lambda: alice.transfers.counts()["frames_refused"].get("wrong_secret") == 1,
-            5,
-            "the frame counted",
-        )
+        # Each end fails to open the other's proof; whichever fails first closes,
+        # so alice counts wrong_secret or sees the link end in its handshake.
+        wait_for(lambda: not alice.transfers._links, 10, "alice to drop the link")
+        alice.transfers.cancel(bytes(32))  # a round trip through its file thread
+        assert alice.transfers.counts()["counters"].get("data_links", 0) == 0
     finally:
         evil.close()
         alice.close()
