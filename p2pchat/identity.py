@@ -232,6 +232,34 @@ class Identity:
         """Sign ``data``; returns the signature as 128 hex digits."""
         return self._private.sign(data).hex()
 
+    def shared_with(self, peer_key_hex: str) -> bytes:
+        """The X25519 shared secret with the node whose Ed25519 public key is
+        ``peer_key_hex`` (64 hex digits): both keys converted to Curve25519
+        with libsodium (``crypto_sign_ed25519_*_to_curve25519``), so two nodes
+        that know each other's hello key agree on it (data links,
+        :mod:`p2pchat.files.seal`).  32 bytes; any thread.
+
+        Raises:
+            ValueError: the key is malformed or of small order (the result
+                would be all zero).
+        """
+        try:
+            peer = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(bytes.fromhex(peer_key_hex))
+            seed = self._private.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+            mine = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(
+                seed + bytes.fromhex(self.key)
+            )
+            shared = nacl.bindings.crypto_scalarmult(mine, peer)
+        except (nacl.exceptions.CryptoError, RuntimeError, TypeError) as exc:
+            raise ValueError(f"not a usable Ed25519 key: {exc}") from None
+        if not any(shared):
+            raise ValueError("a small-order key")
+        return bytes(shared)
+
     def open(self, eph_hex: str, box_hex: str, aad: bytes) -> bytes | None:
         """Decrypt a direct message sealed to us (see :func:`seal`).
 

@@ -30,7 +30,7 @@ from p2pchat.core.protocol import Protocol as Core
 from p2pchat.core.slots import Held, inbound_refusal
 from p2pchat.errors import StartupError
 from p2pchat.events import Event, Notice
-from p2pchat.transport import ANY_HOST, Link, Listener, PortInUse
+from p2pchat.transport import ANY_HOST, Link, LinkOwner, Listener, PortInUse
 
 log = logging.getLogger("p2pchat.node")
 
@@ -73,6 +73,9 @@ class Links:
         port: the TCP port listened on (0 before :meth:`listen`).
         all: every link not yet closed, handshake done or not.  Node lock.
         queue_drops: links closed because their send queue was full.
+        data_owner: the owner of data links (file transfers,
+            :class:`p2pchat.files.transfers.FileTransfers`), or None: a hello
+            that lists the ``data`` feature is then refused (``busy``).
     """
 
     def __init__(self, node: LinkHost) -> None:
@@ -81,6 +84,7 @@ class Links:
         self.all: set[Link] = set()
         self.listeners: list[Listener] = []
         self.queue_drops = 0
+        self.data_owner: LinkOwner | None = None
         self._noticed: set[tuple[str, str]] = set()
         self._counts: dict[str, int] = dict.fromkeys(
             ("frames_in", "frames_out", "bytes_in", "bytes_out"), 0
@@ -187,8 +191,19 @@ class Links:
     def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
         """The core's handshake policy (:meth:`Protocol.check_hello
         <p2pchat.core.protocol.Protocol.check_hello>`); in a private room, set
-        the link's cipher from both nonces."""
+        the link's cipher from both nonces.  A data link (the hello lists
+        ``data``) is handed to :attr:`data_owner`, whose verdict this returns;
+        it no longer counts among :attr:`all` (it was admitted by the same
+        per-address and handshake caps; the data owner bounds its own)."""
         node = self.node
+        if "data" in hello.features:
+            owner = self.data_owner
+            if owner is None:
+                return wire.Refuse(code="busy", reason="no file transfers here")
+            with node._lock:
+                self.all.discard(link)
+            link.set_owner(owner)
+            return owner.check_hello(link, hello)
         with node._lock:
             refusal = node._core.check_hello(link.direction, hello, time.monotonic())
         secret = node._core.secret

@@ -68,6 +68,12 @@ class RoomSecret:
         )
         self.tag = TAG_PREFIX + _hkdf(self._key, b"p2pchat room tag v1", length=8).hex()
 
+    def data_salt(self) -> bytes:
+        """32 bytes from the room key that data links mix into their key
+        derivation (:mod:`p2pchat.files.seal`), so that only members can
+        open one.  Reveals nothing of the key (HKDF, its own label)."""
+        return _hkdf(self._key, b"p2pchat data link salt v1")
+
     def link_cipher(self, my_nonce: str, peer_nonce: str, i_dialled: bool) -> LinkCipher:
         """The cipher of one link, from both hellos' nonces (hex).
 

@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from p2pchat import wire
 from p2pchat.addrs import hostport, is_link_local_v6, normalize
@@ -122,6 +122,12 @@ class Link:
         self.cipher: LinkCipher | None = None
         """Set by the owner's ``check_hello`` in a private room: every frame
         after the two hellos is sealed and opened with it."""
+        self.decode_body: Callable[[bytes], Any] = wire.decode_body
+        """Decodes each frame body after the handshake (the hello and proof
+        are always :func:`wire.decode_body`'s).  A data link's owner sets its
+        own in ``check_hello`` (:mod:`p2pchat.files.datawire`); it returns a
+        :class:`wire.Keepalive` for a keepalive and raises
+        :class:`~p2pchat.errors.RemoteProtocolError` for a bad frame."""
         self._queue: queue.Queue[object] = queue.Queue(maxsize=config.send_queue_frames)
         # Sending.  A frame goes out on the caller's thread when nothing is
         # queued and the socket has room (no thread hop: lower latency and
@@ -170,6 +176,13 @@ class Link:
     def dialer(self) -> str:
         """Node id of the node that dialled this link (needs the handshake)."""
         return self._hello.node if self.direction == "out" else self.peer_id
+
+    def set_owner(self, owner: LinkOwner) -> None:
+        """Hand the link to another owner, from inside the current owner's
+        ``check_hello`` (reader thread): the new owner gets every later
+        callback, ``on_link_closed`` included (a data link handed from the
+        node's :class:`~p2pchat.links.Links` to the file transfers)."""
+        self._owner = owner
 
     @property
     def retired(self) -> bool:
@@ -323,7 +336,7 @@ class Link:
                 for body in early or self._recv(decoder):
                     if self.cipher is not None:
                         body = self._open(body)
-                    msg = wire.decode_body(body)
+                    msg = self.decode_body(body)
                     self.frames_in += 1
                     if isinstance(msg, wire.Keepalive):
                         continue
