@@ -188,6 +188,69 @@ class FileOfferEvent(Event):
 
 
 @dataclass(frozen=True)
+class FileProgressEvent(Event):
+    """A download moved on (``/get``): at most 4 a second per file.
+
+    Attributes:
+        file: the file id, 64 hex digits.
+        name: the offered name (a peer's: clean it before printing).
+        done: bytes verified and written so far.
+        size: the file's size in bytes.
+        speed: recent speed, bytes per second.
+        holders: holders it is fetching from now.
+        eta: seconds left at that speed, or None if unknown.
+    """
+
+    kind: ClassVar[str] = "file_progress"
+    file: str
+    name: str
+    done: int
+    size: int
+    speed: int
+    holders: int
+    eta: float | None
+
+
+@dataclass(frozen=True)
+class FileDoneEvent(Event):
+    """A download is complete: every chunk checked, the whole file's SHA-256
+    computed, renamed to ``path`` (in the download directory, a safe name
+    that overwrote nothing).
+
+    Attributes:
+        file: the file id, 64 hex digits.
+        name: the offered name.
+        path: where the file now lies.
+        size: bytes.
+        sha256: the whole file's SHA-256, 64 lowercase hex digits.
+    """
+
+    kind: ClassVar[str] = "file_done"
+    file: str
+    name: str
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FileFailedEvent(Event):
+    """A download stopped: ``reason`` says what failed, what was kept and
+    how to resume (a full disk, say).
+
+    Attributes:
+        file: the file id, 64 hex digits.
+        name: the offered name.
+        reason: a sentence for the user.
+    """
+
+    kind: ClassVar[str] = "file_failed"
+    file: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     """One answer of ``/whois``: a member called ``name`` and its key.
 
@@ -374,6 +437,9 @@ class Stats(Event):
         addrs_refused: addresses learnt from peers (presences, mDNS) that
             the node will not dial, by reason (``multicast``, ``loopback``,
             ...: :data:`p2pchat.addrs.REFUSAL_REASONS`).
+        files: the file transfers' counters (chunks and bytes in and out,
+            data links, timeouts...: ``docs/files.md`` §7); empty before the
+            first ``/send`` or ``/get``.
     """
 
     kind: ClassVar[str] = "stats"
@@ -395,6 +461,7 @@ class Stats(Event):
     catchup_out: int = 0
     store_stalls: int = 0
     addrs_refused: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
 
 
 LineEvent = MessageEvent | TopicEvent | FileOfferEvent

@@ -59,10 +59,12 @@ from p2pchat.events import (
     Stats,
     TopicEvent,
 )
+from p2pchat.files.events import TransferStatus
 from p2pchat.files.manifest import Offer
 from p2pchat.flood import TokenBucket
 from p2pchat.identity import Identity
 from p2pchat.links import Links
+from p2pchat.node_files import NodeFiles
 from p2pchat.peerbook import Remembered
 from p2pchat.peers import Peers, advertised_addresses
 from p2pchat.store import Store
@@ -149,6 +151,7 @@ class Node:
         self._wake = threading.Event()  # wakes the router
         self.links = Links(self)  # the listeners and every link: the sockets' side
         self.peers = Peers(self)  # the dialler threads, the discovery's callbacks
+        self.files = NodeFiles(self, config.download_dir, config.accept_files)  # /send, /get
         self._started_at = time.monotonic()
         self._own_bucket = flood_bucket(config)
         self._router: threading.Thread | None = None
@@ -203,6 +206,8 @@ class Node:
             cast(Link, action.link).send(action.frame)
         elif isinstance(action, Emit):
             self._on_event(action.event)
+            if isinstance(action.event, FileOfferEvent):
+                self.files.on_offer(action.event)  # --accept-files
         elif isinstance(action, Close):
             cast(Link, action.link).close(action.reason)
         elif isinstance(action, Retire):
@@ -261,6 +266,7 @@ class Node:
             for host, port in self.config.peers:
                 self.add_peer(host, port)
             self.peers.recall()  # remembered peers (p2pchat/peerbook.py)
+            self.files.start()  # downloads to resume, offers to serve (p2pchat/node_files.py)
             if self._discovery is not None:
                 self._discovery.start(
                     LocalService(
@@ -333,6 +339,70 @@ class Node:
             self._drain()
         assert isinstance(ev, FileOfferEvent)
         return ev
+
+    def send_file(self, path: str, to: str | None = None) -> None:
+        """``/send``: offer the file at ``path`` to the room, or to the one
+        member ``to`` (as :meth:`send_direct` names it; only it may fetch the
+        file).  The file is hashed on the transfers' file thread, then served
+        from where it lies, then offered (:meth:`send_offer`); a file that
+        cannot be read or offered comes back as an error :class:`Notice`.
+        Any thread; returns at once.
+
+        Raises:
+            UsageError: no such file; ``to`` answers to nobody or several; the
+                node is not running.
+            LocalError: the download directory cannot be made.
+        """
+        from pathlib import Path
+
+        if not self._started or self._core.closed:
+            raise UsageError("the node is not running")
+        where = Path(path).expanduser()
+        if not where.is_file():
+            raise UsageError(f"no such file: {path}")
+        node_id = None
+        if to is not None:
+            with self._lock:
+                node_id = self._core.directs.resolve(to)
+        self.files.send(where, node_id)
+
+    def get_file(self, file_id: str) -> FileOfferEvent:
+        """``/get``: fetch the file of the offer ``file_id`` (64 hex digits)
+        into the download directory, from its offerer and every holder it
+        names; a part file of an earlier attempt is resumed.  Progress, the
+        end and a failure come as :class:`FileProgressEvent`,
+        :class:`FileDoneEvent` and :class:`FileFailedEvent`.  Any thread.
+
+        Returns:
+            The offer fetched.
+
+        Raises:
+            UsageError: no such offer, or our own.
+            NotEnoughSpace: the disk cannot hold it with its margin.
+            LocalError: the download directory is not usable.
+        """
+        ev = self.offer(file_id)
+        if ev is None:
+            raise UsageError(f"no offer of a file {file_id[:16]}")
+        self.files.get(ev)
+        return ev
+
+    def cancel_file(self, file_id: str) -> bool:
+        """``/cancel``: stop fetching ``file_id`` (64 hex digits); its part
+        file stays, so a later :meth:`get_file` resumes.  Any thread.
+
+        Returns:
+            Whether a download was stopped.
+        """
+        try:
+            raw = bytes.fromhex(file_id)
+        except ValueError:
+            return False
+        return self.files.cancel(raw)
+
+    def transfers(self) -> list[TransferStatus]:
+        """The downloads and served offers of this run (``/files``).  Any thread."""
+        return self.files.status()
 
     def offers(self) -> list[FileOfferEvent]:
         """The file offers this node knows, oldest first: the room's offer
@@ -438,6 +508,14 @@ class Node:
 
     def stats(self) -> Stats:
         """The node's counters (see :class:`~p2pchat.events.Stats`).  Any thread."""
+        files = self.files.counts()
+
+        def merged(mine: dict[str, int], kind: str) -> dict[str, int]:
+            out = dict(mine)
+            for code, n in files.get(kind, {}).items():
+                out[code] = out.get(code, 0) + n
+            return out
+
         with self._lock:
             counts = self.links.totals()
             s = self._core.s
@@ -448,9 +526,11 @@ class Node:
                 bytes_in=counts["bytes_in"],
                 bytes_out=counts["bytes_out"],
                 duplicates_dropped=s.counts["duplicates_dropped"],
-                frames_refused=dict(s.frames_refused),
-                links_refused=dict(s.links_refused),
-                rate_limited={**self._core.rate_limited_counts(), **self.peers.book.counts},
+                frames_refused=merged(s.frames_refused, "frames_refused"),
+                links_refused=merged(s.links_refused, "links_refused"),
+                rate_limited=merged(
+                    {**self._core.rate_limited_counts(), **self.peers.book.counts}, "rate_limited"
+                ),
                 queue_drops=self.links.queue_drops,
                 links=len(s.links),
                 members=len(s.roster),
@@ -460,6 +540,7 @@ class Node:
                 catchup_out=s.counts["catchup_out"],
                 store_stalls=getattr(self._store, "writer_stalls", 0),
                 addrs_refused=dict(s.addrs_refused),
+                files=dict(files.get("counters", {})),
             )
 
     def set_name(self, name: str) -> None:
@@ -595,6 +676,7 @@ class Node:
             link.retire()  # half-close after the leave: peers read it, then EOF
         self._stopping.set()
         self._wake.set()
+        self.files.close()  # part files flushed, data links closed, threads joined
         if self._discovery is not None:
             self._discovery.close()
         for listener in self.links.listeners:
@@ -650,6 +732,7 @@ class Node:
             try:
                 self._call(self._core.tick)
                 self.peers.recall_due()  # remembered peers, offered again (p2pchat/peers.py)
+                self.files.tick(time.monotonic())  # offerers of downloads (p2pchat/node_files.py)
             except Exception:
                 log.exception("router: internal error in the timers")
 

@@ -185,6 +185,16 @@ class Cluster:
             node.close()
 
 
+@pytest.fixture(autouse=True)
+def _downloads_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test writes to the user's downloads folder: the default download
+    directory (platformdirs, which reads ``XDG_DOWNLOAD_DIR``) is a temporary
+    one, for in-process nodes and the processes tests start alike."""
+    monkeypatch.setenv("XDG_DOWNLOAD_DIR", str(tmp_path_factory.mktemp("downloads")))
+
+
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     c = Cluster(unique_room())

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -605,10 +606,15 @@ def spawn() -> Iterator[Callable[..., NodeProcess]]:
     env = env_with_path(REPO)
     env.pop("PYTHONWARNINGS", None)
     started: list[NodeProcess] = []
+    scratch: list[str] = []
 
     def start(*argv: str, json_mode: bool = True, ephemeral: bool = True) -> NodeProcess:
+        downloads: list[str] = []
+        if "--download-dir" not in argv:  # never the user's downloads folder
+            scratch.append(tempfile.mkdtemp(prefix="p2pchat-downloads-"))
+            downloads = ["--download-dir", scratch[-1]]
         chat = NodeProcess.spawn(
-            [*PYTHON_M_P2PCHAT, *(["--ephemeral"] if ephemeral else []), *argv],
+            [*PYTHON_M_P2PCHAT, *(["--ephemeral"] if ephemeral else []), *downloads, *argv],
             shlex.join(argv),
             json_mode=json_mode,
             cwd=str(REPO),
@@ -622,6 +628,8 @@ def spawn() -> Iterator[Callable[..., NodeProcess]]:
         yield start
     finally:
         stop(started)
+        for where in scratch:
+            shutil.rmtree(where, ignore_errors=True)
 
 
 def _clean_exit(chat: NodeProcess) -> None:

@@ -87,6 +87,10 @@ class Options:
             above it) instead of the full screen; also when ``TERM=dumb``.
         notify: in the full screen, a desktop notification for a line
             that names us and a private line (:mod:`p2pchat.cli.notify`).
+        download_dir: where fetched files go (``--download-dir``); None:
+            the user's downloads folder + ``p2pchat/``.
+        accept_files: fetch offers up to this many bytes without ``/get``
+            (``--accept-files``); 0: none.
     """
 
     name: str | None
@@ -107,6 +111,8 @@ class Options:
     secret: bytes | None = field(default=None, repr=False)
     plain: bool = False
     notify: bool = False
+    download_dir: str | None = None
+    accept_files: int = 0
 
 
 def validate_name(value: str) -> str:
@@ -300,6 +306,24 @@ def parse_days(text: str) -> float:
     return days
 
 
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``--accept-files``: bytes, or a number with a unit ``k``, ``M``,
+    ``G``, ``T`` (decimal, as the offer lines show sizes; ``MB`` and ``MiB``
+    are read as ``M``), e.g. ``20M``, ``1.5G``; ``0`` accepts nothing.
+
+    Raises:
+        UsageError: not a size.
+    """
+    m = _SIZE_RE.match(text)
+    if m is None:
+        raise UsageError(f"a size is a number with an optional unit k, M, G (20M), not {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
 def parse_history_lines(text: str) -> int:
     """Parse ``--history-lines``: a whole number from 1 to 1,000,000.
 
@@ -447,6 +471,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep and trade at most the newest N lines of a room (default: %(default)s)",
     )
     p.add_argument(
+        "--download-dir",
+        metavar="DIR",
+        default=None,
+        help="where /get puts files (default: your downloads folder, p2pchat/ under it)",
+    )
+    p.add_argument(
+        "--accept-files",
+        metavar="SIZE",
+        type=_arg_type(parse_size),
+        default=0,
+        help="fetch every file offered to you or the room up to SIZE (20M, 1G) without "
+        "/get, never beyond the disk's free space minus 256 MB (default: 0, ask)",
+    )
+    p.add_argument(
         "--service-type",
         metavar="TYPE",
         default=SERVICE_TYPE,
@@ -513,4 +551,6 @@ def parse_args(argv: list[str] | None = None) -> Options:
         history_lines=ns.history_lines,
         plain=ns.plain,
         notify=ns.notify,
+        download_dir=ns.download_dir,
+        accept_files=ns.accept_files,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any, Protocol
 from p2pchat import names
 from p2pchat.cli.args import parse_peer, validate_name
 from p2pchat.cli.offers import TABLE as OFFERS
-from p2pchat.cli.offers import files_json, offer_json
+from p2pchat.cli.offers import files_json, format_size, offer_json
 from p2pchat.cli.render import (
     clean,
     format_current_topic,
@@ -22,11 +21,11 @@ from p2pchat.cli.render import (
     format_stats,
     format_who,
     format_whois,
+    shown_name,
 )
 from p2pchat.errors import LineTooLong, LocalError, UsageError
 from p2pchat.events import FileOfferEvent, TopicEvent
-from p2pchat.files.errors import BadOffer
-from p2pchat.files.manifest import hash_file, offer_for
+from p2pchat.files.events import TransferStatus
 from p2pchat.node import Node
 from p2pchat.peerbook import Remembered, format_address
 
@@ -42,6 +41,8 @@ COMMANDS = (
     "/away",
     "/topic",
     "/send",
+    "/get",
+    "/cancel",
     "/files",
     "/me",
     "/help",
@@ -103,7 +104,11 @@ commands:
                /topic - clears it
   /send [NAME] PATH  offer a file to the room (or to NAME alone, sealed to
                its key): shown as "you offer report.pdf (2.4 MB)"
-  /files       the files offered (number, name, size, who, when)
+  /get N       fetch offer N (as its line says: "- /get 3"; or its file id)
+               into the download directory, from every node that has it
+  /cancel N    stop fetching N (what came is kept: /get N resumes)
+  /files       the files offered (number, name, size, who, when) and the
+               transfers with their progress
   /me ACTION   an action line, shown as "* you ACTION"
   /help        this text
   /quit        leave the room (so do Ctrl+D, Ctrl+C and SIGTERM)
@@ -196,27 +201,42 @@ def _topic(node: Node, out: Replies, arg: str) -> None:
 
 
 def _files(node: Node, out: Replies) -> None:
-    """``/files``: the offers this node knows, oldest first (``transfers``:
-    none yet; the transfer engine fills them in)."""
+    """``/files``: the offers this node knows, oldest first, and the
+    transfers of this run."""
     offers = node.offers()
+    transfers = node.transfers()
     if out.json_mode:
-        out.obj("files", offers=files_json(offers), transfers=[])
+        out.obj("files", offers=files_json(offers), transfers=transfers_json(transfers))
     else:
-        out.text(*format_files(offers))
+        out.text(*format_files(offers, transfers))
 
 
-SEND_THREAD = "p2pchat-send-hash"
-"""The name of the thread that hashes a file for ``/send``."""
+def transfers_json(transfers: list[TransferStatus]) -> list[dict[str, Any]]:
+    """The ``transfers`` of ``/files`` in ``--json``: ``file`` (hex), ``name``,
+    ``size``, ``done`` (bytes), ``speed`` (bytes/s), ``holders``, ``eta``
+    (seconds or null), ``state``."""
+    return [
+        {
+            "file": t.file.hex(),
+            "name": t.name,
+            "size": t.size,
+            "done": t.done_bytes,
+            "speed": round(t.speed_Bps),
+            "holders": t.holders,
+            "eta": None if t.eta_s is None else round(t.eta_s, 1),
+            "state": t.state,
+        }
+        for t in transfers
+    ]
 
 
-def _send_file(node: Node, out: Replies, arg: str) -> threading.Thread | None:
-    """``/send PATH`` (the room) or ``/send NAME PATH`` (one member): hash the
-    file on a thread of its own (it reads the whole file: ~1-2 s per GiB),
-    then offer it (:meth:`Node.send_offer`); problems are reported through
-    ``out``.  Returns the thread (None if nothing was started)."""
+def _send_file(node: Node, out: Replies, arg: str) -> None:
+    """``/send PATH`` (the room) or ``/send NAME PATH`` (one member): the
+    node hashes the file on its file thread, serves it, then offers it
+    (:meth:`Node.send_file`); problems come back as error notices."""
     if not arg:
         out.error("usage: /send PATH, or /send NAME PATH to offer a file to one member")
-        return None
+        return
     to: str | None = None
     path = Path(arg).expanduser()
     if not path.is_file():
@@ -225,26 +245,60 @@ def _send_file(node: Node, out: Replies, arg: str) -> threading.Thread | None:
             to, path = who, Path(rest).expanduser()
         else:
             out.error(f"cannot send {clean(arg)}: no such file")
-            return None
+            return
     if to is not None and _is_self(node, to):
         out.error(f"{clean(to)} is you: a file goes to another member (/who lists them)")
+        return
+    try:
+        node.send_file(str(path), to=to)
+    except LocalError as exc:
+        out.error(f"cannot send {clean(path.name)}: {exc}")
+
+
+def _offer_arg(out: Replies, cmd: str, arg: str) -> FileOfferEvent | None:
+    """The offer ``/get`` or ``/cancel`` names (its number or file id), or
+    None after telling the user."""
+    if not arg:
+        out.error(f"usage: /{cmd} N (the number of an offer, as /files lists them) or a file id")
         return None
+    ev = OFFERS.resolve(arg.strip())
+    if ev is None:
+        out.error(f"no offer {clean(arg)} (/files lists them)")
+    return ev
 
-    def work() -> None:
-        try:
-            with path.open("rb") as f:
-                manifest, _ = hash_file(f)
-            node.send_offer(offer_for(manifest, path.name), to=to)
-        except BadOffer as exc:
-            out.error(f"cannot offer {clean(path.name)}: {exc}")
-        except (OSError, ValueError) as exc:
-            out.error(f"cannot read {clean(str(path))}: {exc}")
-        except LocalError as exc:
-            out.error(f"not offered: {exc}")
 
-    thread = threading.Thread(target=work, name=SEND_THREAD, daemon=True)
-    thread.start()
-    return thread
+def _get(node: Node, out: Replies, arg: str) -> None:
+    """``/get N``: fetch an offer's file (progress in the status line and
+    ``/files``; ``-- got NAME`` at the end)."""
+    ev = _offer_arg(out, "get", arg)
+    if ev is None:
+        return
+    try:
+        node.get_file(ev.offer.file_id.hex())
+    except LocalError as exc:
+        out.error(f"cannot get {shown_name(ev)}: {exc}")
+        return
+    if out.json_mode:
+        out.obj("get", file=ev.offer.file_id.hex(), name=ev.offer.name, size=ev.offer.size)
+    else:
+        out.text(
+            f"-- fetching {shown_name(ev)} ({format_size(ev.offer.size)}) "
+            f"into {clean(str(node.files.download_dir))}"
+        )
+
+
+def _cancel(node: Node, out: Replies, arg: str) -> None:
+    """``/cancel N``: stop a download (its part file stays: ``/get N`` resumes)."""
+    ev = _offer_arg(out, "cancel", arg)
+    if ev is None:
+        return
+    stopped = node.cancel_file(ev.offer.file_id.hex())
+    if out.json_mode:
+        out.obj("cancel", file=ev.offer.file_id.hex(), cancelled=stopped)
+    elif stopped:
+        out.text(f"-- stopped fetching {shown_name(ev)} (what came is kept: /get resumes it)")
+    else:
+        out.text(f"-- {shown_name(ev)} is not being fetched")
 
 
 def format_remembered(entries: list[Remembered], now: float) -> list[str]:
@@ -426,6 +480,10 @@ def _command(node: Node, out: Replies, line: str, state: CommandState, warned: s
         _files(node, out)
     elif cmd == "send":
         _send_file(node, out, arg)
+    elif cmd == "get":
+        _get(node, out, arg)
+    elif cmd == "cancel":
+        _cancel(node, out, arg)
     elif cmd == "me":
         if not arg:
             out.error("usage: /me ACTION")

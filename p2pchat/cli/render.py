@@ -17,7 +17,10 @@ from p2pchat.cli.offers import format_size
 from p2pchat.events import (
     AwayEvent,
     Event,
+    FileDoneEvent,
+    FileFailedEvent,
     FileOfferEvent,
+    FileProgressEvent,
     JoinEvent,
     KeyInfo,
     LeaveEvent,
@@ -33,6 +36,7 @@ from p2pchat.events import (
     Stats,
     TopicEvent,
 )
+from p2pchat.files.events import TransferStatus
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +133,67 @@ def format_offer(ev: FileOfferEvent, who: str, number: int) -> str:
     return f"{who} offers {you}{what} - /get {number}"
 
 
-def format_files(offers: list[FileOfferEvent]) -> list[str]:
+def format_eta(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``1h02m``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def progress_bar(done: int, size: int, width: int = 10) -> str:
+    """``[####------]``: ``width`` cells, ``#`` for the part done."""
+    filled = width if size <= 0 else min(width, done * width // size)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def format_progress(
+    name: str, done: int, size: int, speed: float, holders: int, eta: float | None
+) -> str:
+    """One download's progress (``name`` already cleaned):
+    ``report.pdf [####------] 41% 1.0 MB of 2.4 MB, 5.2 MB/s from 3, 1s left``."""
+    pct = 100 if size <= 0 else done * 100 // size
+    return (
+        f"{name} {progress_bar(done, size)} {pct}% {format_size(done)} of {format_size(size)}, "
+        f"{format_size(int(speed))}/s from {holders}, {format_eta(eta)} left"
+    )
+
+
+def format_transfer(t: TransferStatus) -> str:
+    """A ``/files`` row for one transfer: state, then progress."""
+    name = _BLANKS_RE.sub(" ", clean(t.name))
+    if t.state in ("fetching", "hashes"):
+        return "--   " + format_progress(
+            name, t.done_bytes, t.size, t.speed_Bps, t.holders, t.eta_s
+        )
+    if t.state == "offered":
+        return f"--   {name} ({format_size(t.size)}): offered by you, served"
+    words = {
+        "waiting": "waiting for a holder",
+        "done": "done",
+        "failed": "failed",
+        "cancelled": "cancelled (/get resumes it)",
+    }
+    pct = 100 if t.size <= 0 else t.done_bytes * 100 // t.size
+    return f"--   {name} ({format_size(t.size)}): {words.get(t.state, t.state)}, {pct}%"
+
+
+def format_files(
+    offers: list[FileOfferEvent], transfers: Sequence[TransferStatus] = ()
+) -> list[str]:
     """``/files``: one row per offer, oldest first: number, name, size, who,
-    when (and ``private`` for a one-member offer)."""
+    when (and ``private`` for a one-member offer); then the transfers of this
+    run with their progress."""
+    tail = (
+        [f"-- {len(transfers)} transfer{'s' if len(transfers) != 1 else ''}:"] if transfers else []
+    )
+    tail += [format_transfer(t) for t in transfers]
     if not offers:
-        return ["-- no files offered (yet)"]
+        return ["-- no files offered (yet)", *tail]
     out = [f"-- {len(offers)} file{'s' if len(offers) != 1 else ''} offered:"]
     for ev in offers:
         n = OFFERS.number(ev)
@@ -143,7 +203,7 @@ def format_files(offers: list[FileOfferEvent]) -> list[str]:
             f"--   {n:>3}  {shown_name(ev)}  {format_size(ev.offer.size)}  "
             f"from {who}, {format_clock(ev.ts)}{private}"
         )
-    return out
+    return out + tail
 
 
 def peer_row(line: str) -> str:
@@ -389,6 +449,15 @@ class Renderer:
             who = self._who(ev.origin, ev.display, ev.name)
             line = format_offer(ev, who, OFFERS.number(ev))
             return f"(earlier {format_clock(ev.ts)}) {line}" if ev.history else peer_row(line)
+        if isinstance(ev, FileProgressEvent):
+            return None  # the full screen's status line shows it; /files lists it
+        if isinstance(ev, FileDoneEvent):
+            return (
+                f"-- got {clean(ev.name)} ({format_size(ev.size)}): {clean(ev.path)} "
+                f"(sha256 {ev.sha256[:16]}...)"
+            )
+        if isinstance(ev, FileFailedEvent):
+            return f"!! {clean(ev.name)} failed: {clean(ev.reason)}"
         if isinstance(ev, JoinEvent):
             who = self._who(ev.origin, ev.display, ev.name)
             if ev.via == "presence" and not self.interactive:

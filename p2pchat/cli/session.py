@@ -160,6 +160,8 @@ def make_node(opts: Options, name: str, on_event: Callable[[Event], None]) -> No
         history_max_age_s=opts.history_days * 86400.0,
         history_max_lines=opts.history_lines,
         secret=opts.secret,
+        download_dir=opts.download_dir,
+        accept_files=opts.accept_files,
     )
     discovery = (
         MdnsDiscovery(interfaces=list(opts.interfaces) or None, service_type=opts.service_type)

@@ -108,6 +108,10 @@ class NodeConfig:
         history_max_age_s, history_max_lines: the history window: a room's
             lines older than this many seconds, or beyond the newest this
             many, are neither kept nor exchanged by catch-up.
+        download_dir: where fetched files go (``--download-dir``); None: the
+            user's downloads folder with ``p2pchat/`` under it.
+        accept_files: offers of at most this many bytes are fetched without
+            a ``/get`` (``--accept-files``); 0: none.
     """
 
     name: str
@@ -146,6 +150,8 @@ class NodeConfig:
     secret: bytes | None = field(default=None, repr=False)
     history_max_age_s: float = 7 * 86400.0
     history_max_lines: int = 10_000
+    download_dir: str | None = None
+    accept_files: int = 0
 
 
 def check_label(value: str, what: str, max_chars: int) -> str:

@@ -1,0 +1,136 @@
+"""``/send``, ``/get``, ``/files``, ``/cancel`` between p2pchat processes on
+127.0.0.1, as a user runs them (``--json`` and the line mode)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import unique_room
+from test_cli import LOOPBACK, NO_MDNS, _clean_exit, _pair, spawn  # noqa: F401 - the fixture
+
+from p2pchat.cli.args import parse_args, parse_size
+from p2pchat.harness import NodeProcess
+
+
+def test_size_options_read_decimal_units() -> None:
+    assert [parse_size(t) for t in ("0", "1500", "20M", "1.5G", "64k", "2MB", "3MiB")] == [
+        0,
+        1500,
+        20_000_000,
+        1_500_000_000,
+        64_000,
+        2_000_000,
+        3_000_000,
+    ]
+    opts = parse_args(["--name", "a", "--accept-files", "20M", "--download-dir", "/tmp/x"])
+    assert (opts.accept_files, opts.download_dir) == (20_000_000, "/tmp/x")
+
+
+def test_send_then_get_lands_the_checked_file_in_the_download_dir(
+    spawn: Callable[..., NodeProcess],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """bob offers a 3 MB file; alice ``/get 1``s it: ``file_progress`` while
+    it comes, ``file_done`` with the path and a SHA-256 equal to the
+    source's, the bytes in her download directory under the offered name,
+    nothing else left there; ``/files`` lists the transfer as done; a
+    second ``/get`` says it is fetched already."""
+    room = unique_room()
+    downloads = tmp_path / "alice downloads"
+    alice = spawn(
+        "--name", "alice", "--room", room, "--json", *NO_MDNS, "--download-dir", str(downloads)
+    )
+    ra = alice.wait_event("ready")
+    bob = spawn(
+        "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{ra['port']}"
+    )
+    rb = bob.wait_event("ready")
+    alice.wait_event("join", origin=rb["node"])
+    source = tmp_path / "report.bin"
+    data = os.urandom(3_000_000)
+    source.write_bytes(data)
+    bob.send_line(f"/send {source}")
+    offer = alice.wait_event("file_offer", name="report.bin")
+    alice.send_line(f"/get {offer['number']}")
+    assert alice.wait_event("get")["file"] == offer["file"]
+    done = alice.wait_event("file_done", file=offer["file"], timeout_s=30.0)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (done["size"], Path(done["path"])) == (3_000_000, downloads / "report.bin")
+    assert (downloads / "report.bin").read_bytes() == data
+    assert sorted(p.name for p in downloads.iterdir()) == ["report.bin"]
+    alice.send_line("/files")
+    (row,) = alice.wait_event("files")["transfers"]
+    assert (row["file"], row["state"], row["done"]) == (offer["file"], "done", 3_000_000)
+    # Fetched already: said so, not fetched twice.
+    alice.send_line(f"/get {offer['file'][:12]}")
+    assert "already fetched" in alice.wait_event("error")["text"]
+    for node in (alice, bob):
+        node.send_line("/quit")
+        _clean_exit(node)
+
+
+def test_get_in_the_line_mode_says_fetching_then_got(
+    spawn: Callable[..., NodeProcess],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """The line mode: ``bob offers notes.txt (12 B) - /get 1``, then
+    ``-- fetching notes.txt`` and ``-- got notes.txt (12 B): PATH``;
+    ``/get 9`` of no offer says so."""
+    room = unique_room()
+    alice, bob, _, _ = _pair(spawn, room)
+    port = alice.wait_event("ready")["port"]
+    downloads = tmp_path / "carol"
+    carol = spawn(
+        "--name", "carol", "--room", room, *NO_MDNS, "--peer", f"{LOOPBACK}:{port}",
+        "--download-dir", str(downloads), json_mode=False,
+    )  # fmt: skip
+    carol.wait_line(lambda s: "bob" in s and ("joined" in s or "is here" in s), "bob")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"hello, carol")
+    bob.send_line(f"/send {notes}")
+    carol.wait_line(lambda s: s.endswith("bob offers notes.txt (12 B) - /get 1"), "the offer")
+    carol.send_line("/get 9")
+    carol.wait_line(lambda s: s.startswith("!! no offer 9"), "no such offer")
+    carol.send_line("/get 1")
+    carol.wait_line(lambda s: s.startswith("-- fetching notes.txt (12 B) into"), "fetching")
+    carol.wait_line(lambda s: s.startswith("-- got notes.txt (12 B):"), "got", timeout_s=30.0)
+    assert (downloads / "notes.txt").read_bytes() == b"hello, carol"
+    for node in (carol, alice, bob):
+        node.send_line("/quit")
+        _clean_exit(node)
+
+
+def test_accept_files_fetches_small_offers_without_get(
+    spawn: Callable[..., NodeProcess],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """``--accept-files 1k``: a 100-byte offer is fetched at once, a 2 kB one
+    waits for ``/get``."""
+    room = unique_room()
+    downloads = tmp_path / "auto"
+    alice = spawn(
+        "--name", "alice", "--room", room, "--json", *NO_MDNS, "--accept-files", "1k",
+        "--download-dir", str(downloads),
+    )  # fmt: skip
+    ra = alice.wait_event("ready")
+    bob = spawn(
+        "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{ra['port']}"
+    )
+    alice.wait_event("join", origin=bob.wait_event("ready")["node"])
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(b"b" * 2000)
+    small.write_bytes(b"s" * 100)
+    bob.send_line(f"/send {big}")
+    alice.wait_event("file_offer", name="big.bin")
+    bob.send_line(f"/send {small}")
+    alice.wait_event("file_done", name="small.bin", timeout_s=30.0)
+    assert (downloads / "small.bin").read_bytes() == b"s" * 100
+    assert not (downloads / "big.bin").exists() and not any(
+        e.get("name") == "big.bin" for e in alice.of("file_progress")
+    )
+    for node in (alice, bob):
+        node.send_line("/quit")
+        _clean_exit(node)
