@@ -1281,3 +1281,36 @@ def test_text_and_json_output_of_topic_lines(monkeypatch: pytest.MonkeyPatch) ->
         out.close()
     (got,) = [json.loads(line) for line in json_term.getvalue().splitlines()]
     assert got == live.as_dict() and got["event"] == "topic" and got["room"] == "lobby"
+
+
+# -- file transfers (/get) -------------------------------------------------------------
+
+
+def test_a_download_shows_a_progress_bar_in_the_status_line_then_a_got_line() -> None:
+    """``/get``: the status line shows the download (name, bar, percent,
+    speed, time left) while it comes; at the end it is gone from there and
+    ``got NAME (SIZE): PATH`` is a system line."""
+    from p2pchat.events import FileDoneEvent, FileProgressEvent
+
+    fid = "ab" * 32
+    with running(cols=80, rows=24) as r:
+        before = r.screen.wait(lambda s: "0 links" in s[-2], "the status line")[-2]
+        r.view.on_event(
+            FileProgressEvent(
+                file=fid, name="report.pdf", done=1_000_000, size=2_400_000,
+                speed=5_200_000, holders=3, eta=0.3,
+            )
+        )  # fmt: skip
+        screen = r.screen.wait(lambda s: "report.pdf" in s[-2], "the progress")
+        assert screen[-2] == before + " · report.pdf [####------] 41% 5.2 MB/s 0s left"
+        assert "status" in r.screen.style_at("report.pdf [")
+        r.view.on_event(
+            FileDoneEvent(
+                file=fid, name="report.pdf", path="/tmp/dl/report.pdf", size=2_400_000,
+                sha256="cd" * 32,
+            )
+        )  # fmt: skip
+        screen = r.screen.wait(lambda s: "report.pdf" not in s[-2], "the progress gone")
+        assert screen[-2] == before
+        line = next(row for row in screen if "got report.pdf" in row)
+        assert line[6:].startswith("-!- got report.pdf (2.4 MB): /tmp/dl/report.pdf")

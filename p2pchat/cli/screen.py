@@ -71,17 +71,23 @@ from p2pchat.cli.chatlog import (
 from p2pchat.cli.commands import COMMANDS, CommandState, handle_line
 from p2pchat.cli.notify import NOTIFY_INTERVAL_S, Notifier
 from p2pchat.cli.offers import TABLE as OFFERS
+from p2pchat.cli.offers import format_size
 from p2pchat.cli.render import (
     Renderer,
     clean,
     format_current_topic,
+    format_eta,
     format_offer,
     format_topic,
+    progress_bar,
 )
 from p2pchat.events import (
     AwayEvent,
     Event,
+    FileDoneEvent,
+    FileFailedEvent,
     FileOfferEvent,
+    FileProgressEvent,
     JoinEvent,
     LeaveEvent,
     LineEvent,
@@ -114,6 +120,9 @@ INBOX_MAX = 100_000
 """Events queued for the screen at most; beyond, events are dropped (a frozen screen)."""
 MEMBERS_WIDTH = 22
 """Columns of the member list (F2)."""
+STATUS_FILE_NAME_CELLS = 16
+"""Cells of a download's name the status line shows at most."""
+
 STATUS_TOPIC_LABEL = " · topic: "
 STATUS_TOPIC_MIN = 12
 """Cells of topic text the status line shows at least (members and links are
@@ -149,6 +158,7 @@ STYLE = Style.from_dict(
         "status.lock": "reverse bold",
         "status.unread": "reverse bold",
         "status.topic": "reverse",
+        "status.files": "reverse bold",
         "prompt": "bold",
         "confirm": "bold ansiyellow",
         "members.head": "bold underline",
@@ -356,6 +366,7 @@ class ChatView:
         self._arrival_timer: asyncio.TimerHandle | None = None
         self.members: list[MemberInfo] = []
         self.topic: TopicEvent | None = None  # the room's current topic line
+        self.progress: dict[str, FileProgressEvent] = {}  # downloads under way, by file id
         self.links = 0
         self.show_members = False
         self.confirm: list[str] | None = None  # pasted lines waiting for y/n
@@ -464,11 +475,35 @@ class ChatView:
         else:
             frags.append(("", f" · {n} member{'s' if n != 1 else ''}"))
             frags.append(("", f" · {self.links} link{'s' if self.links != 1 else ''}"))
+        frags.extend(self._progress_fragments(compact))
         if self.log.offset and self.log.unread:
             frags.append(("class:status.unread", f" · {self.log.unread} unread"))
         elif self.log.offset:
             frags.append(("", " · scrolled up"))
         return frags
+
+    def _progress_fragments(self, compact: bool) -> StyleAndTextTuples:
+        """Downloads under way: one as ``report.pdf [####------] 41% 5.2 MB/s
+        1s left`` (the name cut to 16 cells; ``41% 1s`` when ``compact``),
+        several as ``3 files 41%`` (bytes done of all)."""
+        if not self.progress:
+            return []
+        if len(self.progress) > 1:
+            done = sum(p.done for p in self.progress.values())
+            size = sum(p.size for p in self.progress.values()) or 1
+            return [("class:status.files", f" · {len(self.progress)} files {done * 100 // size}%")]
+        (p,) = self.progress.values()
+        pct = 100 if p.size <= 0 else p.done * 100 // p.size
+        if compact:
+            return [("class:status.files", f" · ⇣{pct}% {format_eta(p.eta)}")]
+        name = fit_cells(tidy(p.name).strip(), STATUS_FILE_NAME_CELLS)
+        return [
+            (
+                "class:status.files",
+                f" · {name} {progress_bar(p.done, p.size)} {pct}% "
+                f"{format_size(p.speed)}/s {format_eta(p.eta)} left",
+            )
+        ]
 
     def _member_fragments(self) -> StyleAndTextTuples:
         rows = sorted(self.members, key=lambda m: (not m.self, m.display.casefold(), m.node))
@@ -750,6 +785,11 @@ class ChatView:
         if isinstance(ev, TopicEvent):
             self._on_topic(ev)
             return False
+        if isinstance(ev, FileProgressEvent):
+            self.progress[ev.file] = ev  # the status line shows it
+            return False
+        if isinstance(ev, (FileDoneEvent, FileFailedEvent)):
+            self.progress.pop(ev.file, None)
         if isinstance(ev, FileOfferEvent):
             if ev.history:
                 self._hold_earlier(ev)
