@@ -333,6 +333,13 @@ class NodeProcess:
 
         return self._wait_first(self.events, match, f"{kind} {fields}", timeout_s)
 
+    def wait_event_where(
+        self, pred: Callable[[Event], bool], what: str, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> Event:
+        """The first event (taken already or later) for which ``pred`` is
+        true; :class:`WaitFailed` as for :meth:`wait_event`."""
+        return self._wait_first(self.events, pred, what, timeout_s)
+
     def wait_line(
         self, pred: Callable[[str], bool], what: str, timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> str:

@@ -134,3 +134,4 @@ def test_accept_files_fetches_small_offers_without_get(
     for node in (alice, bob):
         node.send_line("/quit")
         _clean_exit(node)
+
