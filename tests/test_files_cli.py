@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from conftest import unique_room
+from conftest import unique_room, wait_for
 from test_cli import LOOPBACK, NO_MDNS, _clean_exit, _pair, spawn  # noqa: F401 - the fixture
 
 from p2pchat.cli.args import parse_args, parse_size
@@ -135,3 +137,71 @@ def test_accept_files_fetches_small_offers_without_get(
         node.send_line("/quit")
         _clean_exit(node)
 
+
+def _files_row(node: NodeProcess, file_id: str) -> dict[str, Any]:
+    """The transfer ``file_id`` in a fresh ``/files`` answer of ``node`` ({} if none)."""
+    before = len(node.of("files"))
+    node.send_line("/files")
+    node.wait_event_where(lambda e: len(node.of("files")) > before, "/files")
+    got = node.of("files")[before]
+    return next((t for t in got["transfers"] if t["file"] == file_id), {})
+
+
+def test_a_download_resumes_after_kill_9_of_the_receiver_and_of_the_sender(
+    spawn: Callable[..., NodeProcess],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """alice fetches a 16 MB file from bob, its only holder, and cannot get
+    all of it: bob's copy of the last chunk changed on disk (same size and
+    time, other bytes), so bob serves what still checks until he reads that
+    chunk, and then no more. Both are killed with SIGKILL; the file is put
+    back; both start again on their data directories and nobody types
+    anything: bob serves his offer again, alice resumes where she stopped
+    (her first progress counts every chunk she had) and ends with the file
+    whole and checked, nothing else left in her download directory."""
+    room = unique_room()
+    downloads = tmp_path / "alice downloads"
+    a_args = ("--name", "alice", "--room", room, "--json", *NO_MDNS,
+              "--data-dir", str(tmp_path / "alice"), "--download-dir", str(downloads))  # fmt: skip
+    alice = spawn(*a_args, ephemeral=False)
+    port = alice.wait_event("ready")["port"]
+    b_args = ("--name", "bob", "--room", room, "--json", *NO_MDNS,
+              "--data-dir", str(tmp_path / "bob"))  # fmt: skip
+    bob = spawn(*b_args, "--peer", f"{LOOPBACK}:{port}", ephemeral=False)
+    alice.wait_event("join", origin=bob.wait_event("ready")["node"])
+    source = tmp_path / "big.bin"
+    data = os.urandom(16 * 1024 * 1024)
+    source.write_bytes(data)
+    bob.send_line(f"/send {source}")
+    offer = alice.wait_event("file_offer", name="big.bin")
+    fid = offer["file"]
+    kept = os.stat(source)
+    with source.open("r+b") as f:  # the last chunk changes under bob
+        f.seek(len(data) - 1000)
+        f.write(os.urandom(1000))
+    os.utime(source, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    alice.send_line(f"/get {offer['number']}")
+    wait_for(lambda: _files_row(alice, fid).get("state") == "waiting", 30.0, "alice out of holders")
+    stalled = time.time()
+    had = _files_row(alice, fid)["done"]
+    assert had < len(data) and not alice.of("file_done")
+    chunk_map = downloads / "big.bin.p2pchat-map"
+    if had:  # (bob may have read the changed chunk first: then alice has nothing)
+        wait_for(lambda: chunk_map.stat().st_mtime >= stalled, 5.0, "the chunk map written")
+    for node in (alice, bob):
+        node.proc.kill()
+        node.wait()
+    source.write_bytes(data)
+    os.utime(source, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    bob = spawn(*b_args, ephemeral=False)
+    b_port = bob.wait_event("ready")["port"]
+    alice = spawn(*a_args, "--peer", f"{LOOPBACK}:{b_port}", ephemeral=False)
+    again = alice.wait_event("file_progress", file=fid, timeout_s=30.0)
+    assert again["done"] >= had  # resumed, not started over
+    done = alice.wait_event("file_done", file=fid, timeout_s=60.0)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (downloads / "big.bin").read_bytes() == data
+    assert sorted(p.name for p in downloads.iterdir()) == ["big.bin"]
+    for node in (alice, bob):
+        node.send_line("/quit")
+        _clean_exit(node)

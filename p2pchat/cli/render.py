@@ -375,6 +375,7 @@ def format_stats(stats: Stats) -> list[str]:
         f"   rate-limited: {group(stats.rate_limited)}; queue drops {stats.queue_drops}",
         f"   history: {stats.stored_lines} lines stored; catch-up in {stats.catchup_in}, "
         f"out {stats.catchup_out}; store writer stalls {stats.store_stalls}",
+        *([f"   files: {group(stats.files)}"] if stats.files else []),
     ]
 
 

@@ -20,6 +20,7 @@ A malformed or out-of-order data-link message ends that data link
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections import Counter, deque
@@ -81,6 +82,8 @@ PROGRESS_EVERY_S: Final = 0.25
 
 SPEED_WINDOW_S: Final = 2.0
 """Speeds are measured over the last 2 s."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -563,7 +566,10 @@ class Engine:
             self.jobs.append((link.id, msg.file, msg.idx))
             return []
         if verdict.action is ServeAction.DECLINE:
-            return [self._frame(link, dw.FNo(file=msg.file, idx=msg.idx, busy=verdict.busy))]
+            # A file we do not serve (to this peer, or any more: it changed on
+            # disk) is declined whole, so the requester stops asking us for it.
+            idx = dw.WHOLE_FILE if verdict.reason == "file_unknown" else msg.idx
+            return [self._frame(link, dw.FNo(file=msg.file, idx=idx, busy=verdict.busy))]
         return []
 
     def _on_chunk(self, link: _Link, msg: dw.FChunk, now: float) -> list[EngineAction]:
@@ -707,6 +713,7 @@ class Engine:
             if s is not None and s.source is not None:
                 self.server.withdraw(fid)  # the file changed on disk
                 self.counters["offer_changed"] += 1
+                return [self._frame(link, dw.FNo(file=fid, idx=dw.WHOLE_FILE))]
             return [self._frame(link, dw.FNo(file=fid, idx=idx))]
         out: list[EngineAction] = []
         for off in range(0, max(1, len(data)), dw.MAX_SLICE_BYTES):
@@ -722,6 +729,11 @@ class Engine:
         """Time passes: timeouts, requests, ``fhas`` batches, progress, idle links."""
         out: list[EngineAction] = []
         for d in list(self.downloads.values()):
+            if d.partial is not None and d.state in ("fetching", "waiting"):
+                try:
+                    d.partial.flush_due(now)  # a stalled download's last chunks marked
+                except OSError as exc:
+                    log.warning("cannot write the chunk map of %s: %s", d.offer.name, exc)
             if not d.started or d.state not in ("hashes", "fetching"):
                 continue
             if d.state == "hashes":
@@ -940,9 +952,11 @@ class Engine:
         out = []
         for d in self.downloads.values():
             p = self._progress(d, now)
+            # Fetching with no holder that has something to give: waiting for one.
+            state = "waiting" if d.state == "fetching" and not p.holders else d.state
             out.append(
                 TransferStatus(
-                    p.file, p.name, p.size, p.done_bytes, p.speed_Bps, p.holders, p.eta_s, d.state
+                    p.file, p.name, p.size, p.done_bytes, p.speed_Bps, p.holders, p.eta_s, state
                 )
             )
         for fid, s in self.served.items():

@@ -487,6 +487,18 @@ class PartialFile:
         self._dirty = False
         self._last_flush = now
 
+    def flush_due(self, now: float) -> None:
+        """The timer's turn: write the map if chunks came since it was last
+        written and :data:`MAP_FLUSH_EVERY_S` has passed, so a download that
+        stalls (its holders gone) does not keep its last chunks unmarked until
+        the next one comes; a crash then loses at most that second.
+
+        Raises:
+            OSError: as :meth:`flush`.
+        """
+        if self._dirty and now - self._last_flush >= MAP_FLUSH_EVERY_S:
+            self.flush(now)
+
     @staticmethod
     def _slot_bytes(seq: int, done: bytearray) -> bytes:
         body = _SEQ.pack(seq) + bytes(done)
