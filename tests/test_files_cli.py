@@ -205,3 +205,50 @@ def test_a_download_resumes_after_kill_9_of_the_receiver_and_of_the_sender(
     for node in (alice, bob):
         node.send_line("/quit")
         _clean_exit(node)
+
+
+def test_in_a_private_room_a_file_for_one_member_reaches_her_alone(
+    spawn: Callable[..., NodeProcess],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """A private room (``--secret-file``): bob ``/send alice PATH``; alice
+    fetches it (data links sealed with the room's key too); carol, in the
+    room, never sees the offer, and ``/get`` with its file id tells her
+    there is no such offer; a room offer in the same room she fetches."""
+    secret = tmp_path / "secret"
+    secret.write_text("a long shared secret for the three of us\n")
+    room = unique_room()
+    common = ["--room", room, "--json", *NO_MDNS, "--secret-file", str(secret)]
+    alice = spawn("--name", "alice", *common, "--download-dir", str(tmp_path / "a"))
+    port = alice.wait_event("ready")["port"]
+    bob = spawn("--name", "bob", *common, "--peer", f"{LOOPBACK}:{port}")
+    carol = spawn("--name", "carol", *common, "--peer", f"{LOOPBACK}:{port}",
+                  "--download-dir", str(tmp_path / "c"))  # fmt: skip
+    b_id = bob.wait_event("ready")["node"]
+    for node in (alice, carol):
+        node.wait_event("join", origin=b_id)
+    bob.wait_event("join", origin=alice.wait_event("ready")["node"])
+    plan = tmp_path / "plan.txt"
+    plan.write_bytes(b"for alice only\n" * 1000)
+    bob.send_line(f"/send alice {plan}")
+    offer = alice.wait_event("file_offer", name="plan.txt")
+    assert offer["private"] is True
+    alice.send_line(f"/get {offer['number']}")
+    done = alice.wait_event("file_done", file=offer["file"], timeout_s=30.0)
+    assert (tmp_path / "a" / "plan.txt").read_bytes() == plan.read_bytes()
+    assert done["sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
+    carol.send_line(f"/get {offer['file']}")
+    assert carol.wait_event("error")["text"].startswith("no offer ")
+    # A room offer: carol fetches it (her data link to bob sealed as alice's was).
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"for everyone\n")
+    bob.send_line(f"/send {notes}")
+    room_offer = carol.wait_event("file_offer", name="notes.txt")
+    carol.send_line(f"/get {room_offer['number']}")
+    carol.wait_event("file_done", file=room_offer["file"], timeout_s=30.0)
+    assert (tmp_path / "c" / "notes.txt").read_bytes() == b"for everyone\n"
+    assert all(e["name"] != "plan.txt" for e in carol.of("file_offer"))
+    assert not (tmp_path / "c" / "plan.txt").exists()
+    for node in (alice, bob, carol):
+        node.send_line("/quit")
+        _clean_exit(node)
