@@ -54,6 +54,11 @@ event; server: the size of a client's output file) or half the time a
 single copy takes at ``--rate``, whichever comes first.  The table says
 whether every receiver still finished.
 
+After each p2pchat run every node is asked ``/stats`` and its file-transfer
+counters go to stderr (``  stats r3: chunks_served=... swarm_requests=...``): how
+many chunks each node served, the swarm's requests, timeouts and declines, and
+the refusals, to tell where the time went.
+
 Output: the table on stdout (progress on stderr); ``--json``: then one JSON
 line with every figure; ``--plot FILE.png``: completion time against
 receivers (needs matplotlib; without it the bench says so and goes on).
@@ -125,6 +130,8 @@ READY_DEADLINE_S = 60.0
 MESH_DEADLINE_S = 90.0
 PROBE_DEADLINE_S = 30.0
 POLL_S = 0.01
+STATS_DEADLINE_S = 5.0
+"""How long the bench waits for a node's ``/stats`` after a p2pchat run."""
 GOALS = {
     "p2pchat/tcp": "goal <= 1.15",
     "p2pchat(N)/p2pchat(1)": "goal <= 2.5",
@@ -1122,6 +1129,7 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
                 sender.pump(POLL_S)
         finally:
             stopper.resume()
+        print_files_stats(nodes)
         trial = Trial("p2pchat", n, [], [])
         for k in range(n):  # the copies are checked once every clock has stopped
             ev = done[k]
@@ -1143,6 +1151,45 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
         _stop(nodes)
         for i in range(n + 1):
             shutil.rmtree(ctx.tmp / f"p2p-{tag}-{i}", ignore_errors=True)
+
+
+def files_stats(nodes: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """Each node's file-transfer counters, by its label: ``/stats``'s ``files``
+    counters with the ``file_*``/``data_*`` refusals, link refusals and rate limits
+    (nonzero only); a node that does not answer within :data:`STATS_DEADLINE_S`
+    is left out."""
+    from p2pchat.harness import WaitFailed
+
+    for p in nodes:
+        if p.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                p.send_line("/stats")
+    out: dict[str, dict[str, int]] = {}
+    for p in nodes:
+        try:
+            ev = p.wait_event("stats", timeout_s=STATS_DEADLINE_S)
+        except WaitFailed:
+            continue
+        counts: dict[str, int] = {}
+        files = ev.get("files")
+        if isinstance(files, dict):
+            counts.update({str(k): int(v) for k, v in files.items() if v})
+        for kind in ("frames_refused", "rate_limited", "links_refused"):
+            found = ev.get(kind)
+            if isinstance(found, dict):
+                for k, v in found.items():
+                    if v and str(k).startswith(("file_", "data_", "bad_")):
+                        counts[f"{kind}.{k}"] = int(v)
+        out[p.label] = counts
+    return out
+
+
+def print_files_stats(nodes: Sequence[Any]) -> None:
+    """Print :func:`files_stats` to stderr, one line per node (where the time went:
+    chunks served by whom, swarm timeouts and declines, refusals)."""
+    for label, counts in files_stats(nodes).items():
+        text = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        print(f"  stats {label}: {text}", file=sys.stderr)
 
 
 def _copy_differs(ev: dict[str, Any], ctx: Ctx) -> bool:
