@@ -276,6 +276,33 @@ def test_interrupter_stops_the_sender_then_continues_it() -> None:
         child.wait()
 
 
+def test_interrupt_after_stops_at_that_time_whatever_the_progress() -> None:
+    """``--interrupt-after 3``: the progress trigger is off, the time is 3 s after the
+    start; the table's head and the JSON say so."""
+    args = bf.parse_args(["--interrupt-sender", "10", "--interrupt-after", "3"])
+    assert (args.interrupt_sender, args.interrupt_after) == (10.0, 3.0)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ctx = bf.Ctx(None, Path("x"), "", 50 * bf.MB, Path("."), 10**8, 10.0, 60.0)
+        ctx.interrupt_after_s = 3.0
+        stopper = ctx.stopper(child.pid, start=0.0)
+        stopper.check(2.9, 0.99)  # nearly all there, but not yet 3 s
+        assert math.isnan(stopper.stopped_at)
+        stopper.check(3.0, 0.99)
+        _wait_state(child.pid, stopped=True)
+        stopper.resume()
+        _wait_state(child.pid, stopped=False)
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.kill()
+        child.wait()
+    setup = _setup()
+    setup.interrupt_s, setup.interrupt_after_s = 10.0, 3.0
+    text = bf.format_table(setup, bf.summarize([]))
+    assert "sender stopped for 10 s in the server and p2pchat runs (3 s after the start)" in text
+    assert bf.json_result(setup, {})["interrupt_after_s"] == 3.0
+
+
 def _stopped(pid: int) -> bool:
     """Whether the process is stopped (state T in /proc)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
