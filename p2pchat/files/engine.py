@@ -182,18 +182,6 @@ class _Served:
     allowed: frozenset[str] | None
     source: SourceFile | None  # None: served from the download's part file
     interested: dict[str, Holder] = field(default_factory=dict)
-    sent: bytearray | None = None  # per chunk: times served (up to 255), made at the first
-
-    def times_sent(self, idx: int) -> int:
-        """How often chunk ``idx`` was served (0 to 255)."""
-        return self.sent[idx] if self.sent is not None and 0 <= idx < len(self.sent) else 0
-
-    def count_sent(self, idx: int) -> None:
-        """Chunk ``idx`` was served once more."""
-        if self.sent is None:
-            self.sent = bytearray(self.offer.n_chunks)
-        if 0 <= idx < len(self.sent) and self.sent[idx] < 255:
-            self.sent[idx] += 1
 
 
 class Engine:
@@ -675,19 +663,9 @@ class Engine:
 
     def pump(self, room: Callable[[int], bool], now: float) -> list[EngineAction]:
         """Serve queued chunk and piece requests on links with ``room``
-        (their send queue is short): read, check, slice, send.
-
-        Fresh chunks first: hash-list pieces, then the chunks served least
-        often so far, in the order asked among equals.  Ten receivers that
-        each ask the offerer for what they think only it has ask it for the
-        same chunks (they learn of each other's chunks only after these
-        arrive), so a seed serving in arrival order sends some chunks twice
-        before others once; fresh first, every chunk is out of the seed,
-        and with the swarm, at the earliest (``docs/performance.md``, "Files")."""
+        (their send queue is short): read, check, slice, send."""
         out: list[EngineAction] = []
         waiting: deque[tuple[int, bytes, int]] = deque()
-        if len(self.jobs) > 1:
-            self.jobs = deque(sorted(self.jobs, key=self._serve_order))
         while self.jobs:
             job = self.jobs.popleft()
             link_id, fid, idx = job
@@ -705,13 +683,6 @@ class Engine:
                 out += self._serve_chunk(link, fid, idx)
         self.jobs = waiting
         return out
-
-    def _serve_order(self, job: tuple[int, bytes, int]) -> int:
-        _, fid, idx = job
-        if idx < 0:
-            return -1  # a hash-list piece: a receiver can do nothing without it
-        s = self.served.get(fid)
-        return s.times_sent(idx) if s is not None else 0
 
     def _serve_piece(self, link: _Link, fid: bytes, piece: int) -> list[EngineAction]:
         leaves = self._leaves(fid)
@@ -743,8 +714,6 @@ class Engine:
             out.append(self._frame(link, dw.FChunk(file=fid, idx=idx, off=off, data=piece)))
         self.server.sent(link.node, fid, idx)
         self.counters["chunks_served"] += 1
-        if s is not None:
-            s.count_sent(idx)
         return out
 
     # -- time --------------------------------------------------------------------------
