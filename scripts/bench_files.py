@@ -52,7 +52,14 @@ process is stopped (SIGSTOP) for S seconds, then continued (SIGCONT), once
 the first receiver has 30 % of the file (p2pchat: a ``file_progress``
 event; server: the size of a client's output file) or half the time a
 single copy takes at ``--rate``, whichever comes first.  The table says
-whether every receiver still finished.
+whether every receiver still finished.  ``--interrupt-after T`` stops it T
+seconds after the start instead, whatever the progress (in the middle of a
+transfer, when the receivers may already hold every chunk between them).
+
+After each p2pchat run every node is asked ``/stats`` and its file-transfer
+counters go to stderr (``  stats r3: chunks_served=... swarm_requests=...``): how
+many chunks each node served, the swarm's requests, timeouts and declines, and
+the refusals, to tell where the time went.
 
 Output: the table on stdout (progress on stderr); ``--json``: then one JSON
 line with every figure; ``--plot FILE.png``: completion time against
@@ -125,6 +132,8 @@ READY_DEADLINE_S = 60.0
 MESH_DEADLINE_S = 90.0
 PROBE_DEADLINE_S = 30.0
 POLL_S = 0.01
+STATS_DEADLINE_S = 5.0
+"""How long the bench waits for a node's ``/stats`` after a p2pchat run."""
 GOALS = {
     "p2pchat/tcp": "goal <= 1.15",
     "p2pchat(N)/p2pchat(1)": "goal <= 2.5",
@@ -341,6 +350,7 @@ class Setup:
         runs: runs per receiver count.
         counts: the receiver counts measured (ascending).
         interrupt_s: ``--interrupt-sender`` (0: none).
+        interrupt_after_s: ``--interrupt-after`` (0: the progress trigger).
         client: what the server's clients were (``curl`` or ``urllib``).
         unavailable: system -> why it was not measured.
     """
@@ -350,6 +360,7 @@ class Setup:
     runs: int
     counts: list[int]
     interrupt_s: float = 0.0
+    interrupt_after_s: float = 0.0
     client: str = "curl"
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -365,9 +376,13 @@ def format_table(setup: Setup, summary: dict[str, dict[int, Cell]]) -> str:
         f"server clients: {setup.client}",
     ]
     if setup.interrupt_s > 0:
+        when = (
+            f"{setup.interrupt_after_s:g} s after the start"
+            if setup.interrupt_after_s > 0
+            else f"at {PROGRESS_TRIGGER:.0%} of the first receiver or half a copy's time"
+        )
         head.append(
-            f"sender stopped for {setup.interrupt_s:g} s in the server and p2pchat runs "
-            f"(at {PROGRESS_TRIGGER:.0%} of the first receiver or half a copy's time)"
+            f"sender stopped for {setup.interrupt_s:g} s in the server and p2pchat runs ({when})"
         )
     head += [
         "",
@@ -454,6 +469,7 @@ def json_result(setup: Setup, summary: dict[str, dict[int, Cell]]) -> dict[str, 
         "runs": setup.runs,
         "receivers": setup.counts,
         "interrupt_sender_s": setup.interrupt_s,
+        "interrupt_after_s": setup.interrupt_after_s,
         "server_client": setup.client,
         "systems": systems,
         "ratios": {k: num(v) for k, v in r.items() if k != "N"} | {"N": int(r["N"])},
@@ -547,6 +563,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(server and p2pchat runs); 0: never",
     )
     p.add_argument(
+        "--interrupt-after",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --interrupt-sender: stop it S seconds after the start instead "
+        "(e.g. in the middle of the transfer); 0: at 30%% of the first receiver",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=0.0,
@@ -580,6 +604,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         problems.append(f"--runs must be 1..{MAX_RUNS}")
     if not (math.isfinite(args.interrupt_sender) and 0 <= args.interrupt_sender <= 600):
         problems.append("--interrupt-sender must be 0..600 s")
+    if not (math.isfinite(args.interrupt_after) and 0 <= args.interrupt_after <= 600):
+        problems.append("--interrupt-after must be 0..600 s")
     if not (math.isfinite(args.timeout) and 0 <= args.timeout <= 3600):
         problems.append("--timeout must be 0..3600 s")
     if problems:
@@ -732,6 +758,7 @@ class Ctx:
         source: the file sent; ``sha256``: its hex digest; ``size``: its bytes.
         tmp: a scratch directory (the run's own).
         rate_bps, interrupt_s, timeout_s: the options.
+        interrupt_after_s: ``--interrupt-after`` (0: the progress trigger).
         download_dir_flag: whether p2pchat takes ``--download-dir``.
         p2pchat_args: ``--p2pchat-arg``, for every node.
     """
@@ -746,6 +773,15 @@ class Ctx:
     timeout_s: float
     download_dir_flag: bool = False
     p2pchat_args: list[str] = field(default_factory=list)
+    interrupt_after_s: float = 0.0
+
+    def stopper(self, pid: int, start: float) -> Interrupter:
+        """The :class:`Interrupter` of a run whose sender is ``pid``, started at ``start``:
+        at :data:`PROGRESS_TRIGGER` or half a copy's time, or at ``--interrupt-after``."""
+        if self.interrupt_after_s > 0:
+            return Interrupter(pid, self.interrupt_s, start, self.interrupt_after_s, math.inf)
+        half_copy_s = wire_seconds(self.size, self.rate_bps) / 2
+        return Interrupter(pid, self.interrupt_s, start, half_copy_s)
 
     def addr(self, i: int) -> str:
         """Host ``i``'s address (0: the sender)."""
@@ -833,12 +869,22 @@ def _first_line(exc: BaseException) -> str:
 
 class Interrupter:
     """Stops the sender once, for ``seconds``, when :meth:`check` is first told a
-    receiver has :data:`PROGRESS_TRIGGER` of the file or half a copy's time has passed.
+    receiver has ``trigger`` of the file (default :data:`PROGRESS_TRIGGER`; ``inf``:
+    never) or ``half_copy_s`` have passed since ``start`` (by default half a copy's
+    time; ``--interrupt-after``'s seconds).
 
     Used by the driver's thread only."""
 
-    def __init__(self, pid: int, seconds: float, start: float, half_copy_s: float) -> None:
+    def __init__(
+        self,
+        pid: int,
+        seconds: float,
+        start: float,
+        half_copy_s: float,
+        trigger: float = PROGRESS_TRIGGER,
+    ) -> None:
         self.pid = pid
+        self.trigger = trigger
         self.seconds = seconds
         self.start = start
         self.half_copy_s = half_copy_s
@@ -850,7 +896,7 @@ class Interrupter:
         if self.seconds <= 0:
             return
         if math.isnan(self.stopped_at):
-            if fraction >= PROGRESS_TRIGGER or now - self.start >= self.half_copy_s:
+            if fraction >= self.trigger or now - self.start >= self.half_copy_s:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGSTOP)
                 self.stopped_at = now
@@ -893,9 +939,7 @@ def run_server(ctx: Ctx, n: int, tag: str, curl: bool) -> Trial:
             clients.append(ctx.net.popen(i, argv, stdout=subprocess.DEVNULL))
         ends: list[float] = [math.nan] * n
         codes: list[int | None] = [None] * n
-        stopper = Interrupter(
-            server.proc.pid, ctx.interrupt_s, start, wire_seconds(ctx.size, ctx.rate_bps) / 2
-        )
+        stopper = ctx.stopper(server.proc.pid, start)
         deadline = start + ctx.timeout_s
         try:
             while any(c is None for c in codes) and time.monotonic() < deadline:
@@ -1071,9 +1115,7 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
         seen = len(sender.events)
         start = time.monotonic()
         sender.send_line(f"/send {ctx.source}")
-        stopper = Interrupter(
-            sender.proc.pid, ctx.interrupt_s, start, wire_seconds(ctx.size, ctx.rate_bps) / 2
-        )
+        stopper = ctx.stopper(sender.proc.pid, start)
         asked: list[str | None] = [None] * n
         after_get = [0] * n  # each receiver's events before its /get
         ends: list[float] = [math.nan] * n
@@ -1122,6 +1164,7 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
                 sender.pump(POLL_S)
         finally:
             stopper.resume()
+        print_files_stats(nodes)
         trial = Trial("p2pchat", n, [], [])
         for k in range(n):  # the copies are checked once every clock has stopped
             ev = done[k]
@@ -1143,6 +1186,45 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
         _stop(nodes)
         for i in range(n + 1):
             shutil.rmtree(ctx.tmp / f"p2p-{tag}-{i}", ignore_errors=True)
+
+
+def files_stats(nodes: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """Each node's file-transfer counters, by its label: ``/stats``'s ``files``
+    counters with the ``file_*``/``data_*`` refusals, link refusals and rate limits
+    (nonzero only); a node that does not answer within :data:`STATS_DEADLINE_S`
+    is left out."""
+    from p2pchat.harness import WaitFailed
+
+    for p in nodes:
+        if p.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                p.send_line("/stats")
+    out: dict[str, dict[str, int]] = {}
+    for p in nodes:
+        try:
+            ev = p.wait_event("stats", timeout_s=STATS_DEADLINE_S)
+        except WaitFailed:
+            continue
+        counts: dict[str, int] = {}
+        files = ev.get("files")
+        if isinstance(files, dict):
+            counts.update({str(k): int(v) for k, v in files.items() if v})
+        for kind in ("frames_refused", "rate_limited", "links_refused"):
+            found = ev.get(kind)
+            if isinstance(found, dict):
+                for k, v in found.items():
+                    if v and str(k).startswith(("file_", "data_", "bad_")):
+                        counts[f"{kind}.{k}"] = int(v)
+        out[p.label] = counts
+    return out
+
+
+def print_files_stats(nodes: Sequence[Any]) -> None:
+    """Print :func:`files_stats` to stderr, one line per node (where the time went:
+    chunks served by whom, swarm timeouts and declines, refusals)."""
+    for label, counts in files_stats(nodes).items():
+        text = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        print(f"  stats {label}: {text}", file=sys.stderr)
 
 
 def _copy_differs(ev: dict[str, Any], ctx: Ctx) -> bool:
@@ -1185,6 +1267,7 @@ def measure(args: argparse.Namespace, setup: Setup) -> list[Trial]:
         digest = make_source(source, size)
         ctx = Ctx(net, source, digest, size, tmp, setup.rate_bps, setup.interrupt_s, timeout_s)
         ctx.p2pchat_args = list(args.p2pchat_arg)
+        ctx.interrupt_after_s = setup.interrupt_after_s
         want_p2pchat = args.p2pchat
         if want_p2pchat:
             try:
@@ -1257,6 +1340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs,
         counts=args.receivers,
         interrupt_s=args.interrupt_sender,
+        interrupt_after_s=args.interrupt_after,
         client="curl" if shutil.which("curl") else "urllib",
     )
 

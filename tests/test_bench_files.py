@@ -17,7 +17,7 @@ import pytest
 from conftest import wait_for
 from netns_lab import netns_available
 
-from p2pchat.harness import NodeProcess, stop
+from p2pchat.harness import NodeProcess, WaitFailed, stop
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_files.py"
 sys.path.insert(0, str(BENCH.parent))
@@ -197,6 +197,59 @@ def test_progress_events_read_in_any_of_the_usual_shapes() -> None:
     assert bf._progress_fraction({"speed": 12}, size) == 0.0
 
 
+class _FakeProc:
+    def __init__(self, rc: int | None) -> None:
+        self.rc = rc
+
+    def poll(self) -> int | None:
+        return self.rc
+
+
+class _FakeNode:
+    """What :func:`bf.files_stats` uses of a harness ``NodeProcess``: ``stats``
+    None is a node that has exited (no answer)."""
+
+    def __init__(self, label: str, stats: dict[str, object] | None) -> None:
+        self.label = label
+        self.stats = stats
+        self.sent: list[str] = []
+        self.proc = _FakeProc(None if stats is not None else 1)
+
+    def send_line(self, text: str) -> None:
+        self.sent.append(text)
+
+    def wait_event(self, kind: str, /, *, timeout_s: float) -> dict[str, object]:
+        if self.stats is None or kind != "stats" or self.sent != ["/stats"]:
+            raise WaitFailed(f"{self.label}: no {kind} within {timeout_s} s")
+        return {"event": "stats", **self.stats}
+
+
+def test_files_stats_keeps_the_file_counters_and_refusals_of_each_node() -> None:
+    """The bench's per-node evidence after a p2pchat run: ``/stats``'s ``files``
+    counters and the file/data refusals, nonzero only; a node that does not
+    answer is left out."""
+    sender = _FakeNode(
+        "s",
+        {
+            "files": {"chunks_served": 331, "served_bytes": 86_700_160, "files_done": 0},
+            "frames_refused": {"bad_chunk": 0, "mac": 2, "data_reassembly": 1},
+            "rate_limited": {"file_in_flight": 4, "origin": 9},
+            "links_refused": {"data_busy": 3, "full": 1},
+        },
+    )
+    gone = _FakeNode("r1", None)
+    assert bf.files_stats([sender, gone]) == {
+        "s": {
+            "chunks_served": 331,
+            "served_bytes": 86_700_160,
+            "frames_refused.data_reassembly": 1,
+            "rate_limited.file_in_flight": 4,
+            "links_refused.data_busy": 3,
+        }
+    }
+    assert sender.sent == ["/stats"] and gone.sent == []  # an exited node is not written to
+
+
 def test_interrupter_stops_the_sender_then_continues_it() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -221,6 +274,33 @@ def test_interrupter_stops_the_sender_then_continues_it() -> None:
         os.kill(child.pid, signal.SIGCONT)  # should an assertion have failed while stopped
         child.kill()
         child.wait()
+
+
+def test_interrupt_after_stops_at_that_time_whatever_the_progress() -> None:
+    """``--interrupt-after 3``: the progress trigger is off, the time is 3 s after the
+    start; the table's head and the JSON say so."""
+    args = bf.parse_args(["--interrupt-sender", "10", "--interrupt-after", "3"])
+    assert (args.interrupt_sender, args.interrupt_after) == (10.0, 3.0)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ctx = bf.Ctx(None, Path("x"), "", 50 * bf.MB, Path("."), 10**8, 10.0, 60.0)
+        ctx.interrupt_after_s = 3.0
+        stopper = ctx.stopper(child.pid, start=0.0)
+        stopper.check(2.9, 0.99)  # nearly all there, but not yet 3 s
+        assert math.isnan(stopper.stopped_at)
+        stopper.check(3.0, 0.99)
+        _wait_state(child.pid, stopped=True)
+        stopper.resume()
+        _wait_state(child.pid, stopped=False)
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.kill()
+        child.wait()
+    setup = _setup()
+    setup.interrupt_s, setup.interrupt_after_s = 10.0, 3.0
+    text = bf.format_table(setup, bf.summarize([]))
+    assert "sender stopped for 10 s in the server and p2pchat runs (3 s after the start)" in text
+    assert bf.json_result(setup, {})["interrupt_after_s"] == 3.0
 
 
 def _stopped(pid: int) -> bool:
