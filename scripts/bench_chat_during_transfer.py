@@ -606,26 +606,24 @@ def line_text(qdisc: str, phase: str, who: str, k: int) -> str:
 
 
 def collect(
-    texts: Sequence[str], listeners: Sequence[StampedNode], ts_max: float
-) -> tuple[Stats, int]:
-    """The :class:`Stats` of the lines ``texts`` as heard by ``listeners``, counting
-    only lines made (``ts``) before ``ts_max``; returns it and how many lines
-    were made after it (left out)."""
+    texts: Sequence[str], heard_by: Sequence[Sequence[Heard]], ts_max: float = math.inf
+) -> Stats:
+    """The :class:`Stats` of the lines ``texts`` as heard by each listener
+    (``heard_by``: one list of :class:`Heard` per listener), each line once per
+    listener; a line made (``ts``) after ``ts_max`` is left out altogether."""
     wanted = set(texts)
     sent = 0
-    late = 0
     latencies: list[float] = []
-    for node in listeners:
-        seen = {h.text: h for h in list(node.heard) if h.text in wanted}
+    for heard in heard_by:
+        seen = {h.text: h for h in heard if h.text in wanted}
         for text in texts:
             h = seen.get(text)
             if h is not None and h.ts > ts_max:
-                late += 1
                 continue
             sent += 1
             if h is not None:
                 latencies.append((h.arrival - h.ts) * 1000)
-    return Stats(sent, latencies), late
+    return Stats(sent, latencies)
 
 
 class Lab:
@@ -784,9 +782,9 @@ class Lab:
         self, texts_s: Sequence[str], texts_r: Sequence[str], ts_max: float = math.inf
     ) -> dict[str, Stats]:
         """The stats of one phase per direction (lines made after ``ts_max`` left out)."""
-        others = [n for i, n in enumerate(self.nodes) if i != 1]
-        from_s, _ = collect(texts_s, self.nodes[1:], ts_max)
-        from_r, _ = collect(texts_r, others, ts_max)
+        heard = [list(n.heard) for n in self.nodes]
+        from_s = collect(texts_s, heard[1:], ts_max)
+        from_r = collect(texts_r, [h for i, h in enumerate(heard) if i != 1], ts_max)
         return {"from_sender": from_s, "from_receiver": from_r}
 
     def idle(self, qdisc: str) -> dict[str, Stats]:
