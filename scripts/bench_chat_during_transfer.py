@@ -114,17 +114,22 @@ DEFAULT_CC = ""
 
 CC_SHIM = """\
 # Written by scripts/bench_chat_during_transfer.py for its p2pchat nodes only: every TCP
-# socket they listen or connect on uses the congestion control named in CC_ENV.
+# socket they listen or connect on uses the congestion control named in CC_ENV and the
+# window clamp in CLAMP_ENV (accepted sockets inherit both from their listener).
 import os
 import socket
 
 _cc = os.environ.get("BENCH_CHATLIVE_CC", "").encode()
-if _cc:
+_clamp = int(os.environ.get("BENCH_CHATLIVE_CLAMP", "0") or 0)
+if _cc or _clamp:
     _listen, _connect = socket.socket.listen, socket.socket.connect
 
     def _set(sock):
         if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, _cc)
+            if _cc:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, _cc)
+            if _clamp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, _clamp)
 
     def listen(self, *args):
         _set(self)
@@ -142,6 +147,7 @@ may only pick an algorithm the main namespace allows
 pick any the kernel has (``TCP_CONGESTION``); an accepted socket inherits its
 listener's."""
 CC_ENV = "BENCH_CHATLIVE_CC"
+CLAMP_ENV = "BENCH_CHATLIVE_CLAMP"
 
 
 class Unavailable(Exception):
@@ -328,6 +334,7 @@ class Setup:
     qdiscs: list[str]
     cc: str = DEFAULT_CC
     gso: bool = False
+    window_clamp: int = 0
     bottleneck: str = "host"
     load: dict[str, Any] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -354,7 +361,8 @@ def format_table(setup: Setup, results: Sequence[QdiscResult]) -> str:
         f"(burst {bf.TBF_BURST}, latency {bf.TBF_LATENCY}); {setup.receivers} receiver(s); "
         f"a line every {setup.interval_ms:g} ms per direction for {setup.seconds:g} s per phase; "
         f"file {setup.size_bytes / bf.MB:g} MB; TCP congestion control {setup.cc}; "
-        f"{'64 KB GSO bursts' if setup.gso else 'one MSS per packet (gso_max_segs 1)'}",
+        f"{'64 KB GSO bursts' if setup.gso else 'one MSS per packet (gso_max_segs 1)'}"
+        + (f"; TCP windows clamped to {setup.window_clamp} bytes" if setup.window_clamp else ""),
         f"machine: load average {_fmt(float(setup.load.get('loadavg_1m', math.nan)), '{:.2f}')}"
         f" on {setup.load.get('cpus', '?')} CPU(s); bench_files.py running: "
         f"{'yes' if setup.load.get('bench_files_running') else 'no'}",
@@ -409,6 +417,7 @@ def json_result(setup: Setup, results: Sequence[QdiscResult]) -> dict[str, Any]:
         "size_bytes": setup.size_bytes,
         "cc": setup.cc,
         "gso": setup.gso,
+        "window_clamp": setup.window_clamp,
         "bottleneck": setup.bottleneck,
         "goal_ratio": GOAL_RATIO,
         "unavailable": setup.unavailable,
@@ -506,6 +515,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "cubic or bbr (default: the kernel's)",
     )
     p.add_argument(
+        "--window-clamp",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="an experiment: clamp every node's TCP window (TCP_WINDOW_CLAMP) to BYTES, "
+        "which bounds what a connection keeps queued in the network (0: no clamp)",
+    )
+    p.add_argument(
         "--bottleneck",
         choices=BOTTLENECKS,
         default="host",
@@ -531,6 +548,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         problems.append("--seconds must be 0.5..600")
     if not (math.isfinite(args.interval_ms) and 5 <= args.interval_ms <= 5000):
         problems.append("--interval-ms must be 5..5000")
+    if not 0 <= args.window_clamp <= 1 << 30:
+        problems.append("--window-clamp must be 0..2^30 bytes")
     if not 1 <= args.receivers <= MAX_RECEIVERS:
         problems.append(f"--receivers must be 1..{MAX_RECEIVERS}")
     if not (math.isfinite(args.size) and 0 <= args.size <= bf.MAX_SIZE_MB):
@@ -674,14 +693,16 @@ class Lab:
 
     def node_env(self, home: Path) -> dict[str, str]:
         """A node's environment: bench_files.py's (this checkout, ``HOME`` and the XDG
-        folders in ``home``) and, with ``--cc``, :data:`CC_SHIM` first on the path."""
+        folders in ``home``) and, with ``--cc`` or ``--window-clamp``, :data:`CC_SHIM`
+        first on the path."""
         env = bf._p2pchat_env(home)
-        if self.args.cc:
+        if self.args.cc or self.args.window_clamp:
             shim = self.tmp / "cc-shim"
             shim.mkdir(exist_ok=True)
             (shim / "sitecustomize.py").write_text(CC_SHIM)
             env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")])
             env[CC_ENV] = self.args.cc
+            env[CLAMP_ENV] = str(self.args.window_clamp)
         return env
 
     def one_packet_per_skb(self) -> None:
@@ -954,6 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         qdiscs=args.qdisc,
         cc=args.cc,
         gso=args.gso,
+        window_clamp=args.window_clamp,
         bottleneck=args.bottleneck,
         load=machine_load(),
     )
