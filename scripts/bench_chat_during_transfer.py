@@ -5,19 +5,33 @@ idle and while a file flows, over rate-limited links in network namespaces.
 The lab is ``scripts/bench_files.py``'s (imported, not copied: ``tests/netns_lab.py``
 underneath), with namespaces of its own (``bc-<pid>-<hex>-sw`` and ``...-h<i>``) on
 ``10.79.0.0/24``: host 0 is the sender (10.79.0.1), hosts 1..R the receivers
-(10.79.0.2 ...), all on one bridge, and on every host's uplink (``eth0``'s egress)
-a token bucket as bench_files.py puts there, with one of two queues behind it
-(``--qdisc``)::
+(10.79.0.2 ...), all on one bridge.  Every bottleneck gets a token bucket as
+bench_files.py puts there, with one of three queues behind it (``--qdisc``, each
+in turn, the same nodes throughout)::
 
     fifo:      tc qdisc add dev eth0 root handle 1: tbf rate 100mbit burst 64kb latency 50ms
     fq_codel:  the same, then
                tc qdisc add dev eth0 parent 1:1 handle 10: fq_codel
+    fq_htb:    the same bucket, then an HTB with 16 leaf classes and a classic-BPF
+               classifier picking a flow's class by its hash (:func:`qdisc_commands`)
 
 ``fifo`` is the token bucket's own byte FIFO (up to ``latency`` worth of bytes
-queue in it): a plain router or switch port.  ``fq_codel`` is what most Linux
+queue in it): a plain switch port or router.  ``fq_codel`` is what most Linux
 machines run (systemd sets ``net.core.default_qdisc=fq_codel``) and close to what
-Linux Wi-Fi does (mac80211 has FQ-CoDel per station built in); see
-docs/performance.md for the sources.
+Linux Wi-Fi does (mac80211 has FQ-CoDel per station built in); a kernel without
+it (``CONFIG_NET_SCH_FQ_CODEL`` unset) makes the report say so, and ``fq_htb``
+stands in: per-flow round robin, no CoDel.  Sources in docs/performance.md.
+
+Where the bottlenecks are (``--bottleneck``): ``host`` (as bench_files.py) is
+every host's uplink, ``eth0``'s egress inside the host, so the queue is in the
+sending kernel, where TCP Small Queues keep each socket's share short; ``switch``
+is every switch port's egress towards its host (``v<i>`` in the switch
+namespace), a queue the sender's kernel does not see, as in a switch, a router
+or an access point.  TCP hands ``eth0`` one MSS per packet (``gso_max_segs 1``;
+``--gso`` keeps the 64 KB bursts a veth passes whole), as a router's queue sees
+them.  ``--cc`` sets the nodes' TCP congestion control per socket (this
+kernel's default may be BBR; most machines run CUBIC), ``--window-clamp`` clamps
+their TCP windows (an experiment), both through a ``sitecustomize`` shim.
 
 p2pchat runs on every host (``--json``, mDNS inside the namespaces only, a
 service type and room of the run's own, ``--interface`` its address).  For each
@@ -30,16 +44,17 @@ qdisc, two phases of ``--seconds`` each:
    outlast the phase, every receiver ``/get``s it at its ``file_offer``; once
    every receiver has reported progress, the same lines as in phase 1 for
    ``--seconds``; then the receivers ``/cancel`` (the figures count only lines
-   said while no receiver had finished).
+   said while no receiver had finished).  With one receiver, receiver 1's
+   uplink carries only its requests and acks; with two they also serve each
+   other.
 
 A line's one-way latency is the receiving node's arrival minus the line's
 ``ts``: ``ts`` is the sender node's wall clock when it made the line; the
 arrival is this driver's wall clock when it reads the receiver's ``message``
 event off the receiver's stdout (a reader thread per node stamps it).  Every
 host is a namespace of one machine: one clock, no sync error.  The arrival
-includes the receiver's JSON output and the pipe (well under a millisecond
-idle), the same in both phases.  A line not heard within 3 s of the phase's end
-counts as lost.
+includes the receiver's JSON output and the pipe, the same in both phases.  A
+line not heard within 3 s of the phase's end counts as lost.
 
 Output: a table on stdout (progress on stderr): per qdisc and direction, p50,
 p95 and max in ms idle and during the transfer, the ratio of the p50s against
@@ -48,9 +63,9 @@ then one JSON line with every figure.  ``--cleanup`` deletes the ``bc-*``
 namespaces of runs that died and exits.  Needs root, iproute2 (``ip``, ``tc``).
 Examples::
 
-    sudo python3 scripts/bench_chat_during_transfer.py               # both qdiscs, 10 s phases
-    sudo python3 scripts/bench_chat_during_transfer.py --qdisc fq_codel --seconds 20 --json
-    sudo python3 scripts/bench_chat_during_transfer.py --receivers 2 --rate 20mbit
+    sudo python3 scripts/bench_chat_during_transfer.py              # every qdisc, 10 s phases
+    sudo python3 scripts/bench_chat_during_transfer.py --bottleneck switch --cc cubic --json
+    sudo python3 scripts/bench_chat_during_transfer.py --qdisc fifo --receivers 2 --rate 20mbit
     sudo python3 scripts/bench_chat_during_transfer.py --cleanup
 """
 
