@@ -270,10 +270,15 @@ def _bench_namespaces(pid: int) -> list[str]:
 
 @pytest.mark.netns
 @pytest.mark.timeout(300)
-def test_short_run_in_namespaces_reports_both_directions_and_phases() -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--bottleneck", "switch", "--qdisc", "fifo", "--cc", "reno"]],
+    ids=["uplinks-every-qdisc", "switch-fifo-reno"],
+)
+def test_short_run_in_namespaces_reports_both_directions_and_phases(extra: list[str]) -> None:
     _lab_or_skip()
     argv = [sys.executable, str(BENCH), "--seconds", "2", "--rate", "20mbit", "--size", "8"]
-    argv += ["--json"]
+    argv += ["--json", *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=280)
@@ -285,11 +290,14 @@ def test_short_run_in_namespaces_reports_both_directions_and_phases() -> None:
     lines = stdout.strip().splitlines()
     result = json.loads(lines[-1])
     text = "\n".join(lines[:-1])
-    assert text.startswith("chat during a file transfer: every uplink tbf 20mbit")
+    where = "every switch port" if extra else "every uplink"
+    assert text.startswith(f"chat during a file transfer: {where} tbf 20mbit")
     assert "chat p50 during the transfer / idle (goal <= 2)" in text
     # Every qdisc asked for is measured, or said to be missing from this kernel.
-    assert set(result["qdiscs"]) | set(result["unavailable"]) == set(bc.QDISCS)
-    assert {"fifo", "fq_htb"} <= set(result["qdiscs"])  # built into any kernel with tbf
+    asked = {"fifo"} if extra else set(bc.QDISCS)
+    assert set(result["qdiscs"]) | set(result["unavailable"]) == asked
+    assert {"fifo", "fq_htb"} & asked <= set(result["qdiscs"])  # in any kernel with tbf
+    assert result["cc"] == "reno" if extra else result["cc"].endswith("(the kernel's default)")
     for qdisc, entry in result["qdiscs"].items():
         assert entry["transfer"]["failures"] == [], (qdisc, entry["transfer"])
         assert entry["transfer"]["mbit_s"] > 1  # the file flowed during the phase
