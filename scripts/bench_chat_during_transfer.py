@@ -336,9 +336,9 @@ class Setup:
         rate_bps: the uplinks' token-bucket rate; ``seconds``: each phase;
         interval_ms: between two lines of one node; ``receivers``: how many;
         size_bytes: the file; ``qdiscs``: those asked for; ``cc``: the hosts'
-        TCP congestion control; ``load``: the machine's load average (1 min) at the
-        start and whether ``bench_files.py`` was running then; ``unavailable``:
-        qdisc -> why it was not measured.
+        TCP congestion control; ``load``: :func:`machine_load` at the start, at
+        every phase's start and at the end; ``unavailable``: qdisc -> why it was
+        not measured.
     """
 
     rate_bps: int
@@ -351,7 +351,7 @@ class Setup:
     gso: bool = False
     window_clamp: int = 0
     bottleneck: str = "host"
-    load: dict[str, Any] = field(default_factory=dict)
+    load: list[dict[str, Any]] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
@@ -366,6 +366,19 @@ def _verdict(ratio: float) -> str:
     return "goal met" if met else "goal MISSED"
 
 
+def load_line(samples: Sequence[dict[str, Any]]) -> str:
+    """How loaded the machine was, in one line, from :func:`machine_load` samples."""
+    if not samples:
+        return "machine: load not sampled"
+    loads = [float(x["loadavg_1m"]) for x in samples]
+    busy = sum(bool(x["bench_files_running"]) for x in samples)
+    return (
+        f"machine: {samples[0]['cpus']} CPU(s), load average (1 min) {min(loads):.2f} .. "
+        f"{max(loads):.2f} over {len(samples)} samples; bench_files.py running in "
+        f"{busy} of them"
+    )
+
+
 def format_table(setup: Setup, results: Sequence[QdiscResult]) -> str:
     """The human-readable result: per qdisc and direction, the idle and during
     figures, the p50 ratio against the goal, and the transfer's rate."""
@@ -378,9 +391,7 @@ def format_table(setup: Setup, results: Sequence[QdiscResult]) -> str:
         f"file {setup.size_bytes / bf.MB:g} MB; TCP congestion control {setup.cc}; "
         f"{'64 KB GSO bursts' if setup.gso else 'one MSS per packet (gso_max_segs 1)'}"
         + (f"; TCP windows clamped to {setup.window_clamp} bytes" if setup.window_clamp else ""),
-        f"machine: load average {_fmt(float(setup.load.get('loadavg_1m', math.nan)), '{:.2f}')}"
-        f" on {setup.load.get('cpus', '?')} CPU(s); bench_files.py running: "
-        f"{'yes' if setup.load.get('bench_files_running') else 'no'}",
+        load_line(setup.load),
         "",
         f"{'qdisc':<9} {'direction':<14} {'phase':<9} {'lines':>9} {'p50 ms':>8} "
         f"{'p95 ms':>8} {'max ms':>8}",
@@ -933,9 +944,11 @@ def measure(args: argparse.Namespace, setup: Setup) -> list[QdiscResult]:
                 print(f"{qdisc}: {exc}", file=sys.stderr, flush=True)
                 continue
             print(f"{qdisc}: idle ...", file=sys.stderr, flush=True)
+            setup.load.append(machine_load())
             run.pump(SETTLE_S / 2)
             idle = run.idle(qdisc)
             print(f"{qdisc}: during a transfer ...", file=sys.stderr, flush=True)
+            setup.load.append(machine_load())
             during, transfer = run.transfer(qdisc, setup.size_bytes)
             stats = {d: {"idle": idle[d], "transfer": during[d]} for d in DIRECTIONS}
             results.append(QdiscResult(qdisc, stats, transfer))
@@ -992,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gso=args.gso,
         window_clamp=args.window_clamp,
         bottleneck=args.bottleneck,
-        load=machine_load(),
+        load=[machine_load()],
     )
 
     def on_term(signum: int, frame: object) -> None:
@@ -1007,6 +1020,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench_chat_during_transfer.py: interrupted", file=sys.stderr)
         return 130
+    setup.load.append(machine_load())
     print(format_table(setup, results), flush=True)
     if args.json:
         print(json.dumps(json_result(setup, results)), flush=True)

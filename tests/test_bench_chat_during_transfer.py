@@ -117,7 +117,10 @@ def _setup() -> bc.Setup:
         size_bytes=50_000_000,
         qdiscs=["fifo", "fq_codel", "fq_htb"],
         cc="cubic",
-        load={"loadavg_1m": 0.5, "cpus": 2, "bench_files_running": False},
+        load=[
+            {"loadavg_1m": 0.5, "cpus": 2, "bench_files_running": False},
+            {"loadavg_1m": 1.25, "cpus": 2, "bench_files_running": True},
+        ],
         unavailable={"fq_codel": "not available on this kernel"},
     )
 
@@ -128,7 +131,10 @@ def test_table_shape() -> None:
     assert lines[0].startswith("chat during a file transfer: every uplink tbf 100mbit")
     assert "TCP congestion control cubic" in lines[0]
     assert "one MSS per packet" in lines[0]
-    assert "bench_files.py running: no" in lines[1]
+    assert lines[1] == (
+        "machine: 2 CPU(s), load average (1 min) 0.50 .. 1.25 over 2 samples; "
+        "bench_files.py running in 1 of them"
+    )
     rows = [ln.split() for ln in lines if ln.split()[:1] in (["fifo"], ["fq_htb"])]
     assert ["fifo", "sender->", "transfer", "39/40", "64.0", "64.0", "64.0"] in rows
     assert ["fq_htb", "receiver->", "idle", "40/40", "1.3", "1.3", "1.3"] in rows
@@ -148,6 +154,7 @@ def test_json_is_plain_and_complete() -> None:
     out = bc.json_result(setup, results)
     json.dumps(out, allow_nan=False)  # plain JSON: no NaN
     assert out["unavailable"] == {"fq_codel": "not available on this kernel"}
+    assert [x["bench_files_running"] for x in out["load"]] == [False, True]
     assert set(out["qdiscs"]) == {"fifo", "fq_htb"}
     fifo = out["qdiscs"]["fifo"]
     assert fifo["from_sender"]["transfer"] == {
