@@ -12,7 +12,7 @@ in turn, the same nodes throughout)::
     fifo:      tc qdisc add dev eth0 root handle 1: tbf rate 100mbit burst 64kb latency 50ms
     fq_codel:  the same, then
                tc qdisc add dev eth0 parent 1:1 handle 10: fq_codel
-    fq_htb:    the same bucket, then an HTB with 16 leaf classes and a classic-BPF
+    fq_htb:    the same bucket, then an HTB with 64 leaf classes and a classic-BPF
                classifier picking a flow's class by its hash (:func:`qdisc_commands`)
 
 ``fifo`` is the token bucket's own byte FIFO (up to ``latency`` worth of bytes
@@ -187,12 +187,13 @@ def parse_qdiscs(text: str) -> list[str]:
     return [q for q in QDISCS if q in names]
 
 
-FQ_HTB_CLASSES = 16
-"""``fq_htb``: how many per-flow classes (a flow's class: its socket hash modulo this)."""
-FQ_HTB_FILTER = "4,32 0 0 4294963232,84 0 0 15,68 0 0 1048592,22 0 0 0"
+FQ_HTB_CLASSES = 64
+"""``fq_htb``: how many per-flow classes (a power of two; a flow's class: its hash
+modulo this).  Two given flows share one 1 time in 64."""
+FQ_HTB_FILTER = f"4,32 0 0 4294963232,84 0 0 {FQ_HTB_CLASSES - 1},68 0 0 1048592,22 0 0 0"
 """``fq_htb``'s classifier, classic BPF as ``tc ... bpf bytecode`` takes it: ``ld
-#rxhash`` (the packet's flow hash: for TCP the socket's ``sk_txhash``), ``and #15``,
-``or #0x100010``, ``ret a``: class ``10:10`` .. ``10:1f``."""
+#rxhash`` (the packet's flow hash: for TCP the socket's ``sk_txhash``), ``and #63``,
+``or #0x100010``, ``ret a``: class ``10:10`` .. ``10:4f``."""
 
 
 def qdisc_commands(qdisc: str, rate_bps: int, dev_name: str = "eth0") -> list[list[str]]:
@@ -204,7 +205,7 @@ def qdisc_commands(qdisc: str, rate_bps: int, dev_name: str = "eth0") -> list[li
     flow's packets going to the class its hash picks; HTB serves the backlogged
     classes in turn, one MTU-sized quantum each, so a sparse flow (chat) waits for
     at most one packet of each bulk flow.  No CoDel (a bulk flow's own queue may
-    grow) and no hash perturbation (two flows may share a class: 1 in 16).
+    grow) and no hash perturbation (two flows may share a class: 1 in 64).
 
     Raises:
         ValueError: an unknown qdisc."""

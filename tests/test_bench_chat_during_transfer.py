@@ -46,11 +46,11 @@ def test_tc_commands_put_the_queue_behind_the_token_bucket() -> None:
     assert htb[1] == "qdisc add dev v1 parent 1:1 handle 10: htb"
     leaves = [c for c in htb if c.startswith("class add dev v1 parent 10:1 ")]
     assert len(leaves) == bc.FQ_HTB_CLASSES
-    assert [c.split()[7] for c in leaves] == [f"10:{m:x}" for m in range(0x10, 0x20)]
+    assert [c.split()[7] for c in leaves] == [f"10:{m:x}" for m in range(0x10, 0x50)]
     assert htb[-1].startswith("filter add dev v1 parent 10: protocol all prio 1 bpf bytecode")
-    # The classifier's last two steps make class 10:10 .. 10:1f of the flow hash.
+    # The classifier's last two steps make class 10:10 .. 10:4f of the flow hash.
     steps = [tuple(int(x) for x in op.split()) for op in bc.FQ_HTB_FILTER.split(",")[1:]]
-    assert steps[1] == (84, 0, 0, bc.FQ_HTB_CLASSES - 1)  # and #15
+    assert steps[1] == (84, 0, 0, 63)  # and #63
     assert steps[2] == (68, 0, 0, 0x10 << 16 | 0x10)  # or #0x100010
     with pytest.raises(ValueError):
         bc.qdisc_commands("red", 100_000_000)
