@@ -489,7 +489,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line; a bad option exits with status 2 and the reason."""
     p = argparse.ArgumentParser(
         description="Chat latency between p2pchat nodes, idle and during a file transfer, "
-        "over rate-limited links (FIFO or fq_codel) in network namespaces.",
+        "over rate-limited links (a FIFO or fair queueing) in network namespaces.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -497,7 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=parse_qdiscs,
         default=list(QDISCS),
         metavar="Q[,Q...]",
-        help="the queues behind each uplink's token bucket, each in turn: fifo, fq_codel, "
+        help="the queues behind each bottleneck's token bucket, each in turn: fifo, fq_codel, "
         "fq_htb (per-flow round robin, for kernels without fq_codel)",
     )
     p.add_argument(
@@ -514,7 +514,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=bf.parse_rate,
         default=bf.parse_rate(bf.DEFAULT_RATE),
         metavar="RATE",
-        help=f"every uplink's token-bucket rate, in tc's units (default {bf.DEFAULT_RATE})",
+        help=f"every bottleneck's token-bucket rate in tc's units, e.g. {bf.DEFAULT_RATE}",
     )
     p.add_argument(
         "--receivers",
@@ -539,7 +539,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cc",
         default=DEFAULT_CC,
         help="the nodes' TCP congestion control, set on each socket (TCP_CONGESTION), e.g. "
-        "cubic or bbr (default: the kernel's)",
+        "cubic or bbr ("
+        ": the kernel's)",
     )
     p.add_argument(
         "--window-clamp",
