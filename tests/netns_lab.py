@@ -191,42 +191,65 @@ class Lan:
         Keyword arguments go to :class:`subprocess.Popen`.  ``ip netns exec``
         execs the command in place, so the Popen's PID is the command's own.
         The process is stopped when the lab is torn down."""
-        proc: subprocess.Popen[Any] = subprocess.Popen(
-            ["ip", "netns", "exec", self.hosts[i].ns, *argv], **kw
-        )
-        self.procs.append(proc)
-        return proc
+        return ns_popen(self.procs, self.hosts[i].ns, argv, **kw)
 
     def run(self, i: int, argv: Sequence[str], timeout: float = 10.0) -> str:
         """Run ``argv`` in host ``i`` to completion and return its stdout."""
-        res = subprocess.run(
-            ["ip", "netns", "exec", self.hosts[i].ns, *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        )
-        return res.stdout
+        return ns_run(self.hosts[i].ns, argv, timeout)
 
     def stop_all(self) -> None:
         """Terminate every started process still running; kill it after a timeout."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        for proc in self.procs:
-            try:
+        stop_procs(self.procs)
+
+
+def ns_popen(
+    procs: list[subprocess.Popen[Any]], ns: str, argv: Sequence[str], **kw: Any
+) -> subprocess.Popen[Any]:
+    """Start ``argv`` inside namespace ``ns`` (``ip netns exec`` execs it in
+    place: the Popen's PID is the command's own) and add it to ``procs``.
+    Keyword arguments go to :class:`subprocess.Popen`."""
+    proc: subprocess.Popen[Any] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
+    procs.append(proc)
+    return proc
+
+
+def ns_run(ns: str, argv: Sequence[str], timeout: float = 10.0) -> str:
+    """Run ``argv`` in namespace ``ns`` to completion and return its stdout.
+
+    Raises:
+        subprocess.CalledProcessError: it exited non-zero.
+        subprocess.TimeoutExpired: it ran longer than ``timeout`` seconds.
+    """
+    res = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return res.stdout
+
+
+def stop_procs(procs: list[subprocess.Popen[Any]]) -> None:
+    """Terminate every process of ``procs`` still running, kill it after
+    :data:`_STOP_TIMEOUT_S`, and close its pipes."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=_STOP_TIMEOUT_S)
-        for proc in self.procs:
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError, ValueError):
-                        stream.close()
+    for proc in procs:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
 
 
 def _build(

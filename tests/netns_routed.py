@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netns_lab import PREFIX, Host, _ip, remove_stale_namespaces
+from netns_lab import PREFIX, Host, _ip, ns_popen, ns_run, remove_stale_namespaces, stop_procs
 
 ROUTER_OCTET = 254
 BRIDGE_OCTET = 200
@@ -75,39 +75,15 @@ class Routed:
     def popen(self, ns: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside namespace ``ns`` (``ip netns exec``; the
         Popen's PID is the command's own).  Stopped when the lab is torn down."""
-        proc: subprocess.Popen[Any] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
-        self.procs.append(proc)
-        return proc
+        return ns_popen(self.procs, ns, argv, **kw)
 
     def run(self, ns: str, argv: Sequence[str], timeout: float = 10.0) -> str:
         """Run ``argv`` in namespace ``ns`` to completion; return its stdout."""
-        res = subprocess.run(
-            ["ip", "netns", "exec", ns, *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        )
-        return res.stdout
+        return ns_run(ns, argv, timeout)
 
     def stop_all(self) -> None:
         """Terminate every started process still running; kill it after 5 s."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5.0)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError, ValueError):
-                        stream.close()
+        stop_procs(self.procs)
 
 
 def _netns(name: str, made: list[str]) -> str:
