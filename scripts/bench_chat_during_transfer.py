@@ -94,7 +94,7 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 import bench_files as bf  # noqa: E402  (the lab, the shaping, the node's argv)
 
-from p2pchat.harness import NodeProcess, WaitFailed, wait_until  # noqa: E402
+from p2pchat.harness import NodeProcess, WaitFailed  # noqa: E402
 
 NS_PREFIX = "bc-"
 """Every namespace this bench makes starts with this."""
@@ -118,8 +118,6 @@ GRACE_S = 3.0
 SIZE_MARGIN = 2.0
 """The default file lasts this many phases at the rate (p2pchat may be faster or slower)."""
 START_DEADLINE_S = 60.0
-READY_DEADLINE_S = 60.0
-MESH_DEADLINE_S = 90.0
 SETTLE_S = 2.0
 """Quiet after a transfer is cancelled (what is in flight drains) before the next phase."""
 LINE_PREFIX = "lat"
@@ -764,19 +762,7 @@ class Lab:
             assert isinstance(node, StampedNode)  # spawn makes an instance of its class
             self.nodes.append(node)
         nodes = self.nodes
-        wait_until(
-            lambda: all(p.ready_event is not None for p in nodes),
-            READY_DEADLINE_S,
-            "every node ready",
-            nodes,
-            settle_s=0,
-        )
-
-        def meshed() -> bool:
-            ids = {str(p.node_id) for p in nodes}
-            return all(ids - {str(p.node_id)} <= p.members() for p in nodes)
-
-        took = wait_until(meshed, MESH_DEADLINE_S, "every node sees every other", nodes)
+        took = bf.wait_meshed(nodes)
         print(f"  {len(nodes)} nodes linked in {took:.1f} s", file=sys.stderr, flush=True)
 
     def pump(self, seconds: float) -> None:

@@ -104,11 +104,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # so that the driver's p2pchat.harness is this checkout's
+
+if TYPE_CHECKING:
+    from p2pchat.harness import NodeProcess
 
 SYSTEMS = ("tcp", "server", "p2pchat")
 """The systems measured, in table order."""
@@ -144,6 +147,33 @@ UNAVAILABLE_NO_GET = "not available (no /get)"
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
 _RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
+
+
+def wait_meshed(nodes: Sequence[NodeProcess]) -> float:
+    """Wait until every node is ready (:data:`READY_DEADLINE_S`) and sees every
+    other as a member (:data:`MESH_DEADLINE_S`).
+
+    Returns:
+        Seconds the second wait took.
+
+    Raises:
+        WaitFailed: a deadline passed.
+    """
+    from p2pchat.harness import wait_until
+
+    wait_until(
+        lambda: all(p.ready_event is not None for p in nodes),
+        READY_DEADLINE_S,
+        "every node ready",
+        nodes,
+        settle_s=0,
+    )
+
+    def meshed() -> bool:
+        ids = {str(p.node_id) for p in nodes}
+        return all(ids - {str(p.node_id)} <= p.members() for p in nodes)
+
+    return wait_until(meshed, MESH_DEADLINE_S, "every node sees every other", nodes)
 
 
 class BenchError(RuntimeError):
@@ -1083,7 +1113,7 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
 
     Raises:
         Unavailable: the sender answered ``/send`` with "unknown command"."""
-    from p2pchat.harness import WaitFailed, wait_until
+    from p2pchat.harness import WaitFailed
 
     room = f"bench-{secrets.token_hex(3)}"
     service = f"_p2pb{secrets.token_hex(4)}._tcp.local."
@@ -1097,19 +1127,7 @@ def run_p2pchat(ctx: Ctx, n: int, tag: str) -> Trial:
                 argv += ["--download-dir", str(home / "downloads")]
             argv += ctx.p2pchat_args
             nodes.append(ctx.spawn(i, argv, name, env=_p2pchat_env(home)))
-        wait_until(
-            lambda: all(p.ready_event is not None for p in nodes),
-            READY_DEADLINE_S,
-            "every node ready",
-            nodes,
-            settle_s=0,
-        )
-
-        def meshed() -> bool:
-            ids = {str(p.node_id) for p in nodes}
-            return all(ids - {str(p.node_id)} <= p.members() for p in nodes)
-
-        setup_s = wait_until(meshed, MESH_DEADLINE_S, "every node sees every other", nodes)
+        setup_s = wait_meshed(nodes)
         print(f"  {n + 1} nodes linked in {setup_s:.1f} s", file=sys.stderr)
         sender, receivers = nodes[0], nodes[1:]
         seen = len(sender.events)
