@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 from p2pchat import wire
@@ -353,8 +354,6 @@ class Node:
                 node is not running.
             LocalError: the download directory cannot be made.
         """
-        from pathlib import Path
-
         if not self._started or self._core.closed:
             raise UsageError("the node is not running")
         where = Path(path).expanduser()
