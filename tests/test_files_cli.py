@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from conftest import unique_room, wait_for
 from test_cli import LOOPBACK, NO_MDNS, _clean_exit, _pair, spawn  # noqa: F401 - the fixture
 
 from p2pchat.cli.args import parse_args, parse_size
+from p2pchat.files.errors import DamagedState
+from p2pchat.files.partial import MAP_SUFFIX, PART_SUFFIX, PartialFile
 from p2pchat.harness import NodeProcess
 
 
@@ -138,6 +139,24 @@ def test_accept_files_fetches_small_offers_without_get(
         _clean_exit(node)
 
 
+def _bytes_in_map(chunk_map: Path, scratch: Path) -> int:
+    """How many bytes the chunk map on disk marks done, read as a restart
+    would (:meth:`PartialFile.resume`) from a copy, so the running node's
+    files stay untouched."""
+    scratch.mkdir(exist_ok=True)
+    copy = scratch / chunk_map.name
+    copy.write_bytes(chunk_map.read_bytes())
+    copy.with_name(copy.name[: -len(MAP_SUFFIX)] + PART_SUFFIX).touch()
+    try:
+        partial = PartialFile.resume(copy)
+    except DamagedState:  # caught between two writes: not yet
+        return 0
+    try:
+        return sum(partial.span(i)[1] for i in range(len(partial.leaves)) if partial.is_done(i))
+    finally:
+        partial.close()
+
+
 def _files_row(node: NodeProcess, file_id: str) -> dict[str, Any]:
     """The transfer ``file_id`` in a fresh ``/files`` answer of ``node`` ({} if none)."""
     before = len(node.of("files"))
@@ -182,12 +201,12 @@ def test_a_download_resumes_after_kill_9_of_the_receiver_and_of_the_sender(
     os.utime(source, ns=(kept.st_atime_ns, kept.st_mtime_ns))
     alice.send_line(f"/get {offer['number']}")
     wait_for(lambda: _files_row(alice, fid).get("state") == "waiting", 30.0, "alice out of holders")
-    stalled = time.time()
     had = _files_row(alice, fid)["done"]
     assert had < len(data) and not alice.of("file_done")
     chunk_map = downloads / "big.bin.p2pchat-map"
     if had:  # (bob may have read the changed chunk first: then alice has nothing)
-        wait_for(lambda: chunk_map.stat().st_mtime >= stalled, 5.0, "the chunk map written")
+        wait_for(lambda: _bytes_in_map(chunk_map, tmp_path / "peek") >= had, 5.0,
+                 "the chunk map to hold every chunk received")  # fmt: skip
     for node in (alice, bob):
         node.proc.kill()
         node.wait()
