@@ -208,7 +208,9 @@ class NodeFiles:
             transfers = self._engine()
         except OSError as exc:
             raise LocalError(f"cannot use {self.download_dir}: {exc}") from None
-        transfers.get(ev.offer, self.holders_of(ev.origin))
+        # A file offered to us alone is served to nobody from our copy.
+        allowed = frozenset[str]() if ev.to_me else None
+        transfers.get(ev.offer, self.holders_of(ev.origin), allowed=allowed)
         with self._lock:
             self._wanted.pop(ev.offer.file_id, None)
             self._wanted[ev.offer.file_id] = ev.origin

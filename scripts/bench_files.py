@@ -278,6 +278,16 @@ class Trial:
         return len(self.times_s) == self.receivers and all(math.isfinite(t) for t in self.times_s)
 
     @property
+    def without_sender(self) -> bool:
+        """Whether the sender was stopped and every receiver finished before
+        it was continued (from the others alone)."""
+        return (
+            self.all_done
+            and self.interrupted_s > 0
+            and max(self.times_s) < self.stopped_at_s + self.interrupted_s
+        )
+
+    @property
     def completion_s(self) -> float:
         """The last receiver's time; NaN unless every receiver finished."""
         return max(self.times_s) if self.all_done else math.nan
@@ -294,6 +304,8 @@ class Cell:
         runs: the runs measured; ``complete``: those where every receiver finished.
         failures: every failure of every run.
         interrupted: whether the sender was stopped in some run.
+        without_sender: the runs where every receiver finished while the
+            sender was stopped.
     """
 
     completion_s: float
@@ -302,6 +314,7 @@ class Cell:
     complete: int
     failures: list[str]
     interrupted: bool
+    without_sender: int = 0
 
 
 def summarize(trials: Sequence[Trial]) -> dict[str, dict[int, Cell]]:
@@ -319,6 +332,7 @@ def summarize(trials: Sequence[Trial]) -> dict[str, dict[int, Cell]]:
             complete=sum(t.all_done for t in ts),
             failures=[f for t in ts for f in t.failures],
             interrupted=any(t.interrupted_s > 0 for t in ts),
+            without_sender=sum(t.without_sender for t in ts),
         )
     return out
 
@@ -445,7 +459,11 @@ def format_table(setup: Setup, summary: dict[str, dict[int, Cell]]) -> str:
         goal = GOALS[key].replace("N", str(most))
         body.append(f"  {label:<34}{_fmt(r[key]):>8}   ({goal})")
     if setup.interrupt_s > 0:
-        body += ["", f"sender stopped {setup.interrupt_s:g} s: did every receiver finish?"]
+        body += [
+            "",
+            f"sender stopped {setup.interrupt_s:g} s: did every receiver finish"
+            " (and before the sender came back)?",
+        ]
         for system in ("server", "p2pchat"):
             if system in setup.unavailable:
                 continue
@@ -455,7 +473,8 @@ def format_table(setup: Setup, summary: dict[str, dict[int, Cell]]) -> str:
                 if cell is None:
                     continue
                 verdict = "yes" if cell.complete == cell.runs else f"{cell.complete}/{cell.runs}"
-                body.append(f"  {system:<8} {n:>2} receiver(s): {verdict}")
+                early = f"{cell.without_sender}/{cell.runs} before"
+                body.append(f"  {system:<8} {n:>2} receiver(s): {verdict} ({early})")
     notes = [f"{s}: {why}" for s, why in setup.unavailable.items()]
     for system in SYSTEMS:
         for n, cell in sorted(summary.get(system, {}).items()):
@@ -488,6 +507,7 @@ def json_result(setup: Setup, summary: dict[str, dict[int, Cell]]) -> dict[str, 
                     "complete_runs": cell.complete,
                     "failures": cell.failures,
                     "interrupted": cell.interrupted,
+                    "finished_without_sender_runs": cell.without_sender,
                 }
                 for n, cell in sorted(summary.get(system, {}).items())
             },

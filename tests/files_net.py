@@ -1,5 +1,6 @@
 """Helpers of the file-transfer tests: a node's data side on 127.0.0.1, no Node.
 
+:class:`MemNet` joins engines in memory on a virtual clock (no sockets).
 :class:`FilePeer` is an identity, a :class:`~p2pchat.files.transfers.FileTransfers`
 and a listener whose inbound sockets go through the real
 :class:`p2pchat.links.Links` (``adopt`` with its per-address and handshake
@@ -22,7 +23,7 @@ from typing import Any
 from p2pchat import wire
 from p2pchat.core.config import LinkConfig, NodeConfig
 from p2pchat.files import datawire
-from p2pchat.files.engine import Holder
+from p2pchat.files.engine import Close, Dial, Emit, Engine, EngineAction, Holder, Send
 from p2pchat.files.events import FileDone, FileFailed, FileProgress
 from p2pchat.files.manifest import Offer
 from p2pchat.files.partial import WriterFactory, open_writer
@@ -311,3 +312,71 @@ def send(link: Link, msg: datawire.DataMessage) -> None:
 
 
 __all__ = ["dial"]
+
+
+MEMNET_STEP_S = 0.01
+"""How far :meth:`MemNet.step` moves the virtual clock."""
+
+
+@dataclass
+class MemNet:
+    """Engines by node id, linked in memory; every frame a node sends is logged."""
+
+    engines: dict[str, Engine] = field(default_factory=dict)
+    peer_of: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    next_link: int = 1
+    sent: list[tuple[str, str, datawire.DataMessage]] = field(default_factory=list)  # from, to, msg
+    done: dict[str, FileDone] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)
+    now: float = 0.0
+
+    def run(self, node: str, actions: list[EngineAction]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                peer = self.peer_of.get((node, action.link))
+                if peer is None:
+                    continue
+                msg = datawire.decode_body(action.frame[4:])
+                if isinstance(msg, wire.Keepalive):
+                    continue
+                self.sent.append((node, peer[0], msg))
+                self.run(peer[0], self.engines[peer[0]].receive(peer[1], msg, self.now))
+            elif isinstance(action, Dial):
+                self.link(node, action.holder.node)
+            elif isinstance(action, Close):
+                self.unlink(node, action.link)
+            elif isinstance(action, Emit) and isinstance(action.event, FileDone):
+                self.done[node] = action.event
+
+    def link(self, a: str, b: str) -> None:
+        if b in self.stopped or a in self.stopped:
+            self.run(a, self.engines[a].dial_failed(b, self.now))
+            return
+        la, lb = self.next_link, self.next_link + 1
+        self.next_link += 2
+        self.peer_of[(a, la)], self.peer_of[(b, lb)] = (b, lb), (a, la)
+        out_a = self.engines[a].link_up(la, b, "127.0.0.1", 1, self.now)
+        out_b = self.engines[b].link_up(lb, a, "127.0.0.1", 1, self.now)
+        self.run(a, out_a)
+        self.run(b, out_b)
+
+    def unlink(self, node: str, link: int) -> None:
+        peer = self.peer_of.pop((node, link), None)
+        self.run(node, self.engines[node].link_down(link, self.now))
+        if peer is not None:
+            self.peer_of.pop(peer, None)
+            self.run(peer[0], self.engines[peer[0]].link_down(peer[1], self.now))
+
+    def stop(self, node: str) -> None:
+        """The node vanishes: every link of it goes down."""
+        self.stopped.add(node)
+        for n, link in [k for k in self.peer_of if k[0] == node]:
+            self.unlink(n, link)
+
+    def step(self) -> None:
+        self.now += MEMNET_STEP_S
+        for node, engine in self.engines.items():
+            if node in self.stopped:
+                continue
+            self.run(node, engine.pump(lambda _: True, self.now))
+            self.run(node, engine.tick(self.now))

@@ -449,3 +449,17 @@ def _bench_namespaces(pid: int | None = None) -> list[str]:
     prefix = "bf-" if pid is None else f"bf-{pid}-"
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(prefix)]
+
+
+def test_a_run_counts_as_without_the_sender_only_if_all_finished_while_it_was_stopped() -> None:
+    """Stopped at 5 s for 10 s: receivers done by 14 s finished from each
+    other; one at 15.5 s waited for the sender; an unstopped run never counts."""
+    early = bf.Trial("p2pchat", 2, [7.0, 14.0], interrupted_s=10.0, stopped_at_s=5.0)
+    late = bf.Trial("p2pchat", 2, [7.0, 15.5], interrupted_s=10.0, stopped_at_s=5.0)
+    plain = bf.Trial("p2pchat", 2, [7.0, 8.0])
+    assert (early.without_sender, late.without_sender, plain.without_sender) == (True, False, False)
+    setup = _setup(interrupt_s=10.0, counts=[2])
+    summary = bf.summarize([early, late])
+    assert "p2pchat   2 receiver(s): yes (1/2 before)" in bf.format_table(setup, summary)
+    by_n = bf.json_result(setup, summary)["systems"]["p2pchat"]["by_receivers"]["2"]
+    assert by_n["finished_without_sender_runs"] == 1

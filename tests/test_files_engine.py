@@ -6,10 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from files_net import make_file
+from files_net import MemNet, make_file
 
 from p2pchat.files import datawire as dw
-from p2pchat.files.engine import MAX_INTERESTED_PER_FILE, Engine, Send
+from p2pchat.files.engine import MAX_INTERESTED_PER_FILE, Engine, Holder, Send
 from p2pchat.files.manifest import offer_for
 from p2pchat.files.source import SourceFile
 
@@ -43,3 +43,43 @@ def test_an_unknown_file_is_answered_no(tmp_path: Path) -> None:
     out = _sent(engine.receive(1, dw.FPieceGet(file=bytes(32), piece=0), 0.0))
     assert out == [dw.FNo(file=bytes(32), idx=dw.WHOLE_FILE)]
     assert engine.counts()["frames_refused"]["file_unknown"] == 2
+
+
+def test_a_copy_of_a_file_for_one_member_is_served_to_nobody(tmp_path: Path) -> None:
+    """bob offers a file to alice alone; alice fetches it (her copy served
+    to nobody: ``allowed`` empty).  mallory, a member who learnt the file id,
+    asks alice and bob for it while alice fetches, and eve once alice is
+    done: "no" to the whole file from both, and not a chunk or a piece of
+    the hash list reaches either."""
+    make_file(tmp_path / "plan.txt", 40 * 64 * 1024 + 7)
+    source, _ = SourceFile.hash(tmp_path / "plan.txt", 64 * 1024)
+    offer = offer_for(source.manifest, "plan.txt")
+    bob, alice, mallory, eve = "b" * 16, "a" * 16, "c" * 16, "e" * 16
+    net = MemNet()
+    for node in (bob, alice, mallory, eve):
+        (tmp_path / node).mkdir()
+        net.engines[node] = Engine(node, tmp_path / node, loopback_ok=True)
+    net.engines[bob].offer(offer, source, frozenset({alice}))
+    net.run(alice, net.engines[alice].get(offer, [Holder(bob, ["127.0.0.1"], 1)], 0.0, frozenset()))
+    d = net.engines[alice].downloads[offer.file_id]
+    while (d.partial is None or not d.partial.done_count) and net.now < 10.0:
+        net.step()
+    assert alice not in net.done  # mid-way: she holds some chunks, not all
+    wanted = [Holder(alice, ["127.0.0.1"], 1), Holder(bob, ["127.0.0.1"], 1)]
+    net.run(mallory, net.engines[mallory].get(offer, wanted, net.now))
+    while alice not in net.done and net.now < 30.0:
+        net.step()
+    assert net.done[alice].path.read_bytes() == (tmp_path / "plan.txt").read_bytes()
+    net.run(eve, net.engines[eve].get(offer, wanted, net.now))
+    start = net.now
+    while net.now < start + 5.0:
+        net.step()
+    for thief in (mallory, eve):
+        refusals = [(src, m) for src, dst, m in net.sent if dst == thief and isinstance(m, dw.FNo)]
+        assert {src for src, _ in refusals} == {alice, bob}
+        assert all(m.idx == dw.WHOLE_FILE for _, m in refusals)
+        assert not any(
+            dst == thief and isinstance(m, dw.FChunk | dw.FPiece) for _, dst, m in net.sent
+        )
+        assert thief not in net.done
+    assert net.engines[alice].counts()["frames_refused"]["file_unknown"] >= 2

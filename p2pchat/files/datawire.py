@@ -108,6 +108,17 @@ class FNo(_D, tag="fno", frozen=True):
     busy: bool = False
 
 
+class FInstead(_D, tag="finstead", frozen=True):
+    """I send chunk ``instead`` in place of ``idx``, which you asked for
+    (super-seeding, ``docs/files.md`` §6: ``idx`` has gone out to another
+    peer already, ``instead`` to nobody yet); its ``fchunk`` slices follow
+    on this link.  Answer ``fcancel`` of ``instead`` if you do not want it."""
+
+    file: FileId
+    idx: Index
+    instead: Index
+
+
 class FCancel(_D, tag="fcancel", frozen=True):
     """I no longer want chunk ``idx`` (the endgame got it elsewhere)."""
 
@@ -138,7 +149,9 @@ class _Keepalive(_D, tag="keepalive", frozen=True):
     """The link's keepalive (the same bytes as :class:`p2pchat.wire.Keepalive`)."""
 
 
-DataMessage = FHave | FHas | FPieceGet | FPiece | FGet | FChunk | FNo | FCancel | FHolders
+DataMessage = (
+    FHave | FHas | FPieceGet | FPiece | FGet | FChunk | FNo | FInstead | FCancel | FHolders
+)
 """Any data-link message."""
 
 _decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(DataMessage | _Keepalive)

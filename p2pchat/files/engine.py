@@ -24,7 +24,7 @@ import logging
 import os
 import random
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -76,6 +76,9 @@ dialled again for 5 s."""
 
 VIOLATION_BACKOFF_S: Final = 60.0
 """A holder whose data link ended in a protocol error is not dialled for 60 s."""
+
+SUPERSEED_SCAN: Final = 64
+"""Never-sent chunks looked at per request for one the requester lacks."""
 
 PROGRESS_EVERY_S: Final = 0.25
 """At most 4 ``FileProgress`` a second per file; ``fhas`` batches as often."""
@@ -157,6 +160,7 @@ class _Link:
 @dataclass
 class _Download:
     offer: Offer
+    allowed: frozenset[str] | None = None  # who may fetch our copy (None: the room)
     holders: dict[str, Holder] = field(default_factory=dict)
     pieces: dict[int, list[bytes]] = field(default_factory=dict)
     piece_asked: dict[int, tuple[str, float]] = field(default_factory=dict)
@@ -185,6 +189,14 @@ class _Served:
     allowed: frozenset[str] | None
     source: SourceFile | None  # None: served from the download's part file
     interested: dict[str, Holder] = field(default_factory=dict)
+    # Super-seeding (whole files only): the have-maps of the peers fetching
+    # it from us, how often each chunk was handed out (saturating at 255:
+    # sent, or seen at a peer), and the chunks in a random order, those
+    # before ``fresh_at`` all handed out.
+    peer_maps: dict[str, bytearray] = field(default_factory=dict)
+    handed: bytearray | None = None
+    fresh: list[int] = field(default_factory=list)
+    fresh_at: int = 0
 
 
 class Engine:
@@ -254,7 +266,13 @@ class Engine:
         self.server.offer(offer.file_id, offer.size, offer.chunk_size, allowed)
         self.on_index()
 
-    def get(self, offer: Offer, holders: list[Holder], now: float) -> list[EngineAction]:
+    def get(
+        self,
+        offer: Offer,
+        holders: list[Holder],
+        now: float,
+        allowed: frozenset[str] | None = None,
+    ) -> list[EngineAction]:
         """Start (or resume, from the part file in :attr:`index`)
         downloading ``offer``, from ``holders``.
 
@@ -263,6 +281,11 @@ class Engine:
             holders: where to fetch it (more come with :meth:`add_holders`
                 and ``fholders``).
             now: monotonic seconds.
+            allowed: the peers our copy is served to, chunk by chunk as it
+                comes and whole once done: ``None`` for a room offer, an
+                empty set for a file offered to us alone (nobody else may
+                fetch it, from us either).  Kept with the download (the
+                shell's index) when it is resumed.
         """
         fid = offer.file_id
         d = self.downloads.get(fid)
@@ -271,7 +294,7 @@ class Engine:
         if fid in self.served and self.served[fid].source is not None and d is None:
             return []  # our own offer: nothing to fetch
         if d is None or d.state in ("failed", "cancelled"):
-            old, d = d, _Download(offer)
+            old, d = d, _Download(offer, allowed)
             if old is not None:  # the maps of linked holders still hold (fhas kept them)
                 d.maps, d.holders = old.maps, old.holders
             self.downloads[fid] = d
@@ -301,10 +324,11 @@ class Engine:
             return
         self._adopt_partial(d, partial)
 
-    def adopt_resumed(self, partial: PartialFile) -> None:
+    def adopt_resumed(self, partial: PartialFile, allowed: frozenset[str] | None = None) -> None:
         """A download found in the index at start-up: kept, waiting for
-        :meth:`get` or :meth:`add_holders` to give it holders."""
-        d = _Download(partial.offer)
+        :meth:`get` or :meth:`add_holders` to give it holders (``allowed``:
+        as :meth:`get`)."""
+        d = _Download(partial.offer, allowed)
         self._adopt_partial(d, partial)
         d.state = "waiting"
         self.downloads[partial.offer.file_id] = d
@@ -316,13 +340,18 @@ class Engine:
         d.swarm = Swarm(d.n, self.rng, done, self.swarm_config)
         d.done_bytes = sum(chunk_span(d.offer.size, d.offer.chunk_size, i)[1] for i in done)
         fid = d.offer.file_id
-        self.server.hold(fid, d.offer.size, d.offer.chunk_size)
+        self.server.hold(fid, d.offer.size, d.offer.chunk_size, d.allowed)
         for i in done:
             self.server.add_chunk(fid, i)
         if fid not in self.served:
-            self.served[fid] = _Served(d.offer, None, None)
+            self.served[fid] = _Served(d.offer, d.allowed, None)
         for node, has in d.maps.items():
             d.swarm.holder_map(node, _bitfield(has, d.n))
+
+    def allowed_of(self, file_id: bytes) -> frozenset[str] | None:
+        """Who may fetch our copy of download ``file_id`` (:meth:`get`)."""
+        d = self.downloads.get(file_id)
+        return d.allowed if d is not None else None
 
     def add_holders(self, file_id: bytes, holders: list[Holder], now: float) -> list[EngineAction]:
         """More nodes that hold ``file_id``; a download waiting for holders
@@ -461,16 +490,19 @@ class Engine:
         d = self.downloads.get(fid)
         s = self.served.get(fid)
         serves = s is not None and (s.allowed is None or link.node in s.allowed)
-        if d is None and not serves:
+        # A download of a file offered to us alone trades with the holders we chose only.
+        ours = d is not None and (d.allowed is None or link.node in d.holders)
+        if not ours and not serves:
             self.frames_refused["file_unknown"] += 1
             return [self._frame(link, dw.FNo(file=fid, idx=dw.WHOLE_FILE))]
-        if d is not None and d.started and d.state in ("hashes", "fetching"):
-            if len(msg.map) != (d.n + 7) // 8:
-                raise _Violation("a have-map of the wrong length", "data_bad_map")
-            has = _bits(msg.map, d.n)
-            if has is None:
-                raise _Violation("a have-map with bits past the end", "data_bad_map")
-            d.maps[link.node] = has
+        n = d.n if d is not None else s.offer.n_chunks if s is not None else 0
+        if len(msg.map) != (n + 7) // 8:
+            raise _Violation("a have-map of the wrong length", "data_bad_map")
+        has = _bits(msg.map, n)
+        if has is None:
+            raise _Violation("a have-map with bits past the end", "data_bad_map")
+        if d is not None and ours and d.started and d.state in ("hashes", "fetching"):
+            d.maps[link.node] = set(has)
             d.no.discard(link.node)
             if link.node not in d.holders and len(d.holders) < MAX_HOLDERS_PER_FILE:
                 d.holders[link.node] = Holder(link.node, [link.host], link.port)
@@ -478,6 +510,11 @@ class Engine:
                 d.swarm.holder_map(link.node, bytes(msg.map))
             out += self._send_have(link, d)
         if serves and s is not None:
+            if s.source is not None and (
+                link.node in s.peer_maps or len(s.peer_maps) < MAX_INTERESTED_PER_FILE
+            ):  # a whole copy: its requesters' maps, to super-seed
+                s.peer_maps[link.node] = bytearray(msg.map)
+                _mark_handed(s, has)
             fresh = link.node not in s.interested
             if fresh and len(s.interested) >= MAX_INTERESTED_PER_FILE:
                 s.interested.pop(next(iter(s.interested)))
@@ -498,6 +535,14 @@ class Engine:
         return out
 
     def _on_has(self, link: _Link, msg: dw.FHas, now: float) -> list[EngineAction]:
+        s = self.served.get(msg.file)
+        peer_map = s.peer_maps.get(link.node) if s is not None else None
+        if s is not None and peer_map is not None:
+            if any(i >= s.offer.n_chunks for i in msg.idx):
+                raise _Violation("fhas of a chunk past the end", "data_bad_index")
+            for i in msg.idx:
+                peer_map[i >> 3] |= 0x80 >> (i & 7)
+            _mark_handed(s, msg.idx)
         d = self.downloads.get(msg.file)
         if d is None or link.node not in d.maps:
             return []
@@ -563,8 +608,20 @@ class Engine:
     def _on_get(self, link: _Link, msg: dw.FGet, now: float) -> list[EngineAction]:
         verdict = self.server.request(link.node, msg.file, msg.idx, now)
         if verdict.action is ServeAction.SERVE:
-            self.jobs.append((link.id, msg.file, msg.idx))
-            return []
+            out: list[EngineAction] = []
+            idx = msg.idx
+            s = self.served.get(msg.file)
+            if s is not None and s.source is not None:
+                instead = _fresh_instead(s, link.node, idx, self.rng)
+                if instead is not None:
+                    self.server.substitute(link.node, msg.file, idx, instead)
+                    self.counters["chunks_instead"] += 1
+                    swap = dw.FInstead(file=msg.file, idx=idx, instead=instead)
+                    out.append(self._frame(link, swap))
+                    idx = instead
+                _mark_handed(s, (idx,))
+            self.jobs.append((link.id, msg.file, idx))
+            return out
         if verdict.action is ServeAction.DECLINE:
             # A file we do not serve (to this peer, or any more: it changed on
             # disk) is declined whole, so the requester stops asking us for it.
@@ -652,9 +709,26 @@ class Engine:
             d.swarm.declined(link.node, msg.idx, now)
         return [] if msg.busy else self._fill(d, now)  # busy: ask again at the next tick
 
+    def _on_instead(self, link: _Link, msg: dw.FInstead, now: float) -> list[EngineAction]:
+        d = self.downloads.get(msg.file)
+        if d is None or d.swarm is None:
+            return [self._frame(link, dw.FCancel(file=msg.file, idx=msg.instead))]
+        if not d.swarm.substituted(link.node, msg.idx, msg.instead, now):
+            out: list[EngineAction] = [
+                self._frame(link, dw.FCancel(file=msg.file, idx=msg.instead))
+            ]
+            return out + self._fill(d, now)
+        return self._fill(d, now)
+
     def _on_cancel(self, link: _Link, msg: dw.FCancel, now: float) -> list[EngineAction]:
         if self.server.cancel(link.node, msg.file, msg.idx):
-            self.jobs = deque(j for j in self.jobs if j != (link.id, msg.file, msg.idx))
+            job = (link.id, msg.file, msg.idx)
+            if job in self.jobs:  # not sent yet: it goes back to the never-sent ones
+                self.jobs = deque(j for j in self.jobs if j != job)
+                s = self.served.get(msg.file)
+                if s is not None and s.handed is not None and s.handed[msg.idx] == 1:
+                    s.handed[msg.idx] = 0
+                    s.fresh_at = 0
         return []
 
     def _on_holders(self, link: _Link, msg: dw.FHolders, now: float) -> list[EngineAction]:
@@ -908,10 +982,9 @@ class Engine:
             stat = os.stat(path)
             manifest = Manifest(d.offer.size, d.offer.chunk_size, leaves)
             source = SourceFile(path, manifest, stat.st_mtime_ns)
-            self.served[fid] = _Served(
-                d.offer, None, source, self.served.get(fid, _Served(d.offer, None, None)).interested
-            )
-            self.server.offer(fid, d.offer.size, d.offer.chunk_size)
+            interested = self.served[fid].interested if fid in self.served else {}
+            self.served[fid] = _Served(d.offer, d.allowed, source, interested)
+            self.server.offer(fid, d.offer.size, d.offer.chunk_size, d.allowed)
         except (OSError, BadOffer):
             self.server.withdraw(fid)
         self.counters["files_done"] += 1
@@ -1005,6 +1078,47 @@ def _bits(bitfield: bytes, n: int) -> set[int] | None:
     return None if has and max(has) >= n else has
 
 
+def _mark_handed(s: _Served, indices: Iterable[int]) -> None:
+    """Chunks of ``s`` sent, or seen at a peer: out of our hands (super-seeding)."""
+    handed = s.handed
+    if handed is None:
+        return
+    for i in indices:
+        if handed[i] < 255:
+            handed[i] += 1
+
+
+def _fresh_instead(s: _Served, node: str, index: int, rng: random.Random) -> int | None:
+    """Super-seeding (``docs/files.md`` §6): the chunk to send ``node`` in
+    place of ``index``, or ``None`` to send ``index``.  A whole copy sends
+    every chunk once before it sends any twice: a request for a chunk handed
+    out already gets one never sent (and which ``node``'s have-map lacks), so
+    the receivers soon hold every chunk between them and can finish from
+    each other if we stop.  A chunk nobody else has (``index`` never handed
+    out), or a requester whose map we lack, gets what it asked for."""
+    n = s.offer.n_chunks
+    if s.handed is None:
+        s.handed = bytearray(n)
+        s.fresh = list(range(n))
+        rng.shuffle(s.fresh)
+        for i in range(n):  # what the peers told us they have is out already
+            for m in s.peer_maps.values():
+                if m[i >> 3] & (0x80 >> (i & 7)):
+                    s.handed[i] = 1
+                    break
+    handed = s.handed
+    peer_map = s.peer_maps.get(node)
+    if peer_map is None or not handed[index]:
+        return None
+    fresh = s.fresh
+    while s.fresh_at < n and handed[fresh[s.fresh_at]]:
+        s.fresh_at += 1
+    for k in fresh[s.fresh_at : s.fresh_at + SUPERSEED_SCAN]:
+        if not handed[k] and not peer_map[k >> 3] & (0x80 >> (k & 7)):
+            return k
+    return None
+
+
 def _bitfield(has: set[int], n: int) -> bytes:
     out = bytearray((n + 7) // 8)
     for i in has:
@@ -1020,6 +1134,7 @@ _HANDLERS: dict[type, Callable[[Engine, _Link, object, float], list[EngineAction
     dw.FGet: Engine._on_get,  # type: ignore[dict-item]
     dw.FChunk: Engine._on_chunk,  # type: ignore[dict-item]
     dw.FNo: Engine._on_no,  # type: ignore[dict-item]
+    dw.FInstead: Engine._on_instead,  # type: ignore[dict-item]
     dw.FCancel: Engine._on_cancel,  # type: ignore[dict-item]
     dw.FHolders: Engine._on_holders,  # type: ignore[dict-item]
 }

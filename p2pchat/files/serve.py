@@ -231,6 +231,17 @@ class Server:
         :meth:`withdraw` it: it changed)."""
         self.sent(peer, file_id, index)
 
+    def substitute(self, peer: str, file_id: bytes, index: int, instead: int) -> None:
+        """A request being served is answered with chunk ``instead`` in place
+        of ``index`` (the engine's super-seeding): the slot moves to it.
+
+        Raises:
+            KeyError: ``index`` is not in flight for ``peer``.
+        """
+        in_flight = self._peers[peer].in_flight
+        in_flight.remove((file_id, index))
+        in_flight.add((file_id, instead))
+
     def cancel(self, peer: str, file_id: bytes, index: int) -> bool:
         """The peer no longer wants the chunk (its endgame).
 

@@ -3,7 +3,8 @@
 Sans-I/O (``docs/files.md`` §5): a :class:`Swarm` is told what holders have
 (:meth:`~Swarm.holder_map`, :meth:`~Swarm.holder_has`), that they left
 (:meth:`~Swarm.holder_gone`), and how each request ended
-(:meth:`~Swarm.received` with the hash check's result, :meth:`~Swarm.declined`);
+(:meth:`~Swarm.received` with the hash check's result, :meth:`~Swarm.declined`,
+:meth:`~Swarm.substituted`);
 :meth:`~Swarm.poll` takes the time and returns the requests to send (and the
 requests to cancel).  :meth:`~Swarm.next_deadline` says when to poll again if
 nothing arrives.  Time is monotonic seconds passed in; randomness comes from
@@ -125,7 +126,7 @@ class Swarm:
     Attributes:
         counts: ``requests``, ``accepted``, ``bad``, ``timeouts``,
             ``declined``, ``duplicates``, ``unexpected``, ``cancelled``,
-            ``holders_banned``: what happened so far (for ``/stats``).
+            ``substituted``, ``holders_banned``: what happened so far (for ``/stats``).
     """
 
     def __init__(
@@ -276,6 +277,46 @@ class Swarm:
         self._end_request(state, index)
         state.limit = max(1, state.limit // 2)
         self._skip_if_others_have(state, index)
+
+    def substituted(self, holder: str, index: int, instead: int, now: float) -> bool:
+        """``holder`` sends chunk ``instead`` in place of ``index``, which was
+        asked of it (its super-seeding: ``index`` is out elsewhere already).
+        The request for ``index`` ends without counting against the holder
+        (asked of another next if another has it); ``instead`` takes its slot
+        and deadline if it is still missing and not in flight there already.
+
+        Args:
+            holder: who answered.
+            index: the chunk asked for.
+            instead: the chunk it sends.
+            now: monotonic seconds.
+
+        Returns:
+            Whether ``instead`` is wanted (``False``: cancel it at the holder).
+
+        Raises:
+            RemoteProtocolError: (``invalid_fields``) no such chunk.
+        """
+        if not (0 <= index < self.n_chunks and 0 <= instead < self.n_chunks):
+            raise RemoteProtocolError(
+                f"chunk {index} or {instead} of {self.n_chunks}", "invalid_fields"
+            )
+        state = self._holders.get(holder)
+        if state is None or state.banned or index not in state.in_flight:
+            return False
+        deadline = state.in_flight[index]
+        self.counts["substituted"] += 1
+        self._end_request(state, index)
+        self._skip_if_others_have(state, index)
+        if instead not in self._missing or instead in state.in_flight:
+            return False
+        if instead not in state.has:
+            self._add_has(state, instead)
+        state.in_flight[instead] = max(deadline, now)
+        state.late.discard(instead)
+        self._asked.setdefault(instead, set()).add(holder)
+        self._requestable.discard(instead)
+        return True
 
     # -- time -------------------------------------------------------------------
 

@@ -184,7 +184,13 @@ class FileTransfers:
         be offered), on the file thread.  Any thread; never blocks."""
         self._put(("offer", (Path(path), allowed, done)))
 
-    def get(self, offer: Offer, holders: list[Holder], start_now: bool = True) -> None:
+    def get(
+        self,
+        offer: Offer,
+        holders: list[Holder],
+        start_now: bool = True,
+        allowed: frozenset[str] | None = None,
+    ) -> None:
         """Download ``offer`` from ``holders`` (more come with
         :meth:`add_holders` and from holders themselves).  A part file of an
         earlier attempt (in the index) is resumed.  Any thread.
@@ -194,6 +200,8 @@ class FileTransfers:
             holders: where to fetch it.
             start_now: False to only check the space now (the caller starts
                 it later with another ``get``).
+            allowed: who may fetch our copy (:meth:`Engine.get`: ``None``
+                the room, an empty set nobody: a file offered to us alone).
 
         Raises:
             NotEnoughSpace: the disk cannot hold it with the margin to spare
@@ -205,7 +213,7 @@ class FileTransfers:
         except OSError as exc:
             raise TransferError(f"cannot use {self.download_dir}: {exc}") from None
         if start_now:
-            self._put(("get", (offer, list(holders))))
+            self._put(("get", (offer, list(holders), allowed)))
 
     def add_holders(self, file_id: bytes, holders: list[Holder]) -> None:
         """More holders of ``file_id`` (from presences); a download waiting
@@ -423,8 +431,8 @@ class FileTransfers:
         if kind == "dial_failed":
             return engine.dial_failed(arg, now)
         if kind == "get":
-            offer, holders = arg
-            return engine.get(offer, holders, now)
+            offer, holders, allowed = arg
+            return engine.get(offer, holders, now, allowed)
         if kind == "holders":
             file_id, holders = arg
             return engine.add_holders(file_id, holders, now)
@@ -448,7 +456,7 @@ class FileTransfers:
         self._offers_meta[offer.file_id] = {
             "record": source.record(),
             "name": offer.name,
-            "allowed": sorted(allowed) if allowed is not None else None,
+            "allowed": _listed(allowed),
         }
         self._engine.offer(offer, source, allowed)
         done(offer)
@@ -532,7 +540,10 @@ class FileTransfers:
         if path is None:
             return
         data = {
-            "downloads": {fid.hex(): str(p) for fid, p in self._engine.index.items()},
+            "downloads": {
+                fid.hex(): {"map": str(p), "allowed": _listed(self._engine.allowed_of(fid))}
+                for fid, p in self._engine.index.items()
+            },
             "offers": {fid.hex(): meta for fid, meta in self._offers_meta.items()},
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -570,9 +581,18 @@ class FileTransfers:
             if source.unchanged():
                 self._offers_meta[offer.file_id] = meta
                 self._engine.offer(offer, source, allowed)
-        for map_path in downloads.values():
+        for entry in downloads.values():
             try:
-                partial = PartialFile.resume(Path(map_path), open_file=self._engine.open_file)
-            except (DamagedState, OSError, TypeError):
+                if isinstance(entry, str):  # the index of a session-7 build: a room file
+                    entry = {"map": entry, "allowed": None}
+                raw = entry["allowed"]
+                allowed = frozenset(str(a) for a in raw) if raw is not None else None
+                partial = PartialFile.resume(Path(entry["map"]), open_file=self._engine.open_file)
+            except (DamagedState, OSError, KeyError, TypeError):
                 continue
-            self._engine.adopt_resumed(partial)
+            self._engine.adopt_resumed(partial, allowed)
+
+
+def _listed(allowed: frozenset[str] | None) -> list[str] | None:
+    """``allowed`` as the index's JSON keeps it (sorted; None: the room)."""
+    return sorted(allowed) if allowed is not None else None
