@@ -152,7 +152,9 @@ class Node:
         self._wake = threading.Event()  # wakes the router
         self.links = Links(self)  # the listeners and every link: the sockets' side
         self.peers = Peers(self)  # the dialler threads, the discovery's callbacks
-        self.files = NodeFiles(self, config.download_dir, config.accept_files)  # /send, /get
+        self.files = NodeFiles(  # /send, /get
+            self, config.download_dir, config.accept_files, config.chunk_size
+        )
         self._started_at = time.monotonic()
         self._own_bucket = flood_bucket(config)
         self._router: threading.Thread | None = None

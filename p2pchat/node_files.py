@@ -98,10 +98,17 @@ class NodeFiles:
             margin (the engine checks).
     """
 
-    def __init__(self, host: FilesHost, download_dir: str | None, accept_files: int) -> None:
+    def __init__(
+        self,
+        host: FilesHost,
+        download_dir: str | None,
+        accept_files: int,
+        chunk_size: int | None = None,
+    ) -> None:
         self.host = host
         self.download_dir = Path(download_dir) if download_dir else default_download_dir()
         self.accept_files = accept_files
+        self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._transfers: FileTransfers | None = None
         self._closed = False
@@ -186,7 +193,7 @@ class NodeFiles:
                 self._notice(f"{name} not offered: {exc}")
 
         allowed = frozenset({to}) if to is not None else None
-        transfers.offer_path(path, allowed, done)
+        transfers.offer_path(path, allowed, done, self.chunk_size)
 
     def get(self, ev: FileOfferEvent) -> None:
         """``/get``: fetch the file of offer ``ev`` from its offerer (and the

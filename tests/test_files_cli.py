@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import unique_room, wait_for
 from test_cli import LOOPBACK, NO_MDNS, _clean_exit, _pair, spawn  # noqa: F401 - the fixture
 
-from p2pchat.cli.args import parse_args, parse_size
+from p2pchat.cli.args import parse_args, parse_chunk_size, parse_size
+from p2pchat.errors import UsageError
 from p2pchat.files.errors import DamagedState
 from p2pchat.files.partial import MAP_SUFFIX, PART_SUFFIX, PartialFile
 from p2pchat.harness import NodeProcess
@@ -29,7 +31,17 @@ def test_size_options_read_decimal_units() -> None:
         3_000_000,
     ]
     opts = parse_args(["--name", "a", "--accept-files", "20M", "--download-dir", "/tmp/x"])
-    assert (opts.accept_files, opts.download_dir) == (20_000_000, "/tmp/x")
+    assert (opts.accept_files, opts.download_dir, opts.chunk_size) == (20_000_000, "/tmp/x", None)
+
+
+def test_chunk_size_is_a_power_of_two_from_64k_to_1m() -> None:
+    """``--chunk-size`` reads K and M as binary units (a chunk is a power of two)."""
+    sizes = [parse_chunk_size(t) for t in ("64K", "128k", "256KiB", "512K", "1M", "65536")]
+    assert sizes == [65536, 131072, 262144, 524288, 1048576, 65536]
+    for bad in ("32K", "2M", "100K", "1.5M", "big", "0"):
+        with pytest.raises(UsageError, match="64K, 128K, 256K, 512K or 1M"):
+            parse_chunk_size(bad)
+    assert parse_args(["--name", "a", "--chunk-size", "1M"]).chunk_size == 1 << 20
 
 
 def test_send_then_get_lands_the_checked_file_in_the_download_dir(
@@ -48,8 +60,9 @@ def test_send_then_get_lands_the_checked_file_in_the_download_dir(
     )
     ra = alice.wait_event("ready")
     bob = spawn(
-        "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{ra['port']}"
-    )
+        "--name", "bob", "--room", room, "--json", *NO_MDNS, "--peer", f"{LOOPBACK}:{ra['port']}",
+        "--chunk-size", "64K",
+    )  # fmt: skip
     rb = bob.wait_event("ready")
     alice.wait_event("join", origin=rb["node"])
     source = tmp_path / "report.bin"
@@ -57,6 +70,7 @@ def test_send_then_get_lands_the_checked_file_in_the_download_dir(
     source.write_bytes(data)
     bob.send_line(f"/send {source}")
     offer = alice.wait_event("file_offer", name="report.bin")
+    assert offer["chunk_size"] == 65536  # bob's --chunk-size
     alice.send_line(f"/get {offer['number']}")
     assert alice.wait_event("get")["file"] == offer["file"]
     done = alice.wait_event("file_done", file=offer["file"], timeout_s=30.0)

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from p2pchat import __version__, wire
 from p2pchat.discovery import SERVICE_TYPE
 from p2pchat.errors import UsageError
+from p2pchat.files.manifest import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from p2pchat.node import DEFAULT_PORT, check_label, check_name
 
 PROG = "p2pchat"
@@ -91,6 +92,8 @@ class Options:
             the user's downloads folder + ``p2pchat/``.
         accept_files: fetch offers up to this many bytes without ``/get``
             (``--accept-files``); 0: none.
+        chunk_size: the chunk size of our offers, bytes (``--chunk-size``);
+            None: the default for each file's size.
     """
 
     name: str | None
@@ -113,6 +116,7 @@ class Options:
     notify: bool = False
     download_dir: str | None = None
     accept_files: int = 0
+    chunk_size: int | None = None
 
 
 def validate_name(value: str) -> str:
@@ -324,6 +328,21 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
+def parse_chunk_size(text: str) -> int:
+    """Parse ``--chunk-size``: ``64K`` to ``1M`` in binary units (``K`` is
+    1,024 bytes: a chunk size is a power of two), or bytes.
+
+    Raises:
+        UsageError: not a power of two from 64 KiB to 1 MiB.
+    """
+    m = _SIZE_RE.match(text)
+    unit = {"": 1, "k": 1 << 10, "m": 1 << 20}.get(m.group(2).lower()) if m else None
+    size = int(float(m.group(1)) * unit) if m is not None and unit is not None else 0
+    if not (MIN_CHUNK_BYTES <= size <= MAX_CHUNK_BYTES and size & (size - 1) == 0):
+        raise UsageError(f"a chunk size is 64K, 128K, 256K, 512K or 1M, not {text!r}")
+    return size
+
+
 def parse_history_lines(text: str) -> int:
     """Parse ``--history-lines``: a whole number from 1 to 1,000,000.
 
@@ -485,6 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
         "/get, never beyond the disk's free space minus 256 MB (default: 0, ask)",
     )
     p.add_argument(
+        "--chunk-size",
+        metavar="SIZE",
+        type=_arg_type(parse_chunk_size),
+        default=None,
+        help="the chunk size of the files you offer: 64K, 128K, 256K, 512K or 1M "
+        "(default: 256K, more for files over 16 GiB)",
+    )
+    p.add_argument(
         "--service-type",
         metavar="TYPE",
         default=SERVICE_TYPE,
@@ -553,4 +580,5 @@ def parse_args(argv: list[str] | None = None) -> Options:
         notify=ns.notify,
         download_dir=ns.download_dir,
         accept_files=ns.accept_files,
+        chunk_size=ns.chunk_size,
     )

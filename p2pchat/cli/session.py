@@ -162,6 +162,7 @@ def make_node(opts: Options, name: str, on_event: Callable[[Event], None]) -> No
         secret=opts.secret,
         download_dir=opts.download_dir,
         accept_files=opts.accept_files,
+        chunk_size=opts.chunk_size,
     )
     discovery = (
         MdnsDiscovery(interfaces=list(opts.interfaces) or None, service_type=opts.service_type)

@@ -112,6 +112,10 @@ class NodeConfig:
             user's downloads folder with ``p2pchat/`` under it.
         accept_files: offers of at most this many bytes are fetched without
             a ``/get`` (``--accept-files``); 0: none.
+        chunk_size: the chunk size of the files we offer, bytes (a power of
+            two from 64 KiB to 1 MiB: ``--chunk-size``); None: 256 KiB,
+            doubled for files of more than 65,536 chunks
+            (:func:`p2pchat.files.manifest.choose_chunk_size`).
     """
 
     name: str
@@ -152,6 +156,7 @@ class NodeConfig:
     history_max_lines: int = 10_000
     download_dir: str | None = None
     accept_files: int = 0
+    chunk_size: int | None = None
 
 
 def check_label(value: str, what: str, max_chars: int) -> str:

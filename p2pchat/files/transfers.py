@@ -176,13 +176,16 @@ class FileTransfers:
         path: Path,
         allowed: frozenset[str] | None,
         done: Callable[[Offer | Exception], None],
+        chunk_size: int | None = None,
     ) -> None:
-        """Offer the file at ``path``: it is hashed on the file thread, then
+        """Offer the file at ``path``: it is hashed on the file thread (in
+        chunks of ``chunk_size`` bytes; None: the default for its size), then
         served from where it lies (to ``allowed`` node ids only, or None: the
         room); ``done`` gets the :class:`Offer` to flood, or the exception
-        (``TransferError``, ``OSError``, ``BadOffer`` for a name that cannot
-        be offered), on the file thread.  Any thread; never blocks."""
-        self._put(("offer", (Path(path), allowed, done)))
+        (``TransferError``, ``OSError``, ``BadOffer`` for a name or a chunk
+        size that cannot be offered), on the file thread.  Any thread; never
+        blocks."""
+        self._put(("offer", (Path(path), allowed, done, chunk_size)))
 
     def get(
         self,
@@ -445,10 +448,14 @@ class FileTransfers:
         return []
 
     def _offer(
-        self, path: Path, allowed: frozenset[str] | None, done: Callable[[Offer | Exception], None]
+        self,
+        path: Path,
+        allowed: frozenset[str] | None,
+        done: Callable[[Offer | Exception], None],
+        chunk_size: int | None,
     ) -> None:
         try:
-            source, _sha = SourceFile.hash(path)
+            source, _sha = SourceFile.hash(path, chunk_size)
             offer = offer_for(source.manifest, source.path.name)
         except (LocalError, OSError, ValueError) as exc:
             done(exc)
