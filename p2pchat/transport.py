@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from p2pchat import wire
 from p2pchat.addrs import hostport, is_link_local_v6, normalize
@@ -687,6 +687,40 @@ def peer_host(addr: tuple[object, ...]) -> str:
         except OSError:
             host = f"{host}%{scope}"
     return normalize(host)
+
+
+BULK_TOS: Final = 0x20
+"""The IP TOS / IPv6 traffic-class byte of file data: DSCP CS1 (8 << 2).
+Wi-Fi's WMM puts it in the background access category (RFC 8325 §4.2.1:
+CS1 to UP 1; Linux and most access points map DSCP by its top 3 bits, so
+CS1 is UP 1 there too), and a DiffServ-aware switch port or router queues it
+behind best effort (RFC 4594's "low-priority data").  RFC 8622's LE (DSCP 1)
+is the newer code point for this, but equipment that maps by the top 3 bits
+sees it as best effort."""
+
+
+def mark_bulk(sock: socket.socket) -> bool:
+    """Mark ``sock``'s packets as bulk data (:data:`BULK_TOS`), so a network
+    that honours DSCP lets chat lines on other connections go first.  Best
+    effort: a platform without the option, or that refuses it (Windows
+    without a QoS policy ignores it), leaves the socket as it was.
+
+    Returns:
+        Whether the option was set.
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            tclass = getattr(socket, "IPV6_TCLASS", None)
+            if tclass is None:
+                return False
+            sock.setsockopt(socket.IPPROTO_IPV6, tclass, BULK_TOS)
+            with contextlib.suppress(OSError):  # a v4-mapped peer on a dual-stack socket
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, BULK_TOS)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, BULK_TOS)
+    except OSError:
+        return False
+    return True
 
 
 def dial(addresses: list[str], port: int, timeout_s: float) -> tuple[socket.socket, str]:

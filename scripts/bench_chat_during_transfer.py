@@ -14,13 +14,17 @@ in turn, the same nodes throughout)::
                tc qdisc add dev eth0 parent 1:1 handle 10: fq_codel
     fq_htb:    the same bucket, then an HTB with 64 leaf classes and a classic-BPF
                classifier picking a flow's class by its hash (:func:`qdisc_commands`)
+    dscp:      the same bucket, then an HTB with two FIFO classes: DSCP CS1 (the
+               file data's mark, ``transport.mark_bulk``) served after the rest
 
 ``fifo`` is the token bucket's own byte FIFO (up to ``latency`` worth of bytes
 queue in it): a plain switch port or router.  ``fq_codel`` is what most Linux
 machines run (systemd sets ``net.core.default_qdisc=fq_codel``) and close to what
 Linux Wi-Fi does (mac80211 has FQ-CoDel per station built in); a kernel without
 it (``CONFIG_NET_SCH_FQ_CODEL`` unset) makes the report say so, and ``fq_htb``
-stands in: per-flow round robin, no CoDel.  Sources in docs/performance.md.
+stands in: per-flow round robin, no CoDel.  ``dscp`` is a bottleneck that honours
+DSCP (Wi-Fi's WMM access categories, RFC 8325; a DiffServ router) and is
+otherwise a FIFO.  Sources in docs/performance.md.
 
 Where the bottlenecks are (``--bottleneck``): ``host`` (as bench_files.py) is
 every host's uplink, ``eth0``'s egress inside the host, so the queue is in the
@@ -100,7 +104,7 @@ NS_PREFIX = "bc-"
 """Every namespace this bench makes starts with this."""
 NET24 = (79, 0)
 """The lab's subnet: 10.79.0.0/24; host i is 10.79.0.{i+1} (the sender is host 0)."""
-QDISCS = ("fifo", "fq_codel", "fq_htb")
+QDISCS = ("fifo", "fq_codel", "fq_htb", "dscp")
 BOTTLENECKS = ("host", "switch")
 PHASES = ("idle", "transfer")
 DIRECTIONS = ("from_sender", "from_receiver")
@@ -171,7 +175,7 @@ class Unavailable(Exception):
 
 
 def parse_qdiscs(text: str) -> list[str]:
-    """``--qdisc``: ``fifo``, ``fq_codel`` or both separated by a comma, each once;
+    """``--qdisc``: one or more of :data:`QDISCS` separated by commas, each once;
     returned in :data:`QDISCS` order.
 
     Raises:
@@ -184,6 +188,10 @@ def parse_qdiscs(text: str) -> list[str]:
         )
     return [q for q in QDISCS if q in names]
 
+
+CS1_TOS = 0x20
+"""``dscp``: the TOS byte of DSCP CS1, as p2pchat marks its data links
+(``p2pchat.transport.BULK_TOS``)."""
 
 FQ_HTB_CLASSES = 64
 """``fq_htb``: how many per-flow classes (a power of two; a flow's class: its hash
@@ -236,6 +244,19 @@ def qdisc_commands(qdisc: str, rate_bps: int, dev_name: str = "eth0") -> list[li
             ]
         )
         return cmds
+    if qdisc == "dscp":
+        cls = ["class", "add", *dev, "parent"]
+        best_effort = ["prio", "0", "rate", bf.tc_rate(rate_bps), "ceil", "10gbit"]
+        bulk = ["prio", "7", "rate", "1mbit", "ceil", "10gbit"]
+        match = ["u32", "match", "ip", "dsfield", f"{CS1_TOS:#x}", "0xfc", "flowid", "10:20"]
+        return [
+            tbf,
+            ["qdisc", "add", *dev, "parent", "1:1", "handle", "10:", "htb", "default", "10"],
+            [*cls, "10:", "classid", "10:1", "htb", "rate", "10gbit"],
+            [*cls, "10:1", "classid", "10:10", "htb", *best_effort],
+            [*cls, "10:1", "classid", "10:20", "htb", *bulk],
+            ["filter", "add", *dev, "parent", "10:", "protocol", "ip", "prio", "1", *match],
+        ]
     raise ValueError(f"unknown qdisc {qdisc!r}")
 
 

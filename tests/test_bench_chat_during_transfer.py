@@ -20,6 +20,7 @@ import pytest
 from netns_lab import netns_available
 
 from p2pchat.harness import stop
+from p2pchat.transport import BULK_TOS
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_chat_during_transfer.py"
 sys.path.insert(0, str(BENCH.parent))
@@ -52,6 +53,14 @@ def test_tc_commands_put_the_queue_behind_the_token_bucket() -> None:
     steps = [tuple(int(x) for x in op.split()) for op in bc.FQ_HTB_FILTER.split(",")[1:]]
     assert steps[1] == (84, 0, 0, 63)  # and #63
     assert steps[2] == (68, 0, 0, 0x10 << 16 | 0x10)  # or #0x100010
+    # dscp: CS1 (p2pchat's data links) in a class served after everything else.
+    dscp = [" ".join(c) for c in bc.qdisc_commands("dscp", 100_000_000)]
+    assert dscp[0] == tbf
+    assert dscp[1] == "qdisc add dev eth0 parent 1:1 handle 10: htb default 10"
+    assert "classid 10:10 htb prio 0 rate 100mbit" in dscp[3]
+    assert "classid 10:20 htb prio 7" in dscp[4]
+    assert dscp[5].endswith("u32 match ip dsfield 0x20 0xfc flowid 10:20")
+    assert bc.CS1_TOS == BULK_TOS
     with pytest.raises(ValueError):
         bc.qdisc_commands("red", 100_000_000)
 
@@ -175,7 +184,7 @@ def test_json_is_plain_and_complete() -> None:
 
 def test_command_line_defaults_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:
     args = bc.parse_args([])
-    assert args.qdisc == ["fifo", "fq_codel", "fq_htb"]
+    assert args.qdisc == ["fifo", "fq_codel", "fq_htb", "dscp"]
     assert (args.seconds, args.interval_ms, args.receivers) == (10.0, 50.0, 1)
     assert (args.rate, args.bottleneck, args.cc, args.gso) == (100_000_000, "host", "", False)
     assert bc.default_size(100_000_000, 10.0) == 250_000_000  # two phases at the rate

@@ -9,7 +9,7 @@ from pathlib import Path
 from files_net import MemNet, make_file
 
 from p2pchat.files import datawire as dw
-from p2pchat.files.engine import MAX_INTERESTED_PER_FILE, Engine, Holder, Send
+from p2pchat.files.engine import MAX_INTERESTED_PER_FILE, Dial, Engine, Holder, Send
 from p2pchat.files.manifest import offer_for
 from p2pchat.files.source import SourceFile
 
@@ -83,3 +83,22 @@ def test_a_copy_of_a_file_for_one_member_is_served_to_nobody(tmp_path: Path) -> 
         )
         assert thief not in net.done
     assert net.engines[alice].counts()["frames_refused"]["file_unknown"] >= 2
+
+
+def test_of_two_receivers_told_of_each_other_the_lower_node_id_dials(tmp_path: Path) -> None:
+    """``fholders`` names a lower and a higher node id than ours: we dial the
+    higher at once and wait 0.5 s for the lower to dial us (one data link per
+    pair, not two); it did not, so we dial it then."""
+    make_file(tmp_path / "f", 300_000)
+    source, _ = SourceFile.hash(tmp_path / "f")
+    offer = offer_for(source.manifest, "f")
+    offerer, low, me, high = "0" * 16, "1" * 16, "5" * 16, "9" * 16
+    engine = Engine(me, tmp_path, loopback_ok=True)
+    dials = engine.get(offer, [Holder(offerer, ["127.0.0.1"], 1)], 0.0)
+    assert [a.holder.node for a in dials if isinstance(a, Dial)] == [offerer]
+    engine.link_up(1, offerer, "127.0.0.1", 1, 0.0)
+    entries = [dw.HolderEntry(node=n, addrs=["127.0.0.2"], port=2) for n in (low, high)]
+    out = engine.receive(1, dw.FHolders(file=offer.file_id, holders=entries), 0.1)
+    assert [a.holder.node for a in out if isinstance(a, Dial)] == [high]
+    assert not [a for a in engine.tick(0.4) if isinstance(a, Dial)]
+    assert [a.holder.node for a in engine.tick(0.7) if isinstance(a, Dial)] == [low]

@@ -28,13 +28,21 @@ from conftest import wait_for
 from files_net import LOOPBACK, FilePeer, HostilePeer, make_file, send
 
 from p2pchat.files import datawire as dw
+from p2pchat.files import transfers as transfers_module
 from p2pchat.files.engine import Holder
+from p2pchat.files.errors import NotEnoughSpace
 from p2pchat.files.events import FileDone
 from p2pchat.files.manifest import Manifest, Offer
-from p2pchat.files.partial import ChunkWriter, FileWriter, open_writer
+from p2pchat.files.partial import (
+    FREE_SPACE_MARGIN_BYTES,
+    ChunkWriter,
+    FileWriter,
+    check_free_space,
+    open_writer,
+)
 from p2pchat.files.serve import ServeConfig
 from p2pchat.identity import Identity
-from p2pchat.transport import Link
+from p2pchat.transport import BULK_TOS, Link
 
 Make = Callable[..., FilePeer]
 SLOW = ServeConfig(rate_bytes_per_s=1024 * 1024, burst_bytes=256 * 1024)
@@ -84,6 +92,13 @@ def test_offer_get_done_with_the_hash_checked(tmp_path: Path, peers: Make) -> No
     assert sorted(p.name for p in (tmp_path / "bob" / "dl").iterdir()) == ["report.pdf"]
     assert bob.progress() and bob.progress()[-1].done_bytes == 700_000
     assert state(bob, offer) == "done" and state(alice, offer) == "offered"
+    # The data link's packets are marked bulk (DSCP CS1) at both ends.
+    for peer in (alice, bob):
+        with peer.transfers._lock:
+            socks = [link.sock for link in peer.transfers._links.values()]
+        assert socks and all(
+            s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == BULK_TOS for s in socks
+        )
 
 
 def test_an_empty_file(tmp_path: Path, peers: Make) -> None:
@@ -432,7 +447,9 @@ def test_a_full_disk_fails_with_the_reason_and_keeps_the_chunks(
     assert bob2.transfers.counts()["counters"]["swarm_accepted"] == offer.n_chunks - 3
 
 
-def test_cancel_keeps_the_part_file_and_get_resumes(tmp_path: Path, peers: Make) -> None:
+def test_cancel_keeps_the_part_file_and_get_resumes(
+    tmp_path: Path, peers: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
     alice, bob = peers("alice", serve_config=SLOW), peers("bob")
     data = make_file(tmp_path / "f.bin", 3 * 1024 * 1024)
     offer = alice.offer(tmp_path / "f.bin")
@@ -442,6 +459,19 @@ def test_cancel_keeps_the_part_file_and_get_resumes(tmp_path: Path, peers: Make)
     assert not bob.transfers.cancel(offer.file_id)
     wait_for(lambda: state(bob, offer) == "cancelled", 5, "the cancelled state")
     assert _part_files(tmp_path / "bob" / "dl") == ["f.bin.p2pchat-map", "f.bin.p2pchat-part"]
+    # Resuming needs room for what is missing only: a disk with exactly that
+    # (and the margin) free takes it, one byte less refuses it.
+    had = done_bytes(bob, offer)
+    free = [FREE_SPACE_MARGIN_BYTES + offer.size - had - 1]
+    real = check_free_space
+
+    def with_free(directory: Path, needed: int) -> None:
+        real(directory, needed, disk_usage=lambda _: (10**12, 0, free[0]))
+
+    monkeypatch.setattr(transfers_module, "check_free_space", with_free)
+    with pytest.raises(NotEnoughSpace):
+        bob.transfers.get(offer, [alice.holder()])
+    free[0] += 1
     bob.transfers.get(offer, [alice.holder()])
     wait_for(lambda: bob.done(offer.file_id) is not None, 30, "bob's file_done")
     assert done_file(bob, offer).path.read_bytes() == data

@@ -74,6 +74,12 @@ DIAL_BACKOFF_S: Final = 5.0
 """A holder that could not be dialled, or whose data link closed, is not
 dialled again for 5 s."""
 
+PAIR_DIAL_WAIT_S: Final = 0.5
+"""Two receivers told of each other by ``fholders`` (both at once, by the
+offerer) would dial each other at once and end up with two data links: the
+one with the higher node id waits 0.5 s for the other's dial, and dials only
+if none came."""
+
 VIOLATION_BACKOFF_S: Final = 60.0
 """A holder whose data link ended in a protocol error is not dialled for 60 s."""
 
@@ -735,6 +741,10 @@ class Engine:
         d = self.downloads.get(msg.file)
         if d is None or not d.started:
             return []
+        for h in msg.holders:  # the lower node id of a pair dials, the other waits for it
+            if h.node < self.node_id and h.node not in self.by_node and h.node not in d.holders:
+                wait = now + PAIR_DIAL_WAIT_S
+                self.dial_after[h.node] = max(self.dial_after.get(h.node, 0.0), wait)
         return self.add_holders(
             msg.file, [Holder(h.node, h.addrs, h.port) for h in msg.holders], now
         )

@@ -59,7 +59,7 @@ from p2pchat.files.source import SourceFile
 from p2pchat.files.swarm import SwarmConfig
 from p2pchat.identity import Identity
 from p2pchat.privacy import RoomSecret
-from p2pchat.transport import Link, dial
+from p2pchat.transport import Link, dial, mark_bulk
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,16 @@ class FileTransfers:
                 the room, an empty set nobody: a file offered to us alone).
 
         Raises:
-            NotEnoughSpace: the disk cannot hold it with the margin to spare
-                (nothing is created).
+            NotEnoughSpace: the disk cannot hold what is still to fetch with
+                the margin to spare (nothing is created).
             TransferError: the download directory is not usable.
         """
+        # A download resumed needs room for the chunks it lacks only (the part
+        # file holds the rest; where posix_fallocate worked, it holds them all).
+        ours = [t for t in self.status() if t.file == offer.file_id and t.state != "offered"]
+        had = ours[0].done_bytes if ours else 0
         try:
-            check_free_space(self.download_dir, offer.size)
+            check_free_space(self.download_dir, offer.size - had)
         except OSError as exc:
             raise TransferError(f"cannot use {self.download_dir}: {exc}") from None
         if start_now:
@@ -306,7 +310,8 @@ class FileTransfers:
     def check_hello(self, link: Link, hello: wire.Hello) -> wire.Refuse | None:
         """A data link's peer hello: ourselves, a key not of its node id,
         another room, or one link too many are refused; else the link is
-        sealed (:func:`~p2pchat.files.seal.data_link_cipher`)."""
+        sealed (:func:`~p2pchat.files.seal.data_link_cipher`) and its
+        packets marked as bulk data (:func:`~p2pchat.transport.mark_bulk`)."""
         link.decode_body = datawire.decode_body
         if hello.node == self.identity.node_id:
             return wire.Refuse(code="self", reason="this is a link to myself")
@@ -322,6 +327,7 @@ class FileTransfers:
                     self._links_refused["data_busy"] = self._links_refused.get("data_busy", 0) + 1
                     return wire.Refuse(code="busy", reason="too many file transfers")
                 self._links[link.number] = link
+        mark_bulk(link.sock)  # file data queues behind chat where the network honours DSCP
         try:
             link.cipher = data_link_cipher(
                 self.identity,
