@@ -314,3 +314,23 @@ def test_every_chunk_is_fetched_exactly_once_and_verified_whatever_the_holders(
             assert run.asked[name] - spared <= config.bad_chunks_limit + config.max_in_flight - 1
     # A hostile holder only costs time: at most a few timeouts' worth per chunk.
     assert run.end <= 5.0 * (n + 4) + 10
+
+
+def test_a_chunk_sent_in_place_of_the_one_asked_takes_its_slot() -> None:
+    """The holder answers a request for chunk a with chunk b (``finstead``):
+    b is expected from it, a is asked of the other holder that has it, the
+    holder's limit is not cut; a substitute for a request never made is not
+    wanted, and one past the end is a protocol error."""
+    swarm = Swarm(8, random.Random(1), config=SwarmConfig(max_in_flight=1))
+    swarm.holder_map("seed", b"\xff")
+    (ask,) = [r for r in swarm.poll(0.0) if isinstance(r, Request)]
+    swarm.holder_map("peer", bytes([0x80 >> ask.index]))
+    other = (ask.index + 1) % 8
+    assert swarm.substituted("seed", ask.index, other, 0.1) is True
+    assert swarm.expects("seed", other) and not swarm.expects("seed", ask.index)
+    assert swarm.holders()["seed"]["limit"] == 1 and swarm.counts["substituted"] == 1
+    assert Request("peer", ask.index) in swarm.poll(0.2)
+    assert swarm.received("seed", other, True, 0.3) is Outcome.ACCEPTED
+    assert swarm.substituted("seed", 5, 6, 0.4) is False  # 5 was never asked of it
+    with pytest.raises(RemoteProtocolError):
+        swarm.substituted("seed", 0, 8, 0.5)
