@@ -699,9 +699,16 @@ is the newer code point for this, but equipment that maps by the top 3 bits
 sees it as best effort."""
 
 
+BULK_PRIORITY: Final = 2
+"""Linux's ``SO_PRIORITY`` for file data: ``TC_PRIO_BULK``, the lowest of
+``pfifo_fast``'s three bands (the kernel's default queue on a NIC where
+systemd does not set fq_codel), so this host's own queue sends chat first."""
+
+
 def mark_bulk(sock: socket.socket) -> bool:
-    """Mark ``sock``'s packets as bulk data (:data:`BULK_TOS`), so a network
-    that honours DSCP lets chat lines on other connections go first.  Best
+    """Mark ``sock``'s packets as bulk data (:data:`BULK_TOS`; on Linux also
+    :data:`BULK_PRIORITY`), so a network that honours DSCP, and this host's
+    own priority queue, let chat lines on other connections go first.  Best
     effort: a platform without the option, or that refuses it (Windows
     without a QoS policy ignores it), leaves the socket as it was.
 
@@ -718,6 +725,9 @@ def mark_bulk(sock: socket.socket) -> bool:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, BULK_TOS)
         else:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, BULK_TOS)
+        so_priority = getattr(socket, "SO_PRIORITY", None)  # Linux; after IP_TOS, which sets it
+        if so_priority is not None:
+            sock.setsockopt(socket.SOL_SOCKET, so_priority, BULK_PRIORITY)
     except OSError:
         return False
     return True

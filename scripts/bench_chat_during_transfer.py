@@ -16,6 +16,9 @@ in turn, the same nodes throughout)::
                classifier picking a flow's class by its hash (:func:`qdisc_commands`)
     dscp:      the same bucket, then an HTB with two FIFO classes: DSCP CS1 (the
                file data's mark, ``transport.mark_bulk``) served after the rest
+    pfifo_fast: the same bucket, then Linux's default three-band queue, a band by
+               the socket's priority (``SO_PRIORITY``: meaningful at ``--bottleneck
+               host`` only, where the packets are the host's own)
 
 ``fifo`` is the token bucket's own byte FIFO (up to ``latency`` worth of bytes
 queue in it): a plain switch port or router.  ``fq_codel`` is what most Linux
@@ -104,7 +107,7 @@ NS_PREFIX = "bc-"
 """Every namespace this bench makes starts with this."""
 NET24 = (79, 0)
 """The lab's subnet: 10.79.0.0/24; host i is 10.79.0.{i+1} (the sender is host 0)."""
-QDISCS = ("fifo", "fq_codel", "fq_htb", "dscp")
+QDISCS = ("fifo", "fq_codel", "fq_htb", "dscp", "pfifo_fast")
 BOTTLENECKS = ("host", "switch")
 PHASES = ("idle", "transfer")
 DIRECTIONS = ("from_sender", "from_receiver")
@@ -244,6 +247,8 @@ def qdisc_commands(qdisc: str, rate_bps: int, dev_name: str = "eth0") -> list[li
             ]
         )
         return cmds
+    if qdisc == "pfifo_fast":
+        return [tbf, ["qdisc", "add", *dev, "parent", "1:1", "handle", "10:", "pfifo_fast"]]
     if qdisc == "dscp":
         cls = ["class", "add", *dev, "parent"]
         best_effort = ["prio", "0", "rate", bf.tc_rate(rate_bps), "ceil", "10gbit"]

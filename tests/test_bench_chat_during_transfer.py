@@ -61,6 +61,8 @@ def test_tc_commands_put_the_queue_behind_the_token_bucket() -> None:
     assert "classid 10:20 htb prio 7" in dscp[4]
     assert dscp[5].endswith("u32 match ip dsfield 0x20 0xfc flowid 10:20")
     assert bc.CS1_TOS == BULK_TOS
+    pf = [" ".join(c) for c in bc.qdisc_commands("pfifo_fast", 100_000_000)]
+    assert pf == [tbf, "qdisc add dev eth0 parent 1:1 handle 10: pfifo_fast"]
     with pytest.raises(ValueError):
         bc.qdisc_commands("red", 100_000_000)
 
@@ -184,7 +186,7 @@ def test_json_is_plain_and_complete() -> None:
 
 def test_command_line_defaults_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:
     args = bc.parse_args([])
-    assert args.qdisc == ["fifo", "fq_codel", "fq_htb", "dscp"]
+    assert args.qdisc == ["fifo", "fq_codel", "fq_htb", "dscp", "pfifo_fast"]
     assert (args.seconds, args.interval_ms, args.receivers) == (10.0, 50.0, 1)
     assert (args.rate, args.bottleneck, args.cc, args.gso) == (100_000_000, "host", "", False)
     assert bc.default_size(100_000_000, 10.0) == 250_000_000  # two phases at the rate

@@ -232,7 +232,7 @@ def test_piece_requests_waiting_per_link_are_bounded(tmp_path: Path, alice: File
     try:
         link = evil.dial(alice.port)
         wait_for(lambda: link.up_at is not None, 10, "the hostile data link up")
-        send(link, dw.FHave(file=offer.file_id, map=bytes(128)))
+        send(link, dw.FHave(file=offer.file_id, map=bytes((offer.n_chunks + 7) // 8)))
         for _ in range(800):
             send(link, dw.FPieceGet(file=offer.file_id, piece=0))
         wait_for(
@@ -279,7 +279,7 @@ def test_a_data_link_needs_the_room_secret_not_only_its_tag(tmp_path: Path) -> N
 
 
 def test_a_have_map_with_bits_past_the_end_ends_the_link(tmp_path: Path, bob: FilePeer) -> None:
-    make_file(tmp_path / "f", 1024 * 1024)  # 4 chunks: a map of one byte, 4 bits used
+    make_file(tmp_path / "f", 512 * 1024)  # 4 chunks: a map of one byte, 4 bits used
     manifest = _manifest(tmp_path / "f")
     from p2pchat.files.manifest import offer_for
 

@@ -64,8 +64,9 @@ def test_chunk_count_and_spans(size: int, chunks: int) -> None:
 
 
 def test_chunk_size_default_and_growth() -> None:
-    assert mf.choose_chunk_size(10_000_000) == 256 * 1024
-    assert mf.choose_chunk_size(16 * 2**30) == 256 * 1024
+    assert mf.choose_chunk_size(10_000_000) == 128 * 1024
+    assert mf.choose_chunk_size(8 * 2**30) == 128 * 1024
+    assert mf.choose_chunk_size(8 * 2**30 + 1) == 256 * 1024
     assert mf.choose_chunk_size(16 * 2**30 + 1) == 512 * 1024
     assert mf.choose_chunk_size(mf.MAX_FILE_BYTES) == 2**20
     with pytest.raises(ValueError):
@@ -75,7 +76,7 @@ def test_chunk_size_default_and_growth() -> None:
 def test_hash_file_picks_the_chunk_size_from_the_length() -> None:
     manifest, _ = mf.hash_file(io.BytesIO(bytes(300_000)))
     assert manifest.chunk_size == mf.DEFAULT_CHUNK_BYTES
-    assert manifest.n_chunks == 2
+    assert manifest.n_chunks == 3
 
 
 def _manifest(n_chunks: int) -> mf.Manifest:

@@ -434,7 +434,7 @@ def test_a_full_disk_fails_with_the_reason_and_keeps_the_chunks(
         wait_for(lambda: bob.failed(offer.file_id) is not None, 20, "bob's file_failed")
         failed = bob.failed(offer.file_id)
         assert failed is not None
-        assert "disk is full" in failed.reason and "3 of 8 chunks" in failed.reason
+        assert "disk is full" in failed.reason and "3 of 16 chunks" in failed.reason
         assert "f.bin.p2pchat-part" in failed.reason
         assert state(bob, offer) == "failed"
     finally:

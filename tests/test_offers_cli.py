@@ -20,7 +20,7 @@ from p2pchat.cli import output, render
 from p2pchat.cli.offers import format_size, resolve_offer
 from p2pchat.errors import UsageError
 from p2pchat.events import FileOfferEvent, MessageEvent
-from p2pchat.files.manifest import Offer, file_id_of
+from p2pchat.files.manifest import DEFAULT_CHUNK_BYTES, Offer, file_id_of
 from p2pchat.harness import NodeProcess
 from p2pchat.node import Node
 
@@ -182,7 +182,7 @@ def test_send_offers_a_file_that_reaches_the_others_as_a_file_offer(
         "bob",
         b_id,
         2_400_000,
-        1 << 18,
+        DEFAULT_CHUNK_BYTES,  # bob gave no --chunk-size
     )
     assert (got["number"], got["private"], got["self"], got["history"]) == (1, False, False, False)
     assert re.fullmatch("[0-9a-f]{64}", got["file"]) and got["time"] > 0

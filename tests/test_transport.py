@@ -10,7 +10,7 @@ from conftest import LOOPBACK, Cluster, RawPeer, wait_for
 
 from p2pchat import wire
 from p2pchat.identity import Identity
-from p2pchat.transport import BULK_TOS, Link, LinkConfig, mark_bulk
+from p2pchat.transport import BULK_PRIORITY, BULK_TOS, Link, LinkConfig, mark_bulk
 
 # A patient link: the raw peer sends no keepalives while it is not reading.
 PATIENT_LINK = LinkConfig(
@@ -132,6 +132,8 @@ def test_mark_bulk_sets_dscp_cs1_on_ipv4_and_ipv6_sockets() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s4:
         assert mark_bulk(s4) is True
         assert s4.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == BULK_TOS == 0x20
+        if hasattr(socket, "SO_PRIORITY"):  # Linux: pfifo_fast's lowest band
+            assert s4.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY) == BULK_PRIORITY
     if socket.has_ipv6 and hasattr(socket, "IPV6_TCLASS"):
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
             assert mark_bulk(s6) is True

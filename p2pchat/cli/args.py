@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_arg_type(parse_chunk_size),
         default=None,
         help="the chunk size of the files you offer: 64K, 128K, 256K, 512K or 1M "
-        "(default: 256K, more for files over 16 GiB)",
+        "(default: 128K, more for files over 8 GiB)",
     )
     p.add_argument(
         "--service-type",

@@ -113,7 +113,7 @@ class NodeConfig:
         accept_files: offers of at most this many bytes are fetched without
             a ``/get`` (``--accept-files``); 0: none.
         chunk_size: the chunk size of the files we offer, bytes (a power of
-            two from 64 KiB to 1 MiB: ``--chunk-size``); None: 256 KiB,
+            two from 64 KiB to 1 MiB: ``--chunk-size``); None: 128 KiB,
             doubled for files of more than 65,536 chunks
             (:func:`p2pchat.files.manifest.choose_chunk_size`).
     """

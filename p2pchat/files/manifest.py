@@ -15,7 +15,7 @@ and two offers of the same bytes at the same chunk size have the same id.
 
 Why a root and not the hash list in the offer: an offer is a signed flooded
 message every member keeps in its history; the list is ``32 * n`` bytes (a
-1 GiB file at 256 KiB: 4096 hashes, 128 KiB, twice a whole frame).  The offer
+1 GiB file at 128 KiB: 8192 hashes, 256 KiB, four whole frames).  The offer
 carries the root (a fixed ~150 bytes whatever the size); a receiver fetches
 the list from any holder in *pieces* of :data:`PIECE_HASHES` hashes (32 KiB,
 one frame), each checked on arrival against the root with a Merkle proof
@@ -43,13 +43,16 @@ MIN_CHUNK_BYTES: Final = 1 << 16
 MAX_CHUNK_BYTES: Final = 1 << 20
 """Largest chunk size, 1 MiB."""
 
-DEFAULT_CHUNK_BYTES: Final = 1 << 18
-"""The default chunk size, 256 KiB: big enough that a request costs ~0.02 % of
-its bytes and SHA-256 runs at full speed, small enough that a 10 MB file has
-40 chunks to spread among holders.  How to measure it: ``docs/files.md`` §2."""
+DEFAULT_CHUNK_BYTES: Final = 1 << 17
+"""The default chunk size, 128 KiB, measured (``docs/files.md`` §2,
+``docs/performance.md`` "Files"): the smallest size within 5 % of the best
+both for ten receivers at 100 Mbit/s (where smaller is faster: 64 KiB 5.22 s,
+128 KiB 5.23 s, 256 KiB 5.81 s) and for one at 1 Gbit/s, where p2pchat's
+per-chunk work in Python sets the pace (64 KiB 2.65 s, 128 KiB 2.42 s,
+256 KiB 2.40 s)."""
 
 MAX_CHUNKS: Final = 1 << 18
-"""At most 262,144 chunks (an 8 MiB hash list): 64 GiB at 256 KiB chunks."""
+"""At most 262,144 chunks (an 8 MiB hash list): 32 GiB at 128 KiB chunks."""
 
 MAX_FILE_BYTES: Final = MAX_CHUNKS * MAX_CHUNK_BYTES
 """The largest file the protocol describes: 256 GiB (at 1 MiB chunks)."""
@@ -79,7 +82,7 @@ def choose_chunk_size(size: int) -> int:
     """The chunk size an offerer uses for a file of ``size`` bytes.
 
     :data:`DEFAULT_CHUNK_BYTES`, doubled (up to :data:`MAX_CHUNK_BYTES`) while
-    the file would have more than 65,536 chunks (16 GiB at 256 KiB), so the
+    the file would have more than 65,536 chunks (8 GiB at 128 KiB), so the
     hash list of a big file stays at 2 MiB or less where it can.
 
     Raises:

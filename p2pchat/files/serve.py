@@ -43,7 +43,7 @@ DEFAULT_RATE_BYTES_PER_S: Final = 128 * 1024 * 1024
 an honest download, but a bound on the disk reads one peer can cause."""
 
 DEFAULT_BURST_BYTES: Final = 16 * 1024 * 1024
-"""Per peer, 16 MiB at once (64 chunks of 256 KiB)."""
+"""Per peer, 16 MiB at once (128 chunks of 128 KiB)."""
 
 DEFAULT_MIN_REQUEST_COST_BYTES: Final = 16 * 1024
 """Every request costs at least 16 KiB of the bucket (at most 8,192 requests/s

@@ -17,7 +17,7 @@ Policy:
   chunks drawn once from the RNG (so receivers spread over different chunks
   and soon hold different things to give each other).
 * **Bounded in flight**: at most :attr:`SwarmConfig.max_in_flight` requests
-  per holder (4 x 256 KiB = 1 MiB outstanding: many times the bandwidth-delay
+  per holder (4 x 128 KiB = 512 KiB outstanding: many times the bandwidth-delay
   product of a LAN, so one holder's link stays busy, while ten receivers
   cannot queue more than 40 chunks at one uploader).  The holders take turns,
   one request each per round.
