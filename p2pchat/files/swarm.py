@@ -33,6 +33,10 @@ Policy:
   for one already asked elsewhere (at most :attr:`SwarmConfig.endgame_copies`
   requests per chunk); the first good copy wins, the others are cancelled.
 
+* **Substitutes**: a holder may answer a request with another chunk
+  (super-seeding, ``docs/files.md`` §6); :meth:`~Swarm.substituted` moves the
+  request's slot to it, with no penalty to the holder.
+
 A chunk is accepted (:data:`Outcome.ACCEPTED`) once only; every other answer
 is a duplicate, unexpected (never asked of that holder) or bad.  The caller's
 order for an arriving chunk: :meth:`~Swarm.expects` (if not, drop it unread),
