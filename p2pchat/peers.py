@@ -158,11 +158,15 @@ class Peers:
         self._offer_remembered()
 
     def _offer_remembered(self) -> None:
-        """The remembered peers with no link now, to the core's ``found``."""
+        """The remembered peers with no link now, to the core's ``found``;
+        not at an address a ``--peer`` dialler dials already (the overlay
+        would dial it too: two links to one node at start, one closed at
+        once, and a line said meanwhile taken by catch-up as an earlier line)."""
         core = self.node._core
         for node_id, named, port in self.book.peers():
             hosts = [h for h in named if parse_address(h) is not None]  # names: recall()
             with self.node._lock:
+                hosts = [h for h in hosts if f"{h}:{port}" not in self.dialers]
                 skip = not hosts or node_id == self.node.node_id or node_id in core.links
             if not skip:
                 self.node._call(functools.partial(_found, core, node_id, hosts, port))
