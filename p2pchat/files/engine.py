@@ -197,12 +197,16 @@ class _Served:
     interested: dict[str, Holder] = field(default_factory=dict)
     # Super-seeding (whole files only): the have-maps of the peers fetching
     # it from us, how often each chunk was handed out (saturating at 255:
-    # sent, or seen at a peer), and the chunks in a random order, those
-    # before ``fresh_at`` all handed out.
+    # sent, or seen at a peer; None for a part file), and the chunks in a
+    # random order drawn at the first request, those before ``fresh_at``
+    # all handed out.
     peer_maps: dict[str, bytearray] = field(default_factory=dict)
-    handed: bytearray | None = None
+    handed: bytearray | None = field(init=False)
     fresh: list[int] = field(default_factory=list)
     fresh_at: int = 0
+
+    def __post_init__(self) -> None:
+        self.handed = bytearray(self.offer.n_chunks) if self.source is not None else None
 
 
 class Engine:
@@ -542,18 +546,20 @@ class Engine:
 
     def _on_has(self, link: _Link, msg: dw.FHas, now: float) -> list[EngineAction]:
         s = self.served.get(msg.file)
+        d = self.downloads.get(msg.file)
         peer_map = s.peer_maps.get(link.node) if s is not None else None
-        if s is not None and peer_map is not None:
-            if any(i >= s.offer.n_chunks for i in msg.idx):
-                raise _Violation("fhas of a chunk past the end", "data_bad_index")
+        fetching = d is not None and link.node in d.maps
+        if peer_map is None and not fetching:
+            return []
+        n = d.n if d is not None else s.offer.n_chunks if s is not None else 0
+        if any(i >= n for i in msg.idx):
+            raise _Violation("fhas of a chunk past the end", "data_bad_index")
+        if s is not None and peer_map is not None:  # a requester of our whole copy
             for i in msg.idx:
                 peer_map[i >> 3] |= 0x80 >> (i & 7)
             _mark_handed(s, msg.idx)
-        d = self.downloads.get(msg.file)
-        if d is None or link.node not in d.maps:
+        if d is None or not fetching:
             return []
-        if any(i >= d.n for i in msg.idx):
-            raise _Violation("fhas of a chunk past the end", "data_bad_index")
         d.maps[link.node].update(msg.idx)
         if d.swarm is not None:
             for i in msg.idx:
@@ -717,14 +723,12 @@ class Engine:
 
     def _on_instead(self, link: _Link, msg: dw.FInstead, now: float) -> list[EngineAction]:
         d = self.downloads.get(msg.file)
+        cancel: list[EngineAction] = [self._frame(link, dw.FCancel(file=msg.file, idx=msg.instead))]
         if d is None or d.swarm is None:
-            return [self._frame(link, dw.FCancel(file=msg.file, idx=msg.instead))]
-        if not d.swarm.substituted(link.node, msg.idx, msg.instead, now):
-            out: list[EngineAction] = [
-                self._frame(link, dw.FCancel(file=msg.file, idx=msg.instead))
-            ]
-            return out + self._fill(d, now)
-        return self._fill(d, now)
+            return cancel
+        if d.swarm.substituted(link.node, msg.idx, msg.instead, now):
+            return self._fill(d, now)
+        return cancel + self._fill(d, now)
 
     def _on_cancel(self, link: _Link, msg: dw.FCancel, now: float) -> list[EngineAction]:
         if self.server.cancel(link.node, msg.file, msg.idx):
@@ -1106,20 +1110,14 @@ def _fresh_instead(s: _Served, node: str, index: int, rng: random.Random) -> int
     the receivers soon hold every chunk between them and can finish from
     each other if we stop.  A chunk nobody else has (``index`` never handed
     out), or a requester whose map we lack, gets what it asked for."""
-    n = s.offer.n_chunks
-    if s.handed is None:
-        s.handed = bytearray(n)
-        s.fresh = list(range(n))
-        rng.shuffle(s.fresh)
-        for i in range(n):  # what the peers told us they have is out already
-            for m in s.peer_maps.values():
-                if m[i >> 3] & (0x80 >> (i & 7)):
-                    s.handed[i] = 1
-                    break
     handed = s.handed
     peer_map = s.peer_maps.get(node)
-    if peer_map is None or not handed[index]:
+    if handed is None or peer_map is None or not handed[index]:
         return None
+    n = s.offer.n_chunks
+    if not s.fresh:
+        s.fresh = list(range(n))
+        rng.shuffle(s.fresh)
     fresh = s.fresh
     while s.fresh_at < n and handed[fresh[s.fresh_at]]:
         s.fresh_at += 1
