@@ -513,7 +513,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line; a bad option exits with status 2 and the reason."""
     p = argparse.ArgumentParser(
         description="Chat latency between p2pchat nodes, idle and during a file transfer, "
-        "over rate-limited links (a FIFO or fair queueing) in network namespaces.",
+        "over rate-limited links (a FIFO, fair queueing or priority queues) in network "
+        "namespaces.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -521,8 +522,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=parse_qdiscs,
         default=list(QDISCS),
         metavar="Q[,Q...]",
-        help="the queues behind each bottleneck's token bucket, each in turn: fifo, fq_codel, "
-        "fq_htb (per-flow round robin, for kernels without fq_codel)",
+        help="the queues behind each bottleneck's token bucket, each in turn: "
+        f"{', '.join(QDISCS)} (fq_htb: per-flow round robin, for kernels without fq_codel; "
+        "dscp: CS1 served last; pfifo_fast: bands by socket priority)",
     )
     p.add_argument(
         "--seconds", type=float, default=DEFAULT_SECONDS, help="the length of each phase"
